@@ -1,0 +1,55 @@
+# Think-Before-Draw — two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tbd-setup-stamp
+DEMO_OUT ?= out/demo
+
+.PHONY: setup assets demo test test-fast bench lint lock clean
+
+# Idempotent: the venv is rebuilt only when pyproject.toml or requirements.lock change.
+setup: $(STAMP) assets
+
+$(STAMP): pyproject.toml requirements.lock
+	@echo "[setup] creating $(VENV) with $(PY)"
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip==25.3
+	@# The lock is the complete resolved set (see its header); --no-deps installs exactly it.
+	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $@
+	@echo "[setup] environment ready"
+
+# Offline model assets (MediaPipe .tflite files), verified by sha256; a no-op when present.
+assets: $(STAMP)
+	$(BIN)/tbd assets fetch
+
+demo: setup
+	$(BIN)/tbd demo-corpus --out $(DEMO_OUT)/corpus
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	@set -e; found=0; for b in benchmarks/bench_*.py; do [ -e "$$b" ] || continue; found=1; \
+		echo "== $$b"; $(BIN)/python $$b; done; [ $$found = 1 ] || echo "no benchmarks yet (benchmarks/bench_*.py)"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Re-resolve the pins of pyproject.toml in a scratch venv and rewrite requirements.lock.
+lock:
+	rm -rf /tmp/tbd-lock-venv && $(PY) -m venv /tmp/tbd-lock-venv
+	/tmp/tbd-lock-venv/bin/python -m pip install -q pip==25.3 torch==2.13.0
+	/tmp/tbd-lock-venv/bin/python -m pip install -q -e '.[cpu,dev]'
+	/tmp/tbd-lock-venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec opencv-python-headless
+	{ sed -n '1,/^# opencv/p' requirements.lock; /tmp/tbd-lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) .tbd out .pytest_cache

@@ -1,0 +1,93 @@
+"""Typed, versioned access to the FACS knowledge base (`annotation/data/facs_kb.yaml`)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from importlib import resources
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from tbd.errors import UserError
+
+Region = Literal["brows", "eyes", "nose", "cheeks", "mouth", "jaw"]
+Intensity = Literal["A", "B", "C", "D", "E"]
+INTENSITY_LETTERS: tuple[str, ...] = ("A", "B", "C", "D", "E")
+
+
+class ActionUnit(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    au: int
+    name: str
+    muscles: tuple[str, ...]
+    region: Region
+    movement: str
+
+
+class EmotionPrototype(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    emotion: str
+    core: tuple[int, ...]
+    optional: tuple[int, ...] = ()
+    unilateral: bool = False
+
+
+class KnowledgeBase(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    version: str
+    regions: tuple[Region, ...]
+    action_units: dict[int, ActionUnit]
+    emotions: dict[str, EmotionPrototype]
+    mead_level_intensity: dict[int, Intensity]
+    contradictions: tuple[tuple[int, int], ...]
+
+    def au(self, au_id: int) -> ActionUnit:
+        if au_id not in self.action_units:
+            raise UserError(
+                f"AU{au_id} is not in the FACS knowledge base (known: {sorted(self.action_units)})"
+            )
+        return self.action_units[au_id]
+
+    def prototype(self, emotion: str) -> EmotionPrototype:
+        key = emotion.strip().lower()
+        if key not in self.emotions:
+            raise UserError(f"unknown emotion {emotion!r}; MEAD emotions are: {', '.join(self.emotions)}")
+        return self.emotions[key]
+
+    def level_intensity(self, level: int) -> Intensity:
+        if level not in self.mead_level_intensity:
+            raise UserError(f"intensity level {level!r} is out of range; MEAD levels are 1, 2, 3")
+        return self.mead_level_intensity[level]
+
+
+def intensity_value(letter: str) -> int:
+    """FACS letter A..E -> 1..5 (0 means absent)."""
+    return INTENSITY_LETTERS.index(letter) + 1
+
+
+@functools.cache
+def load_kb() -> KnowledgeBase:
+    raw_bytes = resources.files("annotation").joinpath("data/facs_kb.yaml").read_bytes()
+    raw = yaml.safe_load(raw_bytes)
+    return KnowledgeBase(
+        version="facs-" + hashlib.sha256(raw_bytes).hexdigest()[:12],
+        regions=tuple(raw["regions"]),
+        action_units={int(k): ActionUnit(au=int(k), **v) for k, v in raw["action_units"].items()},
+        emotions={k: EmotionPrototype(emotion=k, **v) for k, v in raw["emotions"].items()},
+        mead_level_intensity={int(k): v for k, v in raw["mead_level_intensity"].items()},
+        contradictions=tuple(tuple(p) for p in raw["contradictions"]),
+    )
+
+
+MEAD_EMOTIONS: tuple[str, ...] = (
+    "angry",
+    "contempt",
+    "disgusted",
+    "fear",
+    "happy",
+    "neutral",
+    "sad",
+    "surprised",
+)

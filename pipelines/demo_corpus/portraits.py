@@ -1,0 +1,80 @@
+"""Portrait sources for the demo corpus: real photos shipped by packages, or a folder of the user's.
+
+When there are fewer photos than identities, further identities are distinct variants of the photos:
+mirrored (a real face is not symmetric), a horizontal stretch, and a colour transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipelines.images import read_image
+from tbd.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+@dataclass(frozen=True)
+class Portrait:
+    name: str  # CamelCase, letters and digits only (used in HDTF-style file names and keys)
+    image: np.ndarray  # HxWx3 uint8 RGB
+    source: str
+
+
+def builtin_portraits() -> list[Portrait]:
+    from skimage import data
+
+    return [
+        Portrait(
+            "Astronaut", data.astronaut(), "skimage.data.astronaut (Eileen Collins, NASA, public domain)"
+        )
+    ]
+
+
+def _camel(stem: str) -> str:
+    name = "".join(part.capitalize() for part in "".join(c if c.isalnum() else " " for c in stem).split())
+    return name or "Portrait"
+
+
+def load_portraits(folder: str | Path) -> list[Portrait]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: portraits folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder}: no portrait images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return [Portrait(_camel(p.stem), read_image(p), str(p)) for p in files]
+
+
+_VARIANTS = (  # (suffix, mirror, horizontal stretch, colour matrix on RGB)
+    ("", False, 1.0, None),
+    ("Mirror", True, 0.94, np.array([[1.05, 0.05, 0.0], [0.02, 0.98, 0.0], [0.0, 0.02, 0.88]])),
+    ("Wide", False, 1.07, np.array([[0.9, 0.0, 0.05], [0.0, 1.0, 0.04], [0.03, 0.05, 1.08]])),
+    ("MirrorWarm", True, 1.03, np.array([[1.1, 0.06, 0.0], [0.03, 0.95, 0.0], [0.0, 0.0, 0.8]])),
+    ("Narrow", False, 0.9, np.array([[0.95, 0.05, 0.0], [0.05, 0.95, 0.0], [0.05, 0.0, 0.95]])),
+)
+
+
+def variant(p: Portrait, k: int) -> Portrait:
+    suffix, mirror, stretch, colour = _VARIANTS[k % len(_VARIANTS)]
+    if k >= len(_VARIANTS):
+        suffix += str(k // len(_VARIANTS) + 1)
+    img = p.image[:, ::-1] if mirror else p.image
+    if stretch != 1.0:
+        h, w = img.shape[:2]
+        m = np.array([[stretch, 0, (1 - stretch) * w / 2], [0, 1, 0]], np.float32)
+        img = cv2.warpAffine(np.ascontiguousarray(img), m, (w, h), borderMode=cv2.BORDER_REFLECT101)
+    if colour is not None:
+        img = np.clip(img.astype(np.float32) @ colour.T, 0, 255).astype(np.uint8)
+    return Portrait(
+        p.name + suffix, np.ascontiguousarray(img), f"{p.source} (variant {suffix or 'original'})"
+    )
+
+
+def identities(portraits: list[Portrait], n: int) -> list[Portrait]:
+    """`n` distinct identities: each photo first, then variants of the photos in turn."""
+    return [variant(portraits[i % len(portraits)], i // len(portraits)) for i in range(n)]

@@ -1,0 +1,321 @@
+"""Face geometry: MediaPipe face detection, the 468-point mesh, stable clip crops, region masks.
+
+Detection is MediaPipe Tasks `FaceDetector` (BlazeFace short range). The mesh is MediaPipe's
+`face_landmark.tflite` run through `ai_edge_litert` on a rotated square crop of the face (192x192 RGB
+in [0, 1]; 468x3 landmarks in crop pixels plus a face-presence logit out), mapped back to image pixels.
+Over a clip the crop of frame t comes from the mesh of frame t-1 (as MediaPipe's own graph does), and
+detection runs again only when the face is lost. When the user supplies the official
+`face_landmarker.task`, Tasks `FaceLandmarker` is used instead and blendshapes are returned too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from annotation.regions import EYE_CORNERS, region_landmarks
+from pipelines import assets
+
+MESH_INPUT = 192
+DETECTION_SCALE = 1.5  # square crop side = 1.5 x the longer side of the detection box
+TRACKING_SCALE = 1.5  # from the landmark box, as MediaPipe's face_landmark_front graph
+NO_FACE = "no face detected"
+FACE_LOST = "face-presence score below threshold"
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """Detection in image pixels: box (x0, y0, x1, y1), score, 6 keypoints (subject's right eye first)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    keypoints: np.ndarray  # (6, 2): right eye, left eye, nose tip, mouth, right ear, left ear
+
+
+@dataclass(frozen=True)
+class FaceMesh:
+    """468 landmarks in image pixels (x, y, z; z in the same pixel scale, towards the camera negative)."""
+
+    landmarks: np.ndarray  # (468, 3) float32
+    presence: float
+    blendshapes: dict[str, float] | None = None
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        xy = self.landmarks[:, :2]
+        return (*xy.min(0).tolist(), *xy.max(0).tolist())
+
+    @property
+    def interocular(self) -> float:
+        """Distance between the eye centres (mean of each eye's two corners), in pixels."""
+        (r0, r1), (l0, l1) = EYE_CORNERS
+        xy = self.landmarks[:, :2]
+        return float(np.linalg.norm((xy[r0] + xy[r1]) / 2 - (xy[l0] + xy[l1]) / 2))
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """Outcome for one image: a mesh, or none with the reason (never an exception for 'no face')."""
+
+    mesh: FaceMesh | None
+    reason: str = ""
+    detection: FaceBox | None = field(default=None, repr=False)
+
+    @property
+    def found(self) -> bool:
+        return self.mesh is not None
+
+
+def _rgb_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
+    image = image[..., :3]
+    if image.dtype != np.uint8:
+        image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def crop_transform(center: np.ndarray, size: float, angle: float, out: int = MESH_INPUT) -> np.ndarray:
+    """2x3 affine from crop pixels (out x out) to image pixels: a square of side `size`, rotated by `angle`."""
+    s = size / out
+    c, si = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, -si], [si, c]]) * s
+    offset = np.asarray(center, float) - rot @ np.array([out / 2, out / 2])
+    return np.hstack([rot, offset[:, None]]).astype(np.float64)
+
+
+class FaceAnalyzer:
+    """Detects a face and its mesh. Use as a context manager (or call `close`)."""
+
+    def __init__(
+        self,
+        min_detection_confidence: float = 0.5,
+        min_presence: float = 0.5,
+        num_threads: int = 1,
+        use_landmarker: bool | None = None,
+    ):
+        from ai_edge_litert.interpreter import Interpreter
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self.min_presence = min_presence
+        self._detector = vision.FaceDetector.create_from_options(
+            vision.FaceDetectorOptions(
+                base_options=BaseOptions(model_asset_path=str(assets.resolve("face_detector"))),
+                min_detection_confidence=min_detection_confidence,
+            )
+        )
+        self._mesh = Interpreter(model_path=str(assets.resolve("face_mesh")), num_threads=num_threads)
+        self._mesh.allocate_tensors()
+        self._in = self._mesh.get_input_details()[0]["index"]
+        outs = {o["name"]: o["index"] for o in self._mesh.get_output_details()}
+        self._out_landmarks, self._out_presence = outs["conv2d_21"], outs["conv2d_31"]
+        self._landmarker = None
+        if use_landmarker is None:
+            use_landmarker = assets.user_path("face_landmarker") is not None
+        if use_landmarker:
+            self._landmarker = vision.FaceLandmarker.create_from_options(
+                vision.FaceLandmarkerOptions(
+                    base_options=BaseOptions(model_asset_path=str(assets.resolve("face_landmarker"))),
+                    output_face_blendshapes=True,
+                    num_faces=1,
+                )
+            )
+
+    def __enter__(self) -> FaceAnalyzer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for task in (self._detector, self._landmarker):
+            if task is not None:
+                task.close()
+        self._detector = self._landmarker = None
+
+    # -- detection ---------------------------------------------------------------------------------
+    def detect(self, image: np.ndarray) -> FaceBox | None:
+        """The most confident face, or None."""
+        import mediapipe as mp
+
+        image = _rgb_uint8(image)
+        h, w = image.shape[:2]
+        result = self._detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
+        if not result.detections:
+            return None
+        best = max(result.detections, key=lambda d: d.categories[0].score)
+        b = best.bounding_box
+        kps = np.array([[k.x * w, k.y * h] for k in best.keypoints], np.float32)
+        box = (
+            float(b.origin_x),
+            float(b.origin_y),
+            float(b.origin_x + b.width),
+            float(b.origin_y + b.height),
+        )
+        return FaceBox(box=box, score=float(best.categories[0].score), keypoints=kps)
+
+    # -- mesh ----------------------------------------------------------------------------------------
+    def _run_mesh(self, image: np.ndarray, affine: np.ndarray) -> FaceMesh | None:
+        to_crop = cv2.invertAffineTransform(affine)
+        crop = cv2.warpAffine(
+            image, to_crop, (MESH_INPUT, MESH_INPUT), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+        self._mesh.set_tensor(self._in, (crop.astype(np.float32) / 255.0)[None])
+        self._mesh.invoke()
+        raw = self._mesh.get_tensor(self._out_landmarks).reshape(468, 3)
+        presence = 1.0 / (1.0 + math.exp(-float(self._mesh.get_tensor(self._out_presence).ravel()[0])))
+        if presence < self.min_presence:
+            return None
+        xy = raw[:, :2] @ affine[:, :2].T + affine[:, 2]
+        scale = math.hypot(affine[0, 0], affine[1, 0])
+        lm = np.concatenate([xy, raw[:, 2:3] * scale], axis=1).astype(np.float32)
+        return FaceMesh(landmarks=lm, presence=presence)
+
+    def mesh_from_detection(self, image: np.ndarray, det: FaceBox) -> FaceMesh | None:
+        x0, y0, x1, y1 = det.box
+        eye_r, eye_l = det.keypoints[0], det.keypoints[1]
+        angle = math.atan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0])
+        size = max(x1 - x0, y1 - y0) * DETECTION_SCALE
+        center = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+        return self._run_mesh(_rgb_uint8(image), crop_transform(center, size, angle))
+
+    def mesh_from_previous(self, image: np.ndarray, prev: FaceMesh) -> FaceMesh | None:
+        """Track: crop around the previous frame's mesh, rotated by its eye line."""
+        xy = prev.landmarks[:, :2]
+        (r0, r1), (l0, l1) = EYE_CORNERS
+        eye_r, eye_l = (xy[r0] + xy[r1]) / 2, (xy[l0] + xy[l1]) / 2
+        angle = math.atan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0])
+        c, s = math.cos(-angle), math.sin(-angle)
+        centre = (xy.min(0) + xy.max(0)) / 2
+        rotated = (xy - centre) @ np.array([[c, s], [-s, c]])
+        size = float((rotated.max(0) - rotated.min(0)).max()) * TRACKING_SCALE
+        centre = centre + np.array([[c, -s], [s, c]]) @ ((rotated.max(0) + rotated.min(0)) / 2)
+        return self._run_mesh(_rgb_uint8(image), crop_transform(centre, size, angle))
+
+    def _landmarker_result(self, image: np.ndarray) -> FaceResult:
+        import mediapipe as mp
+
+        h, w = image.shape[:2]
+        res = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
+        if not res.face_landmarks:
+            return FaceResult(None, NO_FACE)
+        lms = np.array([[p.x * w, p.y * h, p.z * w] for p in res.face_landmarks[0][:468]], np.float32)
+        shapes = (
+            {c.category_name: float(c.score) for c in res.face_blendshapes[0]}
+            if res.face_blendshapes
+            else None
+        )
+        return FaceResult(FaceMesh(landmarks=lms, presence=1.0, blendshapes=shapes))
+
+    def analyze(self, image: np.ndarray) -> FaceResult:
+        """Detect + mesh one image. No face is a result with a reason, not an exception."""
+        image = _rgb_uint8(image)
+        if self._landmarker is not None:
+            return self._landmarker_result(image)
+        det = self.detect(image)
+        if det is None:
+            return FaceResult(None, NO_FACE)
+        mesh = self.mesh_from_detection(image, det)
+        return FaceResult(mesh, "" if mesh else FACE_LOST, detection=det)
+
+    def track(self, frames) -> list[FaceResult]:
+        """Mesh every frame of a clip; detection only on the first frame and whenever tracking is lost."""
+        results: list[FaceResult] = []
+        prev: FaceMesh | None = None
+        for frame in frames:
+            frame = _rgb_uint8(frame)
+            mesh = (
+                self.mesh_from_previous(frame, prev)
+                if (prev is not None and self._landmarker is None)
+                else None
+            )
+            result = FaceResult(mesh) if mesh is not None else self.analyze(frame)
+            results.append(result)
+            prev = result.mesh
+        return results
+
+
+# -- clip-level crop --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CropBox:
+    """A square crop (centre x, centre y, side) in image pixels."""
+
+    cx: float
+    cy: float
+    size: float
+
+    def affine(self, out: int) -> np.ndarray:
+        return crop_transform(np.array([self.cx, self.cy]), self.size, 0.0, out)
+
+
+def smooth_series(values: np.ndarray, window: int = 5) -> np.ndarray:
+    """Centred moving average along axis 0, edges padded by repetition."""
+    values = np.asarray(values, np.float64)
+    if window <= 1 or len(values) < 2:
+        return values
+    pad = window // 2
+    padded = np.concatenate([values[:1].repeat(pad, 0), values, values[-1:].repeat(pad, 0)])
+    kernel = np.ones(window) / window
+    return np.stack([np.convolve(padded[:, j], kernel, mode="valid") for j in range(values.shape[1])], 1)
+
+
+def stable_crop(meshes: list[FaceMesh | None], margin: float = 1.8) -> CropBox | None:
+    """One steady square crop for a whole clip: median landmark-box centre, 90th-percentile size x margin."""
+    boxes = np.array([m.box for m in meshes if m is not None])
+    if len(boxes) == 0:
+        return None
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sides = (boxes[:, 2:] - boxes[:, :2]).max(1)
+    cx, cy = np.median(centres, axis=0)
+    return CropBox(float(cx), float(cy), float(np.percentile(sides, 90) * margin))
+
+
+def smoothed_crops(
+    meshes: list[FaceMesh | None], margin: float = 1.8, window: int = 9
+) -> list[CropBox] | None:
+    """A per-frame crop that follows the head, smoothed over `window` frames; gaps take the last box."""
+    if not any(m is not None for m in meshes):
+        return None
+    rows, last = [], None
+    for m in meshes:
+        if m is not None:
+            x0, y0, x1, y1 = m.box
+            last = [(x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * margin]
+        rows.append(last)
+    first = next(r for r in rows if r is not None)
+    rows = [r if r is not None else first for r in rows]
+    return [CropBox(*map(float, r)) for r in smooth_series(np.array(rows), window)]
+
+
+# -- region masks -----------------------------------------------------------------------------------
+def region_masks(
+    landmarks: np.ndarray,
+    height: int,
+    width: int,
+    regions: tuple[str, ...] | None = None,
+    dilate: float = 0.08,
+    soften: float = 0.06,
+) -> dict[str, np.ndarray]:
+    """Soft masks in [0, 1] (H x W float32) per FACS region, rasterised from the convex hull of each of
+    the region's landmark groups, grown by `dilate` and blurred by `soften` (both x inter-ocular distance)."""
+    groups = region_landmarks()
+    xy = np.asarray(landmarks, np.float32)[:, :2]
+    (r0, r1), (l0, l1) = EYE_CORNERS
+    iod = float(np.linalg.norm((xy[r0] + xy[r1]) / 2 - (xy[l0] + xy[l1]) / 2)) or 1.0
+    grow = max(1, int(round(dilate * iod)))
+    sigma = max(0.5, soften * iod)
+    out = {}
+    for name in regions or tuple(groups):
+        mask = np.zeros((height, width), np.uint8)
+        for group in groups[name]:
+            hull = cv2.convexHull(np.round(xy[list(group)]).astype(np.int32))
+            cv2.fillConvexPoly(mask, hull, 255)
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+        out[name] = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), sigma)
+    return out

@@ -1,0 +1,1 @@
+"""Think-Before-Draw command-line front end (`tbd`)."""

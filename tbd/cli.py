@@ -1,0 +1,57 @@
+"""`tbd` entry point: one argparse front end whose subcommands live in the stage packages.
+
+Each subcommand is registered as ``name -> (module, help)``; the module is imported only when the
+subcommand runs, so ``tbd --help`` stays fast and a stage's heavy imports never slow the others.
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from tbd.errors import UserError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "assets": ("pipelines.assets_cli", "list, fetch, verify or override the offline model assets"),
+    "demo-corpus": ("pipelines.demo_corpus.cli", "render the embedded demo corpus (MEAD + HDTF layouts)"),
+    "face": ("pipelines.face_cli", "detect a face and its 468-point mesh in an image"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tbd", description="Think-Before-Draw: think (FACS chain-of-thought), annotate, draw, track."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Parse only the global options and the subcommand name; the subcommand parses the rest.
+    split = next((i for i, a in enumerate(argv) if a in SUBCOMMANDS), len(argv))
+    args = parser.parse_args(argv[: split + 1])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module_name, help_text = SUBCOMMANDS[args.command]
+    module = importlib.import_module(module_name)
+    sub_parser = argparse.ArgumentParser(prog=f"tbd {args.command}", description=help_text)
+    module.add_arguments(sub_parser)
+    sub_args = sub_parser.parse_args(argv[split + 1 :])
+    try:
+        return int(module.run(sub_args) or 0)
+    except UserError as err:
+        print(f"tbd {args.command}: error: {err}", file=sys.stderr)
+        return 2

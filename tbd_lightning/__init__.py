@@ -1,0 +1,1 @@
+"""Draw: the conditioned video diffusion model, its Lightning training and the progressive sampler."""

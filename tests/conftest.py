@@ -1,0 +1,65 @@
+"""Shared fixtures: the demo corpus is rendered once per session by the real CLI, offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NETGUARD = Path(__file__).parent / "netguard"
+
+
+def offline_env(log: Path) -> dict[str, str]:
+    """Environment for a subprocess that must not reach the network (see tests/netguard)."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join([str(NETGUARD), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "TBD_NETGUARD_LOG": str(log),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HTTP_PROXY": "http://127.0.0.1:9",
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "http_proxy": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9",
+            "NO_PROXY": "",
+        }
+    )
+    return env
+
+
+def run_tbd(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tbd", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def netguard_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("netguard") / "attempts.log"
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory, netguard_log) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "demo"
+    proc = run_tbd("demo-corpus", "--out", str(out), env=offline_env(netguard_log))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def analyzer():
+    from pipelines.face import FaceAnalyzer
+
+    with FaceAnalyzer() as fa:
+        yield fa
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    from skimage import data
+
+    return data.astronaut()

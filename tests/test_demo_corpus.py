@@ -1,0 +1,236 @@
+"""The demo corpus: both layouts, decodable media, and faces that move as the ground truth says."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import run_tbd
+
+from annotation.facs import MEAD_EMOTIONS
+from pipelines.au_proxies import PROXIES, au_proxies
+from pipelines.video_io import frame_envelope, read_audio, read_frames, video_info
+
+SPEAKERS = ("W001", "W002", "W003")
+LEVELS = {e: ((1,) if e == "neutral" else (1, 3)) for e in MEAD_EMOTIONS}
+
+
+def _mead(root, sp, emotion, level, kind="video"):
+    if kind == "video":
+        return root / "mead" / sp / "video" / "front" / emotion / f"level_{level}" / "000.mp4"
+    return root / "mead" / sp / "audio" / emotion / f"level_{level}" / "000.m4a"
+
+
+def _gt(root, sp, emotion, level):
+    return np.load(
+        root / "groundtruth" / "mead" / sp / "video" / "front" / emotion / f"level_{level}" / "000.npz"
+    )
+
+
+def _proxies(analyzer, path):
+    frames, _ = read_frames(path)
+    results = analyzer.track(frames)
+    assert all(r.found for r in results), f"face lost in {path}"
+    return au_proxies(np.stack([r.mesh.landmarks for r in results]))
+
+
+def test_both_layouts_are_complete(demo_corpus):
+    expected = {_mead(demo_corpus, sp, e, lv) for sp in SPEAKERS for e in MEAD_EMOTIONS for lv in LEVELS[e]}
+    assert set((demo_corpus / "mead").rglob("*.mp4")) == expected
+    assert {p.with_suffix("") for p in (demo_corpus / "mead").rglob("*.m4a")} == {
+        _mead(demo_corpus, sp, e, lv, "audio").with_suffix("")
+        for sp in SPEAKERS
+        for e in MEAD_EMOTIONS
+        for lv in LEVELS[e]
+    }
+    hdtf = sorted(p.name for p in (demo_corpus / "hdtf").glob("*.mp4"))
+    assert len(hdtf) == 3 and all(re.fullmatch(r"(RD|WDA|WRA)_[A-Za-z0-9]+_\d{3}\.mp4", n) for n in hdtf)
+    meta = json.loads((demo_corpus / "corpus.json").read_text())
+    assert len(meta["clips"]) == 45 + 3 and len({i["name"] for i in meta["identities"]}) == 3
+    assert (demo_corpus / meta["heldout"]["image"]).exists()
+    for clip in meta["clips"]:
+        gt = np.load(demo_corpus / clip["groundtruth"])
+        assert gt["au"].shape == (clip["frames"], len(meta["au_channels"]))
+        assert gt["au"].min() >= 0 and gt["au"].max() <= 5
+
+
+def test_every_mp4_decodes_at_25fps_with_audio(demo_corpus):
+    videos = list(demo_corpus.rglob("*.mp4"))
+    assert len(videos) == 48
+    for path in videos:
+        info = video_info(path)
+        assert info["codec"] == "h264" and info["fps"] == 25.0 and info["has_audio"], path
+        frames, fps = read_frames(path)
+        assert frames.shape == (50, 128, 128, 3) and fps == 25.0
+        audio = read_audio(path)
+        assert abs(len(audio) / 16000 - 2.0) < 0.1 and np.abs(audio).max() > 0.1
+    for path in (demo_corpus / "mead").rglob("*.m4a"):
+        assert abs(len(read_audio(path)) / 16000 - 2.0) < 0.1
+
+
+def test_smile_raises_the_mouth_corners_as_the_sidecar_says(demo_corpus, analyzer):
+    i12r, i12l = PROXIES.index("au12_r"), PROXIES.index("au12_l")
+    for sp in SPEAKERS:
+        base = np.median(_proxies(analyzer, _mead(demo_corpus, sp, "neutral", 1)), 0)
+        rise = {}
+        for level in (1, 3):
+            gt = _gt(demo_corpus, sp, "happy", level)
+            ch = list(gt["channels"])
+            assert gt["au"][-1, ch.index("AU12_R")] > 0 and gt["au"][-1, ch.index("AU12_L")] > 0
+            p = _proxies(analyzer, _mead(demo_corpus, sp, "happy", level))[15:] - base
+            rise[level] = float(np.median(p[:, [i12r, i12l]]))
+        assert rise[3] > 0.015, (sp, rise)  # corners up by > 1.5 % of the inter-ocular distance
+        assert rise[3] > rise[1], (sp, rise)  # stronger at a higher MEAD level
+
+
+def test_contempt_is_one_sided_on_the_side_the_sidecar_names(demo_corpus, analyzer):
+    i12r, i12l = PROXIES.index("au12_r"), PROXIES.index("au12_l")
+    for sp in SPEAKERS:
+        gt = _gt(demo_corpus, sp, "contempt", 3)
+        ch = list(gt["channels"])
+        r, l_ = gt["au"][:, ch.index("AU12_R")].max(), gt["au"][:, ch.index("AU12_L")].max()
+        assert (r > 0) != (l_ > 0), "contempt must be unilateral in the ground truth"
+        base = np.median(_proxies(analyzer, _mead(demo_corpus, sp, "neutral", 1)), 0)
+        p = np.median(_proxies(analyzer, _mead(demo_corpus, sp, "contempt", 3))[15:] - base, 0)
+        active, other = (p[i12r], p[i12l]) if r > 0 else (p[i12l], p[i12r])
+        assert active > other + 0.008, (sp, p[i12r], p[i12l])
+
+
+def test_sad_lowers_and_surprise_lifts(demo_corpus, analyzer):
+    for sp in SPEAKERS:
+        base = np.median(_proxies(analyzer, _mead(demo_corpus, sp, "neutral", 1)), 0)
+        sad = np.median(_proxies(analyzer, _mead(demo_corpus, sp, "sad", 3))[15:] - base, 0)
+        surprised = np.median(_proxies(analyzer, _mead(demo_corpus, sp, "surprised", 3))[15:] - base, 0)
+        assert sad[PROXIES.index("au12_r")] < -0.01 and sad[PROXIES.index("au12_l")] < -0.01  # AU15
+        assert surprised[PROXIES.index("au2_r")] > 0.005 and surprised[PROXIES.index("au2_l")] > 0.005  # AU2
+        # AU26 jaw drop: the inner lips part widely; the chin point (tracked loosely at 128 px) goes down.
+        assert surprised[PROXIES.index("au25")] > 0.04 and surprised[PROXIES.index("au26")] > 0
+
+
+def test_mouth_opening_follows_the_audio_envelope(demo_corpus, analyzer):
+    gap = PROXIES.index("au25")
+    for sp in SPEAKERS:
+        for emotion in ("neutral", "happy"):
+            p = _proxies(analyzer, _mead(demo_corpus, sp, emotion, 1))
+            env = frame_envelope(read_audio(_mead(demo_corpus, sp, emotion, 1, "audio")), len(p))
+            r = np.corrcoef(p[:, gap], env)[0, 1]
+            assert r > 0.6, (sp, emotion, r)
+
+
+def test_corpus_run_needed_no_network(demo_corpus, netguard_log):
+    attempts = netguard_log.read_text() if netguard_log.exists() else ""
+    assert attempts == "", f"network access attempted at run time:\n{attempts}"
+
+
+def test_network_guard_really_blocks(tmp_path):
+    """The guard used above is effective: a real outbound connection attempt is refused and logged."""
+    import subprocess
+    import sys
+
+    from conftest import offline_env
+
+    log = tmp_path / "log"
+    code = "import socket; socket.create_connection(('93.184.216.34', 80), timeout=2)"
+    proc = subprocess.run([sys.executable, "-c", code], env=offline_env(log), capture_output=True, text=True)
+    assert proc.returncode != 0 and "blocked by the offline test guard" in proc.stderr
+    assert "93.184.216.34" in log.read_text()
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def _assert_clean_failure(proc, out, *needles):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in last, last
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.tmp-*")), "half-written temp folder left behind"
+
+
+def test_unknown_emotion(tmp_path):
+    out = tmp_path / "c"
+    proc = run_tbd("demo-corpus", "--out", str(out), "--emotions", "happy,joyful")
+    _assert_clean_failure(proc, out, "unknown emotion", "joyful")
+
+
+@pytest.mark.parametrize("content,reason", [(b"garbage", "unreadable image"), (None, "no face detected")])
+def test_bad_portrait(tmp_path, content, reason):
+    from pipelines.images import write_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    if content is None:
+        write_image(photos / "wall.png", np.full((160, 160, 3), 128, np.uint8))
+    else:
+        (photos / "wall.png").write_bytes(content)
+    out = tmp_path / "c"
+    proc = run_tbd(
+        "demo-corpus",
+        "--out",
+        str(out),
+        "--portraits",
+        str(photos),
+        "--identities",
+        "1",
+        "--emotions",
+        "happy",
+        "--levels",
+        "1",
+        "--hdtf-clips",
+        "0",
+    )
+    _assert_clean_failure(proc, out, reason, "wall.png")
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "corpus"
+    proc = run_tbd("demo-corpus", "--out", str(out))
+    assert proc.returncode == 2 and "cannot write to" in proc.stderr and str(blocker) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_existing_output_is_kept_without_force(tmp_path):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "keep").write_text("mine")
+    proc = run_tbd("demo-corpus", "--out", str(out), "--emotions", "happy")
+    assert proc.returncode == 2 and "--force" in proc.stderr and (out / "keep").read_text() == "mine"
+
+
+def test_user_portraits_and_options(tmp_path, astronaut):
+    from pipelines.images import write_image
+
+    photos = tmp_path / "photos"
+    write_image(photos / "my face.png", astronaut)
+    out = tmp_path / "c"
+    proc = run_tbd(
+        "demo-corpus",
+        "--out",
+        str(out),
+        "--portraits",
+        str(photos),
+        "--identities",
+        "2",
+        "--emotions",
+        "contempt",
+        "--levels",
+        "2",
+        "--hdtf-clips",
+        "1",
+        "--seconds",
+        "1",
+        "--size",
+        "96",
+        "--workers",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((out / "corpus.json").read_text())
+    assert [i["name"] for i in meta["identities"]] == ["MyFace", "MyFaceMirror"]
+    assert len(meta["clips"]) == 4
+    frames, fps = read_frames(out / "mead" / "W002" / "video" / "front" / "contempt" / "level_2" / "000.mp4")
+    assert frames.shape == (25, 96, 96, 3) and fps == 25.0
