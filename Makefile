@@ -26,7 +26,7 @@ assets: $(STAMP)
 	$(BIN)/tbd assets fetch
 
 demo: setup
-	$(BIN)/tbd demo-corpus --out $(DEMO_OUT)/corpus
+	$(BIN)/tbd demo-corpus --out $(DEMO_OUT)/corpus --force
 
 test: setup
 	$(BIN)/python -m pytest

@@ -166,21 +166,8 @@ def test_bad_portrait(tmp_path, content, reason):
     else:
         (photos / "wall.png").write_bytes(content)
     out = tmp_path / "c"
-    proc = run_tbd(
-        "demo-corpus",
-        "--out",
-        str(out),
-        "--portraits",
-        str(photos),
-        "--identities",
-        "1",
-        "--emotions",
-        "happy",
-        "--levels",
-        "1",
-        "--hdtf-clips",
-        "0",
-    )
+    options = "--identities 1 --emotions happy --levels 1 --hdtf-clips 0".split()
+    proc = run_tbd("demo-corpus", "--out", str(out), "--portraits", str(photos), *options)
     _assert_clean_failure(proc, out, reason, "wall.png")
 
 
@@ -207,27 +194,8 @@ def test_user_portraits_and_options(tmp_path, astronaut):
     photos = tmp_path / "photos"
     write_image(photos / "my face.png", astronaut)
     out = tmp_path / "c"
-    proc = run_tbd(
-        "demo-corpus",
-        "--out",
-        str(out),
-        "--portraits",
-        str(photos),
-        "--identities",
-        "2",
-        "--emotions",
-        "contempt",
-        "--levels",
-        "2",
-        "--hdtf-clips",
-        "1",
-        "--seconds",
-        "1",
-        "--size",
-        "96",
-        "--workers",
-        "1",
-    )
+    options = "--identities 2 --emotions contempt --levels 2 --hdtf-clips 1 --seconds 1 --size 96 --workers 1"
+    proc = run_tbd("demo-corpus", "--out", str(out), "--portraits", str(photos), *options.split())
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((out / "corpus.json").read_text())
     assert [i["name"] for i in meta["identities"]] == ["MyFace", "MyFaceMirror"]
