@@ -23,6 +23,13 @@ CHIN_HOPS = 2
 JAW_OVAL_STEPS = 8
 
 
+def eye_centres(landmarks):
+    """Centres of the subject's right and left eye (mean of each eye's corners) for (..., 468, 2+) landmarks."""
+    (r0, r1), (l0, l1) = EYE_CORNERS
+    xy = landmarks[..., :2]
+    return (xy[..., r0, :] + xy[..., r1, :]) / 2, (xy[..., l0, :] + xy[..., l1, :]) / 2
+
+
 def _indices(connections) -> set[int]:
     return {i for c in connections for i in (c.start, c.end) if i < NUM_LANDMARKS}
 

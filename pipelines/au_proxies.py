@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from annotation.regions import EYE_CORNERS
+from annotation.regions import eye_centres
 
 PROXIES: tuple[str, ...] = (
     "au1_r",
@@ -42,9 +42,7 @@ PROXIES: tuple[str, ...] = (
 def aligned(landmarks: np.ndarray) -> np.ndarray:
     """(..., 468, 2+) landmarks -> (..., 468, 2) in the face-aligned, IOD-normalised frame."""
     xy = np.asarray(landmarks, np.float64)[..., :2]
-    (r0, r1), (l0, l1) = EYE_CORNERS
-    eye_r = (xy[..., r0, :] + xy[..., r1, :]) / 2
-    eye_l = (xy[..., l0, :] + xy[..., l1, :]) / 2
+    eye_r, eye_l = eye_centres(xy)
     axis = eye_l - eye_r
     iod = np.linalg.norm(axis, axis=-1, keepdims=True)
     ex = axis / iod

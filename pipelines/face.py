@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from annotation.regions import EYE_CORNERS, region_landmarks
+from annotation.regions import eye_centres, region_landmarks
 from pipelines import assets
 
 MESH_INPUT = 192
@@ -51,9 +51,8 @@ class FaceMesh:
     @property
     def interocular(self) -> float:
         """Distance between the eye centres (mean of each eye's two corners), in pixels."""
-        (r0, r1), (l0, l1) = EYE_CORNERS
-        xy = self.landmarks[:, :2]
-        return float(np.linalg.norm((xy[r0] + xy[r1]) / 2 - (xy[l0] + xy[l1]) / 2))
+        right, left = eye_centres(self.landmarks)
+        return float(np.linalg.norm(left - right))
 
 
 @dataclass(frozen=True)
@@ -188,8 +187,7 @@ class FaceAnalyzer:
     def mesh_from_previous(self, image: np.ndarray, prev: FaceMesh) -> FaceMesh | None:
         """Track: crop around the previous frame's mesh, rotated by its eye line."""
         xy = prev.landmarks[:, :2]
-        (r0, r1), (l0, l1) = EYE_CORNERS
-        eye_r, eye_l = (xy[r0] + xy[r1]) / 2, (xy[l0] + xy[l1]) / 2
+        eye_r, eye_l = eye_centres(xy)
         angle = math.atan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0])
         c, s = math.cos(-angle), math.sin(-angle)
         centre = (xy.min(0) + xy.max(0)) / 2
@@ -306,8 +304,8 @@ def region_masks(
     the region's landmark groups, grown by `dilate` and blurred by `soften` (both x inter-ocular distance)."""
     groups = region_landmarks()
     xy = np.asarray(landmarks, np.float32)[:, :2]
-    (r0, r1), (l0, l1) = EYE_CORNERS
-    iod = float(np.linalg.norm((xy[r0] + xy[r1]) / 2 - (xy[l0] + xy[l1]) / 2)) or 1.0
+    right, left = eye_centres(xy)
+    iod = float(np.linalg.norm(left - right)) or 1.0
     grow = max(1, int(round(dilate * iod)))
     sigma = max(0.5, soften * iod)
     out = {}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from annotation.regions import eye_centres
 from pipelines.au_proxies import aligned
 
 # Side-specific AU channels: contempt is unilateral, so AU12/AU14 (and their neighbours) have sides.
@@ -226,11 +227,8 @@ def basis(neutral_landmarks: np.ndarray) -> np.ndarray:
 
 def to_image(displacement_aligned: np.ndarray, neutral_landmarks: np.ndarray) -> np.ndarray:
     """Rotate/scale aligned-frame displacements (..., 468, 2) into image pixels for this face."""
-    from annotation.regions import EYE_CORNERS
-
-    xy = np.asarray(neutral_landmarks, np.float64)[:, :2]
-    (r0, r1), (l0, l1) = EYE_CORNERS
-    axis = (xy[l0] + xy[l1]) / 2 - (xy[r0] + xy[r1]) / 2
+    eye_r, eye_l = eye_centres(np.asarray(neutral_landmarks, np.float64))
+    axis = eye_l - eye_r
     iod = np.linalg.norm(axis)
     ex = axis / iod
     ey = np.array([-ex[1], ex[0]])

@@ -13,6 +13,7 @@ Written into a temporary sibling folder and renamed into place, so a failure lea
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import logging
@@ -206,7 +207,7 @@ def render_identity(job: IdentityJob) -> list[dict]:
 
 def _prepare(portrait: Portrait, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Face crop (2*size square) of a portrait and its neutral mesh in crop pixels."""
-    from pipelines.face import FaceAnalyzer
+    from pipelines.face import FaceAnalyzer, crop_transform
 
     with FaceAnalyzer() as fa:
         result = fa.analyze(portrait.image)
@@ -216,19 +217,12 @@ def _prepare(portrait: Portrait, size: int) -> tuple[np.ndarray, np.ndarray]:
     side = max(x1 - x0, y1 - y0) * 1.9
     centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2 + 0.04 * side])
     hi = 2 * size
-    from pipelines.face import crop_transform
-
-    to_img = crop_transform(centre, side, 0.0, hi)
+    to_crop = cv2.invertAffineTransform(crop_transform(centre, side, 0.0, hi))
     crop = cv2.warpAffine(
-        portrait.image,
-        cv2.invertAffineTransform(to_img),
-        (hi, hi),
-        flags=cv2.INTER_AREA,
-        borderMode=cv2.BORDER_REFLECT101,
+        portrait.image, to_crop, (hi, hi), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT101
     )
     lm = result.mesh.landmarks.astype(np.float64).copy()
-    inv = cv2.invertAffineTransform(to_img)
-    lm[:, :2] = lm[:, :2] @ inv[:, :2].T + inv[:, 2]
+    lm[:, :2] = lm[:, :2] @ to_crop[:, :2].T + to_crop[:, 2]
     lm[:, 2] *= hi / side
     return crop, lm.astype(np.float32)
 
@@ -272,17 +266,15 @@ def build(cfg: CorpusConfig) -> Path:
         _prepare(heldout, cfg.size)  # the held-out portrait must have a detectable face too
         write_image(tmp / "portraits" / "heldout" / f"{heldout.name}.png", heldout.image)
         records = []
-        with tqdm(total=len(specs), desc="demo corpus clips", unit="clip") as bar:
-            if cfg.workers > 1:
-                with cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
-                    for recs in pool.map(render_identity, jobs):
-                        records.extend(recs)
-                        bar.update(len(recs))
-            else:
-                for job in jobs:
-                    recs = render_identity(job)
-                    records.extend(recs)
-                    bar.update(len(recs))
+        with contextlib.ExitStack() as stack:
+            bar = stack.enter_context(tqdm(total=len(specs), desc="demo corpus clips", unit="clip"))
+            mapper = map
+            if cfg.workers > 1:  # spawn, not fork: the parent holds MediaPipe's threads
+                ctx = mp.get_context("spawn")
+                mapper = stack.enter_context(cf.ProcessPoolExecutor(cfg.workers, mp_context=ctx)).map
+            for recs in mapper(render_identity, jobs):
+                records.extend(recs)
+                bar.update(len(recs))
         meta = {
             "version": CORPUS_VERSION,
             "fps": FPS,
