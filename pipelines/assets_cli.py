@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipelines import assets
+from tbd.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         for name, asset in assets.REGISTRY.items():
             try:
                 where, state = assets.resolve(name), "ok"
-            except assets.UserError as err:
+            except UserError as err:
                 where, state = "-", ("not set (optional)" if asset.optional else f"MISSING: {err}")
             print(f"{name:16s} {state:8.80s} {where}")
     return 0

@@ -39,15 +39,21 @@ PROXIES: tuple[str, ...] = (
 )
 
 
-def aligned(landmarks: np.ndarray) -> np.ndarray:
-    """(..., 468, 2+) landmarks -> (..., 468, 2) in the face-aligned, IOD-normalised frame."""
-    xy = np.asarray(landmarks, np.float64)[..., :2]
-    eye_r, eye_l = eye_centres(xy)
+def face_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The face-aligned frame of (..., 468, 2+) landmarks: origin (eye midpoint), unit axes ex (eye line,
+    towards the subject's left) and ey (down), and the inter-ocular distance (..., 1)."""
+    eye_r, eye_l = eye_centres(np.asarray(landmarks, np.float64))
     axis = eye_l - eye_r
     iod = np.linalg.norm(axis, axis=-1, keepdims=True)
     ex = axis / iod
-    ey = np.stack([-ex[..., 1], ex[..., 0]], -1)
-    rel = xy - ((eye_r + eye_l) / 2)[..., None, :]
+    return (eye_r + eye_l) / 2, ex, np.stack([-ex[..., 1], ex[..., 0]], -1), iod
+
+
+def aligned(landmarks: np.ndarray) -> np.ndarray:
+    """(..., 468, 2+) landmarks -> (..., 468, 2) in the face-aligned, IOD-normalised frame."""
+    xy = np.asarray(landmarks, np.float64)[..., :2]
+    origin, ex, ey, iod = face_frame(xy)
+    rel = xy - origin[..., None, :]
     return np.stack([(rel * ex[..., None, :]).sum(-1), (rel * ey[..., None, :]).sum(-1)], -1) / iod[..., None]
 
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotation.regions import eye_centres
-from pipelines.au_proxies import aligned
+from pipelines.au_proxies import aligned, face_frame
 
 # Side-specific AU channels: contempt is unilateral, so AU12/AU14 (and their neighbours) have sides.
 BILATERAL = (12, 14, 15, 20)
@@ -227,9 +226,5 @@ def basis(neutral_landmarks: np.ndarray) -> np.ndarray:
 
 def to_image(displacement_aligned: np.ndarray, neutral_landmarks: np.ndarray) -> np.ndarray:
     """Rotate/scale aligned-frame displacements (..., 468, 2) into image pixels for this face."""
-    eye_r, eye_l = eye_centres(np.asarray(neutral_landmarks, np.float64))
-    axis = eye_l - eye_r
-    iod = np.linalg.norm(axis)
-    ex = axis / iod
-    ey = np.array([-ex[1], ex[0]])
+    _origin, ex, ey, iod = face_frame(neutral_landmarks)
     return (displacement_aligned[..., :1] * ex + displacement_aligned[..., 1:2] * ey) * iod

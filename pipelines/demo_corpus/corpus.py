@@ -31,6 +31,7 @@ import numpy as np
 from annotation.facs import MEAD_EMOTIONS, intensity_value, load_kb
 from pipelines.demo_corpus.au_templates import BILATERAL, CHANNELS
 from pipelines.demo_corpus.portraits import Portrait, builtin_portraits, identities, load_portraits, variant
+from pipelines.face import FaceAnalyzer, crop_transform
 from tbd.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -205,12 +206,9 @@ def render_identity(job: IdentityJob) -> list[dict]:
     return records
 
 
-def _prepare(portrait: Portrait, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(fa: FaceAnalyzer, portrait: Portrait, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Face crop (2*size square) of a portrait and its neutral mesh in crop pixels."""
-    from pipelines.face import FaceAnalyzer, crop_transform
-
-    with FaceAnalyzer() as fa:
-        result = fa.analyze(portrait.image)
+    result = fa.analyze(portrait.image)
     if not result.found:
         raise UserError(f"portrait {portrait.source}: {result.reason}")
     x0, y0, x1, y1 = result.mesh.box
@@ -249,21 +247,22 @@ def build(cfg: CorpusConfig) -> Path:
         heldout = variant(photos[0], cfg.identities + 1)
         specs = plan_clips(cfg, [p.name for p in people])
         jobs = []
-        for person in people:
-            crop, neutral = _prepare(person, cfg.size)
-            write_image(tmp / "portraits" / f"{person.name}.png", person.image)
-            jobs.append(
-                IdentityJob(
-                    person.name,
-                    crop,
-                    neutral,
-                    [s for s in specs if s.identity == person.name],
-                    str(tmp),
-                    cfg.size,
-                    cfg.seconds,
+        with FaceAnalyzer() as fa:
+            for person in people:
+                crop, neutral = _prepare(fa, person, cfg.size)
+                write_image(tmp / "portraits" / f"{person.name}.png", person.image)
+                jobs.append(
+                    IdentityJob(
+                        person.name,
+                        crop,
+                        neutral,
+                        [s for s in specs if s.identity == person.name],
+                        str(tmp),
+                        cfg.size,
+                        cfg.seconds,
+                    )
                 )
-            )
-        _prepare(heldout, cfg.size)  # the held-out portrait must have a detectable face too
+            _prepare(fa, heldout, cfg.size)  # the held-out portrait must have a detectable face too
         write_image(tmp / "portraits" / "heldout" / f"{heldout.name}.png", heldout.image)
         records = []
         with contextlib.ExitStack() as stack:
