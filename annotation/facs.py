@@ -42,6 +42,9 @@ class KnowledgeBase(BaseModel):
     emotions: dict[str, EmotionPrototype]
     mead_level_intensity: dict[int, Intensity]
     contradictions: tuple[tuple[int, int], ...]
+    intensity_scale: dict[Intensity, str]
+    lexicon: dict[str, dict[str, float]]
+    intensity_words: dict[str, int]
 
     def au(self, au_id: int) -> ActionUnit:
         if au_id not in self.action_units:
@@ -56,6 +59,17 @@ class KnowledgeBase(BaseModel):
             raise UserError(f"unknown emotion {emotion!r}; MEAD emotions are: {', '.join(self.emotions)}")
         return self.emotions[key]
 
+    def region_landmarks(self, region: str) -> tuple[tuple[int, ...], ...]:
+        """The 468-mesh landmark groups of a region (one group per side for bilateral regions)."""
+        from annotation.regions import region_landmarks
+
+        if region not in self.regions:
+            raise UserError(f"unknown face region {region!r}; regions are: {', '.join(self.regions)}")
+        return region_landmarks()[region]
+
+    def contradicts(self, a: int, b: int) -> bool:
+        return (a, b) in self.contradictions or (b, a) in self.contradictions
+
     def level_intensity(self, level: int) -> Intensity:
         if level not in self.mead_level_intensity:
             raise UserError(f"intensity level {level!r} is out of range; MEAD levels are 1, 2, 3")
@@ -65,6 +79,11 @@ class KnowledgeBase(BaseModel):
 def intensity_value(letter: str) -> int:
     """FACS letter A..E -> 1..5 (0 means absent)."""
     return INTENSITY_LETTERS.index(letter) + 1
+
+
+def intensity_letter(value: float) -> Intensity:
+    """FACS scale value (1..5, rounded and clipped) -> letter A..E."""
+    return INTENSITY_LETTERS[min(max(round(value), 1), 5) - 1]  # type: ignore[return-value]
 
 
 @functools.cache
@@ -78,6 +97,9 @@ def load_kb() -> KnowledgeBase:
         emotions={k: EmotionPrototype(emotion=k, **v) for k, v in raw["emotions"].items()},
         mead_level_intensity={int(k): v for k, v in raw["mead_level_intensity"].items()},
         contradictions=tuple(tuple(p) for p in raw["contradictions"]),
+        intensity_scale=raw["intensity_scale"],
+        lexicon=raw["lexicon"],
+        intensity_words=raw["intensity_words"],
     )
 
 

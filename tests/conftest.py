@@ -63,3 +63,12 @@ def astronaut():
     from skimage import data
 
     return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory, netguard_log) -> Path:
+    """The tiny local stand-in LLM, built offline by the real CLI."""
+    out = tmp_path_factory.mktemp("llm") / "tiny"
+    proc = run_tbd("tiny-llm", "--out", str(out), env=offline_env(netguard_log))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

@@ -1,0 +1,26 @@
+"""`facs`: the deterministic knowledge-base reasoner behind the engine interface (offline default)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from annotation.engines.base import Engine
+from annotation.facs import load_kb
+from annotation.reasoner import REASONER_VERSION, think
+from annotation.records import Generation, ThinkRequest
+
+
+class FacsEngine(Engine):
+    name = "facs"
+
+    @property
+    def model_id(self) -> str:
+        return REASONER_VERSION
+
+    @property
+    def sampling(self) -> dict:
+        return {}
+
+    def generate(self, requests: Sequence[ThinkRequest]) -> list[Generation]:
+        kb = load_kb()
+        return [Generation(text=think(r, kb).model_dump_json(), finish_reason="stop") for r in requests]

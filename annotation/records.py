@@ -1,0 +1,131 @@
+"""Typed records of the Think stage: what goes in (`ThinkRequest`), what comes out (`Annotation`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from annotation.facs import MEAD_EMOTIONS, load_kb
+from annotation.schema import ChainOfThought, Side
+from tbd.errors import UserError
+
+UNKNOWN = "unknown"
+Outcome = Literal["accepted", "repaired", "rejected"]
+
+
+class AUEvidence(BaseModel):
+    """Measured activity of one AU in a clip, on the FACS scale (0 absent, 1 = A ... 5 = E)."""
+
+    model_config = ConfigDict(frozen=True)
+    au: int
+    mean: float = Field(ge=0.0, le=5.0)
+    peak: float = Field(ge=0.0, le=5.0)
+    side: Side = "both"
+
+    @model_validator(mode="after")
+    def _check(self) -> AUEvidence:
+        load_kb().au(self.au)
+        if self.peak < self.mean:
+            raise UserError(f"AU{self.au} evidence: peak {self.peak} is below mean {self.mean}")
+        return self
+
+
+class ThinkRequest(BaseModel):
+    """One thing to think about: an emotion label and/or free text, a level, and optional evidence.
+
+    `level` is MEAD's 1..3 (None: not given). `emotion` is one of MEAD's eight or "unknown" (HDTF,
+    free text). Bad input raises `UserError` with the accepted values.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    key: str = ""
+    emotion: str = UNKNOWN
+    level: int | None = None
+    text: str | None = None
+    evidence: tuple[AUEvidence, ...] = ()
+
+    @field_validator("emotion", mode="before")
+    @classmethod
+    def _emotion(cls, value) -> str:
+        value = (value or UNKNOWN).strip().lower()
+        if value != UNKNOWN and value not in MEAD_EMOTIONS:
+            raise UserError(
+                f"unknown emotion {value!r}; use one of {', '.join(MEAD_EMOTIONS)} or free --text"
+            )
+        return value
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, value):
+        if value is not None:
+            load_kb().level_intensity(value)
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value):
+        if value is not None and not value.strip():
+            raise UserError("the emotion text is empty; give a description such as 'a bittersweet smile'")
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _something(self) -> ThinkRequest:
+        if self.emotion == UNKNOWN and self.text is None and not self.evidence:
+            raise UserError(
+                "nothing to think about: give an emotion label, free text or measured AU evidence"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """Identity of the request's content (the key excluded): equal requests share one generation."""
+        body = self.model_dump(exclude={"key"}, mode="json")
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Generation(BaseModel):
+    """An engine's raw answer to one request."""
+
+    text: str
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class Validation(BaseModel):
+    outcome: Outcome
+    changes: list[str] = []
+    reasons: list[str] = []
+
+
+class Provenance(BaseModel):
+    """Everything that determines an annotation; `annotation_version` hashes it (outcome excluded)."""
+
+    annotation_version: str
+    engine: str
+    model_id: str
+    template_hash: str
+    schema_hash: str
+    sampling: dict
+    kb_version: str
+
+    @staticmethod
+    def version_of(**fields) -> str:
+        return "ann-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Annotation(BaseModel):
+    """One annotated request: the (possibly repaired) CoT, the raw text, provenance and the outcome."""
+
+    key: str
+    request: ThinkRequest
+    cot: ChainOfThought | None
+    raw: str
+    finish_reason: str | None
+    validation: Validation
+    provenance: Provenance
+
+    @property
+    def accepted(self) -> bool:
+        return self.validation.outcome != "rejected"
