@@ -1,0 +1,159 @@
+"""Ingest: discover MEAD / HDTF clips, parse speaker/emotion/level, split by identity, write the manifest.
+
+Layouts (the demo corpus uses the same):
+- MEAD: `{speaker}/video/front/{emotion}/level_{n}/{clip}.mp4` + `{speaker}/audio/{emotion}/level_{n}/{clip}.m4a`
+- HDTF: `{WRA|WDA|RD}_{Name}_{nnn}.mp4` (audio muxed; no emotion labels)
+
+Output (`OUT/`): `manifest.parquet` (one `ClipRef` per clip, sorted by key) and `ledger/ingest.parquet`
+(files that are not clips of the layout, e.g. an unknown emotion folder or a missing audio file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from annotation.facs import MEAD_EMOTIONS
+from pipelines.records import ClipRef, Dataset, Reject, Split, clip_key
+from tbd.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MEAD_PATTERN = (
+    "{speaker}/video/front/{emotion}/level_{n}/{clip}.mp4 (+ {speaker}/audio/{emotion}/level_{n}/{clip}.m4a)"
+)
+HDTF_PATTERN = "{WRA|WDA|RD}_{Name}_{nnn}.mp4"
+_HDTF_NAME = re.compile(r"^(WRA|WDA|RD)_(.+)_(\d+)\.mp4$")
+_LEVEL = re.compile(r"^level_(\d+)$")
+
+
+class IngestConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    dataset: Dataset
+    root: Path
+    out: Path
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_salt: str = "tbd-split-v1"
+
+
+def split_of(speaker: str, config: IngestConfig) -> Split:
+    """Deterministic split by identity: a hash of the speaker, so adding speakers never moves others."""
+    u = int(hashlib.sha256(f"{config.split_salt}:{speaker}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if u < config.test_fraction:
+        return "test"
+    return "val" if u < config.test_fraction + config.val_fraction else "train"
+
+
+def _layout_error(config: IngestConfig, expected: str) -> UserError:
+    seen = sorted(p.name for p in config.root.iterdir())[:8] if config.root.is_dir() else []
+    return UserError(
+        f"{config.root} does not look like a {config.dataset.upper()} folder: expected {expected}; "
+        f"found {seen or 'nothing'}"
+    )
+
+
+def discover_mead(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
+    clips, rejects = [], []
+    for video in sorted(config.root.glob("*/video/front/*/*/*.mp4")):
+        rel = video.relative_to(config.root)
+        speaker, _, _, emotion, level_dir, _ = rel.parts
+        level_match = _LEVEL.match(level_dir)
+        key = clip_key("mead", speaker, emotion, int(level_match.group(1)) if level_match else 0, video.stem)
+        audio = config.root / speaker / "audio" / emotion / level_dir / f"{video.stem}.m4a"
+        reason = (
+            f"unknown emotion folder {emotion!r} (MEAD emotions: {', '.join(MEAD_EMOTIONS)})"
+            if emotion not in MEAD_EMOTIONS
+            else f"level folder {level_dir!r} is not level_1..level_3"
+            if not level_match or int(level_match.group(1)) not in (1, 2, 3)
+            else f"missing audio file {audio.relative_to(config.root)}"
+            if not audio.is_file()
+            else ""
+        )
+        if reason:
+            rejects.append(Reject(key=key, stage="ingest", reason=reason, source=str(video)))
+            continue
+        clips.append(
+            ClipRef(
+                key=key, dataset="mead", speaker=speaker, emotion=emotion, level=int(level_match.group(1)),
+                clip=video.stem, video=str(video.resolve()), audio=str(audio.resolve()), split=split_of(speaker, config),
+            )
+        )  # fmt: skip
+    if not clips and not rejects:
+        raise _layout_error(config, MEAD_PATTERN)
+    return clips, rejects
+
+
+def discover_hdtf(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
+    clips, rejects = [], []
+    videos = sorted(config.root.glob("*.mp4"))
+    for video in videos:
+        m = _HDTF_NAME.match(video.name)
+        if not m:
+            key = clip_key("hdtf", video.stem, "unknown", 0, "x")
+            rejects.append(
+                Reject(
+                    key=key, stage="ingest", reason=f"name does not match {HDTF_PATTERN}", source=str(video)
+                )
+            )
+            continue
+        speaker = f"{m.group(1)}_{m.group(2)}"
+        clips.append(
+            ClipRef(
+                key=clip_key("hdtf", speaker, "unknown", 0, m.group(3)), dataset="hdtf", speaker=speaker,
+                emotion="unknown", level=0, clip=m.group(3), video=str(video.resolve()), audio=None,
+                split=split_of(speaker, config),
+            )
+        )  # fmt: skip
+    if not videos:
+        raise _layout_error(config, HDTF_PATTERN)
+    return clips, rejects
+
+
+def ingest(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
+    """Discover, then write `manifest.parquet` and `ledger/ingest.parquet` under `config.out`."""
+    if not config.root.is_dir():
+        raise UserError(f"dataset root {config.root} is not a folder")
+    clips, rejects = (discover_mead if config.dataset == "mead" else discover_hdtf)(config)
+    keys = [c.key for c in clips]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"{config.root}: clip keys are not unique after sanitising names")
+    clips.sort(key=lambda c: c.key)
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_parquet(config.out / "manifest.parquet", [c.model_dump() for c in clips], ClipRef)
+    write_parquet(config.out / "ledger" / "ingest.parquet", [r.model_dump() for r in rejects], Reject)
+    splits = pd.Series([c.split for c in clips]).value_counts().to_dict()
+    log.info(
+        "ingest %s: %d clips %s, %d rejected -> %s",
+        config.dataset,
+        len(clips),
+        splits,
+        len(rejects),
+        config.out,
+    )
+    return clips, rejects
+
+
+def write_parquet(path: Path, rows: list[dict], model: type[BaseModel]) -> None:
+    """Write rows atomically (temp file + rename); an empty table keeps the model's columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows, columns=list(model.model_fields))
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def read_manifest(out: Path) -> list[ClipRef]:
+    path = Path(out) / "manifest.parquet"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run `tbd ingest` first")
+    frame = pd.read_parquet(path)
+    return [
+        ClipRef(**{k: (None if pd.isna(v) else v) for k, v in row.items()})
+        for row in frame.to_dict("records")
+    ]
