@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "assets": ("pipelines.assets_cli", "list, fetch, verify or override the offline model assets"),
     "demo-corpus": ("pipelines.demo_corpus.cli", "render the embedded demo corpus (MEAD + HDTF layouts)"),
     "face": ("pipelines.face_cli", "detect a face and its 468-point mesh in an image"),
+    "ingest": ("pipelines.ingest_cli", "discover MEAD/HDTF clips and write the manifest"),
+    "preprocess": ("pipelines.preprocess_cli", "Ray job: clips -> media shards + reject ledger"),
     "think": ("annotation.think_cli", "reason from an emotion to FACS muscle movements (CoT JSON)"),
     "tiny-llm": ("annotation.tiny_llm_cli", "build a tiny local stand-in LLM for the vllm engine"),
 }

@@ -1,0 +1,199 @@
+"""Preprocess one clip into a media sample, or a reject with its stage and reason.
+
+decode (PyAV, resampled to 25 fps) → audio (16 kHz mono; silent → reject) → face (detect + track the
+468-point mesh; too few frames with a face → reject) → stable crop → crop-normalised landmarks →
+measured AU proxies → log-mel audio features aligned to frames → encode (H.264 mp4 + wav).
+Region masks are not stored: they are a function of `landmarks.npy` (`pipelines.face.region_masks`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from scipy.io import wavfile
+
+from pipelines.au_proxies import PROXIES, au_proxies
+from pipelines.face import FaceAnalyzer, stable_crop
+from pipelines.records import ClipRef, Reject
+from pipelines.video_io import AUDIO_RATE, read_audio, read_frames, write_mp4
+from tbd.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class MediaConfig(BaseModel):
+    """Per-clip processing settings (part of the media shard set's identity)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    fps: int = 25
+    crop_size: int = 256
+    crop_margin: float = 1.8
+    min_face_fraction: float = 0.8
+    silence_dbfs: float = -50.0
+    n_mels: int = 80
+    crf: int = 20
+    max_seconds: float = 60.0
+
+
+class MediaSample(BaseModel):
+    """The members of one sample in a media shard (bytes / arrays) plus its summary for the sidecar."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    key: str
+    mp4: bytes
+    wav: bytes
+    landmarks: np.ndarray  # (T, 468, 3) float16, crop-normalised (x, y in [0, 1])
+    au: np.ndarray  # (T, K) float32 raw proxies, K named in `meta["au_names"]`
+    audio: np.ndarray  # (T, n_mels) float16 log-mel
+    meta: dict
+
+    def members(self) -> dict[str, bytes]:
+        """WebDataset members (extension -> bytes) in a fixed order."""
+        return {
+            "mp4": self.mp4,
+            "wav": self.wav,
+            "landmarks.npy": _npy(self.landmarks),
+            "au.npy": _npy(self.au),
+            "audio.npy": _npy(self.audio),
+            "json": json.dumps(self.meta, sort_keys=True).encode(),
+        }
+
+    def summary(self) -> dict:
+        """Per-clip AU statistics the annotate job reads without opening the tar."""
+        au = self.au.astype(np.float64)
+        return {
+            "au_names": list(PROXIES),
+            "au_mean": au.mean(0).round(5).tolist(),
+            "au_p10": np.percentile(au, 10, axis=0).round(5).tolist(),
+            "au_p50": np.percentile(au, 50, axis=0).round(5).tolist(),
+            "au_p90": np.percentile(au, 90, axis=0).round(5).tolist(),
+            **{k: self.meta[k] for k in ("frames", "emotion", "level", "speaker", "dataset", "split")},
+        }
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def resample_indices(n_in: int, fps_in: float, fps: int) -> np.ndarray:
+    """Frame indices that resample a clip from `fps_in` to `fps` (nearest frame in time)."""
+    if not fps_in or abs(fps_in - fps) < 0.01:
+        return np.arange(n_in)
+    times = np.arange(0, n_in / fps_in, 1 / fps)
+    return np.minimum(np.round(times * fps_in).astype(int), n_in - 1)
+
+
+def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25) -> np.ndarray:
+    """(T, n_mels) log-mel features, one row per video frame (hop = 16000 / fps samples)."""
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    hop, n_fft = AUDIO_RATE // fps, 1024
+    audio = np.pad(audio, (0, max(0, n_frames * hop - len(audio))))[: n_frames * hop]
+    mel = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=20.0,
+        max_frequency=AUDIO_RATE / 2, sampling_rate=AUDIO_RATE, norm="slaney", mel_scale="slaney",
+    )  # fmt: skip
+    spec = spectrogram(
+        audio, window_function(n_fft, "hann"), frame_length=n_fft, hop_length=hop, power=2.0,
+        mel_filters=mel, log_mel="log10",
+    )  # fmt: skip
+    return spec.T[:n_frames].astype(np.float16)
+
+
+def dbfs(audio: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+    return 20 * np.log10(rms) if rms > 0 else float("-inf")
+
+
+def _wav(audio: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    wavfile.write(buf, AUDIO_RATE, (np.clip(audio, -1, 1) * 32767).astype(np.int16))
+    return buf.getvalue()
+
+
+def _mp4(frames: np.ndarray, fps: int, crf: int) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.mp4"
+        write_mp4(path, frames, fps=fps, crf=crf)
+        return path.read_bytes()
+
+
+def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> MediaSample | Reject:
+    """Run every stage; the first that fails names the reject."""
+    source = ref.video
+    try:
+        raw, fps_in = read_frames(ref.video)
+    except UserError as err:
+        return Reject(key=ref.key, stage="decode", reason=str(err).split(": ", 1)[-1], source=source)
+    frames = raw[resample_indices(len(raw), fps_in, config.fps)][: int(config.max_seconds * config.fps)]
+    n = len(frames)
+
+    try:
+        audio = read_audio(ref.audio or ref.video)
+    except UserError as err:
+        return Reject(
+            key=ref.key, stage="audio", reason=str(err).split(": ", 1)[-1], source=ref.audio or source
+        )
+    hop = AUDIO_RATE // config.fps
+    audio = np.pad(audio, (0, max(0, n * hop - len(audio))))[: n * hop]
+    level = dbfs(audio)
+    if level < config.silence_dbfs:
+        return Reject(
+            key=ref.key, stage="audio", source=ref.audio or source,
+            reason=f"silent audio ({level:.1f} dBFS, threshold {config.silence_dbfs:.0f} dBFS)",
+        )  # fmt: skip
+
+    results = analyzer.track(frames)
+    found = [r.mesh is not None for r in results]
+    fraction = sum(found) / n
+    if fraction < config.min_face_fraction:
+        return Reject(
+            key=ref.key, stage="face", source=source,
+            reason=f"no face in {n - sum(found)}/{n} frames (needs a face in {config.min_face_fraction:.0%})",
+        )  # fmt: skip
+    meshes = [r.mesh for r in results]
+    crop = stable_crop(meshes, margin=config.crop_margin)
+    # Frames without a face take the landmarks of the nearest frame with one.
+    have = np.flatnonzero(found)
+    nearest = have[np.abs(np.arange(n)[:, None] - have[None]).argmin(1)]
+    landmarks = np.stack([meshes[i].landmarks for i in nearest]).astype(np.float64)  # (T, 468, 3) image px
+
+    size = config.crop_size
+    affine = crop.affine(size)
+    cropped = np.stack([cv2.warpAffine(f, affine, (size, size), flags=cv2.INTER_AREA) for f in frames])
+    xy = landmarks[..., :2] @ affine[:, :2].T + affine[:, 2]
+    scale = np.linalg.norm(affine[0, :2])
+    crop_lm = np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float16)
+
+    meta = {
+        **ref.model_dump(),
+        "frames": n,
+        "fps": config.fps,
+        "fps_in": round(float(fps_in), 3),
+        "crop_box": {"cx": crop.cx, "cy": crop.cy, "size": crop.size, "out": size},
+        "face_fraction": round(fraction, 4),
+        "audio_dbfs": round(level, 2),
+        "au_names": list(PROXIES),
+    }
+    try:
+        mp4 = _mp4(cropped, config.fps, config.crf)
+    except (OSError, ValueError) as err:
+        return Reject(key=ref.key, stage="encode", reason=f"H.264 encoding failed: {err}", source=source)
+    return MediaSample(
+        key=ref.key,
+        mp4=mp4,
+        wav=_wav(audio),
+        landmarks=crop_lm,
+        au=au_proxies(landmarks),
+        audio=log_mel(audio, n, config.n_mels, config.fps),
+        meta=meta,
+    )

@@ -1,0 +1,166 @@
+"""Preprocess job (Ray Data): ingest manifest -> media shards + manifest + reject ledger.
+
+Shards are the unit of work, of writing and of resume: `ray.data.from_items(pending shard plans)
+.map_batches(ShardBuilder, batch_size=1, concurrency=N)` where `ShardBuilder` is a callable class that
+holds a `FaceAnalyzer` per worker, processes its shard's clips in key order and writes the tar +
+sidecar itself (media bytes never travel through the object store or the driver). The driver then
+assembles `media/manifest.json` and `ledger/preprocess.parquet` from all sidecars.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from pipelines.clip_media import MediaConfig, MediaSample, process_clip
+from pipelines.faults import maybe_fail
+from pipelines.ingest import read_manifest, write_parquet
+from pipelines.records import ClipRef, Reject
+from pipelines.shards import check_params, finished, plan_shards, read_sidecar, write_manifest, write_shard
+from pipelines.tracking import job_run, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+class PreprocessConfig(BaseModel):
+    """One config object for the job."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    data: Path  # the ingest output folder (manifest.parquet); media shards go to DATA/media
+    media: MediaConfig = MediaConfig()
+    clips_per_shard: int = 16
+    concurrency: int = 2  # ShardBuilder actors
+    num_cpus_per_worker: float = 1.0
+    tracking_uri: str | None = None
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data / "media"
+
+
+class ShardBuilder:
+    """Ray Data callable class: builds and writes whole shards (a face analyzer per batch of shards)."""
+
+    def __init__(self, media_dir: str, media: dict):
+        self.media_dir = Path(media_dir)
+        self.config = MediaConfig(**media)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        # The analyzer lives for one batch: MediaPipe cannot be closed cleanly at actor teardown
+        # (its dispatcher shuts down first), and opening it costs ~50 ms per shard of clips.
+        from pipelines.face import FaceAnalyzer
+
+        with FaceAnalyzer() as self.analyzer:
+            return self._build(batch)
+
+    def _build(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        names, frames, seconds = [], [], []
+        for name, clips_json in zip(batch["name"], batch["clips"], strict=True):
+            start = time.perf_counter()
+            clips = [ClipRef.model_validate_json(c) for c in clips_json]
+            samples, rejects, summaries, n_frames = [], [], {}, 0
+            for ref in clips:
+                maybe_fail("preprocess", ref.key)
+                result = process_clip(ref, self.analyzer, self.config)
+                if isinstance(result, Reject):
+                    rejects.append(result)
+                    continue
+                samples.append((ref.key, result.members()))
+                summaries[ref.key] = result.summary()
+                n_frames += result.meta["frames"]
+            write_shard(self.media_dir, str(name), samples, rejects, summaries)
+            names.append(str(name))
+            frames.append(n_frames)
+            seconds.append(time.perf_counter() - start)
+        return {"name": names, "frames": frames, "seconds": seconds}
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to `$RAY_ADDRESS` (set by `ray job submit`) or start a local Ray on this machine."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def run_preprocess(config: PreprocessConfig) -> dict:
+    """Build every missing or invalid shard, then write the manifest and the ledger. Idempotent."""
+    import ray
+
+    clips = {c.key: c for c in read_manifest(config.data)}
+    plan = plan_shards(list(clips), config.clips_per_shard)
+    params = {
+        "media": config.media.model_dump(),
+        "clips_per_shard": config.clips_per_shard,
+        "keys": len(clips),
+    }
+    check_params(config.media_dir, params)
+    pending = [(name, keys) for name, keys in plan if finished(config.media_dir, name) is None]
+    log.info("preprocess: %d clips in %d shards, %d to build", len(clips), len(plan), len(pending))
+
+    uri = tracking_uri(config.tracking_uri, config.data)
+    with job_run(
+        "preprocess", uri, {**params, "concurrency": config.concurrency, "data": str(config.data)}
+    ) as mlflow:
+        start = time.perf_counter()
+        built = []
+        if pending:
+            init_ray()
+            items = [{"name": n, "clips": [clips[k].model_dump_json() for k in keys]} for n, keys in pending]
+            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                ShardBuilder,
+                fn_constructor_kwargs={
+                    "media_dir": str(config.media_dir),
+                    "media": config.media.model_dump(),
+                },
+                batch_size=1,
+                concurrency=config.concurrency,
+                num_cpus=config.num_cpus_per_worker,
+            )
+            built = ds.take_all()
+        wall = time.perf_counter() - start
+        records = []
+        for name, _keys in plan:
+            record = finished(config.media_dir, name)
+            if record is None:
+                raise RuntimeError(f"shard {name} is missing after the run")
+            records.append(record)
+        rejects = [r for rec in records for r in rec.rejects]
+        write_parquet(
+            config.data / "ledger" / "preprocess.parquet", [r.model_dump() for r in rejects], Reject
+        )
+        manifest = write_manifest(config.media_dir, "media", params, records)
+        frames = sum(b["frames"] for b in built)
+        metrics = {
+            "clips": len(clips),
+            "samples": manifest["samples"],
+            "rejects": len(rejects),
+            "shards": len(plan),
+            "shards_built": len(built),
+            "frames_built": frames,
+            "wall_s": wall,
+            "frames_per_s": frames / wall if wall > 0 and frames else 0.0,
+        }
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(config.media_dir / "manifest.json"))
+        mlflow.log_artifact(str(config.data / "ledger" / "preprocess.parquet"))
+    log.info("preprocess: %s", metrics)
+    assert manifest["samples"] + len(rejects) == len(clips), "a clip is neither in the shards nor the ledger"
+    return {"manifest": manifest, "metrics": metrics}
+
+
+def media_summaries(media_dir: Path) -> dict[str, dict]:
+    """Per-key summaries of every shard (from the sidecars; no tar is opened)."""
+    from pipelines.shards import read_manifest as read_shard_manifest
+
+    out = {}
+    for shard in read_shard_manifest(media_dir)["shards"]:
+        out.update(read_sidecar(media_dir, shard["name"])["summaries"])
+    return out
+
+
+__all__ = ["MediaSample", "PreprocessConfig", "ShardBuilder", "init_ray", "media_summaries", "run_preprocess"]

@@ -1,0 +1,139 @@
+"""WebDataset shard sets: a fixed plan (keys -> shard names), deterministic tars written atomically with a
+sidecar (keys, sha256, rejects, per-key summaries), verification for resume, and the set's manifest.
+
+A shard is finished when its sidecar exists and the tar's sha256 matches it; a rerun skips finished
+shards and rebuilds the rest, so a crashed run resumed equals a clean run, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import webdataset as wds
+
+from pipelines.records import Reject, ShardRecord
+from tbd.errors import UserError
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+def plan_shards(keys: list[str], clips_per_shard: int) -> list[tuple[str, list[str]]]:
+    """Sorted keys cut into consecutive shards: membership is fixed before any clip is processed, so a
+    reject leaves a gap in its own shard and never moves another clip."""
+    keys = sorted(keys)
+    return [
+        (shard_name(i // clips_per_shard), keys[i : i + clips_per_shard])
+        for i in range(0, len(keys), clips_per_shard)
+    ]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shard(
+    folder: Path,
+    name: str,
+    samples: Iterable[tuple[str, dict[str, bytes]]],
+    rejects: list[Reject],
+    summaries: dict[str, dict] | None = None,
+) -> ShardRecord:
+    """Write `{name}.tar` (members in the given order, fixed mtime/owner: reproducible bytes) and then its
+    sidecar `{name}.json`, each through a temp file and an atomic rename."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tar, tmp = folder / f"{name}.tar", folder / f".{name}.tar.tmp"
+    keys = []
+    with open(tmp, "wb") as fh:
+        writer = wds.TarWriter(fh, mtime=0.0)
+        for key, members in samples:
+            writer.write({"__key__": key, **members})
+            keys.append(key)
+        writer.close()
+    os.replace(tmp, tar)
+    record = ShardRecord(
+        name=name, keys=keys, sha256=sha256_file(tar), bytes=tar.stat().st_size, rejects=rejects
+    )
+    sidecar = {"record": record.model_dump(), "summaries": summaries or {}}
+    tmp_json = folder / f".{name}.json.tmp"
+    tmp_json.write_text(json.dumps(sidecar, sort_keys=True))
+    os.replace(tmp_json, folder / f"{name}.json")
+    return record
+
+
+def finished(folder: Path, name: str) -> ShardRecord | None:
+    """The shard's record if its sidecar exists and the tar matches its sha256; else None."""
+    sidecar, tar = folder / f"{name}.json", folder / f"{name}.tar"
+    if not (sidecar.is_file() and tar.is_file()):
+        return None
+    record = ShardRecord(**json.loads(sidecar.read_text())["record"])
+    if tar.stat().st_size != record.bytes or sha256_file(tar) != record.sha256:
+        log.warning("%s: tar does not match its sidecar; it will be rebuilt", tar)
+        return None
+    return record
+
+
+def read_sidecar(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def write_manifest(folder: Path, kind: str, params: dict, records: list[ShardRecord], **extra) -> dict:
+    """The shard set's manifest: parameters, shards (keys, sha256, bytes) and counts."""
+    manifest = {
+        "kind": kind,
+        "params": params,
+        "shards": [{"name": r.name, "keys": r.keys, "sha256": r.sha256, "bytes": r.bytes} for r in records],
+        "samples": sum(len(r.keys) for r in records),
+        "rejects": sum(len(r.rejects) for r in records),
+        **extra,
+    }
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: the shard set is missing or unfinished")
+    return json.loads(path.read_text())
+
+
+def check_params(folder: Path, params: dict) -> None:
+    """A rerun must use the settings the shards in `folder` were made with (else they would mix)."""
+    path = folder / "params.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != params:
+            changed = sorted(k for k in set(before) | set(params) if before.get(k) != params.get(k))
+            raise UserError(
+                f"{folder} holds shards made with other settings ({', '.join(changed)}); use a new folder"
+            )
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(params, indent=1, sort_keys=True))
+
+
+def tar_members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
+    """Read a shard back as (key, members) in order (for tests, tools and the annotate job)."""
+    out: list[tuple[str, dict[str, bytes]]] = []
+    for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+        key = sample.pop("__key__")
+        sample.pop("__url__", None)
+        sample.pop("__local_path__", None)
+        out.append((key, {k: v for k, v in sample.items() if isinstance(v, bytes)}))
+    return out
