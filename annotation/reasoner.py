@@ -103,17 +103,17 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
 
     # 3. Weigh measured evidence: it may remove a core AU, add an optional one, and pull intensities.
     if peaks:
-        notes = []
+        confirmed, absent, added = [], [], []
         for au in list(chosen):
             peak = peaks.get(au, {}).get("both")
             if peak is None:
                 continue
             if peak < ABSENT_PEAK:
                 del chosen[au]
-                notes.append(f"AU{au} measured at {peak:.1f}, absent, so it is left out")
+                absent.append(f"AU{au} ({peak:.1f})")
             else:
                 chosen[au] = (chosen[au] + min(max(peak, 1.0), 5.0)) / 2
-                notes.append(f"AU{au} measured at peak {peak:.1f} confirms it")
+                confirmed.append(f"AU{au} ({peak:.1f})")
         for au, sides in sorted(peaks.items()):
             if (
                 au not in chosen
@@ -121,7 +121,16 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
                 and (au in optional or not weights_fixed(request))
             ):
                 chosen[au] = sides["both"]
-                notes.append(f"AU{au} measured at peak {sides['both']:.1f} is added")
+                added.append(f"AU{au} ({sides['both']:.1f})")
+        notes = [
+            f"{label} {', '.join(items)}"
+            for label, items in (
+                ("measured peaks confirm", confirmed),
+                ("absent, so left out:", absent),
+                ("added:", added),
+            )
+            if items
+        ]
         steps.append(
             "Evidence: " + ("; ".join(notes) or "the measurements neither add nor remove an AU") + "."
         )
@@ -159,7 +168,7 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
     return ChainOfThought(
         emotion=request.emotion if request.emotion != UNKNOWN else dominant,
         intensity_level=level,
-        reasoning=steps,
+        reasoning=[_fit(step) for step in steps],
         global_description=global_sentence,
         action_units=units,
         regions=regions,
@@ -192,11 +201,31 @@ def _soften_contradictions(letters: dict[int, str], kb: KnowledgeBase) -> None:
 
 
 def region_sentences(units: list[AUDescription], kb: KnowledgeBase) -> RegionDescriptions:
-    by_region: dict[str, list[str]] = defaultdict(list)
+    """One sentence per region from its AUs' registry movements; shortened to the schema's bound when
+    a region holds many AUs (first clause of each movement, then a word-boundary cut)."""
+    limit = RegionDescriptions.model_fields["brows"].metadata[0].max_length
+    by_region: dict[str, list[AUDescription]] = defaultdict(list)
     for u in units:
+        by_region[u.region].append(u)
+
+    def clause(u: AUDescription, short: bool) -> str:
+        movement = u.movement.split(";")[0] if short else u.movement
         where = "" if u.side == "both" else f" on the {u.side} side only"
-        by_region[u.region].append(f"{ADVERB[u.intensity]}: {u.movement}{where} (AU{u.au})")
-    return RegionDescriptions(**{r: _sentence("; ".join(by_region[r])) for r in kb.regions})
+        return f"{ADVERB[u.intensity]}: {movement}{where} (AU{u.au})"
+
+    sentences = {}
+    for region in kb.regions:
+        text = _sentence("; ".join(clause(u, False) for u in by_region[region]))
+        if len(text) > limit:
+            text = _sentence("; ".join(clause(u, True) for u in by_region[region]))
+        sentences[region] = _fit(text)
+    return RegionDescriptions(**sentences)
+
+
+def _fit(text: str) -> str:
+    """Cut a sentence at a word boundary to the schema's bound."""
+    limit = RegionDescriptions.model_fields["brows"].metadata[0].max_length
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "."
 
 
 def _sentence(text: str) -> str:

@@ -168,10 +168,16 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
     landmarks = np.stack([meshes[i].landmarks for i in nearest]).astype(np.float64)  # (T, 468, 3) image px
 
     size = config.crop_size
-    affine = crop.affine(size)
-    cropped = np.stack([cv2.warpAffine(f, affine, (size, size), flags=cv2.INTER_AREA) for f in frames])
-    xy = landmarks[..., :2] @ affine[:, :2].T + affine[:, 2]
-    scale = np.linalg.norm(affine[0, :2])
+    to_image = crop.affine(size)  # crop pixels -> image pixels
+    cropped = np.stack(
+        [
+            cv2.warpAffine(f, to_image, (size, size), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP)
+            for f in frames
+        ]
+    )
+    to_crop = cv2.invertAffineTransform(to_image)
+    xy = landmarks[..., :2] @ to_crop[:, :2].T + to_crop[:, 2]
+    scale = np.linalg.norm(to_crop[0, :2])
     crop_lm = np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float16)
 
     meta = {

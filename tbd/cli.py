@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "face": ("pipelines.face_cli", "detect a face and its 468-point mesh in an image"),
     "ingest": ("pipelines.ingest_cli", "discover MEAD/HDTF clips and write the manifest"),
     "preprocess": ("pipelines.preprocess_cli", "Ray job: clips -> media shards + reject ledger"),
+    "annotate": ("pipelines.annotate_cli", "Ray job: media shards -> CoT annotation shards of one version"),
+    "annotations": ("pipelines.annotations_cli", "list annotation versions with counts and acceptance"),
     "think": ("annotation.think_cli", "reason from an emotion to FACS muscle movements (CoT JSON)"),
     "tiny-llm": ("annotation.tiny_llm_cli", "build a tiny local stand-in LLM for the vllm engine"),
 }

@@ -64,25 +64,7 @@ class Engine(ABC):
             unique.setdefault(r.fingerprint(), r)
         gens = dict(zip(unique, self.generate(list(unique.values())), strict=True))
         prov = self.provenance()
-        out = []
-        for r in requests:
-            gen = gens[r.fingerprint()]
-            data, reasons = parse(gen)
-            if data is None:
-                cot, result = None, Validation(outcome="rejected", reasons=reasons)
-            else:
-                cot, result = validate(data, r, load_kb())
-            out.append(
-                Annotation(
-                    key=r.key or r.fingerprint(),
-                    request=r,
-                    cot=cot,
-                    raw=gen.text,
-                    finish_reason=gen.finish_reason,
-                    validation=result,
-                    provenance=prov,
-                )
-            )
+        out = [judge(r, gens[r.fingerprint()], prov) for r in requests]
         counts = {
             o: sum(a.validation.outcome == o for a in out) for o in ("accepted", "repaired", "rejected")
         }
@@ -98,3 +80,21 @@ class Engine(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def judge(request: ThinkRequest, generation: Generation, provenance: Provenance) -> Annotation:
+    """Parse and validate one generation for its request; stamp provenance. Pure, cheap, engine-free."""
+    data, reasons = parse(generation)
+    if data is None:
+        cot, result = None, Validation(outcome="rejected", reasons=reasons)
+    else:
+        cot, result = validate(data, request, load_kb())
+    return Annotation(
+        key=request.key or request.fingerprint(),
+        request=request,
+        cot=cot,
+        raw=generation.text,
+        finish_reason=generation.finish_reason,
+        validation=result,
+        provenance=provenance,
+    )

@@ -8,6 +8,7 @@ from annotation.engines.base import Engine
 from annotation.facs import load_kb
 from annotation.reasoner import REASONER_VERSION, think
 from annotation.records import Generation, ThinkRequest
+from tbd.errors import UserError
 
 
 class FacsEngine(Engine):
@@ -23,4 +24,10 @@ class FacsEngine(Engine):
 
     def generate(self, requests: Sequence[ThinkRequest]) -> list[Generation]:
         kb = load_kb()
-        return [Generation(text=think(r, kb).model_dump_json(), finish_reason="stop") for r in requests]
+        out = []
+        for r in requests:
+            try:
+                out.append(Generation(text=think(r, kb).model_dump_json(), finish_reason="stop"))
+            except (UserError, ValueError) as err:  # one bad request is one reject, not a failed job
+                out.append(Generation(text="", error=f"{type(err).__name__}: {err}"))
+        return out

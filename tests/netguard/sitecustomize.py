@@ -1,5 +1,6 @@
 """Network guard for the offline tests (loaded by every Python process started with this folder on
-PYTHONPATH): any connection or name lookup outside loopback fails, and is recorded in $TBD_NETGUARD_LOG."""
+PYTHONPATH): any connection or name lookup outside this machine (loopback, its own interface
+addresses, the unspecified address) fails, and is recorded in $TBD_NETGUARD_LOG."""
 
 import ipaddress
 import os
@@ -9,13 +10,30 @@ _LOG = os.environ.get("TBD_NETGUARD_LOG")
 _connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
 
 
+def _own_addresses() -> set[str]:
+    """This machine's interface addresses (Ray binds and connects to the node's own IP)."""
+    try:
+        import psutil
+
+        return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    except Exception:
+        return set()
+
+
+_OWN = _own_addresses()
+
+
 def _local(host) -> bool:
     if host in (None, "", "localhost") or isinstance(host, bytes | int):
         return True
+    host = str(host).split("%")[0]
+    if host in _OWN:
+        return True
     try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 def _deny(what: str):

@@ -1,0 +1,256 @@
+"""Pipeline jobs on the demo corpus, through the real CLI, real Ray, real WebDataset tars, offline:
+ingest -> preprocess (media shards) -> annotate (annotation shards), bad inputs, crash + resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.shards import read_manifest, sha256_file, tar_members
+from pipelines.video_io import write_m4a, write_mp4
+from tests.conftest import offline_env, run_tbd
+
+PREPROCESS_ARGS = ("--crop-size", "64", "--clips-per-shard", "8", "--concurrency", "2")
+
+
+def tbd_ok(*args, log: Path, env_extra: dict | None = None) -> dict:
+    proc = run_tbd(*args, env={**offline_env(log), **(env_extra or {})}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip().startswith("{") else {}
+
+
+def ledger(data: Path, stage_file: str) -> pd.DataFrame:
+    return pd.read_parquet(data / "ledger" / f"{stage_file}.parquet")
+
+
+@pytest.fixture(scope="module")
+def datasets(demo_corpus, tmp_path_factory, netguard_log):
+    """Both layouts of the demo corpus, ingested, preprocessed and annotated with the facs engine."""
+    out = {}
+    for dataset in ("mead", "hdtf"):
+        data = tmp_path_factory.mktemp(f"data_{dataset}")
+        run = tbd_ok(
+            "ingest",
+            "--dataset",
+            dataset,
+            "--root",
+            str(demo_corpus / dataset),
+            "--out",
+            str(data),
+            log=netguard_log,
+        )
+        assert run == {}
+        metrics = tbd_ok("preprocess", "--data", str(data), *PREPROCESS_ARGS, log=netguard_log)
+        annotated = tbd_ok("annotate", "--data", str(data), log=netguard_log)
+        out[dataset] = {"data": data, "preprocess": metrics, "annotate": annotated}
+    return out
+
+
+@pytest.mark.parametrize("dataset", ["mead", "hdtf"])
+def test_every_clip_ends_in_shards_or_ledger_and_shards_align(datasets, dataset, demo_corpus, netguard_log):
+    data = datasets[dataset]["data"]
+    manifest = pd.read_parquet(data / "manifest.parquet")
+    corpus = json.loads((demo_corpus / "corpus.json").read_text())
+    n_files = sum(c["layout"] == dataset for c in corpus["clips"])
+    assert len(manifest) + len(ledger(data, "ingest")) == n_files
+
+    media = read_manifest(data / "media")
+    assert media["samples"] + len(ledger(data, "preprocess")) == len(manifest)
+    assert media["samples"] == len(manifest)  # the demo corpus is clean
+    for shard in media["shards"]:
+        assert sha256_file(data / "media" / f"{shard['name']}.tar") == shard["sha256"]
+        assert shard["keys"] == sorted(shard["keys"])
+
+    version = datasets[dataset]["annotate"]["version"]
+    ann = read_manifest(data / "annotations" / version)
+    assert [(s["name"], s["keys"]) for s in ann["shards"]] == [
+        (s["name"], s["keys"]) for s in media["shards"]
+    ]
+    assert sum(ann["outcomes"].values()) == media["samples"]
+    assert ann["outcomes"]["rejected"] == len(ledger(data, f"annotate-{version}"))
+    assert not netguard_log.exists() or not netguard_log.read_text().strip(), netguard_log.read_text()
+
+
+def test_media_samples_hold_the_documented_members(datasets, analyzer, tmp_path):
+    data = datasets["mead"]["data"]
+    name = read_manifest(data / "media")["shards"][0]["name"]
+    key, members = tar_members(data / "media" / f"{name}.tar")[0]
+    assert set(members) == {"mp4", "wav", "landmarks.npy", "au.npy", "audio.npy", "json"}
+    assert "." not in key
+    meta = json.loads(members["json"])
+    from io import BytesIO
+
+    lm = np.load(BytesIO(members["landmarks.npy"]))
+    au = np.load(BytesIO(members["au.npy"]))
+    mel = np.load(BytesIO(members["audio.npy"]))
+    assert lm.shape == (meta["frames"], 468, 3) and lm.dtype == np.float16
+    assert 0 <= lm[..., :2].min() and lm[..., :2].max() <= 1
+    assert au.shape == (meta["frames"], len(meta["au_names"])) and mel.shape == (meta["frames"], 80)
+    assert meta["fps"] == 25 and meta["face_fraction"] >= 0.8 and meta["key"] == key
+    assert members["mp4"][4:8] == b"ftyp" and members["wav"][:4] == b"RIFF"
+    # The stored landmarks are where the face is in the stored crop video: re-detect on frame 0.
+    from pipelines.video_io import read_frames
+
+    (tmp_path / "crop.mp4").write_bytes(members["mp4"])
+    frames, fps = read_frames(tmp_path / "crop.mp4")
+    assert fps == 25 and frames.shape[:3] == (meta["frames"], 64, 64)
+    result = analyzer.analyze(np.kron(frames[0], np.ones((4, 4, 1), np.uint8)))  # upscaled for the detector
+    assert result.found
+    redetected = result.mesh.landmarks[:, :2] / 256
+    assert np.abs(redetected - lm[0, :, :2].astype(float)).mean() < 0.02
+
+
+def test_shards_read_back_with_ray_data(datasets):
+    import ray
+
+    data = datasets["hdtf"]["data"]
+    media = read_manifest(data / "media")
+    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        tars = [str(data / "media" / f"{s['name']}.tar") for s in media["shards"]]
+        rows = ray.data.read_webdataset(tars, decoder=None).take_all()
+    finally:
+        ray.shutdown()
+    assert sorted(r["__key__"] for r in rows) == sorted(k for s in media["shards"] for k in s["keys"])
+
+
+def test_annotations_carry_evidence_and_provenance(datasets):
+    data = datasets["mead"]["data"]
+    version = datasets["mead"]["annotate"]["version"]
+    shard = read_manifest(data / "annotations" / version)["shards"][0]
+    anns = {
+        k: json.loads(m["cot.json"])
+        for k, m in tar_members(data / "annotations" / version / f"{shard['name']}.tar")
+    }
+    assert list(anns) == shard["keys"]
+    for key, ann in anns.items():
+        assert ann["provenance"]["annotation_version"] == version
+        assert ann["request"]["evidence"], key  # measured AU evidence went into the request
+        assert ann["request"]["emotion"] in key
+
+
+def test_regenerate_with_vllm_adds_a_version_and_leaves_media_untouched(datasets, tiny_llm, netguard_log):
+    data = datasets["hdtf"]["data"]
+    before = {p.name: sha256_file(p) for p in (data / "media").glob("*.tar")}
+    args = ("--model", str(tiny_llm), "--max-model-len", "12288", "--max-tokens", "3072")
+    result = tbd_ok(
+        "annotate",
+        "--data",
+        str(data),
+        "--engine",
+        "vllm",
+        *args,
+        log=netguard_log,
+        env_extra={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    assert result["version"] != datasets["hdtf"]["annotate"]["version"]
+    assert {p.name: sha256_file(p) for p in (data / "media").glob("*.tar")} == before
+    proc = run_tbd("annotations", "--data", str(data), "--json", env=offline_env(netguard_log))
+    versions = {row["version"]: row for row in json.loads(proc.stdout)}
+    assert set(versions) == {result["version"], datasets["hdtf"]["annotate"]["version"]}
+    row = versions[result["version"]]
+    assert row["engine"] == "vllm" and row["samples"] == read_manifest(data / "media")["samples"]
+    assert row["accepted"] + row["repaired"] + row["rejected"] == row["samples"]
+    rejected = ledger(data, f"annotate-{result['version']}")
+    assert len(rejected) == row["rejected"] and all(rejected["reason"].str.len() > 0)
+    # A rerun is a no-op: every annotation shard is verified and kept.
+    again = tbd_ok("annotate", "--data", str(data), "--engine", "vllm", *args, log=netguard_log)
+    assert again["version"] == result["version"] and again["requests"] == 0
+
+
+def test_bad_inputs_end_in_the_ledger_with_stage_and_reason(demo_corpus, tmp_path, netguard_log):
+    root = tmp_path / "mead"
+    good = sorted((demo_corpus / "mead" / "W001").glob("video/front/happy/level_*/000.mp4"))
+    for i, video in enumerate(good):  # two good clips
+        for kind, src in (
+            ("video/front", video),
+            ("audio", Path(str(video).replace("video/front", "audio")).with_suffix(".m4a")),
+        ):
+            dst = root / "S001" / kind / "happy" / f"level_{i + 1}" / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+
+    def clip(name: str, emotion: str = "sad"):
+        video = root / "S002" / "video" / "front" / emotion / "level_1" / f"{name}.mp4"
+        audio = root / "S002" / "audio" / emotion / "level_1" / f"{name}.m4a"
+        video.parent.mkdir(parents=True, exist_ok=True)
+        audio.parent.mkdir(parents=True, exist_ok=True)
+        return video, audio
+
+    video, audio = clip("001")  # corrupt mp4
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    shutil.copy(root / "S001" / "audio" / "happy" / "level_1" / "000.m4a", audio)
+    video, audio = clip("002")  # zero-byte mp4
+    video.write_bytes(b"")
+    shutil.copy(root / "S001" / "audio" / "happy" / "level_1" / "000.m4a", audio)
+    video, audio = clip("003")  # silent audio
+    shutil.copy(good[0], video)
+    write_m4a(audio, np.zeros(32000, np.float32))
+    video, audio = clip("004")  # no face: textured noise frames
+    rng = np.random.default_rng(0)
+    write_mp4(video, rng.integers(0, 255, (50, 128, 128, 3), dtype=np.uint8))
+    shutil.copy(root / "S001" / "audio" / "happy" / "level_1" / "000.m4a", audio)
+    video, _ = clip("005", emotion="bored")  # an emotion MEAD does not have
+    shutil.copy(good[0], video)
+
+    data = tmp_path / "data"
+    tbd_ok("ingest", "--dataset", "mead", "--root", str(root), "--out", str(data), log=netguard_log)
+    metrics = tbd_ok("preprocess", "--data", str(data), *PREPROCESS_ARGS, log=netguard_log)
+    assert metrics["samples"] == 2 and metrics["rejects"] == 4
+    rejects = {row.key.split("_")[-1]: row for row in ledger(data, "preprocess").itertuples()}
+    assert rejects["001"].stage == "decode" and "unreadable video" in rejects["001"].reason
+    assert rejects["002"].stage == "decode"
+    assert rejects["003"].stage == "audio" and "silent audio" in rejects["003"].reason
+    assert rejects["004"].stage == "face" and "no face in" in rejects["004"].reason
+    ingest_rejects = ledger(data, "ingest")
+    assert (
+        list(ingest_rejects["stage"]) == ["ingest"]
+        and "unknown emotion folder 'bored'" in ingest_rejects["reason"][0]
+    )
+    annotated = tbd_ok("annotate", "--data", str(data), log=netguard_log)
+    assert annotated["n_accepted"] + annotated["n_repaired"] + annotated["n_rejected"] == 2
+
+
+def test_crash_midway_then_resume_equals_a_clean_run(datasets, tmp_path, netguard_log):
+    clean = datasets["mead"]["data"]
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(clean / "manifest.parquet", data / "manifest.parquet")
+    last_shard = read_manifest(clean / "media")["shards"][-1]
+    fault = f"preprocess:{last_shard['keys'][1]}"
+    proc = run_tbd(
+        "preprocess",
+        "--data",
+        str(data),
+        *PREPROCESS_ARGS,
+        env={**offline_env(netguard_log), "TBD_INJECT_FAULT": fault},
+    )
+    assert proc.returncode != 0 and "InjectedFault" in proc.stderr
+    assert not (data / "media" / "manifest.json").exists()
+    assert not (data / "media" / f"{last_shard['name']}.json").exists()
+    survived = len(list((data / "media").glob("shard-*.json")))
+    assert survived >= 1  # shards finished before the crash stay finished
+    resumed = tbd_ok("preprocess", "--data", str(data), *PREPROCESS_ARGS, log=netguard_log)
+    assert resumed["shards_built"] == resumed["shards"] - survived
+    assert read_manifest(data / "media") == read_manifest(clean / "media")
+
+
+def test_ingest_and_preprocess_errors_are_clear(tmp_path, netguard_log):
+    env = offline_env(netguard_log)
+    (tmp_path / "empty").mkdir()
+    proc = run_tbd(
+        "ingest",
+        "--dataset",
+        "hdtf",
+        "--root",
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "o"),
+        env=env,
+    )
+    assert proc.returncode == 2 and "expected {WRA|WDA|RD}_{Name}_{nnn}.mp4" in proc.stderr
+    proc = run_tbd("preprocess", "--data", str(tmp_path / "nowhere"), env=env)
+    assert proc.returncode == 2 and "run `tbd ingest` first" in proc.stderr
