@@ -25,8 +25,23 @@ $(STAMP): pyproject.toml requirements.lock
 assets: $(STAMP)
 	$(BIN)/tbd assets fetch
 
+# The pipeline end to end on the embedded demo corpus (re-runnable: the data folders are rebuilt).
 demo: setup
 	$(BIN)/tbd demo-corpus --out $(DEMO_OUT)/corpus --force
+	rm -rf $(DEMO_OUT)/data
+	@set -e; for ds in mead hdtf; do \
+		echo "== $$ds: ingest -> preprocess -> annotate (facs)"; \
+		$(BIN)/tbd ingest --dataset $$ds --root $(DEMO_OUT)/corpus/$$ds --out $(DEMO_OUT)/data/$$ds; \
+		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --crop-size 64 --clips-per-shard 8; \
+		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds; \
+	done
+	@echo "== hdtf: regenerate the annotations with vLLM on the tiny local LLM (a second version beside the first)"
+	$(BIN)/tbd tiny-llm --out $(DEMO_OUT)/tiny-llm
+	VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/hdtf --engine vllm \
+		--model $(DEMO_OUT)/tiny-llm --max-model-len 12288 --max-tokens 3072
+	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/hdtf
+	$(BIN)/tbd think --text "a bittersweet smile" --level 2 --json > $(DEMO_OUT)/bittersweet.json
+	@echo "demo done: corpus, media + annotation shards, ledgers and MLflow runs under $(DEMO_OUT)/"
 
 test: setup
 	$(BIN)/python -m pytest

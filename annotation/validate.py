@@ -2,7 +2,8 @@
 
 Outcomes: `accepted` (as generated), `repaired` (registry facts filled in or request metadata corrected;
 every change listed), `rejected` (reasons listed; the clip goes to the reject ledger). Repairs never add
-an AU: a missing core AU or an unknown AU id rejects.
+an AU: a missing core AU or an unknown AU id rejects. Grounding: an AU annotated at C or stronger that
+the clip's measured evidence shows absent rejects.
 """
 
 from __future__ import annotations
@@ -123,6 +124,15 @@ def _plausibility(cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeBase)
             both = [f"AU{u.au}" for u in cot.action_units if u.au in proto.core and u.side == "both"]
             if both:
                 reasons.append(f"{request.emotion} is unilateral but {', '.join(both)} act on both sides")
+    # Grounding: an AU annotated at C or stronger that the clip's measurements show absent is refused.
+    for u in cot.action_units:
+        peaks = [
+            ev.peak
+            for ev in request.evidence
+            if ev.au == u.au and (u.side in ("both", ev.side) or ev.side == "both")
+        ]
+        if peaks and u.intensity >= "C" and max(peaks) < ABSENT_PEAK:
+            reasons.append(f"AU{u.au} annotated at {u.intensity} but measured absent (peak {max(peaks):.1f})")
     for a, b in kb.contradictions:
         for ua in (u for u in cot.action_units if u.au == a and u.intensity >= "D"):
             for ub in (u for u in cot.action_units if u.au == b and u.intensity >= "D"):

@@ -9,6 +9,8 @@ assembles `media/manifest.json` and `ledger/preprocess.parquet` from all sidecar
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -93,10 +95,12 @@ def run_preprocess(config: PreprocessConfig) -> dict:
 
     clips = {c.key: c for c in read_manifest(config.data)}
     plan = plan_shards(list(clips), config.clips_per_shard)
+    inputs = hashlib.sha256(json.dumps([clips[k].model_dump() for k in sorted(clips)]).encode()).hexdigest()
     params = {
         "media": config.media.model_dump(),
         "clips_per_shard": config.clips_per_shard,
-        "keys": len(clips),
+        "clips": len(clips),
+        "inputs_sha256": inputs,  # the ingest manifest: other clips or paths -> other shards
     }
     check_params(config.media_dir, params)
     pending = [(name, keys) for name, keys in plan if finished(config.media_dir, name) is None]

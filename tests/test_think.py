@@ -148,6 +148,16 @@ def test_validator_contempt_must_be_unilateral_and_evidence_excuses_missing_core
     assert cot is not None, result.reasons
 
 
+def test_validator_rejects_aus_the_measurements_show_absent():
+    data = _facs_json(emotion="happy", level=3)
+    evidence = (AUEvidence(au=6, mean=0.0, peak=0.2), AUEvidence(au=12, mean=1.0, peak=3.0))
+    cot, result = validate(data, ThinkRequest(emotion="happy", level=3, evidence=evidence))
+    assert cot is None and result.reasons == ["AU6 annotated at D but measured absent (peak 0.2)"]
+    # The facs engine, given the same evidence, leaves AU6 out and is accepted.
+    (ann,) = FacsEngine().annotate([ThinkRequest(emotion="happy", level=3, evidence=evidence)])
+    assert ann.validation.outcome == "accepted" and 6 not in {u.au for u in ann.cot.action_units}
+
+
 def test_parse_rejects_truncated_and_invalid_output():
     assert "finish_reason=length" in parse(Generation(text='{"emotion": "ha', finish_reason="length"))[1][0]
     assert "invalid JSON" in parse(Generation(text="{nope", finish_reason="stop"))[1][0]
