@@ -21,7 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=1, help="engine workers")
     p.add_argument("--batch-size", type=int, default=64, help="requests per engine call")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--only-rejected", action="store_true", help="regenerate only the rejected annotations")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--only-missing",
+        action="store_true",
+        help="write only missing/invalid shards of the version (the default)",
+    )
+    mode.add_argument("--only-rejected", action="store_true", help="regenerate only the rejected annotations")
     p.add_argument("--tracking-uri")
 
 

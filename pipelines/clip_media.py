@@ -2,7 +2,7 @@
 
 decode (PyAV, resampled to 25 fps) → audio (16 kHz mono; silent → reject) → face (detect + track the
 468-point mesh; too few frames with a face → reject) → stable crop → crop-normalised landmarks →
-measured AU proxies → log-mel audio features aligned to frames → encode (H.264 mp4 + wav).
+measured AU proxies → audio features aligned to frames (log-mel, or a local pretrained encoder) → encode (H.264 mp4 + wav).
 Region masks are not stored: they are a function of `landmarks.npy` (`pipelines.face.region_masks`).
 """
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy.io import wavfile
 
 from pipelines.au_proxies import PROXIES, au_proxies
+from pipelines.audio_features import audio_features
 from pipelines.face import FaceAnalyzer, stable_crop
 from pipelines.records import ClipRef, Reject
 from pipelines.video_io import AUDIO_RATE, read_audio, read_frames, write_mp4
@@ -38,6 +39,7 @@ class MediaConfig(BaseModel):
     min_face_fraction: float = 0.8
     silence_dbfs: float = -50.0
     n_mels: int = 80
+    audio_encoder: str | None = None  # local folder of a pretrained speech encoder; None: log-mel
     crf: int = 20
     max_seconds: float = 60.0
 
@@ -51,19 +53,22 @@ class MediaSample(BaseModel):
     wav: bytes
     landmarks: np.ndarray  # (T, 468, 3) float16, crop-normalised (x, y in [0, 1])
     au: np.ndarray  # (T, K) float32 raw proxies, K named in `meta["au_names"]`
-    audio: np.ndarray  # (T, n_mels) float16 log-mel
+    audio: np.ndarray  # (T, D) float16: log-mel (D = n_mels) or encoder hidden states
     meta: dict
+    blendshapes: np.ndarray | None = None  # (T, 52) with the official face landmarker; names in meta
 
     def members(self) -> dict[str, bytes]:
         """WebDataset members (extension -> bytes) in a fixed order."""
-        return {
+        members = {
             "mp4": self.mp4,
             "wav": self.wav,
             "landmarks.npy": _npy(self.landmarks),
             "au.npy": _npy(self.au),
             "audio.npy": _npy(self.audio),
-            "json": json.dumps(self.meta, sort_keys=True).encode(),
         }
+        if self.blendshapes is not None:
+            members["blendshapes.npy"] = _npy(self.blendshapes)
+        return {**members, "json": json.dumps(self.meta, sort_keys=True).encode()}
 
     def summary(self) -> dict:
         """Per-clip AU statistics the annotate job reads without opening the tar."""
@@ -90,23 +95,6 @@ def resample_indices(n_in: int, fps_in: float, fps: int) -> np.ndarray:
         return np.arange(n_in)
     times = np.arange(0, n_in / fps_in, 1 / fps)
     return np.minimum(np.round(times * fps_in).astype(int), n_in - 1)
-
-
-def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25) -> np.ndarray:
-    """(T, n_mels) log-mel features, one row per video frame (hop = 16000 / fps samples)."""
-    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
-
-    hop, n_fft = AUDIO_RATE // fps, 1024
-    audio = np.pad(audio, (0, max(0, n_frames * hop - len(audio))))[: n_frames * hop]
-    mel = mel_filter_bank(
-        num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=20.0,
-        max_frequency=AUDIO_RATE / 2, sampling_rate=AUDIO_RATE, norm="slaney", mel_scale="slaney",
-    )  # fmt: skip
-    spec = spectrogram(
-        audio, window_function(n_fft, "hann"), frame_length=n_fft, hop_length=hop, power=2.0,
-        mel_filters=mel, log_mel="log10",
-    )  # fmt: skip
-    return spec.T[:n_frames].astype(np.float16)
 
 
 def dbfs(audio: np.ndarray) -> float:
@@ -189,7 +177,17 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
         "face_fraction": round(fraction, 4),
         "audio_dbfs": round(level, 2),
         "au_names": list(PROXIES),
+        "audio_features": f"encoder:{Path(config.audio_encoder).name}"
+        if config.audio_encoder
+        else f"log-mel-{config.n_mels}",
     }
+    blendshapes = None
+    if all(meshes[i].blendshapes for i in nearest):  # the official landmarker is configured
+        names = sorted(meshes[nearest[0]].blendshapes)
+        blendshapes = np.array(
+            [[meshes[i].blendshapes.get(b, 0.0) for b in names] for i in nearest], np.float16
+        )
+        meta["blendshape_names"] = names
     try:
         mp4 = _mp4(cropped, config.fps, config.crf)
     except (OSError, ValueError) as err:
@@ -200,6 +198,7 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
         wav=_wav(audio),
         landmarks=crop_lm,
         au=au_proxies(landmarks),
-        audio=log_mel(audio, n, config.n_mels, config.fps),
+        audio=audio_features(audio, n, config.n_mels, config.fps, config.audio_encoder),
         meta=meta,
+        blendshapes=blendshapes,
     )

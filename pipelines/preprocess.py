@@ -24,6 +24,7 @@ from pipelines.ingest import read_manifest, write_parquet
 from pipelines.records import ClipRef, Reject
 from pipelines.shards import check_params, finished, plan_shards, read_sidecar, write_manifest, write_shard
 from pipelines.tracking import job_run, tracking_uri
+from tbd.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     import ray
 
     clips = {c.key: c for c in read_manifest(config.data)}
+    if config.media.audio_encoder and not Path(config.media.audio_encoder).is_dir():
+        raise UserError(f"audio encoder folder {config.media.audio_encoder} does not exist")
     plan = plan_shards(list(clips), config.clips_per_shard)
     inputs = hashlib.sha256(json.dumps([clips[k].model_dump() for k in sorted(clips)]).encode()).hexdigest()
     params = {

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=PreprocessConfig.model_fields["concurrency"].default)
     p.add_argument("--min-face-fraction", type=float, default=MediaConfig().min_face_fraction)
     p.add_argument(
+        "--audio-encoder", help="local folder of a pretrained speech encoder (wav2vec2...); default log-mel"
+    )
+    p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or DATA/mlflow.db)"
     )
 
@@ -26,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = PreprocessConfig(
         data=Path(args.data),
-        media=MediaConfig(crop_size=args.crop_size, min_face_fraction=args.min_face_fraction),
+        media=MediaConfig(
+            crop_size=args.crop_size,
+            min_face_fraction=args.min_face_fraction,
+            audio_encoder=args.audio_encoder,
+        ),
         clips_per_shard=args.clips_per_shard,
         concurrency=args.concurrency,
         tracking_uri=args.tracking_uri,

@@ -312,3 +312,39 @@ def test_ray_job_submit_runs_preprocess_on_a_local_head(datasets, tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert read_manifest(data / "media") == read_manifest(clean / "media")
+
+
+def test_audio_features_from_a_local_pretrained_encoder(datasets, tmp_path, netguard_log):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    encoder = tmp_path / "w2v"
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    Wav2Vec2Model(config).save_pretrained(encoder)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000).save_pretrained(encoder)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(datasets["hdtf"]["data"] / "manifest.parquet", data / "manifest.parquet")
+    args = ("--crop-size", "64", "--concurrency", "1")
+    proc = run_tbd(
+        "preprocess",
+        "--data",
+        str(data),
+        *args,
+        "--audio-encoder",
+        str(tmp_path / "none"),
+        env=offline_env(netguard_log),
+    )
+    assert proc.returncode == 2 and "audio encoder folder" in proc.stderr
+    tbd_ok("preprocess", "--data", str(data), *args, "--audio-encoder", str(encoder), log=netguard_log)
+    shard = read_manifest(data / "media")["shards"][0]
+    from io import BytesIO
+
+    for _key, members in tar_members(data / "media" / f"{shard['name']}.tar"):
+        meta = json.loads(members["json"])
+        feats = np.load(BytesIO(members["audio.npy"]))
+        assert feats.shape == (meta["frames"], 32) and meta["audio_features"] == "encoder:w2v"
+        assert np.isfinite(feats.astype(np.float32)).all() and feats.std() > 0

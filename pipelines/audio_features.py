@@ -1,0 +1,61 @@
+"""Frame-aligned audio features: log-mel (default, no weights) or a pretrained speech encoder from a
+local folder (e.g. wav2vec2-base saved with `save_pretrained`; Hallo/EmoCAST use wav2vec2), its last
+hidden states resampled to the video frame rate. Nothing is downloaded: the folder must exist."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.video_io import AUDIO_RATE
+from tbd.errors import UserError
+
+
+def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25) -> np.ndarray:
+    """(T, n_mels) log-mel features, one row per video frame (hop = 16000 / fps samples)."""
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    hop, n_fft = AUDIO_RATE // fps, 1024
+    audio = np.pad(audio, (0, max(0, n_frames * hop - len(audio))))[: n_frames * hop]
+    mel = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=20.0,
+        max_frequency=AUDIO_RATE / 2, sampling_rate=AUDIO_RATE, norm="slaney", mel_scale="slaney",
+    )  # fmt: skip
+    spec = spectrogram(
+        audio, window_function(n_fft, "hann"), frame_length=n_fft, hop_length=hop, power=2.0,
+        mel_filters=mel, log_mel="log10",
+    )  # fmt: skip
+    return spec.T[:n_frames].astype(np.float16)
+
+
+@functools.cache
+def _encoder(path: str):
+    import torch
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    if not Path(path).is_dir():
+        raise UserError(f"audio encoder folder {path} does not exist (give a local save_pretrained folder)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    return AutoFeatureExtractor.from_pretrained(path, local_files_only=True), model, device
+
+
+def encoder_features(audio: np.ndarray, n_frames: int, path: str) -> np.ndarray:
+    """(T, D) last hidden states of the encoder at `path`, linearly resampled to `n_frames` rows."""
+    import torch
+
+    extractor, model, device = _encoder(path)
+    inputs = extractor(audio, sampling_rate=AUDIO_RATE, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(inputs["input_values"].to(device)).last_hidden_state[0].float().cpu().numpy()
+    src = np.linspace(0, 1, len(hidden))
+    dst = np.linspace(0, 1, n_frames)
+    return np.stack([np.interp(dst, src, hidden[:, d]) for d in range(hidden.shape[1])], 1).astype(np.float16)
+
+
+def audio_features(
+    audio: np.ndarray, n_frames: int, n_mels: int, fps: int, encoder: str | None
+) -> np.ndarray:
+    return encoder_features(audio, n_frames, encoder) if encoder else log_mel(audio, n_frames, n_mels, fps)
