@@ -159,6 +159,9 @@ def test_regenerate_with_vllm_adds_a_version_and_leaves_media_untouched(datasets
     # A rerun is a no-op: every annotation shard is verified and kept.
     again = tbd_ok("annotate", "--data", str(data), "--engine", "vllm", *args, log=netguard_log)
     assert again["version"] == result["version"] and again["requests"] == 0
+    # --only-rejected regenerates exactly the rejected annotations (greedy: they come out the same).
+    redo = tbd_ok("annotate", "--data", str(data), "--engine", "vllm", *args, "--only-rejected", log=netguard_log)
+    assert redo["requests"] == row["rejected"] and redo["n_rejected"] == row["rejected"]
 
 
 def test_bad_inputs_end_in_the_ledger_with_stage_and_reason(demo_corpus, tmp_path, netguard_log):
