@@ -194,6 +194,7 @@ def run_annotate(config: AnnotateConfig) -> dict:
         }
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out_dir / "manifest.json"))
+        mlflow.log_artifact(str(config.data / "ledger" / f"annotate-{version}.parquet"))
     log.info("annotate %s: %s", version, metrics)
     return {"version": version, "manifest": manifest, "metrics": metrics}
 

@@ -7,7 +7,6 @@ shards and rebuilds the rest, so a crashed run resumed equals a clean run, byte 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import webdataset as wds
 
+from pipelines.assets import sha256_of as sha256_file
 from pipelines.records import Reject, ShardRecord
 from tbd.errors import UserError
 
@@ -35,14 +35,6 @@ def plan_shards(keys: list[str], clips_per_shard: int) -> list[tuple[str, list[s
         (shard_name(i // clips_per_shard), keys[i : i + clips_per_shard])
         for i in range(0, len(keys), clips_per_shard)
     ]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_shard(

@@ -103,6 +103,21 @@ def test_media_samples_hold_the_documented_members(datasets, analyzer, tmp_path)
     assert np.abs(redetected - lm[0, :, :2].astype(float)).mean() < 0.02
 
 
+def test_jobs_are_tracked_in_mlflow(datasets):
+    import mlflow
+
+    data = datasets["mead"]["data"]
+    mlflow.set_tracking_uri(f"sqlite:///{data / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["think-before-draw"], output_format="list")
+    by_job = {r.data.tags["tbd.job"]: r for r in runs}
+    assert set(by_job) == {"preprocess", "annotate"}
+    assert by_job["preprocess"].data.metrics["samples"] == read_manifest(data / "media")["samples"]
+    assert by_job["preprocess"].data.metrics["frames_per_s"] > 0
+    assert by_job["annotate"].data.params["version"] == datasets["mead"]["annotate"]["version"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(by_job["preprocess"].info.run_id)}
+    assert {"manifest.json", "preprocess.parquet"} <= artifacts
+
+
 def test_shards_read_back_with_ray_data(datasets):
     import ray
 
@@ -160,7 +175,9 @@ def test_regenerate_with_vllm_adds_a_version_and_leaves_media_untouched(datasets
     again = tbd_ok("annotate", "--data", str(data), "--engine", "vllm", *args, log=netguard_log)
     assert again["version"] == result["version"] and again["requests"] == 0
     # --only-rejected regenerates exactly the rejected annotations (greedy: they come out the same).
-    redo = tbd_ok("annotate", "--data", str(data), "--engine", "vllm", *args, "--only-rejected", log=netguard_log)
+    redo = tbd_ok(
+        "annotate", "--data", str(data), "--engine", "vllm", *args, "--only-rejected", log=netguard_log
+    )
     assert redo["requests"] == row["rejected"] and redo["n_rejected"] == row["rejected"]
 
 
