@@ -162,8 +162,9 @@ def run_annotate(config: AnnotateConfig) -> dict:
         pending = [requests[k] for _, (_, keys) in todo.items() for k in keys]
         gens = generate_all(config, pending)
         wall = time.perf_counter() - start
+        shard_keys_of = {s["name"]: s["keys"] for s in media["shards"]}
         for name, (kept, keys) in todo.items():
-            shard_keys = next(s["keys"] for s in media["shards"] if s["name"] == name)
+            shard_keys = shard_keys_of[name]
             fresh = {k: judge(requests[k], gens[requests[k].fingerprint()], provenance) for k in keys}
             anns = {**kept, **fresh}
             rejects = [

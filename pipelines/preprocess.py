@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.clip_media import MediaConfig, MediaSample, process_clip
+from pipelines.clip_media import MediaConfig, process_clip
 from pipelines.faults import maybe_fail
 from pipelines.ingest import read_manifest, write_parquet
 from pipelines.records import ClipRef, Reject
@@ -168,6 +168,3 @@ def media_summaries(media_dir: Path) -> dict[str, dict]:
     for shard in read_shard_manifest(media_dir)["shards"]:
         out.update(read_sidecar(media_dir, shard["name"])["summaries"])
     return out
-
-
-__all__ = ["MediaSample", "PreprocessConfig", "ShardBuilder", "init_ray", "media_summaries", "run_preprocess"]
