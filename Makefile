@@ -31,7 +31,8 @@ demo: setup
 	rm -rf $(DEMO_OUT)/data
 	@set -e; for ds in mead hdtf; do \
 		echo "== $$ds: ingest -> preprocess -> annotate (facs)"; \
-		$(BIN)/tbd ingest --dataset $$ds --root $(DEMO_OUT)/corpus/$$ds --out $(DEMO_OUT)/data/$$ds; \
+		$(BIN)/tbd ingest --dataset $$ds --root $(DEMO_OUT)/corpus/$$ds --out $(DEMO_OUT)/data/$$ds \
+			--split W003=val --split RD_AstronautWide=val; \
 		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --crop-size 64 --clips-per-shard 8; \
 		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds; \
 	done

@@ -109,6 +109,7 @@ class Provenance(BaseModel):
     schema_hash: str
     sampling: dict
     kb_version: str
+    validator_version: str
 
     @staticmethod
     def version_of(**fields) -> str:

@@ -17,6 +17,8 @@ from annotation.reasoner import ABSENT_PEAK, region_sentences
 from annotation.records import UNKNOWN, Generation, ThinkRequest, Validation
 from annotation.schema import ChainOfThought
 
+VALIDATOR_VERSION = "validator-1"  # bump when a rule changes: it enters the annotation version
+
 
 def parse(generation: Generation) -> tuple[dict | None, list[str]]:
     """Raw text -> JSON object, or the reasons it is unusable."""

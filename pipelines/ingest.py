@@ -40,10 +40,14 @@ class IngestConfig(BaseModel):
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_salt: str = "tbd-split-v1"
+    split_overrides: dict[str, Split] = {}  # speaker -> split, e.g. a small corpus's validation speaker
 
 
 def split_of(speaker: str, config: IngestConfig) -> Split:
-    """Deterministic split by identity: a hash of the speaker, so adding speakers never moves others."""
+    """Deterministic split by identity: a hash of the speaker, so adding speakers never moves others
+    (an explicit override wins)."""
+    if speaker in config.split_overrides:
+        return config.split_overrides[speaker]
     u = int(hashlib.sha256(f"{config.split_salt}:{speaker}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     if u < config.test_fraction:
         return "test"

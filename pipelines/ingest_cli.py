@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.ingest import IngestConfig, ingest
+from tbd.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,10 +17,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        metavar="SPEAKER=SPLIT",
+        help="pin a speaker to train|val|test (repeatable)",
+    )
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        speaker, sep, split = pair.partition("=")
+        if not sep or split not in ("train", "val", "test"):
+            raise UserError(f"--split {pair!r}: expected SPEAKER=train|val|test")
+        out[speaker] = split
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     config = IngestConfig(
+        split_overrides=_overrides(args.split),
         dataset=args.dataset, root=Path(args.root), out=Path(args.out),
         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
     )  # fmt: skip

@@ -258,6 +258,22 @@ def test_crash_midway_then_resume_equals_a_clean_run(datasets, tmp_path, netguar
     assert read_manifest(data / "media") == read_manifest(clean / "media")
 
 
+def test_ingest_splits_by_speaker_deterministically_with_overrides(demo_corpus, tmp_path):
+    from pipelines.ingest import IngestConfig, ingest
+
+    base = IngestConfig(dataset="mead", root=demo_corpus / "mead", out=tmp_path / "a")
+    first, _ = ingest(base)
+    again, _ = ingest(base.model_copy(update={"out": tmp_path / "b"}))
+    assert first == again
+    by_speaker = {}
+    for clip in first:
+        by_speaker.setdefault(clip.speaker, set()).add(clip.split)
+    assert all(len(s) == 1 for s in by_speaker.values())  # a speaker never straddles splits
+    pinned, _ = ingest(base.model_copy(update={"out": tmp_path / "c", "split_overrides": {"W003": "val"}}))
+    assert {c.split for c in pinned if c.speaker == "W003"} == {"val"}
+    assert [c.split for c in pinned if c.speaker != "W003"] == [c.split for c in first if c.speaker != "W003"]
+
+
 def test_ingest_and_preprocess_errors_are_clear(tmp_path, netguard_log):
     env = offline_env(netguard_log)
     (tmp_path / "empty").mkdir()
@@ -272,6 +288,19 @@ def test_ingest_and_preprocess_errors_are_clear(tmp_path, netguard_log):
         env=env,
     )
     assert proc.returncode == 2 and "expected {WRA|WDA|RD}_{Name}_{nnn}.mp4" in proc.stderr
+    proc = run_tbd(
+        "ingest",
+        "--dataset",
+        "mead",
+        "--root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+        "--split",
+        "W1=dev",
+        env=env,
+    )
+    assert proc.returncode == 2 and "expected SPEAKER=train|val|test" in proc.stderr
     proc = run_tbd("preprocess", "--data", str(tmp_path / "nowhere"), env=env)
     assert proc.returncode == 2 and "run `tbd ingest` first" in proc.stderr
 

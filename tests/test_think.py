@@ -219,7 +219,15 @@ def test_provenance_is_complete_and_versions_track_sampling():
     prov = ann.provenance.model_dump()
     assert all(
         prov[k]
-        for k in ("annotation_version", "engine", "model_id", "template_hash", "schema_hash", "kb_version")
+        for k in (
+            "annotation_version",
+            "engine",
+            "model_id",
+            "template_hash",
+            "schema_hash",
+            "kb_version",
+            "validator_version",
+        )
     )
     assert prov["kb_version"] == KB.version
     # Engines are not started until they generate, so versions can be compared for free.

@@ -14,7 +14,7 @@ from annotation.facs import load_kb
 from annotation.prompts import PromptTemplate, load_template
 from annotation.records import Annotation, Generation, Provenance, ThinkRequest, Validation
 from annotation.schema import decoding_schema, schema_hash
-from annotation.validate import parse, validate
+from annotation.validate import VALIDATOR_VERSION, parse, validate
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Engine(ABC):
             "schema_hash": schema_hash(),
             "sampling": self.sampling,
             "kb_version": load_kb().version,
+            "validator_version": VALIDATOR_VERSION,
         }
         return Provenance(annotation_version=Provenance.version_of(**fields), **fields)
 
