@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,4 +72,31 @@ def tiny_llm(tmp_path_factory, netguard_log) -> Path:
     out = tmp_path_factory.mktemp("llm") / "tiny"
     proc = run_tbd("tiny-llm", "--out", str(out), env=offline_env(netguard_log))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+PREPROCESS_ARGS = ("--crop-size", "64", "--clips-per-shard", "8", "--concurrency", "2")
+
+
+def tbd_ok(*args, log: Path, env_extra: dict | None = None) -> dict:
+    proc = run_tbd(*args, env={**offline_env(log), **(env_extra or {})}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip().startswith("{") else {}
+
+
+@pytest.fixture(scope="session")
+def datasets(demo_corpus, tmp_path_factory, netguard_log):
+    """Both layouts of the demo corpus, ingested, preprocessed and annotated with the facs engine."""
+    out = {}
+    for dataset in ("mead", "hdtf"):
+        data = tmp_path_factory.mktemp(f"data_{dataset}")
+        pin = ("--split", "W003=val") if dataset == "mead" else ()  # the demo's third identity validates
+        root = str(demo_corpus / dataset)
+        run = tbd_ok(
+            "ingest", "--dataset", dataset, "--root", root, "--out", str(data), *pin, log=netguard_log
+        )
+        assert run == {}
+        metrics = tbd_ok("preprocess", "--data", str(data), *PREPROCESS_ARGS, log=netguard_log)
+        annotated = tbd_ok("annotate", "--data", str(data), log=netguard_log)
+        out[dataset] = {"data": data, "preprocess": metrics, "annotate": annotated}
     return out

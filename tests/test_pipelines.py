@@ -11,42 +11,11 @@ import pytest
 
 from pipelines.shards import read_manifest, sha256_file, tar_members
 from pipelines.video_io import write_m4a, write_mp4
-from tests.conftest import offline_env, run_tbd
-
-PREPROCESS_ARGS = ("--crop-size", "64", "--clips-per-shard", "8", "--concurrency", "2")
-
-
-def tbd_ok(*args, log: Path, env_extra: dict | None = None) -> dict:
-    proc = run_tbd(*args, env={**offline_env(log), **(env_extra or {})}, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip().startswith("{") else {}
+from tests.conftest import PREPROCESS_ARGS, offline_env, run_tbd, tbd_ok
 
 
 def ledger(data: Path, stage_file: str) -> pd.DataFrame:
     return pd.read_parquet(data / "ledger" / f"{stage_file}.parquet")
-
-
-@pytest.fixture(scope="module")
-def datasets(demo_corpus, tmp_path_factory, netguard_log):
-    """Both layouts of the demo corpus, ingested, preprocessed and annotated with the facs engine."""
-    out = {}
-    for dataset in ("mead", "hdtf"):
-        data = tmp_path_factory.mktemp(f"data_{dataset}")
-        run = tbd_ok(
-            "ingest",
-            "--dataset",
-            dataset,
-            "--root",
-            str(demo_corpus / dataset),
-            "--out",
-            str(data),
-            log=netguard_log,
-        )
-        assert run == {}
-        metrics = tbd_ok("preprocess", "--data", str(data), *PREPROCESS_ARGS, log=netguard_log)
-        annotated = tbd_ok("annotate", "--data", str(data), log=netguard_log)
-        out[dataset] = {"data": data, "preprocess": metrics, "annotate": annotated}
-    return out
 
 
 @pytest.mark.parametrize("dataset", ["mead", "hdtf"])

@@ -1,0 +1,281 @@
+"""Training data: media shards zipped with one annotation version's shards, as fixed-length clip windows.
+
+`aligned_shards` checks the two manifests (same shard names, same keys in the same order) and refuses
+with the offending shard named. `ClipWindows` (a torch `IterableDataset`) splits shards by node and by
+worker (`webdataset.split_by_node/worker`) and yields exactly `samples_per_rank` items per rank and
+epoch: training resamples shards (seeded by rank, worker and epoch), evaluation cycles its shard subset
+in order, so every rank runs the same number of batches and uneven shard counts cannot hang DDP.
+Each item: a window of `frames` crop frames, the reference frame from another time of the same clip,
+its audio features, landmarks, the soft union mask of the annotated AUs' regions, and the CoT text
+(global sentence + one sentence per AU) as embeddings from `TextEmbedder`. Rejected annotations are
+skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from tbd.errors import UserError
+
+MAX_LOCAL = 8  # local (per-AU) sentences per sample, padded
+
+
+def _manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: the shard set is missing or unfinished")
+    return json.loads(path.read_text())
+
+
+def aligned_shards(data: Path, version: str) -> list[tuple[Path, Path, list[str]]]:
+    """(media tar, annotation tar, keys) per shard; a clear error when the two sets do not align."""
+    media = _manifest(Path(data) / "media")
+    ann_dir = Path(data) / "annotations" / version
+    if not ann_dir.is_dir():
+        raise UserError(f"annotation version {version} not found under {Path(data) / 'annotations'}")
+    ann = {s["name"]: s for s in _manifest(ann_dir)["shards"]}
+    out = []
+    for shard in media["shards"]:
+        name = shard["name"]
+        if name not in ann:
+            raise UserError(f"annotation shard {name} of {version} is missing (media has it)")
+        if ann[name]["keys"] != shard["keys"]:
+            raise UserError(
+                f"annotation shard {name} of {version} is misaligned with the media shard (keys differ)"
+            )
+        out.append((Path(data) / "media" / f"{name}.tar", ann_dir / f"{name}.tar", shard["keys"]))
+    extra = set(ann) - {s["name"] for s in media["shards"]}
+    if extra:
+        raise UserError(f"annotation shards {sorted(extra)} of {version} have no media shard")
+    return out
+
+
+def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {member extension: bytes} (keys have no dots; the extension is everything after the first)."""
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for info in tar:
+            if info.isfile():
+                key, _, ext = info.name.partition(".")
+                out.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    return out
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class ClipWindows(IterableDataset):
+    """Fixed-count, rank- and worker-split stream of clip windows (see module docstring)."""
+
+    def __init__(
+        self,
+        shards: list[tuple[Path, Path, list[str]]],
+        splits: set[str],
+        frames: int = 8,
+        samples_per_rank: int = 64,
+        resample: bool = True,
+        seed: int = 0,
+        text_cache: str | None = None,
+    ):
+        self.shards, self.splits, self.frames = shards, splits, frames
+        self.samples_per_rank, self.resample, self.seed = samples_per_rank, resample, seed
+        self.text_cache = text_cache
+        self.epoch = 0
+        self._embedder = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _my_shards(self) -> list:
+        import webdataset as wds
+
+        mine = list(wds.split_by_worker(wds.split_by_node(list(range(len(self.shards))))))
+        return mine or list(range(len(self.shards)))  # fewer shards than workers: share (still counted)
+
+    def _count(self) -> int:
+        info = get_worker_info()
+        n_workers = info.num_workers if info else 1
+        wid = info.id if info else 0
+        return self.samples_per_rank // n_workers + (wid < self.samples_per_rank % n_workers)
+
+    def __iter__(self) -> Iterator[dict]:
+        from webdataset.utils import pytorch_worker_info
+
+        rank, _, worker, _ = pytorch_worker_info()
+        rng = random.Random(hash((self.seed, rank, worker, self.epoch)))
+        mine, count, produced = self._my_shards(), self._count(), 0
+        while produced < count:
+            order = [rng.choice(mine) for _ in mine] if self.resample else mine
+            yielded_any = False
+            for index in order:
+                for item in self._shard_items(index, rng):
+                    yield item
+                    yielded_any = True
+                    produced += 1
+                    if produced >= count:
+                        return
+            if not yielded_any:
+                raise UserError(f"no usable samples (splits {sorted(self.splits)}) in this rank's shards")
+
+    def _shard_items(self, index: int, rng: random.Random) -> Iterator[dict]:
+        media_tar, ann_tar, keys = self.shards[index]
+        media, anns = read_tar(media_tar), read_tar(ann_tar)
+        for key in keys:
+            meta = json.loads(media[key]["json"])
+            ann = json.loads(anns[key]["cot.json"])
+            if meta["split"] not in self.splits or ann["validation"]["outcome"] == "rejected":
+                continue
+            yield self._window(key, media[key], meta, ann["cot"], rng)
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from tbd_lightning.text import TextEmbedder
+
+            self._embedder = TextEmbedder(cache_dir=self.text_cache)
+        return self._embedder
+
+    def _window(self, key: str, members: dict, meta: dict, cot: dict, rng: random.Random) -> dict:
+        from pipelines.face import region_masks
+
+        video = decode_mp4(members["mp4"])
+        t_all = len(video)
+        if t_all < self.frames:
+            raise UserError(f"{key}: {t_all} frames, fewer than the window of {self.frames}")
+        start = rng.randrange(t_all - self.frames + 1) if self.resample else 0
+        # The reference frame comes from outside the window when the clip allows it.
+        outside = [t for t in range(t_all) if t < start or t >= start + self.frames]
+        ref_t = rng.choice(outside) if (outside and self.resample) else (outside[0] if outside else start)
+        landmarks = _npy(members["landmarks.npy"]).astype(np.float32)
+        audio = _npy(members["audio.npy"]).astype(np.float32)
+        size = video.shape[1]
+        regions = tuple(dict.fromkeys(u["region"] for u in cot["action_units"]))
+        masks = []
+        for t in range(start, start + self.frames):
+            per_region = region_masks(landmarks[t, :, :2] * size, size, size, regions) if regions else {}
+            masks.append(
+                np.max(np.stack(list(per_region.values())), 0)
+                if per_region
+                else np.zeros((size, size), np.float32)
+            )
+        local = [f"AU{u['au']} {u['name']}, {u['intensity']}: {u['movement']}" for u in cot["action_units"]][
+            :MAX_LOCAL
+        ]
+        texts = self.embedder.embed([cot["global_description"], *local])
+        local_emb = np.zeros((MAX_LOCAL, texts.shape[1]), np.float32)
+        local_emb[: len(local)] = texts[1:]
+        window = slice(start, start + self.frames)
+        to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        return {
+            "key": key,
+            "video": to_tensor(video[window]).permute(0, 3, 1, 2).float() / 127.5
+            - 1,  # (T, 3, H, W) in [-1, 1]
+            "reference": to_tensor(video[ref_t]).permute(2, 0, 1).float() / 127.5 - 1,
+            "audio": to_tensor(audio[window]),
+            "landmarks": to_tensor(landmarks[window]),
+            "mask": to_tensor(np.stack(masks))[:, None],  # (T, 1, H, W)
+            "global_text": to_tensor(texts[0]),
+            "local_text": to_tensor(local_emb),
+            "local_valid": torch.arange(MAX_LOCAL) < len(local),
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    out = {k: torch.stack([i[k] for i in items]) for k in items[0] if k != "key"}
+    out["key"] = [i["key"] for i in items]
+    return out
+
+
+def split_counts(data: Path) -> dict[str, int]:
+    """Clips per split in the media shards (from the sidecar summaries)."""
+    counts: dict[str, int] = {}
+    for shard in _manifest(Path(data) / "media")["shards"]:
+        sidecar = json.loads((Path(data) / "media" / f"{shard['name']}.json").read_text())
+        for summary in sidecar["summaries"].values():
+            counts[summary["split"]] = counts.get(summary["split"], 0) + 1
+    return counts
+
+
+def pick_version(data: Path, version: str | None) -> str:
+    """The given version, or the only one present."""
+    if version:
+        return version
+    root = Path(data) / "annotations"
+    versions = (
+        sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+    )
+    if len(versions) != 1:
+        raise UserError(
+            f"{root} holds {len(versions)} annotation versions {versions}; choose one with `version`"
+        )
+    return versions[0]
+
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # pragma: no cover - lightning is a pinned dependency
+    pl = None
+
+
+class TBDDataModule(pl.LightningDataModule):
+    """Media + annotation shards -> fixed-size batches; every rank sees the same number of batches."""
+
+    def __init__(
+        self,
+        data: str,
+        version: str | None = None,
+        frames: int = 8,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        train_batches: int = 16,
+        val_batches: int = 2,
+        seed: int = 0,
+        text_cache: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.data = Path(data)
+        self.version = pick_version(self.data, version)
+        self.shards = aligned_shards(self.data, self.version)
+
+    def _dataset(self, splits: set[str], batches: int, resample: bool, seed: int) -> ClipWindows:
+        h = self.hparams
+        return ClipWindows(
+            self.shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
+            resample=resample, seed=seed, text_cache=h.text_cache,
+        )  # fmt: skip
+
+    def train_dataloader(self):
+        ds = self._dataset({"train"}, self.hparams.train_batches, True, self.hparams.seed)
+        ds.set_epoch(self.trainer.current_epoch if self.trainer else 0)
+        return self._loader(ds)
+
+    def val_dataloader(self):
+        counts = split_counts(self.data)
+        splits = (
+            {"val"} if counts.get("val") else {"train"}
+        )  # a corpus without val speakers validates on train
+        return self._loader(self._dataset(splits, self.hparams.val_batches, False, self.hparams.seed + 1))
+
+    def _loader(self, ds: ClipWindows):
+        return torch.utils.data.DataLoader(
+            ds, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers, collate_fn=collate,
+            persistent_workers=False,
+        )  # fmt: skip

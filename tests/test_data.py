@@ -1,0 +1,86 @@
+"""The training data module on real shards of the demo corpus: alignment, windows, masks, text cache,
+equal batches per rank and worker."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tbd.errors import UserError
+from tbd_lightning.data import MAX_LOCAL, ClipWindows, TBDDataModule, aligned_shards, collate
+
+
+@pytest.fixture(scope="module")
+def mead(datasets):
+    return datasets["mead"]["data"], datasets["mead"]["annotate"]["version"]
+
+
+def test_batches_hold_aligned_windows_masks_and_text(mead, tmp_path):
+    data, version = mead
+    dm = TBDDataModule(
+        str(data), version, frames=8, batch_size=2, train_batches=3, text_cache=str(tmp_path / "text")
+    )
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 3
+    b = batches[0]
+    assert b["video"].shape == (2, 8, 3, 64, 64) and -1 <= b["video"].min() and b["video"].max() <= 1
+    assert b["reference"].shape == (2, 3, 64, 64) and b["audio"].shape == (2, 8, 80)
+    assert b["mask"].shape == (2, 8, 1, 64, 64) and b["landmarks"].shape == (2, 8, 468, 3)
+    assert b["global_text"].shape == (2, 384) and b["local_text"].shape == (2, MAX_LOCAL, 384)
+    keys = [k for batch in batches for k in batch["key"]]
+    assert all("_W003_" not in k for k in keys)  # W003 is the validation identity
+    for batch in batches:
+        for i, key in enumerate(batch["key"]):
+            n_local = int(batch["local_valid"][i].sum())
+            emotion = key.split("_")[2]
+            assert (n_local > 0) == (emotion != "neutral")
+            assert (batch["mask"][i].amax() > 0.5) == (n_local > 0)  # AU regions are masked in
+            assert torch.allclose(batch["local_text"][i, n_local:], torch.zeros(1))
+    val_keys = [k for batch in dm.val_dataloader() for k in batch["key"]]
+    assert val_keys and all("_W003_" in k for k in val_keys)
+
+
+def test_every_rank_and_worker_gets_the_same_count_from_uneven_shards(mead, monkeypatch):
+    data, version = mead
+    shards = aligned_shards(data, version)  # 6 shards over 4 ranks: 2, 2, 1, 1
+    counts = []
+    for rank in range(4):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "4")
+        ds = ClipWindows(shards, {"train", "val"}, frames=4, samples_per_rank=6, resample=True, seed=rank)
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
+        counts.append(sum(len(b["key"]) for b in loader))
+    assert counts == [6, 6, 6, 6]
+
+
+def test_text_embeddings_are_computed_once_per_sentence(tmp_path):
+    from tbd_lightning.text import TextEmbedder
+
+    first = TextEmbedder(cache_dir=tmp_path)
+    a = first.embed(["lips parted", "", "lips parted", "cheeks lifted"])
+    assert first.computed == 2 and np.array_equal(a[0], a[2]) and not a[1].any()
+    assert np.allclose(np.linalg.norm(a[[0, 3]], axis=1), 1, atol=1e-5)
+    second = TextEmbedder(cache_dir=tmp_path)  # a new process would see the same files
+    assert np.array_equal(second.embed(["cheeks lifted"])[0], a[3]) and second.computed == 0
+
+
+def test_misaligned_or_missing_annotation_shards_are_named(mead, tmp_path):
+    data, version = mead
+    copy = tmp_path / "data"
+    shutil.copytree(data / "media", copy / "media")
+    shutil.copytree(data / "annotations" / version, copy / "annotations" / version)
+    manifest_path = copy / "annotations" / version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"][1]["keys"] = manifest["shards"][1]["keys"][::-1]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="shard-000001 of .* is misaligned"):
+        aligned_shards(copy, version)
+    manifest["shards"][1]["keys"] = manifest["shards"][1]["keys"][::-1]
+    manifest["shards"] = manifest["shards"][:2]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="annotation shard shard-000002 of .* is missing"):
+        aligned_shards(copy, version)
+    with pytest.raises(UserError, match="annotation version ann-nope not found"):
+        aligned_shards(copy, "ann-nope")
