@@ -123,7 +123,10 @@ def check_params(folder: Path, params: dict) -> None:
 def tar_members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
     """Read a shard back as (key, members) in order (for tests, tools and the annotate job)."""
     out: list[tuple[str, dict[str, bytes]]] = []
-    for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+    # One explicit file: no node/worker splitting (a reader inside a DataLoader worker or a DDP rank
+    # must still see the whole tar it asked for).
+    tars = wds.WebDataset(str(path), shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+    for sample in tars:
         key = sample.pop("__key__")
         sample.pop("__url__", None)
         sample.pop("__local_path__", None)

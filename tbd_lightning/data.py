@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,25 +23,19 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipelines.shards import read_manifest, tar_members
 from tbd.errors import UserError
 
 MAX_LOCAL = 8  # local (per-AU) sentences per sample, padded
 
 
-def _manifest(folder: Path) -> dict:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: the shard set is missing or unfinished")
-    return json.loads(path.read_text())
-
-
 def aligned_shards(data: Path, version: str) -> list[tuple[Path, Path, list[str]]]:
     """(media tar, annotation tar, keys) per shard; a clear error when the two sets do not align."""
-    media = _manifest(Path(data) / "media")
+    media = read_manifest(Path(data) / "media")
     ann_dir = Path(data) / "annotations" / version
     if not ann_dir.is_dir():
         raise UserError(f"annotation version {version} not found under {Path(data) / 'annotations'}")
-    ann = {s["name"]: s for s in _manifest(ann_dir)["shards"]}
+    ann = {s["name"]: s for s in read_manifest(ann_dir)["shards"]}
     out = []
     for shard in media["shards"]:
         name = shard["name"]
@@ -56,17 +49,6 @@ def aligned_shards(data: Path, version: str) -> list[tuple[Path, Path, list[str]
     extra = set(ann) - {s["name"] for s in media["shards"]}
     if extra:
         raise UserError(f"annotation shards {sorted(extra)} of {version} have no media shard")
-    return out
-
-
-def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
-    """key -> {member extension: bytes} (keys have no dots; the extension is everything after the first)."""
-    out: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for info in tar:
-            if info.isfile():
-                key, _, ext = info.name.partition(".")
-                out.setdefault(key, {})[ext] = tar.extractfile(info).read()
     return out
 
 
@@ -136,7 +118,7 @@ class ClipWindows(IterableDataset):
 
     def _shard_items(self, index: int, rng: random.Random) -> Iterator[dict]:
         media_tar, ann_tar, keys = self.shards[index]
-        media, anns = read_tar(media_tar), read_tar(ann_tar)
+        media, anns = dict(tar_members(media_tar)), dict(tar_members(ann_tar))
         for key in keys:
             meta = json.loads(media[key]["json"])
             ann = json.loads(anns[key]["cot.json"])
@@ -206,7 +188,7 @@ def collate(items: list[dict]) -> dict:
 def split_counts(data: Path) -> dict[str, int]:
     """Clips per split in the media shards (from the sidecar summaries)."""
     counts: dict[str, int] = {}
-    for shard in _manifest(Path(data) / "media")["shards"]:
+    for shard in read_manifest(Path(data) / "media")["shards"]:
         sidecar = json.loads((Path(data) / "media" / f"{shard['name']}.json").read_text())
         for summary in sidecar["summaries"].values():
             counts[summary["split"]] = counts.get(summary["split"], 0) + 1
