@@ -125,7 +125,9 @@ def tar_members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
     out: list[tuple[str, dict[str, bytes]]] = []
     # One explicit file: no node/worker splitting (a reader inside a DataLoader worker or a DDP rank
     # must still see the whole tar it asked for).
-    tars = wds.WebDataset(str(path), shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+    tars = wds.WebDataset(
+        str(path), shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
+    )
     for sample in tars:
         key = sample.pop("__key__")
         sample.pop("__url__", None)
