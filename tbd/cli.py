@@ -2,7 +2,8 @@
 
 Each subcommand is registered as ``name -> (module, help)``; the module is imported only when the
 subcommand runs, so ``tbd --help`` stays fast and a stage's heavy imports never slow the others.
-A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``, or, when it parses its
+own command line (``tbd train`` is a LightningCLI), ``main_argv(argv) -> int``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "annotations": ("pipelines.annotations_cli", "list annotation versions with counts and acceptance"),
     "think": ("annotation.think_cli", "reason from an emotion to FACS muscle movements (CoT JSON)"),
     "tiny-llm": ("annotation.tiny_llm_cli", "build a tiny local stand-in LLM for the vllm engine"),
+    "train": (
+        "tbd_lightning.train_cli",
+        "train the video denoiser (LightningCLI YAML; --ray-workers N: Ray Train)",
+    ),
+    "export": ("tbd_lightning.export", "checkpoint -> diffusers-style model folder (from_pretrained)"),
 }
 
 
@@ -53,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module_name, help_text = SUBCOMMANDS[args.command]
     module = importlib.import_module(module_name)
+    if hasattr(module, "main_argv"):
+        try:
+            return int(module.main_argv(argv[split + 1 :]) or 0)
+        except UserError as err:
+            print(f"tbd {args.command}: error: {err}", file=sys.stderr)
+            return 2
     sub_parser = argparse.ArgumentParser(prog=f"tbd {args.command}", description=help_text)
     module.add_arguments(sub_parser)
     sub_args = sub_parser.parse_args(argv[split + 1 :])

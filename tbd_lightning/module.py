@@ -1,0 +1,214 @@
+"""Training of the Draw denoiser: diffusion loss, independent condition dropout, mouth weighting.
+
+Pixel space by default (`tiny`); with `vae_path` (a local diffusers `AutoencoderKL` folder) frames and
+the reference are encoded to latents by the frozen VAE, which is kept out of the checkpoint.
+`init_weights` (a folder saved by `save_pretrained`, or a .safetensors file) initialises every
+parameter whose name and shape match and logs how many did.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from tbd_lightning.model import CONDITIONS, Conditions, TBDVideoDenoiser
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DROP = {"audio": 0.1, "global": 0.1, "local": 0.1, "reference": 0.05}
+
+
+def load_vae(path: str | None):
+    if not path:
+        return None
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
+    return vae.requires_grad_(False).eval()
+
+
+def init_from(model: torch.nn.Module, path: str) -> tuple[int, int]:
+    """Copy every tensor of `path` whose name and shape match; returns (copied, total parameters)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.rglob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights at {path}")
+    source = {k: v for f in files for k, v in load_file(str(f)).items()}
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    log.info("init_weights %s: %d of %d tensors matched", path, len(matched), len(own))
+    return len(matched), len(own)
+
+
+class TBDModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: str = "tiny",
+        model_overrides: dict | None = None,
+        prediction_type: str = "v_prediction",
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "squaredcos_cap_v2",
+        rescale_zero_snr: bool = True,
+        drop: dict[str, float] | None = None,
+        mouth_weight: float = 2.0,
+        lr: float = 2e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        gradient_checkpointing: bool = False,
+        vae_path: str | None = None,
+        init_weights: str | None = None,
+    ):
+        """`model` names a preset of `TBDVideoDenoiser` (tiny | base | full), `model_overrides` its fields;
+        `drop` the per-condition dropout probabilities (audio, global, local, reference)."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.drop = {**DEFAULT_DROP, **(drop or {})}
+        unknown = set(self.drop) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"drop: unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
+        self.model = TBDVideoDenoiser.from_preset(model, **(model_overrides or {}))
+        if init_weights:
+            init_from(self.model, init_weights)
+        if gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        self.scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+            prediction_type=prediction_type, rescale_betas_zero_snr=rescale_zero_snr,
+            clip_sample=vae_path is None,
+        )  # fmt: skip
+        self._vae = [load_vae(vae_path)]  # a list: not a registered submodule, so not in checkpoints
+
+    # -- encoding --------------------------------------------------------------------------------------
+    @property
+    def vae(self):
+        return self._vae[0]
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) pixels in [-1, 1] -> what the denoiser works on (pixels, or scaled latents)."""
+        if self.vae is None:
+            return frames
+        self.vae.to(frames.device)
+        lead = frames.shape[:-3]
+        latents = self.vae.encode(frames.flatten(0, len(lead) - 1).to(self.vae.dtype)).latent_dist.mode()
+        return (latents * self.vae.config.scaling_factor).reshape(*lead, *latents.shape[1:])
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return x.clamp(-1, 1)
+        lead = x.shape[:-3]
+        pixels = self.vae.decode(x.flatten(0, len(lead) - 1) / self.vae.config.scaling_factor).sample
+        return pixels.reshape(*lead, *pixels.shape[1:]).clamp(-1, 1)
+
+    def conditions(self, batch: dict, keep: dict[str, torch.Tensor] | None = None) -> Conditions:
+        for name, dim in (("global_text", "text_dim"), ("audio", "audio_dim")):
+            if batch[name].shape[-1] != self.model.config[dim]:
+                raise ValueError(
+                    f"{name} features are {batch[name].shape[-1]}-d but the model expects {dim}="
+                    f"{self.model.config[dim]}: set model.model_overrides.{dim} to match the data"
+                )
+        return Conditions(
+            reference=self.encode(batch["reference"]), audio=batch["audio"],
+            global_text=batch["global_text"], local_text=batch["local_text"],
+            local_valid=batch["local_valid"], region_mask=batch.get("mask"), keep=keep,
+        )  # fmt: skip
+
+    # -- loss ------------------------------------------------------------------------------------------
+    def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, dropout: bool = True):
+        x0 = self.encode(batch["video"])
+        b = x0.shape[0]
+        device = generator.device if generator is not None else None
+        noise = torch.randn(x0.shape, generator=generator, device=device).to(x0)
+
+        t = (
+            (torch.rand(b, generator=generator, device=device) * self.scheduler.config.num_train_timesteps)
+            .long()
+            .clamp_max(self.scheduler.config.num_train_timesteps - 1)
+            .to(x0.device)
+        )
+        keep = (
+            {
+                c: (torch.rand(b, generator=generator, device=device) >= self.drop[c]).to(x0.device)
+                for c in CONDITIONS
+            }
+            if dropout
+            else None
+        )
+        noisy = self.scheduler.add_noise(x0, noise, t)
+        target = (
+            noise if self.hparams.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+        )
+        pred = self.model(noisy, t, self.conditions(batch, keep))
+        err = (pred.float() - target.float()).square()
+        if self.hparams.mouth_weight != 1 and "mouth" in batch:
+            mouth = F.adaptive_avg_pool2d(batch["mouth"].flatten(0, 1), x0.shape[-2:]).reshape(
+                *x0.shape[:2], 1, *x0.shape[-2:]
+            )
+            weight = 1 + (self.hparams.mouth_weight - 1) * mouth.float()
+            return (err * weight).sum() / (weight.expand_as(err).sum())
+        return err.mean()
+
+    def training_step(self, batch, batch_idx):
+        loss = self.diffusion_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["key"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        # Fixed noise and timesteps per batch, all conditions on: comparable across evaluations.
+        gen = torch.Generator(device=batch["video"].device).manual_seed(1000 + batch_idx)
+        loss = self.diffusion_loss(batch, generator=gen, dropout=False)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["key"]), sync_dist=True)
+
+    def configure_optimizers(self):
+        from diffusers.optimization import get_constant_schedule_with_warmup
+
+        opt = torch.optim.AdamW(
+            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        sched = get_constant_schedule_with_warmup(opt, self.hparams.warmup_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        version = getattr(self.trainer.datamodule, "version", None)
+        if version and self.logger is not None:
+            self.logger.log_hyperparams({"annotation_version": version})  # resolved (the config may say null)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        run_id = getattr(self.logger, "run_id", None)
+        if run_id:
+            checkpoint["mlflow_run_id"] = run_id  # `tbd train --ckpt_path` continues this MLflow run
+
+    # -- preview sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def preview(self, batch: dict, steps: int = 10, guidance: float = 2.0, seed: int = 0) -> torch.Tensor:
+        """A quick DDIM sample with one classifier-free guidance scale over all conditions (training
+        previews only; the progressive sampler is the generation path). Returns pixels (B, T, 3, H, W)."""
+        ddim = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
+        ddim.set_timesteps(steps, device=self.device)
+        shape = self.encode(batch["video"]).shape
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        x = torch.randn(shape, generator=gen, device=self.device) * ddim.init_noise_sigma
+        b = shape[0]
+        full = self.conditions(batch)
+        none = self.conditions(
+            batch, keep={c: torch.zeros(b, dtype=torch.bool, device=self.device) for c in CONDITIONS}
+        )
+        both = Conditions(
+            *(torch.cat([getattr(none, f), getattr(full, f)]) if getattr(full, f) is not None else None
+              for f in ("reference", "audio", "global_text", "local_text", "local_valid", "region_mask")),
+            keep={c: torch.cat([none.kept(c), full.kept(c)]) for c in CONDITIONS},
+        )  # fmt: skip
+        for t in ddim.timesteps:
+            out = self.model(torch.cat([x, x]), t.expand(2 * b), both)
+            uncond, cond = out.chunk(2)
+            x = ddim.step(uncond + guidance * (cond - uncond), t, x).prev_sample
+        return self.decode(x)

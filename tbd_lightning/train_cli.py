@@ -1,0 +1,150 @@
+"""`tbd train`: LightningCLI over `TBDModule` + `TBDDataModule`, tracked in MLflow; optionally on Ray Train.
+
+    tbd train --config configs/train/tiny.yaml [--trainer.max_steps 500 ...] [--ckpt_path last]
+    tbd train --config configs/train/base.yaml --ray-workers 8 --ray-gpu     # Ray Train TorchTrainer
+
+Filled in when the config leaves them empty:
+- the MLflow tracking URI: `$MLFLOW_TRACKING_URI`, else the sqlite store beside the data (`DATA/mlflow.db`);
+- `ModelCheckpoint.dirpath`: `default_root_dir/checkpoints`, so `--ckpt_path last` finds it across runs;
+- `trainer.precision`: bf16-mixed when CUDA is used, else 32-bit;
+- on resume, the MLflow run id stored in the checkpoint, so the resumed run continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from tbd_lightning.callbacks import MLflowSaveConfig
+from tbd_lightning.data import TBDDataModule
+from tbd_lightning.module import TBDModule
+
+log = logging.getLogger(__name__)
+
+
+def _class_entries(value) -> list:
+    """The `class_path`/`init_args` entries of a trainer option that may be one object or a list."""
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _checkpoint_file(ckpt_path: str | None, dirpath: str | None) -> Path | None:
+    if not ckpt_path:
+        return None
+    path = Path(dirpath or ".") / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    return path if path.is_file() else None
+
+
+class TBDCLI(LightningCLI):
+    def __init__(self, args: list[str], ray_mode: bool = False):
+        self.ray_mode = ray_mode
+        super().__init__(
+            TBDModule, TBDDataModule, save_config_callback=MLflowSaveConfig,
+            save_config_kwargs={"save_to_log_dir": False}, run=False, args=args, seed_everything_default=0,
+            parser_kwargs={"prog": "tbd train", "description": __doc__.split("\n")[0]},
+        )  # fmt: skip
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="resume from a checkpoint, or 'last'"
+        )
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config
+        trainer = cfg.trainer
+        root = Path(trainer.default_root_dir or ".")
+        if trainer.precision is None and torch.cuda.is_available() and trainer.accelerator != "cpu":
+            trainer.precision = "bf16-mixed"
+        dirpath = None
+        for cb in _class_entries(trainer.callbacks):
+            if cb.class_path.endswith("ModelCheckpoint"):
+                cb.init_args.dirpath = cb.init_args.dirpath or str(root / "checkpoints")
+                dirpath = cb.init_args.dirpath
+        resume = _checkpoint_file(cfg.ckpt_path, dirpath)
+        for logger in _class_entries(trainer.logger):
+            if logger.class_path.endswith("MLFlowLogger"):
+                from pipelines.tracking import tracking_uri
+
+                args = logger.init_args
+                args.tracking_uri = args.tracking_uri or tracking_uri(None, Path(cfg.data.data))
+                if resume is not None and not args.run_id:
+                    args.run_id = torch.load(resume, map_location="cpu", weights_only=False).get(
+                        "mlflow_run_id"
+                    )
+                    log.info("resuming %s: MLflow run %s", resume, args.run_id)
+
+    def instantiate_trainer(self, **kwargs):
+        if not self.ray_mode:
+            return super().instantiate_trainer(**kwargs)
+        from ray.train.lightning import (
+            RayDDPStrategy,
+            RayLightningEnvironment,
+            RayTrainReportCallback,
+            prepare_trainer,
+        )
+
+        kwargs.update(strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], devices="auto")
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(RayTrainReportCallback())
+        return prepare_trainer(trainer)
+
+    def fit(self, ckpt_path: str | None = None) -> None:
+        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path or self.config.ckpt_path)
+
+
+def _ray_loop(config: dict) -> None:
+    """Runs on every Ray Train worker: the same CLI, with Ray's DDP strategy and environment."""
+    import ray.train
+
+    os.chdir(config["cwd"])
+    cli = TBDCLI(config["argv"], ray_mode=True)
+    checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the job after a worker failure
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            cli.fit(str(Path(folder) / "checkpoint.ckpt"))
+    else:
+        cli.fit()
+
+
+def run_on_ray(argv: list[str], workers: int, use_gpu: bool, storage: str) -> None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.preprocess import init_ray
+
+    init_ray()
+    trainer = TorchTrainer(
+        _ray_loop,
+        train_loop_config={"argv": argv, "cwd": os.getcwd()},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name="tbd-train",
+            storage_path=str(Path(storage).resolve()),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    result = trainer.fit()
+    log.info("Ray Train finished: %s", result.metrics)
+
+
+def main_argv(argv: list[str]) -> int:
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    front = argparse.ArgumentParser(add_help=False)
+    front.add_argument("--ray-workers", type=int, default=0, help="run on Ray Train with N workers")
+    front.add_argument("--ray-gpu", action="store_true", help="one GPU per Ray Train worker")
+    front.add_argument(
+        "--ray-storage", default="out/ray-train", help="Ray Train storage (shared on clusters)"
+    )
+    ray_args, rest = front.parse_known_args(argv)
+    if ray_args.ray_workers > 0:
+        run_on_ray(rest, ray_args.ray_workers, ray_args.ray_gpu, ray_args.ray_storage)
+    else:
+        TBDCLI(rest).fit()
+    return 0

@@ -1,0 +1,231 @@
+"""Draw, part 1: the tiny denoiser trains on the demo shards through the real `tbd train` (LightningCLI,
+MLflow sqlite store, checkpoints), resumes at the right step in the same MLflow run, exports to a
+diffusers folder that reproduces the checkpoint's outputs, overfits a fixed batch, and runs DDP on two
+CPU processes over uneven shards without hanging."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import offline_env, run_tbd
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "train" / "tiny.yaml")
+FAST = (
+    "--data.frames",
+    "4",
+    "--data.train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.log_every_n_steps",
+    "1",
+)
+
+
+@pytest.fixture(scope="module")
+def mead(datasets):
+    return datasets["mead"]["data"], datasets["mead"]["annotate"]["version"]
+
+
+def train(*args, root: Path, data: Path, log: Path, mlflow_db: Path, timeout: int = 600):
+    env = {**offline_env(log), "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}"}
+    proc = run_tbd(
+        "train", "--config", CONFIG, "--data.data", str(data), "--data.text_cache", str(root.parent / "text"),
+        "--trainer.default_root_dir", str(root), *FAST, *args, env=env, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc
+
+
+def step_of(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
+    import av
+    import mlflow
+
+    data, version = mead
+    root, db = tmp_path / "run", tmp_path / "mlflow.db"
+    train("--trainer.max_steps", "4", root=root, data=data, log=netguard_log, mlflow_db=db)
+    last = root / "checkpoints" / "last.ckpt"
+    assert step_of(last) == 4
+
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    [run] = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)
+    params = run.data.params
+    assert params["model"] == "tiny" and params["prediction_type"] == "v_prediction"
+    assert (
+        params["annotation_version"] == version and params["frames"] == "4"
+    )  # data module hparams, resolved
+    assert {"train/loss", "val/loss"} <= set(run.data.metrics)
+    config = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+    )
+    assert config["trainer"]["max_steps"] == 4 and config["data"]["data"] == str(data)
+    samples = [a.path for step in client.list_artifacts(run.info.run_id, "samples") for a in client.list_artifacts(run.info.run_id, step.path)]  # fmt: skip
+    mp4s = [p for p in samples if p.endswith(".mp4")]
+    assert mp4s and len(mp4s) == len([p for p in samples if p.endswith(".png")])
+    with av.open(client.download_artifacts(run.info.run_id, mp4s[0], str(tmp_path))) as video:
+        frames = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape == (64, 32, 3)  # ground truth over sample, 32 px
+
+    proc = train(
+        "--trainer.max_steps",
+        "7",
+        "--ckpt_path",
+        "last",
+        root=root,
+        data=data,
+        log=netguard_log,
+        mlflow_db=db,
+    )
+    assert "Restored all states" in proc.stderr
+    assert step_of(last) == 7
+    runs = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)
+    assert [r.info.run_id for r in runs] == [run.info.run_id]  # the resumed run continues the same MLflow run
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "lr-AdamW")]
+    assert steps == sorted(steps) and max(steps) >= 5  # continued past step 4, never restarted at 0
+
+    out = tmp_path / "export"
+    proc = run_tbd("export", str(last), str(out), env=offline_env(netguard_log))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "tbd_model.json").read_text())
+    assert info["source"]["global_step"] == 7 and info["source"]["ema"] is True
+    assert info["source"]["annotation_version"] == version
+
+    from diffusers import DDPMScheduler
+
+    from tbd_lightning.export import load_exported
+    from tbd_lightning.model import Conditions, TBDVideoDenoiser
+    from tbd_lightning.module import TBDModule
+
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    module = TBDModule(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
+    module.load_state_dict(state["state_dict"])
+    exported = load_exported(out)
+    assert isinstance(exported.denoiser, TBDVideoDenoiser)
+    assert DDPMScheduler.from_pretrained(out / "scheduler").config.prediction_type == "v_prediction"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 3, 32, 32, generator=g)
+    cond = Conditions(
+        torch.randn(1, 3, 32, 32, generator=g), torch.randn(1, 4, 80, generator=g), torch.randn(1, 384, generator=g),
+        torch.randn(1, 8, 384, generator=g), torch.arange(8)[None] < 3, torch.rand(1, 4, 1, 32, 32, generator=g),
+    )  # fmt: skip
+    with torch.no_grad():
+        a = module.model.eval()(x, torch.tensor([500]), cond)
+        b = exported.denoiser(x, torch.tensor([500]), cond)
+    # Identical weights (checked bitwise below); the outputs agree to float32 rounding (mmap-loaded weights can
+    # take another SIMD path than freshly allocated ones).
+    assert all(
+        torch.equal(v, exported.denoiser.state_dict()[k]) for k, v in module.model.state_dict().items()
+    )
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_loss_decreases_on_a_fixed_batch(mead, tmp_path):
+    from tbd_lightning.data import TBDDataModule
+    from tbd_lightning.module import TBDModule
+
+    data, version = mead
+    torch.manual_seed(0)
+    dm = TBDDataModule(
+        str(data), version, frames=4, size=32, batch_size=2, train_batches=1, text_cache=str(tmp_path)
+    )
+    batch = next(iter(dm.train_dataloader()))
+    module = TBDModule(
+        drop={c: 0.0 for c in ("audio", "global", "local", "reference")}, lr=1e-3, warmup_steps=0
+    )
+    opt = module.configure_optimizers()["optimizer"]
+
+    def fixed_loss() -> float:  # the same noise and timesteps every time
+        with torch.no_grad():
+            gens = [torch.Generator().manual_seed(s) for s in range(4)]
+            return float(np.mean([module.diffusion_loss(batch, generator=g, dropout=False) for g in gens]))
+
+    before = fixed_loss()
+    for _ in range(40):
+        module.diffusion_loss(batch).backward()
+        opt.step()
+        opt.zero_grad()
+    after = fixed_loss()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_condition_dropout_and_local_masking(mead, tmp_path):
+    """Dropped conditions are replaced by null tokens (so guidance branches differ), and local text can only
+    change the output through the region mask: with an all-zero mask the local branch is inert."""
+    from tbd_lightning.model import CONDITIONS, Conditions, TBDVideoDenoiser
+
+    torch.manual_seed(0)
+    model = TBDVideoDenoiser.from_preset(
+        "tiny", block_channels=(16, 32), attention_levels=(True, True), norm_groups=8
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 3, 16, 16, generator=g)
+    base = dict(
+        reference=torch.randn(2, 3, 16, 16, generator=g), audio=torch.randn(2, 3, 80, generator=g),
+        global_text=torch.randn(2, 384, generator=g), local_text=torch.randn(2, 8, 384, generator=g),
+        local_valid=torch.arange(8)[None].expand(2, 8) < 2,
+    )  # fmt: skip
+    t = torch.tensor([300, 300])
+    with torch.no_grad():
+        full = model(x, t, Conditions(**base))
+        for name in CONDITIONS:
+            keep = {name: torch.tensor([False, True])}
+            out = model(x, t, Conditions(**base, keep=keep))
+            assert not torch.allclose(out[0], full[0]), name  # dropping changes sample 0 ...
+            assert torch.allclose(out[1], full[1], atol=1e-6), name  # ... and only sample 0
+        zero = torch.zeros(2, 3, 1, 16, 16)
+        other_local = {**base, "local_text": torch.randn(2, 8, 384, generator=g)}
+        a = model(x, t, Conditions(**base, region_mask=zero))
+        b = model(x, t, Conditions(**other_local, region_mask=zero))
+        assert torch.allclose(a, b, atol=1e-6)
+        c = model(x, t, Conditions(**other_local, region_mask=torch.ones_like(zero)))
+        assert not torch.allclose(a, c)
+
+
+def test_feature_size_mismatch_is_a_clear_error(mead, tmp_path):
+    from tbd_lightning.data import TBDDataModule
+    from tbd_lightning.module import TBDModule
+
+    data, version = mead
+    dm = TBDDataModule(
+        str(data), version, frames=4, size=32, batch_size=1, train_batches=1, text_cache=str(tmp_path)
+    )
+    batch = next(iter(dm.train_dataloader()))
+    module = TBDModule(model_overrides={"text_dim": 768})
+    with pytest.raises(ValueError, match="global_text features are 384-d but the model expects text_dim=768"):
+        module.diffusion_loss(batch)
+
+
+def _drop_last_shard(data: Path, version: str, out: Path) -> int:
+    """A copy of the shards with one shard fewer (5: uneven over 2 ranks x 2 workers)."""
+    shutil.copytree(data / "media", out / "media")
+    shutil.copytree(data / "annotations" / version, out / "annotations" / version)
+    for manifest in (out / "media" / "manifest.json", out / "annotations" / version / "manifest.json"):
+        m = json.loads(manifest.read_text())
+        m["shards"] = m["shards"][:-1]
+        manifest.write_text(json.dumps(m))
+    return len(m["shards"])
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_on_uneven_shards(mead, tmp_path, netguard_log):
+    data, version = mead
+    copy = tmp_path / "data"
+    assert _drop_last_shard(data, version, copy) == 5
+    root = tmp_path / "run"
+    train(
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--data.num_workers", "2", "--data.train_batches", "3", "--trainer.max_steps", "3",
+        root=root, data=copy, log=netguard_log, mlflow_db=tmp_path / "mlflow.db", timeout=420,
+    )  # fmt: skip
+    assert step_of(root / "checkpoints" / "last.ckpt") == 3
