@@ -126,7 +126,7 @@ class TBDModule(pl.LightningModule):
     def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, dropout: bool = True):
         x0 = self.encode(batch["video"])
         b = x0.shape[0]
-        device = generator.device if generator is not None else None
+        device = generator.device if generator is not None else x0.device
         noise = torch.randn(x0.shape, generator=generator, device=device).to(x0)
 
         t = (

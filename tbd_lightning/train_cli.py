@@ -102,9 +102,20 @@ class TBDCLI(LightningCLI):
 def _ray_loop(config: dict) -> None:
     """Runs on every Ray Train worker: the same CLI, with Ray's DDP strategy and environment."""
     import ray.train
+    import ray.train.collective
+    from lightning.pytorch.utilities import rank_zero_only
 
     os.chdir(config["cwd"])
-    cli = TBDCLI(config["argv"], ray_mode=True)
+    # Lightning reads the rank from the environment at import; Ray Train sets it later. Rank-zero-only
+    # logging (the MLflow run) must know it before the CLI builds the logger.
+    rank_zero_only.rank = ray.train.get_context().get_world_rank()
+    # Building the MLflow logger opens (and on first use migrates) the tracking store: rank 0 first, so
+    # the other ranks never race it on a fresh sqlite file.
+    if rank_zero_only.rank == 0:
+        cli = TBDCLI(config["argv"], ray_mode=True)
+    ray.train.collective.barrier()
+    if rank_zero_only.rank != 0:
+        cli = TBDCLI(config["argv"], ray_mode=True)
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the job after a worker failure
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

@@ -229,3 +229,49 @@ def test_ddp_two_cpu_processes_on_uneven_shards(mead, tmp_path, netguard_log):
         root=root, data=copy, log=netguard_log, mlflow_db=tmp_path / "mlflow.db", timeout=420,
     )  # fmt: skip
     assert step_of(root / "checkpoints" / "last.ckpt") == 3
+
+
+@pytest.mark.slow
+def test_ray_train_two_workers(mead, tmp_path, netguard_log):
+    """`tbd train --ray-workers 2`: the same CLI on Ray Train's TorchTrainer (local Ray, gloo)."""
+    data, _ = mead
+    root = tmp_path / "run"
+    proc = train(
+        "--ray-workers", "2", "--ray-storage", str(tmp_path / "ray"), "--trainer.max_steps", "3",
+        "--data.train_batches", "3", root=root, data=data, log=netguard_log, mlflow_db=tmp_path / "mlflow.db",
+        timeout=420,
+    )  # fmt: skip
+    assert "world_size=2" in proc.stderr + proc.stdout
+    assert step_of(root / "checkpoints" / "last.ckpt") == 3
+    reported = list((tmp_path / "ray" / "tbd-train").glob("checkpoint_*/checkpoint.ckpt"))
+    assert reported and step_of(reported[-1]) == 3  # Ray Train's own checkpoint (restart after failures)
+
+
+def build_tiny_clip(out: Path, tokenizer_dir: Path) -> Path:
+    """A random-init CLIP text model with a locally trained tokenizer: a stand-in for CLIP ViT-L/14."""
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        projection_dim=24, max_position_embeddings=77, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    CLIPTextModelWithProjection(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_clip_text_encoder_from_a_local_folder(tiny_llm, tmp_path):
+    from tbd_lightning.text import TextEmbedder
+
+    clip = build_tiny_clip(tmp_path / "clip", tiny_llm)
+    emb = TextEmbedder(clip, cache_dir=tmp_path / "cache")
+    out = emb.embed(["lips corners pulled up", "", "brows lowered", "lips corners pulled up"])
+    assert emb.dim == 24 and out.shape == (4, 24) and emb.computed == 2
+    assert np.allclose(np.linalg.norm(out[[0, 2]], axis=1), 1, atol=1e-5) and not out[1].any()
+    assert not np.allclose(out[0], out[2]) and np.array_equal(out[0], out[3])
+    assert emb.encoder_id.startswith("clip-") and emb.encoder_id.endswith("-24")
+    assert (tmp_path / "cache" / emb.encoder_id).is_dir()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TextEmbedder(tmp_path / "nowhere")
