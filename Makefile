@@ -42,7 +42,12 @@ demo: setup
 		--model $(DEMO_OUT)/tiny-llm --max-model-len 12288 --max-tokens 3072
 	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/hdtf
 	$(BIN)/tbd think --text "a bittersweet smile" --level 2 --json > $(DEMO_OUT)/bittersweet.json
-	@echo "demo done: corpus, media + annotation shards, ledgers and MLflow runs under $(DEMO_OUT)/"
+	@echo "== mead: train the tiny denoiser on media + CoT shards (LightningCLI, MLflow), then export it"
+	rm -rf $(DEMO_OUT)/train $(DEMO_OUT)/model
+	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead \
+		--trainer.default_root_dir $(DEMO_OUT)/train --data.text_cache $(DEMO_OUT)/text-cache --trainer.max_steps 60
+	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
+	@echo "demo done: corpus, media + annotation shards, ledgers, MLflow runs, checkpoints and the exported model under $(DEMO_OUT)/"
 
 test: setup
 	$(BIN)/python -m pytest

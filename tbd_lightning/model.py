@@ -29,13 +29,13 @@ from torch import nn
 
 CONDITIONS = ("audio", "global", "local", "reference")
 
-# Named sizes; `TBDVideoDenoiser.from_preset(name, **overrides)`.
+# Named sizes; `TBDVideoDenoiser.from_preset(name, **overrides)`. tiny: CPU, 32-64 px pixels; base: one GPU,
+# 128 px pixels; full: 512 px through a VAE (latents 64 x 64 x 4), many GPUs.
 PRESETS: dict[str, dict] = {
     "tiny": dict(block_channels=(32, 64, 64), attention_levels=(False, True, True), layers_per_block=1, heads=4,
                  cond_dim=64, norm_groups=8),
-    "base": dict(in_channels=4, out_channels=4, ref_channels=4, block_channels=(128, 256, 512),
-                 attention_levels=(True, True, True), layers_per_block=2, heads=8, cond_dim=256,
-                 norm_groups=32),
+    "base": dict(block_channels=(64, 128, 256, 256), attention_levels=(False, True, True, True),
+                 layers_per_block=2, heads=8, cond_dim=256, norm_groups=32),
     "full": dict(in_channels=4, out_channels=4, ref_channels=4, block_channels=(320, 640, 1280, 1280),
                  attention_levels=(True, True, True, False), layers_per_block=2, heads=8, cond_dim=768,
                  norm_groups=32, max_frames=32),

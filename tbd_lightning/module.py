@@ -28,6 +28,10 @@ def load_vae(path: str | None):
         return None
     from diffusers import AutoencoderKL
 
+    from tbd.errors import UserError
+
+    if not Path(path).is_dir():
+        raise UserError(f"vae_path {path} does not exist: give a local diffusers AutoencoderKL folder")
     vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
     return vae.requires_grad_(False).eval()
 

@@ -275,3 +275,55 @@ def test_clip_text_encoder_from_a_local_folder(tiny_llm, tmp_path):
     assert (tmp_path / "cache" / emb.encoder_id).is_dir()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TextEmbedder(tmp_path / "nowhere")
+
+
+def test_latent_training_with_a_local_vae_and_init_from_weights(tmp_path):
+    """base/full train on latents of a user-supplied VAE folder (a small one built here) and can start from
+    saved denoiser weights; the frozen VAE stays out of the checkpoint."""
+    from diffusers import AutoencoderKL
+
+    from tbd_lightning.module import TBDModule
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
+    ).save_pretrained(tmp_path / "vae")  # fmt: skip
+    latent = dict(in_channels=4, out_channels=4, ref_channels=4)
+    module = TBDModule(vae_path=str(tmp_path / "vae"), model_overrides=latent)
+    b, t = 2, 4
+    g = torch.Generator().manual_seed(0)
+    batch = dict(
+        video=torch.rand(b, t, 3, 32, 32, generator=g) * 2 - 1, reference=torch.rand(b, 3, 32, 32, generator=g) * 2 - 1,
+        audio=torch.randn(b, t, 80, generator=g), global_text=torch.randn(b, 384, generator=g),
+        local_text=torch.randn(b, 8, 384, generator=g), local_valid=torch.arange(8)[None].expand(b, 8) < 2,
+        mask=torch.rand(b, t, 1, 32, 32, generator=g), mouth=torch.rand(b, t, 1, 32, 32, generator=g), key=["a", "b"],
+    )  # fmt: skip
+    assert module.encode(batch["video"]).shape == (b, t, 4, 16, 16)
+    module.diffusion_loss(batch).backward()
+    assert all(p.grad is None for p in module.vae.parameters())
+    assert not any(k.startswith("vae") or "_vae" in k for k in module.state_dict())
+    assert module.preview(batch, steps=2).shape == (b, t, 3, 32, 32)
+
+    module.model.save_pretrained(tmp_path / "denoiser")
+    again = TBDModule(
+        vae_path=str(tmp_path / "vae"), model_overrides=latent, init_weights=str(tmp_path / "denoiser")
+    )
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in module.model.state_dict().items())
+    partial = TBDModule(model_overrides={**latent, "text_dim": 512}, init_weights=str(tmp_path / "denoiser"))
+    same = [k for k, v in partial.model.state_dict().items() if torch.equal(v, module.model.state_dict()[k])]
+    assert (
+        0 < len(same) < len(module.model.state_dict())
+    )  # text projections differ in shape: left as initialised
+
+
+@pytest.mark.parametrize("name", ["tiny", "base", "full"])
+def test_train_configs_parse(name, netguard_log):
+    proc = run_tbd(
+        "train", "--config", CONFIG.replace("tiny", name), "--print_config", env=offline_env(netguard_log)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = yaml.safe_load(proc.stdout)
+    assert config["model"]["model"] == name and config["trainer"]["logger"]["class_path"].endswith(
+        "MLFlowLogger"
+    )
