@@ -115,6 +115,18 @@ def _mp4(frames: np.ndarray, fps: int, crf: int) -> bytes:
         return path.read_bytes()
 
 
+def crop_to(frames: np.ndarray, landmarks: np.ndarray, crop, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W, 3) frames and (T, 468, 3) image-pixel landmarks -> (T, size, size, 3) crops and landmarks
+    normalised to the crop (x, y in [0, 1]; z in the same scale)."""
+    to_image = crop.affine(size)  # crop pixels -> image pixels
+    flags = cv2.INTER_AREA | cv2.WARP_INVERSE_MAP
+    cropped = np.stack([cv2.warpAffine(f, to_image, (size, size), flags=flags) for f in frames])
+    to_crop = cv2.invertAffineTransform(to_image)
+    xy = landmarks[..., :2] @ to_crop[:, :2].T + to_crop[:, 2]
+    scale = np.linalg.norm(to_crop[0, :2])
+    return cropped, np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float32)
+
+
 def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> MediaSample | Reject:
     """Run every stage; the first that fails names the reject."""
     source = ref.video
@@ -156,17 +168,8 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
     landmarks = np.stack([meshes[i].landmarks for i in nearest]).astype(np.float64)  # (T, 468, 3) image px
 
     size = config.crop_size
-    to_image = crop.affine(size)  # crop pixels -> image pixels
-    cropped = np.stack(
-        [
-            cv2.warpAffine(f, to_image, (size, size), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP)
-            for f in frames
-        ]
-    )
-    to_crop = cv2.invertAffineTransform(to_image)
-    xy = landmarks[..., :2] @ to_crop[:, :2].T + to_crop[:, 2]
-    scale = np.linalg.norm(to_crop[0, :2])
-    crop_lm = np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float16)
+    cropped, crop_lm = crop_to(frames, landmarks, crop, size)
+    crop_lm = crop_lm.astype(np.float16)
 
     meta = {
         **ref.model_dump(),

@@ -106,3 +106,19 @@ class SampleVideos(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._log(trainer, pl_module)
+
+
+class ResumableMLFlowLogger(MLFlowLogger):
+    """`MLFlowLogger` for runs that resume: MLflow refuses to change a logged param, so a value that differs
+    from the run's (a lower lr after resuming) is recorded as tag `changed_on_resume.KEY` instead of failing."""
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+        flat = _flatten_dict(_convert_params(params))
+        logged = self.experiment.get_run(self.run_id).data.params
+        changed = {k: v for k, v in flat.items() if k in logged and logged[k] != str(v)[:250]}
+        for key, value in changed.items():
+            self.experiment.set_tag(self.run_id, f"changed_on_resume.{key}", str(value)[:250])
+        super().log_hyperparams({k: v for k, v in flat.items() if k not in changed})

@@ -264,6 +264,9 @@ class TBDDataModule(pl.LightningDataModule):
         self.data = Path(data)
         self.version = pick_version(self.data, version)
         self.hparams["version"] = self.version  # checkpointed resolved
+        params = self.data / "media" / "params.json"
+        # How the media were made (fps, crop, audio features): generation must make its inputs the same way.
+        self.hparams["media"] = json.loads(params.read_text())["media"] if params.is_file() else None
         self.shards = aligned_shards(self.data, self.version)
 
     def _dataset(self, splits: set[str], batches: int, resample: bool, seed: int) -> ClipWindows:

@@ -10,7 +10,6 @@ The checkpoint's `state_dict` is exported, which holds the EMA weights when trai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -18,18 +17,11 @@ from pathlib import Path
 
 import torch
 
+from pipelines.assets import sha256_of
 from tbd.errors import UserError
 
 log = logging.getLogger(__name__)
 FORMAT = 1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export(ckpt: str | Path, out: str | Path) -> dict:
@@ -53,12 +45,13 @@ def export(ckpt: str | Path, out: str | Path) -> dict:
         "scheduler": "scheduler",
         "text_encoder": data_hp.get("text_encoder"),  # None: the offline sentence-transformers package
         "vae": hp.get("vae_path"),
+        "media": data_hp.get("media"),  # fps, crop margin, audio features of the training shards
         "conditioning": {
             "frames": data_hp.get("frames"), "size": data_hp.get("size"),
             "prediction_type": hp["prediction_type"], "drop": module.drop,
         },
         "source": {
-            "checkpoint": str(ckpt.resolve()), "sha256": _sha256(ckpt), "global_step": state.get("global_step"),
+            "checkpoint": str(ckpt.resolve()), "sha256": sha256_of(ckpt), "global_step": state.get("global_step"),
             "ema": "current_model_state" in state, "annotation_version": data_hp.get("version"),
         },
     }  # fmt: skip

@@ -60,13 +60,12 @@ class Conditions:
             return torch.ones(b, dtype=torch.bool, device=self.audio.device)
         return self.keep[name].to(self.audio.device)
 
-    def index(self, idx: torch.Tensor) -> Conditions:
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        keep = None if self.keep is None else {k: v[idx] for k, v in self.keep.items()}
-        return Conditions(
-            pick(self.reference), pick(self.audio), pick(self.global_text), pick(self.local_text),
-            pick(self.local_valid), pick(self.region_mask), keep,
-        )  # fmt: skip
+    def map(self, fn) -> Conditions:
+        """Apply `fn` to every tensor (e.g. `lambda t: t.to(device)`, `lambda t: t[idx]`)."""
+        keep = None if self.keep is None else {k: fn(v) for k, v in self.keep.items()}
+        mask = None if self.region_mask is None else fn(self.region_mask)
+        fields = (self.reference, self.audio, self.global_text, self.local_text, self.local_valid)
+        return Conditions(*(fn(x) for x in fields), mask, keep)
 
 
 class ConditionedTransformer(nn.Module):

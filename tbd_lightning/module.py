@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDPMScheduler
 
 from tbd_lightning.model import CONDITIONS, Conditions, TBDVideoDenoiser
 
@@ -194,25 +194,12 @@ class TBDModule(pl.LightningModule):
     # -- preview sampling ------------------------------------------------------------------------------
     @torch.no_grad()
     def preview(self, batch: dict, steps: int = 10, guidance: float = 2.0, seed: int = 0) -> torch.Tensor:
-        """A quick DDIM sample with one classifier-free guidance scale over all conditions (training
-        previews only; the progressive sampler is the generation path). Returns pixels (B, T, 3, H, W)."""
-        ddim = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
-        ddim.set_timesteps(steps, device=self.device)
+        """A quick DDIM sample with plain classifier-free guidance over all conditions (training previews;
+        `tbd generate` uses progressive guidance). Returns pixels (B, T, 3, H, W)."""
+        from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
+
+        config = GuidanceConfig(steps=steps, scheduler="ddim", audio_scale=guidance, mode="cfg")
+        sampler = ProgressiveSampler(self.model, self.scheduler.config, config)
         shape = self.encode(batch["video"]).shape
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        x = torch.randn(shape, generator=gen, device=self.device) * ddim.init_noise_sigma
-        b = shape[0]
-        full = self.conditions(batch)
-        none = self.conditions(
-            batch, keep={c: torch.zeros(b, dtype=torch.bool, device=self.device) for c in CONDITIONS}
-        )
-        both = Conditions(
-            *(torch.cat([getattr(none, f), getattr(full, f)]) if getattr(full, f) is not None else None
-              for f in ("reference", "audio", "global_text", "local_text", "local_valid", "region_mask")),
-            keep={c: torch.cat([none.kept(c), full.kept(c)]) for c in CONDITIONS},
-        )  # fmt: skip
-        for t in ddim.timesteps:
-            out = self.model(torch.cat([x, x]), t.expand(2 * b), both)
-            uncond, cond = out.chunk(2)
-            x = ddim.step(uncond + guidance * (cond - uncond), t, x).prev_sample
-        return self.decode(x)
+        return self.decode(sampler.sample(shape, self.conditions(batch), generator=gen))

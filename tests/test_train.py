@@ -78,19 +78,15 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
     assert len(frames) == 4 and frames[0].shape == (64, 32, 3)  # ground truth over sample, 32 px
 
     proc = train(
-        "--trainer.max_steps",
-        "7",
-        "--ckpt_path",
-        "last",
-        root=root,
-        data=data,
-        log=netguard_log,
-        mlflow_db=db,
-    )
+        "--trainer.max_steps", "7", "--ckpt_path", "last", "--model.lr", "0.0005",
+        root=root, data=data, log=netguard_log, mlflow_db=db,
+    )  # fmt: skip
     assert "Restored all states" in proc.stderr
     assert step_of(last) == 7
     runs = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)
     assert [r.info.run_id for r in runs] == [run.info.run_id]  # the resumed run continues the same MLflow run
+    resumed = client.get_run(run.info.run_id).data
+    assert resumed.params["lr"] == "0.001" and resumed.tags["changed_on_resume.lr"] == "0.0005"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "lr-AdamW")]
     assert steps == sorted(steps) and max(steps) >= 5  # continued past step 4, never restarted at 0
 
@@ -190,6 +186,30 @@ def test_condition_dropout_and_local_masking(mead, tmp_path):
         assert torch.allclose(a, b, atol=1e-6)
         c = model(x, t, Conditions(**other_local, region_mask=torch.ones_like(zero)))
         assert not torch.allclose(a, c)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from tbd_lightning.model import Conditions, TBDVideoDenoiser
+
+    torch.manual_seed(0)
+    model = TBDVideoDenoiser.from_preset("tiny")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 3, 16, 16, generator=g)
+    cond = Conditions(
+        torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 2, 80, generator=g), torch.randn(1, 384, generator=g),
+        torch.randn(1, 8, 384, generator=g), torch.arange(8)[None] < 2,
+    )  # fmt: skip
+
+    def grads():
+        model.zero_grad()
+        model(x, torch.tensor([100]), cond).square().mean().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    model.enable_gradient_checkpointing()
+    assert model.gradient_checkpointing
+    for a, b in zip(plain, grads(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_feature_size_mismatch_is_a_clear_error(mead, tmp_path):

@@ -1,0 +1,115 @@
+"""Progressive guidance sampler: the formula, its schedule, masks, batching, ablations and schedulers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from tbd_lightning.model import CONDITIONS, Conditions, TBDVideoDenoiser
+from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler, _with_keep
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return TBDVideoDenoiser.from_preset("tiny", block_channels=(16, 32), attention_levels=(True, True)).eval()
+
+
+@pytest.fixture(scope="module")
+def train_config():
+    return DDPMScheduler(
+        beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", rescale_betas_zero_snr=True
+    ).config
+
+
+def conditions(mask: torch.Tensor | None = None) -> Conditions:
+    g = torch.Generator().manual_seed(3)
+    return Conditions(
+        torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 2, 80, generator=g), torch.randn(1, 384, generator=g),
+        torch.randn(1, 8, 384, generator=g), torch.arange(8)[None] < 3, mask,
+    )  # fmt: skip
+
+
+SHAPE = (1, 2, 3, 16, 16)
+
+
+def test_zero_scales_equal_the_unguided_sampler(model, train_config):
+    cond = conditions(torch.ones(1, 2, 1, 16, 16))
+    cfg = GuidanceConfig(steps=5, audio_scale=0, global_scale=0, local_scale=0)
+    sampler = ProgressiveSampler(model, train_config, cfg)
+    guided = sampler.sample(SHAPE, cond, generator=torch.Generator().manual_seed(0))
+
+    plain = ProgressiveSampler(model, train_config, cfg).scheduler  # the same scheduler, driven by hand
+    plain.set_timesteps(5)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * plain.init_noise_sigma
+    none = _with_keep(cond, ())
+    with torch.no_grad():
+        for t in plain.timesteps:
+            x = plain.step(model(x, t.expand(1), none), t, x).prev_sample
+    torch.testing.assert_close(guided, x, rtol=0, atol=1e-5)
+
+
+def test_local_term_is_exactly_zero_outside_the_mask(model, train_config):
+    mask = torch.zeros(1, 2, 1, 16, 16)
+    mask[..., 8:] = 1  # right half
+    sampler = ProgressiveSampler(model, train_config, GuidanceConfig(switch=0.4))
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, terms = sampler.guided(x, torch.tensor(200), conditions(mask), progress=0.8)
+    assert torch.count_nonzero(terms["local"][..., :8]) == 0
+    assert terms["local"][..., 8:].abs().mean() > 0
+    no_masks = ProgressiveSampler(model, train_config, GuidanceConfig(mode="no-masks"))
+    with torch.no_grad():
+        _, terms = no_masks.guided(x, torch.tensor(200), conditions(mask), progress=0.8)
+    assert terms["local"][..., :8].abs().mean() > 0  # the ablation ignores the mask
+
+
+def test_schedule_global_first_then_local(model, train_config):
+    cfg = GuidanceConfig(switch=0.4, global_floor=0.3)
+    assert cfg.weights(0.0) == (1.0, 0.0) and cfg.weights(0.39) == (1.0, 0.0)
+    w_g, w_l = cfg.weights(1.0)
+    assert w_l == 1.0 and w_g == pytest.approx(0.3)
+    assert GuidanceConfig(mode="single-stage").weights(0.0) == (1.0, 1.0)
+    sampler = ProgressiveSampler(model, train_config, cfg)
+    x = torch.randn(SHAPE)
+    with torch.no_grad():
+        _, early = sampler.guided(x, torch.tensor(900), conditions(), progress=0.1)
+        _, late = sampler.guided(x, torch.tensor(100), conditions(), progress=0.9)
+    assert set(early) == {"base", "audio", "global"}  # the local branch is not even evaluated
+    assert set(late) == {"base", "audio", "global", "local"}
+    assert sampler.forward_passes == 2  # every branch of a step in one batched call
+    with pytest.raises(ValueError, match="guidance mode"):
+        GuidanceConfig(mode="sideways")
+
+
+def test_batched_and_unbatched_branches_agree(model, train_config):
+    sampler = ProgressiveSampler(model, train_config, GuidanceConfig(steps=4, switch=0.3))
+    cond = conditions(torch.rand(1, 2, 1, 16, 16, generator=torch.Generator().manual_seed(2)))
+    a = sampler.sample(SHAPE, cond, generator=torch.Generator().manual_seed(5), batched=True)
+    b = sampler.sample(SHAPE, cond, generator=torch.Generator().manual_seed(5), batched=False)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_single_stage_without_masks_telescopes_to_plain_cfg(model, train_config):
+    """With equal scales, the nested single-stage formula is plain CFG over all conditions (a sum that
+    telescopes): two implementations of the same number."""
+    s = 2.5
+    nested = GuidanceConfig(audio_scale=s, global_scale=s, local_scale=s, mode="single-stage")
+    plain = GuidanceConfig(audio_scale=s, mode="cfg")
+    x, cond = torch.randn(SHAPE), conditions(None)
+    with torch.no_grad():
+        a, _ = ProgressiveSampler(model, train_config, nested).guided(x, torch.tensor(500), cond, 0.5)
+        b, _ = ProgressiveSampler(model, train_config, plain).guided(x, torch.tensor(500), cond, 0.5)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm"])
+def test_diffusers_schedulers(model, train_config, scheduler):
+    sampler = ProgressiveSampler(model, train_config, GuidanceConfig(steps=4, scheduler=scheduler))
+    out = sampler.sample(
+        SHAPE, conditions(torch.ones(1, 2, 1, 16, 16)), generator=torch.Generator().manual_seed(0)
+    )
+    assert out.shape == SHAPE and torch.isfinite(out).all()
+    assert sampler.forward_passes == 4
+    assert set(CONDITIONS) == {"audio", "global", "local", "reference"}
