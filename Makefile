@@ -47,9 +47,8 @@ demo: setup
 	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead \
 		--trainer.default_root_dir $(DEMO_OUT)/train --data.text_cache $(DEMO_OUT)/text-cache --trainer.max_steps 60
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
-	@echo "== generate: a portrait the model never saw (scikit-image's astronaut) with a held-out speaker's audio"
-	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.astronaut()).save('$(DEMO_OUT)/portrait.png')"
-	$(BIN)/tbd generate --image $(DEMO_OUT)/portrait.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
+	@echo "== generate: the held-out portrait (never in training) speaking a validation speaker's line, contempt level 2"
+	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/AstronautNarrow.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
 		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --steps 20
 	@echo "demo done: corpus, media + annotation shards, ledgers, MLflow runs, checkpoints and the exported model under $(DEMO_OUT)/"
 

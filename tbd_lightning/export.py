@@ -53,6 +53,7 @@ def export(ckpt: str | Path, out: str | Path) -> dict:
         "source": {
             "checkpoint": str(ckpt.resolve()), "sha256": sha256_of(ckpt), "global_step": state.get("global_step"),
             "ema": "current_model_state" in state, "annotation_version": data_hp.get("version"),
+            "mlflow_run_id": state.get("mlflow_run_id"), "mlflow_tracking_uri": state.get("mlflow_tracking_uri"),
         },
     }  # fmt: skip
     (out / "tbd_model.json").write_text(json.dumps(info, indent=2))

@@ -43,6 +43,7 @@ class GenerateConfig:
     seed: int = 0
     max_seconds: float = 20.0
     device: str | None = None
+    tracking_uri: str | None = None  # default: the training run's store (recorded by `tbd export`)
 
 
 @dataclass
@@ -117,29 +118,40 @@ def region_mask(landmarks: np.ndarray, size: int, regions: tuple[str, ...]) -> n
     return np.max(np.stack(list(masks.values())), 0)
 
 
-def measured_aus(frames: np.ndarray, portrait: Portrait) -> dict[int, list[float | None]]:
-    """Per-frame FACS 0-5 estimates from the landmark proxies, against the portrait as neutral baseline;
-    None where no face is found in a generated frame."""
+def track_generated(frames: np.ndarray, size: int = 256) -> np.ndarray:
+    """Crop-normalised landmarks (T, 468, 3) of generated frames (upscaled to `size` for the face
+    model); NaN rows where no face is found."""
     import cv2
 
-    from pipelines.au_evidence import PROXY_AUS
-    from pipelines.au_proxies import PROXIES, au_proxies
     from pipelines.face import FaceAnalyzer
 
-    base = au_proxies(portrait.landmarks[None])[0]
-    out: dict[int, list] = {}
     with FaceAnalyzer() as fa:
-        results = fa.track([cv2.resize(f, (256, 256), interpolation=cv2.INTER_CUBIC) for f in frames])
-    for r in results:
-        values = au_proxies((r.mesh.landmarks / 256)[None])[0] if r.mesh is not None else None
+        results = fa.track([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
+    nan = np.full((468, 3), np.nan, np.float32)
+    return np.stack([r.mesh.landmarks / size if r.mesh is not None else nan for r in results]).astype(
+        np.float32
+    )
+
+
+def measured_aus(landmarks: np.ndarray, baseline_landmarks: np.ndarray) -> dict[int, list[float | None]]:
+    """Per-frame FACS 0-5 estimates from the landmark proxies against a neutral baseline (the portrait);
+    None where a frame has no face."""
+    from pipelines.au_evidence import PROXY_AUS
+    from pipelines.au_proxies import PROXIES, au_proxies
+
+    base = au_proxies(baseline_landmarks[None])[0]
+    aus = sorted({a for entries in PROXY_AUS.values() for a, *_ in entries})
+    out: dict[int, list] = {au: [] for au in aus}
+    for lm in landmarks:
         per_au: dict[int, float] = {}
+        values = None if np.isnan(lm).any() else au_proxies(lm[None])[0]
         for i, name in enumerate(PROXIES):
             for au, _side, direction, scale in PROXY_AUS.get(name, []):
                 if values is not None:
                     v = float(np.clip(direction * (values[i] - base[i]) / scale * 5, 0, 5))
                     per_au[au] = max(per_au.get(au, 0.0), v)
-        for au in {a for entries in PROXY_AUS.values() for a, *_ in entries}:
-            out.setdefault(au, []).append(per_au.get(au) if values is not None else None)
+        for au in aus:
+            out[au].append(per_au.get(au) if values is not None else None)
     return out
 
 
@@ -168,45 +180,30 @@ def plot_aus(requested: dict[int, float], measured: dict[int, list], fps: int, p
     plt.close(fig)
 
 
-def generate(config: GenerateConfig) -> dict:
-    from annotation.facs import intensity_value
-    from pipelines.audio_features import audio_features
-    from pipelines.video_io import write_mp4
-    from tbd_lightning.export import load_exported
+DEFAULT_MEDIA = {"fps": 25, "crop_margin": 1.8, "n_mels": 80, "audio_encoder": None, "silence_dbfs": -50.0}
+
+
+def media_settings(info: dict) -> tuple[dict, int]:
+    """How the training media were made (fps, crop, audio features) and the model's frame size."""
+    media = {**DEFAULT_MEDIA, **(info.get("media") or {})}
+    return media, info["conditioning"]["size"] or media.get("crop_size", 64)
+
+
+def draw(
+    model, reference: np.ndarray, ref_landmarks: np.ndarray, feats: np.ndarray, global_text: str,
+    local: list[str], regions: tuple[str, ...], embedder, guidance: GuidanceConfig, seed: int, device: str,
+    progress_bar: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """Sample len(feats) frames (T, S, S, 3) uint8 in windows of the training length, all windows batched."""
     from tbd_lightning.model import Conditions
-    from tbd_lightning.text import TextEmbedder
 
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_exported(config.model, device)
-    info, den = model.info, model.denoiser
-    media = info.get("media") or {
-        "fps": 25,
-        "crop_margin": 1.8,
-        "n_mels": 80,
-        "audio_encoder": None,
-        "silence_dbfs": -50.0,
-    }
-    size, window = info["conditioning"]["size"] or media.get("crop_size", 64), info["conditioning"]["frames"]
-    fps = media["fps"]
-    if info.get("vae"):
-        raise UserError("latent-space models are not supported by `tbd generate` yet (pixel-space only)")
-
-    portrait = prepare_portrait(config.image, size, media["crop_margin"])
-    audio, n_frames = load_speech(config.audio, fps, config.max_seconds, media.get("silence_dbfs", -50.0))
-    ann = think(config)
-    global_text, local = texts(ann.cot, config.label_only, den.config.max_local)
-    regions = tuple(dict.fromkeys(u.region for u in ann.cot.action_units)) if local else ()
-
-    embedder = TextEmbedder(info.get("text_encoder"), device=device)
+    den, size, window = model.denoiser, reference.shape[0], model.info["conditioning"]["frames"]
+    n_frames = len(feats)
     emb = embedder.embed([global_text, *local])
-    feats = audio_features(audio, n_frames, media.get("n_mels", 80), fps, media.get("audio_encoder")).astype(
-        np.float32
-    )
     n_windows = -(-n_frames // window)
     feats = np.pad(feats, ((0, n_windows * window - n_frames), (0, 0)), mode="edge")
-
-    ref = torch.from_numpy(portrait.crop).permute(2, 0, 1).float().div(127.5).sub(1)
-    mask = torch.from_numpy(region_mask(portrait.landmarks, size, regions))
+    ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
+    mask = torch.from_numpy(region_mask(ref_landmarks, size, regions))
     local_text = torch.zeros(den.config.max_local, emb.shape[1])
     local_text[: len(local)] = torch.from_numpy(emb[1:])
     cond = Conditions(
@@ -217,15 +214,43 @@ def generate(config: GenerateConfig) -> dict:
         local_valid=(torch.arange(den.config.max_local) < len(local))[None].expand(n_windows, -1),
         region_mask=mask[None, None, None].expand(n_windows, window, 1, size, size),
     ).map(lambda t: t.contiguous().to(device))
-    sampler = ProgressiveSampler(den, model.scheduler.config, config.guidance)
-    gen = torch.Generator(device).manual_seed(config.seed)
-    video = sampler.sample(
-        (n_windows, window, den.config.in_channels, size, size), cond, generator=gen, progress_bar=True
-    )
+    sampler = ProgressiveSampler(den, model.scheduler.config, guidance)
+    gen = torch.Generator(device).manual_seed(seed)
+    shape = (n_windows, window, den.config.in_channels, size, size)
+    video = sampler.sample(shape, cond, generator=gen, progress_bar=progress_bar)
     frames = (
         ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).reshape(-1, size, size, 3)
     )
-    frames = frames[:n_frames].cpu().numpy()
+    return frames[:n_frames].cpu().numpy()
+
+
+def generate(config: GenerateConfig) -> dict:
+    from annotation.facs import intensity_value
+    from pipelines.audio_features import audio_features
+    from pipelines.video_io import write_mp4
+    from tbd_lightning.export import load_exported
+    from tbd_lightning.text import TextEmbedder
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_exported(config.model, device)
+    info, den = model.info, model.denoiser
+    media, size = media_settings(info)
+    fps = media["fps"]
+    if info.get("vae"):
+        raise UserError("latent-space models are not supported by `tbd generate` yet (pixel-space only)")
+
+    portrait = prepare_portrait(config.image, size, media["crop_margin"])
+    audio, n_frames = load_speech(config.audio, fps, config.max_seconds, media.get("silence_dbfs", -50.0))
+    ann = think(config)
+    global_text, local = texts(ann.cot, config.label_only, den.config.max_local)
+    regions = tuple(dict.fromkeys(u.region for u in ann.cot.action_units)) if local else ()
+
+    feats = audio_features(audio, n_frames, media.get("n_mels", 80), fps, media.get("audio_encoder")).astype(
+        np.float32
+    )
+    embedder = TextEmbedder(info.get("text_encoder"), device=device)
+    frames = draw(model, portrait.crop, portrait.landmarks, feats, global_text, local, regions, embedder,
+                  config.guidance, config.seed, device, progress_bar=True)  # fmt: skip
 
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +262,7 @@ def generate(config: GenerateConfig) -> dict:
     requested = {}
     for u in ann.cot.action_units:
         requested[u.au] = max(requested.get(u.au, 0), intensity_value(u.intensity))
-    measured = measured_aus(frames, portrait)
+    measured = measured_aus(track_generated(frames), portrait.landmarks)
     plot_aus(requested, measured, fps, out.with_name(out.stem + "_aus.png"))
     report = {
         "video": str(out), "strip": str(out.with_suffix(".png")), "au_plot": str(out.with_name(out.stem + "_aus.png")),
@@ -249,4 +274,33 @@ def generate(config: GenerateConfig) -> dict:
     }  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     log.info("wrote %s (%d frames, %.2f s)", out, n_frames, n_frames / fps)
+    track(config, info, report)
     return report
+
+
+def track(config: GenerateConfig, info: dict, report: dict) -> None:
+    """One MLflow run per generation, in the training run's store, tagged with the training run."""
+    from pipelines.tracking import job_run, tracking_uri
+
+    uri = (
+        config.tracking_uri
+        or info["source"].get("mlflow_tracking_uri")
+        or tracking_uri(None, Path(config.model).parent)
+    )
+    params = {k: report[k] for k in ("emotion", "level", "frames", "seed", "model", "annotation_version")}
+    params.update({f"guidance.{k}": v for k, v in report["guidance"].items()})
+    tags = {"tbd.train_run": str(info["source"].get("mlflow_run_id"))}
+    with job_run(
+        "generate", uri, {**params, "image": str(config.image), "audio": str(config.audio)}, tags
+    ) as mlflow:
+        measured = [v for series in report["measured_aus"].values() for v in series if v is not None]
+        mlflow.log_metrics(
+            {
+                "seconds": report["seconds"],
+                "face_found_fraction": len(measured)
+                / max(1, sum(len(s) for s in report["measured_aus"].values())),
+            }
+        )
+        for key in ("video", "strip", "au_plot"):
+            mlflow.log_artifact(report[key], "generated")
+        mlflow.log_dict(report, "generated/report.json")

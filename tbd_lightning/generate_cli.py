@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=20.0)
     p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: the training run's, else beside the model)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             guidance=guidance,
             seed=args.seed,
             max_seconds=args.max_seconds,
-            device=args.device,
+            device=args.device, tracking_uri=args.tracking_uri,
         )  # fmt: skip
     )
     print(json.dumps({k: report[k] for k in ("video", "strip", "au_plot", "frames", "seconds", "emotion")}))

@@ -190,6 +190,7 @@ class TBDModule(pl.LightningModule):
         run_id = getattr(self.logger, "run_id", None)
         if run_id:
             checkpoint["mlflow_run_id"] = run_id  # `tbd train --ckpt_path` continues this MLflow run
+            checkpoint["mlflow_tracking_uri"] = getattr(self.logger, "_tracking_uri", None)
 
     # -- preview sampling ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -86,6 +86,19 @@ def test_generate_writes_mp4_with_audio_strip_and_au_plot(inputs, tiny_model, tm
     assert all(len(v) == len(frames) for v in report["measured_aus"].values())
     assert out.with_suffix(".png").stat().st_size > 0 and Path(report["au_plot"]).stat().st_size > 0
 
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_model.parent / 'mlflow.db'}")  # beside the model folder
+    experiment = client.get_experiment_by_name("think-before-draw").experiment_id
+    [run] = client.search_runs(experiment, filter_string="params.emotion = 'contempt'")
+    assert run.data.tags["tbd.job"] == "generate" and run.data.params["emotion"] == "contempt"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "generated")} >= {
+        "generated/contempt.mp4",
+        "generated/contempt.png",
+        "generated/contempt_aus.png",
+        "generated/report.json",
+    }
+
 
 def test_label_only_ablation_uses_no_cot(inputs, tiny_model, tmp_path, netguard_log):
     out = tmp_path / "label.mp4"

@@ -1,0 +1,116 @@
+"""Evaluation metrics for generated talking heads, each a small function on arrays.
+
+- `psnr`, `ssim`: frame fidelity (torchmetrics), uint8 videos (T, H, W, 3); PSNR is capped at 100 dB
+  (identical videos) so results stay finite in JSON and MLflow.
+- `lmd`: landmark distance in pixels, full face and mouth (the KB's mouth region groups).
+- `lipsync`: correlation of mouth opening with the speech envelope at the best frame offset (a proxy
+  for SyncNet, which needs user-supplied weights).
+- `au_control_error`: mean |measured - requested| AU intensity (FACS 0-5) over frames with a face.
+- `AUEmotionClassifier`: nearest-centroid emotion classifier over standardised AU-proxy statistics,
+  fitted on the training shards; `accuracy` of generated clips against the requested emotion.
+- `fid`: Fréchet distance with a user-supplied feature network (`torch.nn.Module`, e.g. a local
+  InceptionV3); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+PSNR_CAP = 100.0
+
+
+def _float_video(video: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * np.log10(255.0**2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    kernel = min(11, a.shape[1] - (1 - a.shape[1] % 2), a.shape[2] - (1 - a.shape[2] % 2))
+    return float(structural_similarity_index_measure(_float_video(a), _float_video(b), data_range=1.0, kernel_size=kernel))
+
+
+@functools.cache
+def mouth_indices() -> tuple[int, ...]:
+    from annotation.facs import load_kb
+
+    return tuple(sorted({i for group in load_kb().region_landmarks("mouth") for i in group}))
+
+
+def lmd(a: np.ndarray, b: np.ndarray, size: int) -> dict[str, float]:
+    """Mean Euclidean distance (pixels at `size`) of crop-normalised landmarks (T, 468, 2+)."""
+    d = np.linalg.norm((np.asarray(a)[..., :2] - np.asarray(b)[..., :2]) * size, axis=-1)
+    return {"lmd_full": float(d.mean()), "lmd_mouth": float(d[:, list(mouth_indices())].mean())}
+
+
+def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
+    """Inner-lip gap per frame (landmarks 13/14), in the landmarks' units."""
+    lm = np.asarray(landmarks)
+    return lm[:, 14, 1] - lm[:, 13, 1]
+
+
+def lipsync(mouth: np.ndarray, envelope: np.ndarray, max_offset: int = 6) -> dict[str, float]:
+    """Pearson correlation of mouth opening and speech envelope at every offset in [-max, max] frames;
+    `offset` > 0 means the mouth lags the audio by that many frames."""
+    mouth, envelope = np.asarray(mouth, np.float64), np.asarray(envelope, np.float64)
+    scores = {}
+    for k in range(-max_offset, max_offset + 1):
+        m, e = (mouth[k:], envelope[: len(envelope) - k]) if k >= 0 else (mouth[:k], envelope[-k:])
+        n = min(len(m), len(e))
+        if n > 2 and m[:n].std() > 0 and e[:n].std() > 0:
+            scores[k] = float(np.corrcoef(m[:n], e[:n])[0, 1])
+    if not scores:
+        return {"sync_corr": 0.0, "sync_corr_at_0": 0.0, "sync_offset": 0}
+    best = max(scores, key=scores.get)
+    return {"sync_corr": scores[best], "sync_corr_at_0": scores.get(0, 0.0), "sync_offset": best}
+
+
+def au_control_error(requested: dict[int, float], measured: dict[int, Sequence[float | None]]) -> float | None:
+    errors = [abs(v - requested[au]) for au in requested for v in measured.get(au, []) if v is not None]
+    return float(np.mean(errors)) if errors else None
+
+
+class AUEmotionClassifier:
+    """Nearest centroid over standardised AU-proxy statistics (one feature row per clip)."""
+
+    def fit(self, features: np.ndarray, labels: Sequence[str]) -> AUEmotionClassifier:
+        x = np.asarray(features, np.float64)
+        self.mean, self.std = x.mean(0), x.std(0) + 1e-8
+        z = (x - self.mean) / self.std
+        self.labels = sorted(set(labels))
+        self.centroids = np.stack([z[np.asarray(labels) == label].mean(0) for label in self.labels])
+        return self
+
+    def predict(self, features: np.ndarray) -> list[str]:
+        z = (np.atleast_2d(features) - self.mean) / self.std
+        return [self.labels[i] for i in np.linalg.norm(z[:, None] - self.centroids[None], axis=-1).argmin(1)]
+
+    def accuracy(self, features: np.ndarray, labels: Sequence[str]) -> float:
+        return float(np.mean([p == t for p, t in zip(self.predict(features), labels, strict=True)]))
+
+
+def clip_features(proxies: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """One row per clip: mean and 90th percentile of each AU proxy relative to a neutral baseline."""
+    rel = np.asarray(proxies, np.float64) - np.asarray(baseline, np.float64)
+    return np.concatenate([rel.mean(0), np.percentile(rel, 90, axis=0)])
+
+
+def fid(real: np.ndarray, fake: np.ndarray, feature_net: torch.nn.Module, input_size: int = 299) -> float:
+    """Fréchet distance between frame sets (N, H, W, 3) uint8, features from `feature_net` (float input in
+    [0, 1], resized to `input_size`)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=feature_net, normalize=True, input_img_size=(3, input_size, input_size))
+    for frames, is_real in ((real, True), (fake, False)):
+        x = torch.nn.functional.interpolate(_float_video(frames), size=(input_size, input_size), mode="bilinear")
+        metric.update(x, real=is_real)
+    return float(metric.compute())

@@ -1,0 +1,66 @@
+"""Evaluation metrics: ideal values on identical inputs, a found lip-sync offset, FID plumbing with a local net."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import metrics
+
+
+@pytest.fixture(scope="module")
+def video():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+
+
+def test_identical_videos_score_ideal_values(video):
+    assert metrics.psnr(video, video) == metrics.PSNR_CAP
+    assert metrics.ssim(video, video) == pytest.approx(1.0, abs=1e-6)
+    lm = np.random.default_rng(1).random((6, 468, 3))
+    assert metrics.lmd(lm, lm, 32) == {"lmd_full": 0.0, "lmd_mouth": 0.0}
+
+
+def test_different_videos_score_worse(video):
+    noisy = np.clip(video.astype(int) + np.random.default_rng(2).integers(-40, 40, video.shape), 0, 255).astype(np.uint8)
+    assert 10 < metrics.psnr(video, noisy) < 40
+    assert metrics.ssim(video, noisy) < 0.99  # random texture keeps SSIM high; identical is 1
+    lm = np.random.default_rng(1).random((6, 468, 3))
+    moved = lm.copy()
+    moved[:, list(metrics.mouth_indices()), 1] += 0.1  # only the mouth moves, by 0.1 of the crop
+    d = metrics.lmd(lm, moved, 32)
+    assert d["lmd_mouth"] == pytest.approx(3.2) and 0 < d["lmd_full"] < d["lmd_mouth"]
+
+
+def test_lipsync_finds_the_offset_of_shifted_audio():
+    rng = np.random.default_rng(3)
+    envelope = np.convolve(rng.random(120), np.ones(4) / 4, mode="same")
+    mouth = np.concatenate([np.zeros(3), envelope[:-3]]) + 0.01 * rng.standard_normal(120)  # lags by 3 frames
+    found = metrics.lipsync(mouth, envelope, max_offset=6)
+    assert found["sync_offset"] == 3 and found["sync_corr"] > 0.9 > found["sync_corr_at_0"]
+    assert metrics.lipsync(envelope, envelope)["sync_offset"] == 0
+
+
+def test_au_control_error_and_emotion_classifier():
+    assert metrics.au_control_error({12: 3.0, 6: 2.0}, {12: [3.0, 4.0, None], 6: [2.0]}) == pytest.approx(1 / 3)
+    assert metrics.au_control_error({12: 3.0}, {12: [None, None]}) is None
+    rng = np.random.default_rng(4)
+    centres = {"happy": np.array([2.0, 0, 0]), "sad": np.array([0, 2.0, 0]), "angry": np.array([0, 0, 2.0])}
+    x = np.concatenate([c + 0.3 * rng.standard_normal((20, 3)) for c in centres.values()])
+    y = [e for e in centres for _ in range(20)]
+    clf = metrics.AUEmotionClassifier().fit(x, y)
+    assert clf.accuracy(x, y) > 0.95
+    assert clf.predict(centres["sad"]) == ["sad"]
+
+
+def test_fid_with_a_local_feature_network(video):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    dark = (b // 4).astype(np.uint8)
+    same = metrics.fid(a, b, net, input_size=64)
+    far = metrics.fid(a, dark, net, input_size=64)
+    assert far > 10 * max(same, 1e-6)
