@@ -5,7 +5,8 @@
 - `lmd`: landmark distance in pixels, full face and mouth (the KB's mouth region groups).
 - `lipsync`: correlation of mouth opening with the speech envelope at the best frame offset (a proxy
   for SyncNet, which needs user-supplied weights).
-- `au_control_error`: mean |measured - requested| AU intensity (FACS 0-5) over frames with a face.
+- `au_control_error`: mean |measured - requested| AU intensity (FACS 0-5) over the measurable AUs
+  (requested 0 when not requested) and frames with a face; `au_series_error` against true timelines.
 - `AUEmotionClassifier`: nearest-centroid emotion classifier over standardised AU-proxy statistics,
   fitted on the training shards; `accuracy` of generated clips against the requested emotion.
 - `fid`: Fréchet distance with a user-supplied feature network (`torch.nn.Module`, e.g. a local
@@ -29,14 +30,18 @@ def _float_video(video: np.ndarray) -> torch.Tensor:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * np.log10(255.0**2 / mse))
+    return PSNR_CAP if mse == 0 else float(min(PSNR_CAP, 10 * np.log10(255.0**2 / mse)))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     kernel = min(11, a.shape[1] - (1 - a.shape[1] % 2), a.shape[2] - (1 - a.shape[2] % 2))
-    return float(structural_similarity_index_measure(_float_video(a), _float_video(b), data_range=1.0, kernel_size=kernel))
+    return float(
+        structural_similarity_index_measure(
+            _float_video(a), _float_video(b), data_range=1.0, kernel_size=kernel
+        )
+    )
 
 
 @functools.cache
@@ -74,8 +79,22 @@ def lipsync(mouth: np.ndarray, envelope: np.ndarray, max_offset: int = 6) -> dic
     return {"sync_corr": scores[best], "sync_corr_at_0": scores.get(0, 0.0), "sync_offset": best}
 
 
-def au_control_error(requested: dict[int, float], measured: dict[int, Sequence[float | None]]) -> float | None:
-    errors = [abs(v - requested[au]) for au in requested for v in measured.get(au, []) if v is not None]
+def au_control_error(
+    requested: dict[int, float], measured: dict[int, Sequence[float | None]]
+) -> float | None:
+    """Mean |measured - requested| over every measured AU and frame; an AU not requested should be 0."""
+    errors = [
+        abs(v - requested.get(au, 0.0)) for au, series in measured.items() for v in series if v is not None
+    ]
+    return float(np.mean(errors)) if errors else None
+
+
+def au_series_error(
+    truth: dict[int, Sequence[float]], measured: dict[int, Sequence[float | None]]
+) -> float | None:
+    """Mean |measured - true| per frame over the AUs both have (ground-truth AU timelines)."""
+    errors = [abs(m - g) for au in truth.keys() & measured.keys()
+              for m, g in zip(measured[au], truth[au], strict=False) if m is not None]  # fmt: skip
     return float(np.mean(errors)) if errors else None
 
 
@@ -109,8 +128,12 @@ def fid(real: np.ndarray, fake: np.ndarray, feature_net: torch.nn.Module, input_
     [0, 1], resized to `input_size`)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=feature_net, normalize=True, input_img_size=(3, input_size, input_size))
+    metric = FrechetInceptionDistance(
+        feature=feature_net, normalize=True, input_img_size=(3, input_size, input_size)
+    )
     for frames, is_real in ((real, True), (fake, False)):
-        x = torch.nn.functional.interpolate(_float_video(frames), size=(input_size, input_size), mode="bilinear")
+        x = torch.nn.functional.interpolate(
+            _float_video(frames), size=(input_size, input_size), mode="bilinear"
+        )
         metric.update(x, real=is_real)
     return float(metric.compute())

@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "train the video denoiser (LightningCLI YAML; --ray-workers N: Ray Train)",
     ),
     "export": ("tbd_lightning.export", "checkpoint -> diffusers-style model folder (from_pretrained)"),
+    "evaluate": ("pipelines.evaluate_cli", "score generated held-out clips (PSNR/SSIM/LMD/sync/AU/emotion)"),
     "generate": (
         "tbd_lightning.generate_cli",
         "portrait + speech + emotion -> talking-head mp4 (progressive guidance)",

@@ -23,7 +23,9 @@ def test_identical_videos_score_ideal_values(video):
 
 
 def test_different_videos_score_worse(video):
-    noisy = np.clip(video.astype(int) + np.random.default_rng(2).integers(-40, 40, video.shape), 0, 255).astype(np.uint8)
+    noisy = np.clip(
+        video.astype(int) + np.random.default_rng(2).integers(-40, 40, video.shape), 0, 255
+    ).astype(np.uint8)
     assert 10 < metrics.psnr(video, noisy) < 40
     assert metrics.ssim(video, noisy) < 0.99  # random texture keeps SSIM high; identical is 1
     lm = np.random.default_rng(1).random((6, 468, 3))
@@ -43,8 +45,16 @@ def test_lipsync_finds_the_offset_of_shifted_audio():
 
 
 def test_au_control_error_and_emotion_classifier():
-    assert metrics.au_control_error({12: 3.0, 6: 2.0}, {12: [3.0, 4.0, None], 6: [2.0]}) == pytest.approx(1 / 3)
+    assert metrics.au_control_error({12: 3.0, 6: 2.0}, {12: [3.0, 4.0, None], 6: [2.0]}) == pytest.approx(
+        1 / 3
+    )
     assert metrics.au_control_error({12: 3.0}, {12: [None, None]}) is None
+    assert metrics.au_control_error({12: 3.0}, {12: [3.0], 4: [1.0, 2.0]}) == pytest.approx(
+        1.0
+    )  # unrequested: 0
+    assert metrics.au_series_error({12: [1.0, 2.0], 9: [5.0]}, {12: [1.5, None], 4: [3.0]}) == pytest.approx(
+        0.5
+    )
     rng = np.random.default_rng(4)
     centres = {"happy": np.array([2.0, 0, 0]), "sad": np.array([0, 2.0, 0]), "angry": np.array([0, 0, 2.0])}
     x = np.concatenate([c + 0.3 * rng.standard_normal((20, 3)) for c in centres.values()])
@@ -56,7 +66,9 @@ def test_au_control_error_and_emotion_classifier():
 
 def test_fid_with_a_local_feature_network(video):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
     rng = np.random.default_rng(5)
     a = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     b = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)

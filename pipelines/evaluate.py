@@ -1,0 +1,295 @@
+"""`tbd evaluate`: generate held-out clips from their first frame, speech and CoT, and compare with the real clip.
+
+For each clip of the chosen split (annotation accepted or repaired, first `max_clips` in shard order):
+the reference is the clip's first crop frame, the audio features and CoT come from the shards, and the
+same seed is used for every guidance mode. Metrics (`pipelines.metrics`): PSNR, SSIM, LMD (full,
+mouth), lip-sync proxy, AU-control error against the CoT, emotion accuracy of an AU classifier fitted
+on the training split, FID with a user-supplied feature network, and on the demo corpus the AU error
+against the ground-truth sidecar. With `ablations`, modes progressive / single-stage / label-only /
+no-masks run on the same clips and seeds and form one table. Results: a printed table,
+`OUT/evaluation.json`, an MLflow run (metrics per mode, the JSON, a real-vs-generated strip and an AU
+timeline plot).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tbd.errors import UserError
+
+log = logging.getLogger(__name__)
+ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks")
+METRICS = ("psnr", "ssim", "lmd_full", "lmd_mouth", "sync_corr", "sync_offset", "au_control_error",
+           "au_gt_error", "emotion_correct", "face_rate")  # fmt: skip
+
+
+class EvaluateConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    model: Path
+    data: Path
+    version: str | None = None
+    split: str = "test"
+    max_clips: int = 8
+    max_frames: int = 50
+    steps: int = 20
+    seed: int = 0
+    ablations: bool = False
+    out: Path | None = None
+    fid_net: Path | None = None  # a TorchScript feature network (e.g. a local InceptionV3), for FID
+    groundtruth: Path | None = None  # the demo corpus folder (its corpus.json and groundtruth/)
+    tracking_uri: str | None = None
+    device: str | None = None
+
+
+@dataclass
+class Clip:
+    key: str
+    meta: dict
+    frames: np.ndarray  # (T, S, S, 3) uint8 at the model's size
+    landmarks: np.ndarray  # (T, 468, 3) crop-normalised
+    audio_features: np.ndarray  # (T, A)
+    wav: np.ndarray  # 16 kHz mono
+    cot: dict
+
+
+def load_clips(config: EvaluateConfig, size: int) -> list[Clip]:
+    import cv2
+    from scipy.io import wavfile
+
+    from pipelines.shards import tar_members
+    from tbd_lightning.data import aligned_shards, decode_mp4, pick_version, split_counts
+
+    version = pick_version(config.data, config.version)
+    clips = []
+    for media_tar, ann_tar, _keys in aligned_shards(config.data, version):
+        anns = dict(tar_members(ann_tar))
+        for key, members in tar_members(media_tar):
+            meta = json.loads(members["json"])
+            ann = json.loads(anns[key]["cot.json"])
+            if meta["split"] != config.split or ann["validation"]["outcome"] == "rejected":
+                continue
+            video = decode_mp4(members["mp4"])[: config.max_frames]
+            t = len(video)
+            frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in video])
+            _, wav = wavfile.read(io.BytesIO(members["wav"]))
+            wav = wav.astype(np.float32) / (32768.0 if wav.dtype == np.int16 else 1.0)
+            lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)[:t]
+            feats = np.load(io.BytesIO(members["audio.npy"])).astype(np.float32)[:t]
+            clips.append(Clip(key, meta, frames, lm, feats, wav, ann["cot"]))
+            if len(clips) >= config.max_clips:
+                return clips
+    if not clips:
+        raise UserError(
+            f"no usable clips of split {config.split!r} in {config.data} (clips per split: {split_counts(config.data)})"
+        )
+    return clips
+
+
+def emotion_classifier(data: Path):
+    """AU classifier on the training split's sidecar statistics, relative to each speaker's neutral median."""
+    from pipelines.au_evidence import speaker_baselines
+    from pipelines.metrics import AUEmotionClassifier
+    from pipelines.shards import read_manifest
+
+    summaries = {}
+    for shard in read_manifest(data / "media")["shards"]:
+        summaries.update(json.loads((data / "media" / f"{shard['name']}.json").read_text())["summaries"])
+    baselines = speaker_baselines(summaries)
+    train = [s for s in summaries.values() if s["split"] == "train"]
+    if len({s["emotion"] for s in train}) < 2:
+        return None, baselines
+
+    def row(s):
+        base = baselines.get(s["speaker"], np.asarray(s["au_p10"]))
+        return np.concatenate([np.asarray(s["au_mean"]) - base, np.asarray(s["au_p90"]) - base])
+
+    clf = AUEmotionClassifier().fit(np.stack([row(s) for s in train]), [s["emotion"] for s in train])
+    return clf, baselines
+
+
+def groundtruth_index(corpus: Path | None) -> dict[str, Path]:
+    """Source video path (resolved) -> ground-truth npz, from the demo corpus index."""
+    if corpus is None:
+        return {}
+    index = json.loads((corpus / "corpus.json").read_text())
+    return {str((corpus / c["video"]).resolve()): corpus / c["groundtruth"] for c in index["clips"]}
+
+
+def groundtruth_aus(path: Path, frames: int) -> dict[int, list[float]]:
+    data = np.load(path)
+    out: dict[int, list[float]] = {}
+    for i, channel in enumerate(data["channels"]):
+        au = int(str(channel)[2:].split("_")[0])
+        values = data["au"][:frames, i]
+        out[au] = list(np.maximum(out.get(au, np.zeros(len(values))), values))
+    return out
+
+
+def _requested(cot: dict) -> dict[int, float]:
+    from annotation.facs import intensity_value
+
+    req: dict[int, float] = {}
+    for u in cot["action_units"]:
+        req[u["au"]] = max(req.get(u["au"], 0), intensity_value(u["intensity"]))
+    return req
+
+
+def score_clip(clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, baselines) -> dict:
+    from pipelines import metrics
+    from pipelines.au_proxies import au_proxies
+    from pipelines.video_io import frame_envelope
+    from tbd_lightning.generate import measured_aus, track_generated
+
+    t = len(frames)
+    real = clip.frames[:t]
+    gen_lm = track_generated(frames)
+    found = ~np.isnan(gen_lm).any(axis=(1, 2))
+    row: dict = {
+        "psnr": metrics.psnr(real, frames),
+        "ssim": metrics.ssim(real, frames),
+        "face_rate": float(found.mean()),
+    }
+    if found.any():
+        row.update(metrics.lmd(gen_lm[found], clip.landmarks[:t][found], frames.shape[1]))
+    if found.mean() >= 0.5:
+        mouth = np.interp(np.arange(t), np.flatnonzero(found), metrics.mouth_opening(gen_lm[found]))
+        sync = metrics.lipsync(mouth, frame_envelope(clip.wav, t))
+        row.update(sync_corr=sync["sync_corr"], sync_offset=sync["sync_offset"])
+    measured = measured_aus(gen_lm, clip.landmarks[0])
+    row["au_control_error"] = metrics.au_control_error(requested, measured)
+    if gt is not None:
+        truth = groundtruth_aus(gt, t)
+        row["au_gt_error"] = metrics.au_series_error(truth, measured)
+    if clf is not None and found.any():
+        base = baselines.get(clip.meta["speaker"], au_proxies(clip.landmarks[:1])[0])
+        row["emotion_correct"] = float(clf.predict(metrics.clip_features(au_proxies(gen_lm[found]), base))[0] == clip.meta["emotion"])  # fmt: skip
+    return row
+
+
+def aggregate(rows: list[dict]) -> dict:
+    out = {"clips": len(rows)}
+    for m in METRICS:
+        values = [r[m] for r in rows if r.get(m) is not None]
+        out[m] = float(np.mean(values)) if values else None
+        out[f"{m}_n"] = len(values)
+    return out
+
+
+def run_evaluate(config: EvaluateConfig) -> dict:
+    import torch
+
+    from annotation.schema import ChainOfThought
+    from pipelines.tracking import job_run, tracking_uri
+    from tbd_lightning.export import load_exported
+    from tbd_lightning.generate import draw, media_settings, texts
+    from tbd_lightning.sampler import GuidanceConfig
+    from tbd_lightning.text import TextEmbedder
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_exported(config.model, device)
+    _media, size = media_settings(model.info)
+    clips = load_clips(config, size)
+    clf, baselines = emotion_classifier(Path(config.data))
+    gt_index = groundtruth_index(config.groundtruth)
+    embedder = TextEmbedder(model.info.get("text_encoder"), device=device)
+    fid_net = torch.jit.load(str(config.fid_net), map_location="cpu").eval() if config.fid_net else None
+    modes = ABLATIONS if config.ablations else ("progressive",)
+    out = Path(config.out or Path(config.model).parent / "evaluation")
+    out.mkdir(parents=True, exist_ok=True)
+
+    results: dict[str, dict] = {}
+    per_clip: dict[str, list] = {}
+    generated: dict[str, list[np.ndarray]] = {}
+    for mode in modes:
+        guidance = GuidanceConfig(steps=config.steps, mode="progressive" if mode == "label-only" else mode)
+        rows = []
+        for clip in clips:
+            cot = ChainOfThought.model_validate(clip.cot)
+            global_text, local = texts(cot, mode == "label-only", model.denoiser.config.max_local)
+            regions = tuple(dict.fromkeys(u["region"] for u in clip.cot["action_units"])) if local else ()
+            frames = draw(model, clip.frames[0], clip.landmarks[0], clip.audio_features, global_text, local,
+                          regions, embedder, guidance, config.seed, device)  # fmt: skip
+            gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
+            rows.append(
+                {"key": clip.key, **score_clip(clip, frames, _requested(clip.cot), gt, clf, baselines)}
+            )
+            generated.setdefault(mode, []).append(frames)
+            log.info("evaluate %s %s: %s", mode, clip.key, {k: v for k, v in rows[-1].items() if k != "key"})
+        results[mode] = aggregate(rows)
+        if fid_net is not None:
+            from pipelines.metrics import fid
+
+            real = np.concatenate([c.frames[: len(g)] for c, g in zip(clips, generated[mode], strict=True)])
+            results[mode]["fid"] = fid(real, np.concatenate(generated[mode]), fid_net)
+        per_clip[mode] = rows
+    if clf is not None:
+        from pipelines.au_proxies import au_proxies
+        from pipelines.metrics import clip_features
+
+        real_rows = [clip_features(au_proxies(c.landmarks), baselines.get(c.meta["speaker"], au_proxies(c.landmarks[:1])[0])) for c in clips]  # fmt: skip
+        real_acc = clf.accuracy(np.stack(real_rows), [c.meta["emotion"] for c in clips])
+    else:
+        real_acc = None
+    report = {"model": str(config.model), "data": str(config.data), "split": config.split, "clips": [c.key for c in clips],
+              "steps": config.steps, "seed": config.seed, "results": results, "per_clip": per_clip,
+              "classifier_accuracy_on_real_clips": real_acc}  # fmt: skip
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2))
+    _plots(out, clips[0], generated, _requested(clips[0].cot))
+    print_table(results)
+
+    uri = (
+        config.tracking_uri
+        or model.info["source"].get("mlflow_tracking_uri")
+        or tracking_uri(None, Path(config.data))
+    )
+    params = {k: str(v) for k, v in config.model_dump().items()} | {"n_clips": len(clips)}
+    with job_run(
+        "evaluate", uri, params, {"tbd.train_run": str(model.info["source"].get("mlflow_run_id"))}
+    ) as mlflow:
+        for mode, agg in results.items():
+            prefix = "" if mode == "progressive" else f"{mode}/"
+            mlflow.log_metrics({f"{prefix}{k}": v for k, v in agg.items() if isinstance(v, (int, float))})
+        if real_acc is not None:
+            mlflow.log_metric("classifier_accuracy_on_real_clips", real_acc)
+        for f in ("evaluation.json", "strip.png", "au_timeline.png"):
+            mlflow.log_artifact(str(out / f), "evaluation")
+    return report
+
+
+def _plots(out: Path, clip: Clip, generated: dict[str, list[np.ndarray]], requested: dict) -> None:
+    from PIL import Image
+
+    from tbd_lightning.generate import measured_aus, plot_aus, track_generated
+
+    t = len(generated["progressive"][0])
+    picks = np.linspace(0, t - 1, min(8, t)).round().astype(int)
+    rows = [np.concatenate(list(clip.frames[picks]), axis=1)]
+    rows += [np.concatenate(list(g[0][picks]), axis=1) for g in generated.values()]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out / "strip.png")  # real, then one row per mode
+    measured = measured_aus(track_generated(generated["progressive"][0]), clip.landmarks[0])
+    plot_aus(requested, measured, 25, out / "au_timeline.png")
+
+
+def print_table(results: dict[str, dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="evaluation (mean over clips; n = clips with a value)")
+    table.add_column("mode")
+    shown = [m for m in (*METRICS, "fid") if any(r.get(m) is not None for r in results.values())]
+    for m in shown:
+        table.add_column(m, justify="right")
+    for mode, r in results.items():
+        cells = []
+        for m in shown:
+            v = r.get(m)
+            cells.append("-" if v is None else f"{v:.3f}" + (f" ({r[f'{m}_n']})" if f"{m}_n" in r else ""))
+        table.add_row(mode, *cells)
+    Console(stderr=True).print(table)
