@@ -45,12 +45,22 @@ demo: setup
 	@echo "== mead: train the tiny denoiser on media + CoT shards (LightningCLI, MLflow), then export it"
 	rm -rf $(DEMO_OUT)/train $(DEMO_OUT)/model
 	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead \
-		--trainer.default_root_dir $(DEMO_OUT)/train --data.text_cache $(DEMO_OUT)/text-cache --trainer.max_steps 60
+		--trainer.default_root_dir $(DEMO_OUT)/train --data.text_cache $(DEMO_OUT)/text-cache --trainer.max_steps 300
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
 	@echo "== generate: the held-out portrait (never in training) speaking a validation speaker's line, contempt level 2"
 	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/AstronautNarrow.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
 		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --steps 20
-	@echo "demo done: corpus, media + annotation shards, ledgers, MLflow runs, checkpoints and the exported model under $(DEMO_OUT)/"
+	@echo "== evaluate: held-out (val) clips regenerated from their first frame, with the ablation table"
+	$(BIN)/tbd evaluate --model $(DEMO_OUT)/model --data $(DEMO_OUT)/data/mead --split val --max-clips 4 \
+		--max-frames 24 --steps 10 --ablations --groundtruth $(DEMO_OUT)/corpus --out $(DEMO_OUT)/evaluation > /dev/null
+	@echo ""
+	@echo "demo done. Under $(DEMO_OUT)/:"
+	@echo "  generated video   $(DEMO_OUT)/generated/contempt.mp4 (+ .png strip, _aus.png AU plot, .json)"
+	@echo "  evaluation        $(DEMO_OUT)/evaluation/evaluation.json, strip.png, au_timeline.png"
+	@echo "  model             $(DEMO_OUT)/model (tbd export), checkpoints in $(DEMO_OUT)/train/checkpoints"
+	@echo "  shards, ledgers   $(DEMO_OUT)/data/{mead,hdtf}/{media,annotations,ledger}"
+	@echo "  MLflow            $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_OUT))/data/mead/mlflow.db"
+	@echo "                    (hdtf runs: sqlite:///$(abspath $(DEMO_OUT))/data/hdtf/mlflow.db)"
 
 test: setup
 	$(BIN)/python -m pytest

@@ -3,7 +3,7 @@
 1. Requests from the media sidecars (no tar is opened): label + level + measured AU evidence
    (`pipelines.au_evidence`, baseline = the speaker's neutral clips).
 2. Identical requests are generated once: the distinct ones go through
-   `ray.data.from_items(...).map_batches(EngineWorker, concurrency=N)`; each worker holds one engine
+   `ray.data.from_items(...).map_batches(EngineWorker, compute=ActorPoolStrategy(size=N))`; each worker holds one engine
    (`facs`, a `vllm.LLM`, or an `openai` client for a served endpoint).
 3. The driver judges every generation (parse, validate, provenance; cheap) and writes
    `annotations/{version}/shard-*.tar` with the media shards' names and key order, one `{key}.cot.json`
@@ -111,7 +111,7 @@ def generate_all(config: AnnotateConfig, requests: list[ThinkRequest]) -> dict[s
             "template": config.template,
         },
         batch_size=config.batch_size,
-        concurrency=config.concurrency,
+        compute=ray.data.ActorPoolStrategy(size=config.concurrency),  # a fixed pool of N workers
         num_cpus=config.num_cpus_per_worker,
         num_gpus=config.num_gpus_per_worker or None,
     )

@@ -4,7 +4,7 @@ For each clip of the chosen split (annotation accepted or repaired, first `max_c
 the reference is the clip's first crop frame, the audio features and CoT come from the shards, and the
 same seed is used for every guidance mode. Metrics (`pipelines.metrics`): PSNR, SSIM, LMD (full,
 mouth), lip-sync proxy, AU-control error against the CoT, emotion accuracy of an AU classifier fitted
-on the training split, FID with a user-supplied feature network, and on the demo corpus the AU error
+on the training split, FID / FVD / LPIPS with user-supplied networks, and on the demo corpus the AU error
 against the ground-truth sidecar. With `ablations`, modes progressive / single-stage / label-only /
 no-masks run on the same clips and seeds and form one table. Results: a printed table,
 `OUT/evaluation.json`, an MLflow run (metrics per mode, the JSON, a real-vs-generated strip and an AU
@@ -27,7 +27,7 @@ from tbd.errors import UserError
 log = logging.getLogger(__name__)
 ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks")
 METRICS = ("psnr", "ssim", "lmd_full", "lmd_mouth", "sync_corr", "sync_offset", "au_control_error",
-           "au_gt_error", "emotion_correct", "face_rate")  # fmt: skip
+           "au_gt_error", "emotion_correct", "face_rate", "lpips")  # fmt: skip
 
 
 class EvaluateConfig(BaseModel):
@@ -43,6 +43,8 @@ class EvaluateConfig(BaseModel):
     ablations: bool = False
     out: Path | None = None
     fid_net: Path | None = None  # a TorchScript feature network (e.g. a local InceptionV3), for FID
+    fvd_net: Path | None = None  # a TorchScript video network (e.g. a local I3D), for FVD
+    lpips_net: Path | None = None  # a TorchScript network returning feature maps (e.g. AlexNet), for LPIPS
     groundtruth: Path | None = None  # the demo corpus folder (its corpus.json and groundtruth/)
     tracking_uri: str | None = None
     device: str | None = None
@@ -60,6 +62,8 @@ class Clip:
 
 
 def load_clips(config: EvaluateConfig, size: int) -> list[Clip]:
+    """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions);
+    a first pass reads only sidecars and annotations, the second decodes the chosen clips."""
     import cv2
     from scipy.io import wavfile
 
@@ -67,13 +71,25 @@ def load_clips(config: EvaluateConfig, size: int) -> list[Clip]:
     from tbd_lightning.data import aligned_shards, decode_mp4, pick_version, split_counts
 
     version = pick_version(config.data, config.version)
+    shards = aligned_shards(config.data, version)
+    eligible, cots = [], {}
+    for index, (media_tar, ann_tar, keys) in enumerate(shards):
+        summaries = json.loads(Path(media_tar).with_suffix(".json").read_text())["summaries"]
+        anns = {k: json.loads(m["cot.json"]) for k, m in tar_members(ann_tar)}
+        for key in keys:
+            if summaries[key]["split"] == config.split and anns[key]["validation"]["outcome"] != "rejected":
+                eligible.append((index, key))
+                cots[key] = anns[key]["cot"]
+    if not eligible:
+        raise UserError(
+            f"no usable clips of split {config.split!r} in {config.data} (clips per split: {split_counts(config.data)})"
+        )
+    picks = [eligible[i] for i in sorted(set(np.linspace(0, len(eligible) - 1, min(config.max_clips, len(eligible))).round().astype(int)))]  # fmt: skip
     clips = []
-    for media_tar, ann_tar, _keys in aligned_shards(config.data, version):
-        anns = dict(tar_members(ann_tar))
-        for key, members in tar_members(media_tar):
-            meta = json.loads(members["json"])
-            ann = json.loads(anns[key]["cot.json"])
-            if meta["split"] != config.split or ann["validation"]["outcome"] == "rejected":
+    for index in sorted({i for i, _ in picks}):
+        wanted = {k for i, k in picks if i == index}
+        for key, members in tar_members(shards[index][0]):
+            if key not in wanted:
                 continue
             video = decode_mp4(members["mp4"])[: config.max_frames]
             t = len(video)
@@ -82,13 +98,7 @@ def load_clips(config: EvaluateConfig, size: int) -> list[Clip]:
             wav = wav.astype(np.float32) / (32768.0 if wav.dtype == np.int16 else 1.0)
             lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)[:t]
             feats = np.load(io.BytesIO(members["audio.npy"])).astype(np.float32)[:t]
-            clips.append(Clip(key, meta, frames, lm, feats, wav, ann["cot"]))
-            if len(clips) >= config.max_clips:
-                return clips
-    if not clips:
-        raise UserError(
-            f"no usable clips of split {config.split!r} in {config.data} (clips per split: {split_counts(config.data)})"
-        )
+            clips.append(Clip(key, json.loads(members["json"]), frames, lm, feats, wav, cots[key]))
     return clips
 
 
@@ -186,6 +196,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     import torch
 
     from annotation.schema import ChainOfThought
+    from pipelines import metrics
     from pipelines.tracking import job_run, tracking_uri
     from tbd_lightning.export import load_exported
     from tbd_lightning.generate import draw, media_settings, texts
@@ -199,7 +210,11 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     clf, baselines = emotion_classifier(Path(config.data))
     gt_index = groundtruth_index(config.groundtruth)
     embedder = TextEmbedder(model.info.get("text_encoder"), device=device)
-    fid_net = torch.jit.load(str(config.fid_net), map_location="cpu").eval() if config.fid_net else None
+    nets = {
+        name: torch.jit.load(str(path), map_location="cpu").eval()
+        for name, path in (("fid", config.fid_net), ("fvd", config.fvd_net), ("lpips", config.lpips_net))
+        if path
+    }
     modes = ABLATIONS if config.ablations else ("progressive",)
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
@@ -220,14 +235,18 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             rows.append(
                 {"key": clip.key, **score_clip(clip, frames, _requested(clip.cot), gt, clf, baselines)}
             )
+            if "lpips" in nets:
+                rows[-1]["lpips"] = metrics.lpips(clip.frames[: len(frames)], frames, nets["lpips"])
             generated.setdefault(mode, []).append(frames)
             log.info("evaluate %s %s: %s", mode, clip.key, {k: v for k, v in rows[-1].items() if k != "key"})
         results[mode] = aggregate(rows)
-        if fid_net is not None:
-            from pipelines.metrics import fid
-
-            real = np.concatenate([c.frames[: len(g)] for c, g in zip(clips, generated[mode], strict=True)])
-            results[mode]["fid"] = fid(real, np.concatenate(generated[mode]), fid_net)
+        reals = [c.frames[: len(g)] for c, g in zip(clips, generated[mode], strict=True)]
+        if "fid" in nets:
+            results[mode]["fid"] = metrics.fid(
+                np.concatenate(reals), np.concatenate(generated[mode]), nets["fid"]
+            )
+        if "fvd" in nets and len(clips) > 1:
+            results[mode]["fvd"] = metrics.fvd(reals, generated[mode], nets["fvd"])
         per_clip[mode] = rows
     if clf is not None:
         from pipelines.au_proxies import au_proxies
@@ -283,7 +302,7 @@ def print_table(results: dict[str, dict]) -> None:
 
     table = Table(title="evaluation (mean over clips; n = clips with a value)")
     table.add_column("mode")
-    shown = [m for m in (*METRICS, "fid") if any(r.get(m) is not None for r in results.values())]
+    shown = [m for m in (*METRICS, "fid", "fvd") if any(r.get(m) is not None for r in results.values())]
     for m in shown:
         table.add_column(m, justify="right")
     for mode, r in results.items():

@@ -9,8 +9,8 @@
   (requested 0 when not requested) and frames with a face; `au_series_error` against true timelines.
 - `AUEmotionClassifier`: nearest-centroid emotion classifier over standardised AU-proxy statistics,
   fitted on the training shards; `accuracy` of generated clips against the requested emotion.
-- `fid`: Fréchet distance with a user-supplied feature network (`torch.nn.Module`, e.g. a local
-  InceptionV3); nothing is downloaded.
+- `fid` (torchmetrics), `fvd`, `lpips`: only with user-supplied networks (e.g. local InceptionV3, I3D,
+  AlexNet/VGG as TorchScript); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -137,3 +137,49 @@ def fid(real: np.ndarray, fake: np.ndarray, feature_net: torch.nn.Module, input_
         )
         metric.update(x, real=is_real)
     return float(metric.compute())
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between two Gaussian fits of feature rows (N, D)."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root = linalg.sqrtm(cov_a @ cov_b)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def fvd(
+    real: list[np.ndarray], fake: list[np.ndarray], video_net: torch.nn.Module, input_size: int = 224
+) -> float:
+    """Fréchet video distance: one feature row per video from a user-supplied video network (e.g. a local
+    I3D as TorchScript) taking (N, 3, T, S, S) floats in [0, 1]."""
+
+    def features(videos):
+        rows = []
+        with torch.no_grad():
+            for v in videos:
+                x = torch.nn.functional.interpolate(
+                    _float_video(v), size=(input_size, input_size), mode="bilinear"
+                )
+                rows.append(video_net(x.permute(1, 0, 2, 3)[None]).reshape(-1).numpy())
+        return np.stack(rows)
+
+    return frechet_distance(features(real), features(fake))
+
+
+def lpips(a: np.ndarray, b: np.ndarray, feature_net: torch.nn.Module) -> float:
+    """LPIPS-style perceptual distance with a user-supplied network returning a list of feature maps
+    (bake LPIPS's learned linear heads into it for the published metric; without them every channel
+    weighs the same): mean over frames of sum over layers of the spatial mean of squared differences
+    of channel-normalised features."""
+    with torch.no_grad():
+        fa, fb = feature_net(_float_video(a) * 2 - 1), feature_net(_float_video(b) * 2 - 1)
+        total = torch.zeros(len(a))
+        for x, y in zip(fa, fb, strict=True):
+            x = x / (x.norm(dim=1, keepdim=True) + 1e-10)
+            y = y / (y.norm(dim=1, keepdim=True) + 1e-10)
+            total += ((x - y) ** 2).sum(1).mean((1, 2))
+    return float(total.mean())

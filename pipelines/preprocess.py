@@ -1,7 +1,7 @@
 """Preprocess job (Ray Data): ingest manifest -> media shards + manifest + reject ledger.
 
 Shards are the unit of work, of writing and of resume: `ray.data.from_items(pending shard plans)
-.map_batches(ShardBuilder, batch_size=1, concurrency=N)` where `ShardBuilder` is a callable class that
+.map_batches(ShardBuilder, batch_size=1, compute=ActorPoolStrategy(size=N))` where `ShardBuilder` is a callable class that
 holds a `FaceAnalyzer` per worker, processes its shard's clips in key order and writes the tar +
 sidecar itself (media bytes never travel through the object store or the driver). The driver then
 assembles `media/manifest.json` and `ledger/preprocess.parquet` from all sidecars.
@@ -125,7 +125,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
                     "media": config.media.model_dump(),
                 },
                 batch_size=1,
-                concurrency=config.concurrency,
+                compute=ray.data.ActorPoolStrategy(size=config.concurrency),  # a fixed pool of N workers
                 num_cpus=config.num_cpus_per_worker,
             )
             built = ds.take_all()

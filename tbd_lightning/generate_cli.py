@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
             guidance=guidance,
             seed=args.seed,
             max_seconds=args.max_seconds,
-            device=args.device, tracking_uri=args.tracking_uri,
+            device=args.device,
+            tracking_uri=args.tracking_uri,
         )  # fmt: skip
     )
     print(json.dumps({k: report[k] for k in ("video", "strip", "au_plot", "frames", "seconds", "emotion")}))

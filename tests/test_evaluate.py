@@ -35,13 +35,26 @@ def test_a_real_clip_scored_against_itself(mead, demo_corpus):
 
 def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, tmp_path, netguard_log):
     import mlflow
+    import torch
 
     data, version = mead
     db = tmp_path / "mlflow.db"
+    # Small local stand-ins for user-supplied InceptionV3 / I3D / AlexNet weights, as TorchScript files.
+    torch.manual_seed(0)
+    pool = [torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=8), *pool)).save(tmp_path / "fid.pt")
+    video_net = torch.nn.Sequential(
+        torch.nn.Conv3d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten()
+    )
+    torch.jit.script(video_net).save(tmp_path / "fvd.pt")
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))).save(
+        tmp_path / "lpips.pt"
+    )  # one feature map
     proc = run_tbd(
         "evaluate", "--model", str(tiny_model), "--data", str(data), "--version", version, "--split", "val",
         "--max-clips", "2", "--max-frames", "8", "--steps", "2", "--ablations", "--out", str(tmp_path / "eval"),
-        "--groundtruth", str(demo_corpus), "--tracking-uri", f"sqlite:///{db}",
+        "--groundtruth", str(demo_corpus), "--tracking-uri", f"sqlite:///{db}", "--fid-net", str(tmp_path / "fid.pt"),
+        "--fvd-net", str(tmp_path / "fvd.pt"), "--lpips-net", str(tmp_path / "lpips.pt"),
         env=offline_env(netguard_log), timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,6 +63,7 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert set(report["results"]) == {"progressive", "single-stage", "label-only", "no-masks"}
     assert all(r["clips"] == 2 and 0 < r["psnr"] < 100 for r in report["results"].values())
+    assert all(r["fid"] >= 0 and r["fvd"] >= 0 and r["lpips"] > 0 for r in report["results"].values())
     assert len({tuple(c["key"] for c in rows) for rows in report["per_clip"].values()}) == 1  # same clips
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     [run] = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)
