@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fid-net", type=Path, help="TorchScript feature network for FID (e.g. a local InceptionV3)"
     )
+    p.add_argument("--fvd-net", type=Path, help="TorchScript video network for FVD (e.g. a local I3D)")
+    p.add_argument("--lpips-net", type=Path, help="TorchScript network returning feature maps, for LPIPS")
     p.add_argument(
         "--groundtruth", type=Path, help="demo corpus folder: also score AUs against its ground truth"
     )

@@ -177,6 +177,8 @@ def lpips(a: np.ndarray, b: np.ndarray, feature_net: torch.nn.Module) -> float:
     of channel-normalised features."""
     with torch.no_grad():
         fa, fb = feature_net(_float_video(a) * 2 - 1), feature_net(_float_video(b) * 2 - 1)
+        if torch.is_tensor(fa):  # a network with one output: one feature map
+            fa, fb = [fa], [fb]
         total = torch.zeros(len(a))
         for x, y in zip(fa, fb, strict=True):
             x = x / (x.norm(dim=1, keepdim=True) + 1e-10)
