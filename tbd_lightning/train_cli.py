@@ -147,7 +147,6 @@ def run_on_ray(argv: list[str], workers: int, use_gpu: bool, storage: str) -> No
 
 def main_argv(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     front = argparse.ArgumentParser(add_help=False)
     front.add_argument("--ray-workers", type=int, default=0, help="run on Ray Train with N workers")
     front.add_argument("--ray-gpu", action="store_true", help="one GPU per Ray Train worker")
