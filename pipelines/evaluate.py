@@ -142,16 +142,17 @@ def groundtruth_aus(path: Path, frames: int) -> dict[int, list[float]]:
     return out
 
 
-def _requested(cot: dict) -> dict[int, float]:
-    from annotation.facs import intensity_value
+def _baseline(clip: Clip, baselines: dict) -> np.ndarray:
+    """The speaker's neutral AU proxies, else the clip's first frame's."""
+    from pipelines.au_proxies import au_proxies
 
-    req: dict[int, float] = {}
-    for u in cot["action_units"]:
-        req[u["au"]] = max(req.get(u["au"], 0), intensity_value(u["intensity"]))
-    return req
+    return baselines.get(clip.meta["speaker"], au_proxies(clip.landmarks[:1])[0])
 
 
-def score_clip(clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, baselines) -> dict:
+def score_clip(
+    clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, baselines
+) -> tuple[dict, dict[int, list]]:
+    """The clip's metric row, and the measured AU series of the generated frames."""
     from pipelines import metrics
     from pipelines.au_proxies import au_proxies
     from pipelines.video_io import frame_envelope
@@ -178,9 +179,9 @@ def score_clip(clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None,
         truth = groundtruth_aus(gt, t)
         row["au_gt_error"] = metrics.au_series_error(truth, measured)
     if clf is not None and found.any():
-        base = baselines.get(clip.meta["speaker"], au_proxies(clip.landmarks[:1])[0])
+        base = _baseline(clip, baselines)
         row["emotion_correct"] = float(clf.predict(metrics.clip_features(au_proxies(gen_lm[found]), base))[0] == clip.meta["emotion"])  # fmt: skip
-    return row
+    return row, measured
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -195,13 +196,12 @@ def aggregate(rows: list[dict]) -> dict:
 def run_evaluate(config: EvaluateConfig) -> dict:
     import torch
 
-    from annotation.schema import ChainOfThought
     from pipelines import metrics
     from pipelines.tracking import job_run, tracking_uri
     from tbd_lightning.export import load_exported
-    from tbd_lightning.generate import draw, media_settings, texts
+    from tbd_lightning.generate import draw, media_settings, requested_aus
     from tbd_lightning.sampler import GuidanceConfig
-    from tbd_lightning.text import TextEmbedder
+    from tbd_lightning.text import TextEmbedder, cot_regions, cot_sentences
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_exported(config.model, device)
@@ -226,15 +226,17 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         guidance = GuidanceConfig(steps=config.steps, mode="progressive" if mode == "label-only" else mode)
         rows = []
         for clip in clips:
-            cot = ChainOfThought.model_validate(clip.cot)
-            global_text, local = texts(cot, mode == "label-only", model.denoiser.config.max_local)
-            regions = tuple(dict.fromkeys(u["region"] for u in clip.cot["action_units"])) if local else ()
+            global_text, local = cot_sentences(
+                clip.cot, model.denoiser.config.max_local, mode == "label-only"
+            )
+            regions = cot_regions(clip.cot) if local else ()
             frames = draw(model, clip.frames[0], clip.landmarks[0], clip.audio_features, global_text, local,
                           regions, embedder, guidance, config.seed, device)  # fmt: skip
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
-            rows.append(
-                {"key": clip.key, **score_clip(clip, frames, _requested(clip.cot), gt, clf, baselines)}
-            )
+            row, measured = score_clip(clip, frames, requested_aus(clip.cot), gt, clf, baselines)
+            rows.append({"key": clip.key, **row})
+            if clip is clips[0] and mode == modes[0]:
+                first_measured = measured  # the AU timeline plot: first clip, first mode
             if "lpips" in nets:
                 rows[-1]["lpips"] = metrics.lpips(clip.frames[: len(frames)], frames, nets["lpips"])
             generated.setdefault(mode, []).append(frames)
@@ -252,7 +254,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         from pipelines.au_proxies import au_proxies
         from pipelines.metrics import clip_features
 
-        real_rows = [clip_features(au_proxies(c.landmarks), baselines.get(c.meta["speaker"], au_proxies(c.landmarks[:1])[0])) for c in clips]  # fmt: skip
+        real_rows = [clip_features(au_proxies(c.landmarks), _baseline(c, baselines)) for c in clips]
         real_acc = clf.accuracy(np.stack(real_rows), [c.meta["emotion"] for c in clips])
     else:
         real_acc = None
@@ -260,7 +262,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
               "steps": config.steps, "seed": config.seed, "results": results, "per_clip": per_clip,
               "classifier_accuracy_on_real_clips": real_acc}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
-    _plots(out, clips[0], generated, _requested(clips[0].cot))
+    _plots(out, clips[0], generated, requested_aus(clips[0].cot), first_measured)
     print_table(results)
 
     uri = (
@@ -282,17 +284,18 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     return report
 
 
-def _plots(out: Path, clip: Clip, generated: dict[str, list[np.ndarray]], requested: dict) -> None:
+def _plots(
+    out: Path, clip: Clip, generated: dict[str, list[np.ndarray]], requested: dict, measured: dict
+) -> None:
     from PIL import Image
 
-    from tbd_lightning.generate import measured_aus, plot_aus, track_generated
+    from tbd_lightning.generate import plot_aus
 
-    t = len(generated["progressive"][0])
+    t = len(next(iter(generated.values()))[0])
     picks = np.linspace(0, t - 1, min(8, t)).round().astype(int)
     rows = [np.concatenate(list(clip.frames[picks]), axis=1)]
     rows += [np.concatenate(list(g[0][picks]), axis=1) for g in generated.values()]
     Image.fromarray(np.concatenate(rows, axis=0)).save(out / "strip.png")  # real, then one row per mode
-    measured = measured_aus(track_generated(generated["progressive"][0]), clip.landmarks[0])
     plot_aus(requested, measured, 25, out / "au_timeline.png")
 
 

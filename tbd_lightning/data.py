@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.shards import read_manifest, tar_members
 from tbd.errors import UserError
+from tbd_lightning.text import cot_regions, cot_sentences
 
 MAX_LOCAL = 8  # local (per-AU) sentences per sample, padded
 
@@ -151,7 +152,7 @@ class ClipWindows(IterableDataset):
         landmarks = _npy(members["landmarks.npy"]).astype(np.float32)
         audio = _npy(members["audio.npy"]).astype(np.float32)
         size = self.size or video.shape[1]
-        regions = tuple(dict.fromkeys(u["region"] for u in cot["action_units"]))
+        regions = cot_regions(cot)
         masks, mouth = [], []
         for t in range(start, start + self.frames):
             per_region = region_masks(
@@ -163,10 +164,8 @@ class ClipWindows(IterableDataset):
                 else np.zeros((size, size), np.float32)
             )
             mouth.append(per_region["mouth"])
-        local = [f"AU{u['au']} {u['name']}, {u['intensity']}: {u['movement']}" for u in cot["action_units"]][
-            :MAX_LOCAL
-        ]
-        texts = self.embedder.embed([cot["global_description"], *local])
+        global_text, local = cot_sentences(cot, MAX_LOCAL)
+        texts = self.embedder.embed([global_text, *local])
         local_emb = np.zeros((MAX_LOCAL, texts.shape[1]), np.float32)
         local_emb[: len(local)] = texts[1:]
         window = slice(start, start + self.frames)

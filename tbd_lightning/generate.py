@@ -50,7 +50,6 @@ class GenerateConfig:
 class Portrait:
     crop: np.ndarray  # (S, S, 3) uint8
     landmarks: np.ndarray  # (468, 3) crop-normalised
-    image_landmarks: np.ndarray  # (468, 3) image pixels
 
 
 def prepare_portrait(path: Path, size: int, margin: float) -> Portrait:
@@ -70,7 +69,7 @@ def prepare_portrait(path: Path, size: int, margin: float) -> Portrait:
     crop, lm = crop_to(
         image[None], result.mesh.landmarks[None].astype(np.float64), stable_crop([result.mesh], margin), size
     )
-    return Portrait(crop[0], lm[0], result.mesh.landmarks)
+    return Portrait(crop[0], lm[0])
 
 
 def load_speech(path: Path, fps: int, max_seconds: float, silence_dbfs: float) -> tuple[np.ndarray, int]:
@@ -101,12 +100,14 @@ def think(config: GenerateConfig):
     return ann
 
 
-def texts(cot, label_only: bool, max_local: int) -> tuple[str, list[str]]:
-    """Global sentence and local (per-AU) sentences, formatted as in training (`data.py`)."""
-    if label_only:
-        return f"{cot.emotion}, level {cot.intensity_level}", []
-    local = [f"AU{u.au} {u.name}, {u.intensity}: {u.movement}" for u in cot.action_units]
-    return cot.global_description, local[:max_local]
+def requested_aus(cot: dict) -> dict[int, int]:
+    """AU -> the FACS value (1..5) a CoT asks for (the stronger side when an AU is listed twice)."""
+    from annotation.facs import intensity_value
+
+    out: dict[int, int] = {}
+    for u in cot["action_units"]:
+        out[u["au"]] = max(out.get(u["au"], 0), intensity_value(u["intensity"]))
+    return out
 
 
 def region_mask(landmarks: np.ndarray, size: int, regions: tuple[str, ...]) -> np.ndarray:
@@ -195,6 +196,7 @@ def draw(
     progress_bar: bool = False,
 ) -> np.ndarray:  # fmt: skip
     """Sample len(feats) frames (T, S, S, 3) uint8 in windows of the training length, all windows batched."""
+    from tbd_lightning.callbacks import to_uint8
     from tbd_lightning.model import Conditions
 
     den, size, window = model.denoiser, reference.shape[0], model.info["conditioning"]["frames"]
@@ -218,18 +220,14 @@ def draw(
     gen = torch.Generator(device).manual_seed(seed)
     shape = (n_windows, window, den.config.in_channels, size, size)
     video = sampler.sample(shape, cond, generator=gen, progress_bar=progress_bar)
-    frames = (
-        ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).reshape(-1, size, size, 3)
-    )
-    return frames[:n_frames].cpu().numpy()
+    return to_uint8(video.flatten(0, 1)[:n_frames])
 
 
 def generate(config: GenerateConfig) -> dict:
-    from annotation.facs import intensity_value
     from pipelines.audio_features import audio_features
-    from pipelines.video_io import write_mp4
+    from pipelines.video_io import AUDIO_RATE, write_mp4
     from tbd_lightning.export import load_exported
-    from tbd_lightning.text import TextEmbedder
+    from tbd_lightning.text import TextEmbedder, cot_regions, cot_sentences
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_exported(config.model, device)
@@ -240,28 +238,25 @@ def generate(config: GenerateConfig) -> dict:
         raise UserError("latent-space models are not supported by `tbd generate` yet (pixel-space only)")
 
     portrait = prepare_portrait(config.image, size, media["crop_margin"])
-    audio, n_frames = load_speech(config.audio, fps, config.max_seconds, media.get("silence_dbfs", -50.0))
+    audio, n_frames = load_speech(config.audio, fps, config.max_seconds, media["silence_dbfs"])
     ann = think(config)
-    global_text, local = texts(ann.cot, config.label_only, den.config.max_local)
-    regions = tuple(dict.fromkeys(u.region for u in ann.cot.action_units)) if local else ()
+    cot = ann.cot.model_dump(mode="json")
+    global_text, local = cot_sentences(cot, den.config.max_local, config.label_only)
+    regions = cot_regions(cot) if local else ()
 
-    feats = audio_features(audio, n_frames, media.get("n_mels", 80), fps, media.get("audio_encoder")).astype(
-        np.float32
-    )
+    feats = audio_features(audio, n_frames, media["n_mels"], fps, media["audio_encoder"]).astype(np.float32)
     embedder = TextEmbedder(info.get("text_encoder"), device=device)
     frames = draw(model, portrait.crop, portrait.landmarks, feats, global_text, local, regions, embedder,
                   config.guidance, config.seed, device, progress_bar=True)  # fmt: skip
 
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_mp4(out, frames, fps=fps, audio=audio[: n_frames * 16000 // fps])
+    write_mp4(out, frames, fps=fps, audio=audio[: n_frames * AUDIO_RATE // fps])
     from PIL import Image
 
     picks = np.linspace(0, n_frames - 1, min(8, n_frames)).round().astype(int)
     Image.fromarray(np.concatenate([portrait.crop, *frames[picks]], axis=1)).save(out.with_suffix(".png"))
-    requested = {}
-    for u in ann.cot.action_units:
-        requested[u.au] = max(requested.get(u.au, 0), intensity_value(u.intensity))
+    requested = requested_aus(cot)
     measured = measured_aus(track_generated(frames), portrait.landmarks)
     plot_aus(requested, measured, fps, out.with_name(out.stem + "_aus.png"))
     report = {

@@ -114,3 +114,17 @@ class TextEmbedder:
             if sentences
             else np.zeros((0, self.dim), np.float32)
         )
+
+
+def cot_sentences(cot: dict, max_local: int, label_only: bool = False) -> tuple[str, list[str]]:
+    """The text conditioning of a CoT (as a dict): its global sentence and one sentence per AU, the same
+    for training, generation and evaluation. `label_only` (ablation): the label, no local sentences."""
+    if label_only:
+        return f"{cot['emotion']}, level {cot['intensity_level']}", []
+    local = [f"AU{u['au']} {u['name']}, {u['intensity']}: {u['movement']}" for u in cot["action_units"]]
+    return cot["global_description"], local[:max_local]
+
+
+def cot_regions(cot: dict) -> tuple[str, ...]:
+    """The face regions of a CoT's AUs, in order of first mention."""
+    return tuple(dict.fromkeys(u["region"] for u in cot["action_units"]))

@@ -25,12 +25,13 @@ def test_a_real_clip_scored_against_itself(mead, demo_corpus):
     gt = groundtruth_index(demo_corpus).get(clip.meta["video"])
     assert gt is not None and gt.is_file()
     requested = {u["au"]: 3.0 for u in clip.cot["action_units"]}
-    row = score_clip(clip, clip.frames, requested, gt, clf, baselines)
+    row, measured = score_clip(clip, clip.frames, requested, gt, clf, baselines)
     assert row["psnr"] == 100.0 and row["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert row["face_rate"] == 1.0 and row["lmd_full"] < 2.0 and row["lmd_mouth"] < 2.0
     assert -6 <= row["sync_offset"] <= 6 and -1 <= row["sync_corr"] <= 1
     assert row["au_control_error"] is not None and row["au_gt_error"] is not None and row["au_gt_error"] < 2.5
     assert row["emotion_correct"] in (0.0, 1.0)
+    assert all(len(series) == len(clip.frames) for series in measured.values())
 
 
 def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, tmp_path, netguard_log):
