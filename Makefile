@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbd-setup-stamp
 DEMO_OUT ?= out/demo
 
-.PHONY: setup assets demo test test-fast bench lint lock clean
+.PHONY: setup assets demo test test-fast bench lint lock lock-cuda clean \
+	mlflow-server ray-submit infra-check image-cpu image-cuda image-push
 
 # Idempotent: the venv is rebuilt only when pyproject.toml or requirements.lock change.
 setup: $(STAMP) assets
@@ -80,10 +81,54 @@ lint: setup
 lock:
 	rm -rf /tmp/tbd-lock-venv && $(PY) -m venv /tmp/tbd-lock-venv
 	/tmp/tbd-lock-venv/bin/python -m pip install -q pip==25.3 torch==2.13.0
-	/tmp/tbd-lock-venv/bin/python -m pip install -q -e '.[cpu,dev]'
+	/tmp/tbd-lock-venv/bin/python -m pip install -q -e '.[cpu,dev,server]'
 	/tmp/tbd-lock-venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec opencv-python-headless
 	{ sed -n '1,/^# opencv/p' requirements.lock; /tmp/tbd-lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+
+# The CUDA image's lock: pyproject's pins + the `gpu` extra (official vLLM, CUDA torch), resolved on PyPI.
+lock-cuda: setup
+	rm -rf /tmp/tbd-lock-cuda && $(PY) -m venv /tmp/tbd-lock-cuda
+	/tmp/tbd-lock-cuda/bin/python -m pip install -q pip==25.3
+	$(BIN)/python -c 'from tbd import infra; print(*infra.cuda_requirements(), sep="\n")' > /tmp/tbd-lock-cuda/in.txt
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null /tmp/tbd-lock-cuda/bin/python -m pip install -q --dry-run \
+		--ignore-installed --report /tmp/tbd-lock-cuda/report.json -r /tmp/tbd-lock-cuda/in.txt
+	$(BIN)/python -c 'import json; from tbd import infra; \
+		infra.CUDA_LOCK.write_text(infra.cuda_lock_text(json.load(open("/tmp/tbd-lock-cuda/report.json"))))'
+
+# ---- clusters (infra/README.md) ---------------------------------------------------------------------
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_DIR ?= .tbd/mlflow-server
+RAY_ADDRESS ?= http://127.0.0.1:8265
+JOB ?= cluster-check
+IMAGE_REGISTRY ?= localhost:5001
+IMAGE_TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+
+# A local tracking server for every job (export MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT)):
+# SQLite backend and a proxied local artifact root under MLFLOW_DIR; loopback only. Ctrl-C stops it.
+mlflow-server: setup
+	mkdir -p $(MLFLOW_DIR)/artifacts
+	exec $(BIN)/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
+		--backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db \
+		--artifacts-destination $(abspath $(MLFLOW_DIR))/artifacts
+
+# A job of infra/k8s (cluster-check, preprocess, annotate, train) on a running Ray cluster, with this
+# folder as its code: make ray-submit JOB=annotate RAY_ADDRESS=http://head:8265 [OVERLAY=prod] [ARGS="--data /mnt/x"]
+ray-submit: setup
+	$(BIN)/tbd infra submit $(JOB) --address $(RAY_ADDRESS) $(if $(OVERLAY),--overlay $(OVERLAY)) --args "$(ARGS)"
+
+# Offline checks of infra/: every overlay rendered and validated, the launcher configs, image pins, hadolint.
+infra-check: setup
+	$(BIN)/tbd infra validate
+	$(BIN)/hadolint infra/images/Dockerfile
+
+image-cpu image-cuda: image-%:
+	docker build -f infra/images/Dockerfile --build-arg VARIANT=$* -t $(IMAGE_REGISTRY)/tbd-$*:$(IMAGE_TAG) .
+
+image-push: image-cpu image-cuda
+	docker push $(IMAGE_REGISTRY)/tbd-cpu:$(IMAGE_TAG)
+	docker push $(IMAGE_REGISTRY)/tbd-cuda:$(IMAGE_TAG)
 
 clean:
 	rm -rf $(VENV) .tbd out .pytest_cache

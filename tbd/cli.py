@@ -23,6 +23,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("pipelines.preprocess_cli", "Ray job: clips -> media shards + reject ledger"),
     "annotate": ("pipelines.annotate_cli", "Ray job: media shards -> CoT annotation shards of one version"),
     "annotations": ("pipelines.annotations_cli", "list annotation versions with counts and acceptance"),
+    "cluster-check": (
+        "pipelines.cluster_check_cli",
+        "Ray job: prove a cluster is ready (nodes, GPUs, volume, MLflow)",
+    ),
+    "infra": ("tbd.infra_cli", "render and validate the Kubernetes manifests; submit a job to a Ray cluster"),
     "think": ("annotation.think_cli", "reason from an emotion to FACS muscle movements (CoT JSON)"),
     "tiny-llm": ("annotation.tiny_llm_cli", "build a tiny local stand-in LLM for the vllm engine"),
     "train": (

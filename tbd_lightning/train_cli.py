@@ -145,15 +145,20 @@ def run_on_ray(argv: list[str], workers: int, use_gpu: bool, storage: str) -> No
     log.info("Ray Train finished: %s", result.metrics)
 
 
-def main_argv(argv: list[str]) -> int:
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    front = argparse.ArgumentParser(add_help=False)
+def split_ray_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The --ray-* options of `tbd train`; the rest is LightningCLI's."""
+    front = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     front.add_argument("--ray-workers", type=int, default=0, help="run on Ray Train with N workers")
     front.add_argument("--ray-gpu", action="store_true", help="one GPU per Ray Train worker")
     front.add_argument(
         "--ray-storage", default="out/ray-train", help="Ray Train storage (shared on clusters)"
     )
-    ray_args, rest = front.parse_known_args(argv)
+    return front.parse_known_args(argv)
+
+
+def main_argv(argv: list[str]) -> int:
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    ray_args, rest = split_ray_args(argv)
     if ray_args.ray_workers > 0:
         run_on_ray(rest, ray_args.ray_workers, ray_args.ray_gpu, ray_args.ray_storage)
     else:

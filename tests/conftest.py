@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -129,3 +135,47 @@ def tiny_model(tmp_path_factory) -> Path:
     )  # fmt: skip
     export(tmp / "untrained.ckpt", tmp / "model")
     return tmp / "model"
+
+
+@contextlib.contextmanager
+def local_ray_head(num_cpus: int = 2):
+    """A real Ray head with its job server, started for a test and killed after; yields
+    (dashboard address, environment for `ray` commands)."""
+    from annotation.engines.local_server import free_port
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    gcs, dash, agent, agent_grpc, runtime_env, metrics = (free_port() for _ in range(6))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="tbdray", dir="/tmp"))  # short: Ray's unix sockets live here
+    # Every port explicit: Ray's fixed defaults (agent 52365...) may still be held by the local Ray of
+    # an earlier test that is shutting down, and a head whose agent cannot bind never accepts jobs.
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={num_cpus}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
+         "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the job server answers only once the head's job agent has registered
+            try:
+                urllib.request.urlopen(address + "/api/version", timeout=2)
+                from ray.job_submission import JobSubmissionClient
+
+                JobSubmissionClient(address).submit_job(entrypoint="true")
+                break
+            except (OSError, RuntimeError, ConnectionError):
+                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(1)
+        yield address, env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

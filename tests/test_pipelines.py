@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.shards import read_manifest, sha256_file, tar_members
 from pipelines.video_io import write_m4a, write_mp4
-from tests.conftest import PREPROCESS_ARGS, offline_env, run_tbd, tbd_ok
+from tests.conftest import PREPROCESS_ARGS, local_ray_head, offline_env, run_tbd, tbd_ok
 
 
 def ledger(data: Path, stage_file: str) -> pd.DataFrame:
@@ -276,41 +276,15 @@ def test_ingest_and_preprocess_errors_are_clear(tmp_path, netguard_log):
 
 def test_ray_job_submit_runs_preprocess_on_a_local_head(datasets, tmp_path):
     """The cluster path: a local Ray head (started here, killed after), `ray job submit --working-dir`."""
-    import contextlib
-    import os
-    import signal
     import subprocess
     import sys
-    import tempfile
-    import time
-    import urllib.request
-
-    from annotation.engines.local_server import free_port
 
     clean = datasets["hdtf"]["data"]
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(clean / "manifest.parquet", data / "manifest.parquet")
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    gcs, dash = free_port(), free_port()
-    ray_tmp = Path(tempfile.mkdtemp(prefix="tbdray", dir="/tmp"))  # short: Ray's unix sockets live here
-    head = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(address + "/api/version", timeout=2)
-                break
-            except OSError:
-                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
-                time.sleep(1)
+    with local_ray_head() as (address, env):
         excludes = json.dumps({"excludes": [".venv", ".git", "out", "tests", "*.egg-info"]})
         repo = Path(__file__).resolve().parent.parent
         job = subprocess.run(
@@ -321,14 +295,6 @@ def test_ray_job_submit_runs_preprocess_on_a_local_head(datasets, tmp_path):
         )  # fmt: skip
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout + job.stderr
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert read_manifest(data / "media") == read_manifest(clean / "media")
 
 

