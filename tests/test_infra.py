@@ -49,6 +49,8 @@ def test_both_overlays_render_and_validate(rendered):
             assert spec["rayClusterSpec"] == cluster["spec"]
             assert spec["shutdownAfterJobFinishes"] is True and spec["activeDeadlineSeconds"] > 0
             assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"], dict)
+            # Applying the stack runs only the cluster check; each stage is started when its input is ready.
+            assert spec.get("suspend", False) is (job["metadata"]["name"] != "tbd-cluster-check")
         pods = [
             g["template"]["spec"]
             for g in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
