@@ -296,3 +296,109 @@ def test_make_ray_submit_runs_a_job_on_a_local_head(tmp_path):
             "SELECT r.name, p.value FROM runs r JOIN params p ON p.run_uuid = r.run_uuid WHERE p.key = 'data'"
         ).fetchall()
     assert rows == [("cluster-check", str(data))]
+
+
+POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+
+
+@contextlib.contextmanager
+def _service(argv: list[str], ready, what: str, **kwargs):
+    """A server process for one test: started, polled until `ready()` is true, killed after."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kwargs
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(Exception):
+                if ready():
+                    break
+            assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"{what} did not come up in 90 s"
+            time.sleep(0.5)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(not POSTGRES_BIN, reason="Debian's postgresql package is not installed")
+def test_cluster_mlflow_server_with_postgres_and_an_s3_store(rendered):
+    """The MLflow Deployment of the manifests, run as written (command, args, env): Postgres backend,
+    artifacts proxied into an S3 bucket (SeaweedFS, a real S3-compatible store), Host check."""
+    import tempfile
+
+    import boto3
+    import psycopg2
+
+    docs = rendered["dev"]
+    container = by_kind(docs, "Deployment")["mlflow"]["spec"]["template"]["spec"]["containers"][0]
+    destination = by_kind(docs, "ConfigMap")["mlflow-config"]["data"]["artifacts-destination"]
+    bucket = destination.removeprefix("s3://").split("/")[0]
+    pg_port, s3_port, http_port = _free_port(), _free_port(), _free_port()
+    root = Path(tempfile.mkdtemp(prefix="tbdpg", dir="/tmp"))  # Postgres runs as its own user
+    shutil_chown = ["chown", "-R", "postgres:postgres", str(root)]
+    subprocess.run(shutil_chown, check=True)
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    pg_bin = POSTGRES_BIN[-1].parent
+    subprocess.run([*as_postgres, str(pg_bin / "initdb"), "-D", str(root / "pg"), "-U", "mlflow", "-A", "trust"],
+                   check=True, capture_output=True)  # fmt: skip
+    weed_ports = {f"-{k}": str(_free_port()) for k in ("master.port", "master.port.grpc", "volume.port",
+                  "volume.port.grpc", "filer.port", "filer.port.grpc", "s3.port.grpc")}  # fmt: skip
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", aws_access_key_id="tbd-test",
+                      aws_secret_access_key="tbd-test", region_name="us-east-1")  # fmt: skip
+    postgres_argv = [*as_postgres, str(pg_bin / "postgres"), "-D", str(root / "pg"), "-p", str(pg_port),
+                     "-k", str(root), "-c", "listen_addresses=127.0.0.1"]  # fmt: skip
+    weed_argv = [str(BIN / "weed"), "server", f"-dir={root / 's3'}", "-s3", f"-s3.port={s3_port}",
+                 "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *(f"{k}={v}" for k, v in weed_ports.items())]  # fmt: skip
+    (root / "s3").mkdir()
+    dsn = f"host=127.0.0.1 port={pg_port} user=mlflow dbname=postgres"
+    try:
+        with (
+            _service(postgres_argv, lambda: psycopg2.connect(dsn).close() is None, "Postgres"),
+            _service(weed_argv, lambda: s3.list_buckets() is not None, "SeaweedFS"),
+        ):
+            with contextlib.closing(psycopg2.connect(dsn)) as con:
+                con.autocommit = True
+                con.cursor().execute("CREATE DATABASE mlflow")
+            s3.create_bucket(Bucket=bucket)
+            # The container's environment, with the secrets' values a cluster would inject.
+            values = {
+                "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://mlflow@127.0.0.1:{pg_port}/mlflow",
+                "MLFLOW_ARTIFACTS_DESTINATION": destination,
+            }
+            env = {**os.environ, **values, **{e["name"]: e["value"] for e in container["env"] if "value" in e},
+                   "AWS_ACCESS_KEY_ID": "tbd-test", "AWS_SECRET_ACCESS_KEY": "tbd-test",
+                   "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}  # fmt: skip
+            args = [a.replace("$(MLFLOW_BACKEND_STORE_URI)", values["MLFLOW_BACKEND_STORE_URI"])
+                    .replace("$(MLFLOW_ARTIFACTS_DESTINATION)", destination)
+                    .replace("--host=0.0.0.0", "--host=127.0.0.1").replace("--port=5000", f"--port={http_port}")
+                    for a in container["args"]]  # fmt: skip
+            assert not any("$(" in a for a in args), args
+            url = f"http://127.0.0.1:{http_port}"
+            server_argv = [str(BIN / container["command"][0]), *container["command"][1:], *args]
+            with _service(server_argv, lambda: _get(url + "/health")[0] == 200, "mlflow server", env=env):
+                # The in-cluster name passes MLflow's Host check (the manifest's allowed hosts); others do not.
+                search = url + "/api/2.0/mlflow/experiments/search?max_results=1"
+                assert _get(search, Host=f"mlflow:{http_port}")[0] == 200
+                assert _get(search, Host=f"mlflow.tbd-dev.svc.cluster.local:{http_port}")[0] == 200
+                assert _get(search, Host="attacker.example")[0] == 403
+                client = subprocess.run(
+                    [sys.executable, "-c", (
+                        "import mlflow; mlflow.set_experiment('think-before-draw');"
+                        "r = mlflow.start_run(run_name='cluster-config'); mlflow.log_metric('m', 1.5);"
+                        "mlflow.log_dict({'ok': True}, 'report.json'); mlflow.end_run(); print(r.info.run_id)")],
+                    env={**os.environ, "MLFLOW_TRACKING_URI": url}, capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                assert client.returncode == 0, client.stderr[-3000:]
+                run_id = client.stdout.strip().splitlines()[-1]
+            with contextlib.closing(psycopg2.connect(dsn.replace("dbname=postgres", "dbname=mlflow"))) as con:
+                cur = con.cursor()
+                cur.execute("SELECT name, status FROM runs WHERE run_uuid = %s", (run_id,))
+                assert cur.fetchall() == [("cluster-config", "FINISHED")]
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+            assert [k for k in keys if k.endswith(f"{run_id}/artifacts/report.json")], keys
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)
