@@ -265,10 +265,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     _plots(out, clips[0], generated, requested_aus(clips[0].cot), first_measured)
     print_table(results)
 
-    uri = (
-        config.tracking_uri
-        or model.info["source"].get("mlflow_tracking_uri")
-        or tracking_uri(None, Path(config.data))
+    uri = tracking_uri(
+        config.tracking_uri, Path(config.data), model.info["source"].get("mlflow_tracking_uri")
     )
     params = {k: str(v) for k, v in config.model_dump().items()} | {"n_clips": len(clips)}
     with job_run(

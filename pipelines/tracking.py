@@ -1,7 +1,8 @@
 """MLflow tracking for every job: one run per job invocation, parameters, counts, throughput, artifacts.
 
-The tracking URI is `--tracking-uri`, else `$MLFLOW_TRACKING_URI`, else a sqlite store beside the data
-(`DATA/mlflow.db`), so a dataset's preprocess and annotation runs stay together by default.
+The tracking URI is `--tracking-uri`, else `$MLFLOW_TRACKING_URI` (a cluster's server), else the store a
+model recorded at training (generate, evaluate), else a sqlite store beside the data (`DATA/mlflow.db`), so
+a dataset's preprocess and annotation runs stay together by default.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "think-before-draw"
 
 
-def tracking_uri(explicit: str | None, data: Path) -> str:
+def tracking_uri(explicit: str | None, data: Path, recorded: str | None = None) -> str:
     return (
-        explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(data).resolve() / 'mlflow.db'}"
+        explicit
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or recorded
+        or f"sqlite:///{Path(data).resolve() / 'mlflow.db'}"
     )
 
 

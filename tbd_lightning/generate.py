@@ -274,13 +274,11 @@ def generate(config: GenerateConfig) -> dict:
 
 
 def track(config: GenerateConfig, info: dict, report: dict) -> None:
-    """One MLflow run per generation, in the training run's store, tagged with the training run."""
+    """One MLflow run per generation (by default in the training run's store), tagged with the training run."""
     from pipelines.tracking import job_run, tracking_uri
 
-    uri = (
-        config.tracking_uri
-        or info["source"].get("mlflow_tracking_uri")
-        or tracking_uri(None, Path(config.model).parent)
+    uri = tracking_uri(
+        config.tracking_uri, Path(config.model).parent, info["source"].get("mlflow_tracking_uri")
     )
     params = {k: report[k] for k in ("emotion", "level", "frames", "seed", "model", "annotation_version")}
     params.update({f"guidance.{k}": v for k, v in report["guidance"].items()})

@@ -402,3 +402,15 @@ def test_cluster_mlflow_server_with_postgres_and_an_s3_store(rendered):
             assert [k for k in keys if k.endswith(f"{run_id}/artifacts/report.json")], keys
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_jobs_prefer_the_clusters_tracking_server(monkeypatch, tmp_path):
+    """--tracking-uri, then $MLFLOW_TRACKING_URI, then the store a model recorded, then DATA/mlflow.db."""
+    from pipelines.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking_uri(None, tmp_path, "sqlite:////laptop/mlflow.db") == "sqlite:////laptop/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking_uri(None, tmp_path, "sqlite:////laptop/mlflow.db") == "http://mlflow:5000"
+    assert tracking_uri("http://other:5000", tmp_path, "sqlite:////x.db") == "http://other:5000"
