@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tbd-setup-stamp
 DEMO_OUT ?= out/demo
 
 .PHONY: setup assets demo test test-fast bench lint lock lock-cuda clean \
-	mlflow-server ray-submit infra-check image-cpu image-cuda image-push
+	mlflow-server ray-submit infra-check image-cpu image-cuda image-mlflow image-push
 
 # Idempotent: the venv is rebuilt only when pyproject.toml or requirements.lock change.
 setup: $(STAMP) assets
@@ -126,9 +126,13 @@ infra-check: setup
 image-cpu image-cuda: image-%:
 	docker build -f infra/images/Dockerfile --build-arg VARIANT=$* -t $(IMAGE_REGISTRY)/tbd-$*:$(IMAGE_TAG) .
 
-image-push: image-cpu image-cuda
+image-mlflow:
+	docker build -f infra/images/Dockerfile --target mlflow -t $(IMAGE_REGISTRY)/tbd-mlflow:$(IMAGE_TAG) .
+
+image-push: image-cpu image-cuda image-mlflow
 	docker push $(IMAGE_REGISTRY)/tbd-cpu:$(IMAGE_TAG)
 	docker push $(IMAGE_REGISTRY)/tbd-cuda:$(IMAGE_TAG)
+	docker push $(IMAGE_REGISTRY)/tbd-mlflow:$(IMAGE_TAG)
 
 clean:
 	rm -rf $(VENV) .tbd out .pytest_cache

@@ -359,7 +359,7 @@ def image_problems(dockerfile: Path = DOCKERFILE, cuda_lock: Path = CUDA_LOCK) -
     python = next((a for i, a in steps if i == "FROM" and a.startswith("python:")), "")
     if not python.startswith("python:3.11-"):
         problems.append(f"Dockerfile: base image {python!r} is not Python 3.11 (pyproject requires 3.11)")
-    sources = sorted(a.split()[0] for i, a in steps if i == "COPY" and a.endswith("requirements.lock"))
+    sources = sorted({a.split()[0] for i, a in steps if i == "COPY" and a.endswith("requirements.lock")})
     if sources != ["infra/images/requirements-cuda.lock", "requirements.lock"]:
         problems.append(
             f"Dockerfile: the locks copied are {sources}, not requirements.lock and the CUDA lock"
@@ -375,7 +375,15 @@ def image_problems(dockerfile: Path = DOCKERFILE, cuda_lock: Path = CUDA_LOCK) -
                 problems.append(
                     f"Dockerfile: `{command.strip()}` resolves anew (add --no-deps: the lock is complete)"
                 )
-            for name, version in pins([w for w in words if "==" in w]).items():
+            named = pins([w for w in words if "==" in w])
+            if set(named) - {"pip"} and "-c" not in words and "--constraint" not in words:
+                problems.append(
+                    f"Dockerfile: `{command.strip()}` lets the dependencies float (add -c the lock)"
+                )
+            missing = sorted(set(project_pins("server")) - set(project_pins()) - set(named))
+            if "mlflow" in named and missing:
+                problems.append(f"Dockerfile: the mlflow image lacks the `server` extra's {missing}")
+            for name, version in named.items():
                 expected = setup_pins.get(name) or lock.get(name)
                 if expected != version:
                     problems.append(f"Dockerfile: {name}=={version} but the project pins {expected}")

