@@ -355,6 +355,7 @@ def image_problems(dockerfile: Path = DOCKERFILE, cuda_lock: Path = CUDA_LOCK) -
     lock = pins((REPO / "requirements.lock").read_text().splitlines())
     cuda = pins(cuda_lock.read_text().splitlines()) if cuda_lock.is_file() else {}
     setup_pins = pins(re.findall(r"\S+==\S+", (REPO / "Makefile").read_text()))
+    server_extra = set(project_pins("server")) - set(project_pins())  # what the MLflow image must carry
     steps = dockerfile_instructions(dockerfile)
     python = next((a for i, a in steps if i == "FROM" and a.startswith("python:")), "")
     if not python.startswith("python:3.11-"):
@@ -380,7 +381,7 @@ def image_problems(dockerfile: Path = DOCKERFILE, cuda_lock: Path = CUDA_LOCK) -
                 problems.append(
                     f"Dockerfile: `{command.strip()}` lets the dependencies float (add -c the lock)"
                 )
-            missing = sorted(set(project_pins("server")) - set(project_pins()) - set(named))
+            missing = sorted(server_extra - set(named))
             if "mlflow" in named and missing:
                 problems.append(f"Dockerfile: the mlflow image lacks the `server` extra's {missing}")
             for name, version in named.items():
