@@ -28,21 +28,21 @@ assets: $(STAMP)
 
 # The pipeline end to end on the embedded demo corpus (re-runnable: the data folders are rebuilt).
 demo: setup
-	$(BIN)/tbd demo-corpus --out $(DEMO_OUT)/corpus --force
+	$(BIN)/tbd demo-corpus --out $(DEMO_OUT)/corpus --force true
 	rm -rf $(DEMO_OUT)/data
 	@set -e; for ds in mead hdtf; do \
 		echo "== $$ds: ingest -> preprocess -> annotate (facs)"; \
 		$(BIN)/tbd ingest --dataset $$ds --root $(DEMO_OUT)/corpus/$$ds --out $(DEMO_OUT)/data/$$ds \
-			--split W003=val --split RD_AstronautWide=val; \
-		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --crop-size 64 --clips-per-shard 8; \
+			--split_overrides '{W003: val, RD_AstronautWide: val}'; \
+		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --media.crop_size 64 --clips_per_shard 8; \
 		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds; \
 	done
 	@echo "== hdtf: regenerate the annotations with vLLM on the tiny local LLM (a second version beside the first)"
 	$(BIN)/tbd tiny-llm --out $(DEMO_OUT)/tiny-llm
-	VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/hdtf --engine vllm \
-		--model $(DEMO_OUT)/tiny-llm --max-model-len 12288 --max-tokens 3072
+	VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/hdtf --think.engine vllm \
+		--think.model $(DEMO_OUT)/tiny-llm --think.max_model_len 12288 --think.max_tokens 3072
 	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/hdtf
-	$(BIN)/tbd think --text "a bittersweet smile" --level 2 --json > $(DEMO_OUT)/bittersweet.json
+	$(BIN)/tbd think --text "a bittersweet smile" --level 2 --json true > $(DEMO_OUT)/bittersweet.json
 	@echo "== mead: train the tiny denoiser on media + CoT shards (LightningCLI, MLflow), then export it"
 	rm -rf $(DEMO_OUT)/train $(DEMO_OUT)/model
 	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead \
@@ -50,10 +50,10 @@ demo: setup
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
 	@echo "== generate: the held-out portrait (never in training) speaking a validation speaker's line, contempt level 2"
 	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/AstronautNarrow.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
-		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --steps 20
+		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --guidance.steps 20
 	@echo "== evaluate: held-out (val) clips regenerated from their first frame, with the ablation table"
-	$(BIN)/tbd evaluate --model $(DEMO_OUT)/model --data $(DEMO_OUT)/data/mead --split val --max-clips 4 \
-		--max-frames 24 --steps 10 --ablations --groundtruth $(DEMO_OUT)/corpus --out $(DEMO_OUT)/evaluation > /dev/null
+	$(BIN)/tbd evaluate --model $(DEMO_OUT)/model --data $(DEMO_OUT)/data/mead --split val --max_clips 4 \
+		--max_frames 24 --guidance.steps 10 --ablations true --groundtruth $(DEMO_OUT)/corpus --out $(DEMO_OUT)/evaluation > /dev/null
 	@echo ""
 	@echo "demo done. Under $(DEMO_OUT)/:"
 	@echo "  generated video   $(DEMO_OUT)/generated/contempt.mp4 (+ .png strip, _aus.png AU plot, .json)"
@@ -90,11 +90,11 @@ lock:
 lock-cuda: setup
 	rm -rf /tmp/tbd-lock-cuda && $(PY) -m venv /tmp/tbd-lock-cuda
 	/tmp/tbd-lock-cuda/bin/python -m pip install -q pip==25.3
-	$(BIN)/python -c 'from tbd import infra; print(*infra.cuda_requirements(), sep="\n")' > /tmp/tbd-lock-cuda/in.txt
+	$(BIN)/python -c 'from infra import images; print(*images.cuda_requirements(), sep="\n")' > /tmp/tbd-lock-cuda/in.txt
 	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null /tmp/tbd-lock-cuda/bin/python -m pip install -q --dry-run \
 		--ignore-installed --report /tmp/tbd-lock-cuda/report.json -r /tmp/tbd-lock-cuda/in.txt
-	$(BIN)/python -c 'import json; from tbd import infra; \
-		infra.CUDA_LOCK.write_text(infra.cuda_lock_text(json.load(open("/tmp/tbd-lock-cuda/report.json"))))'
+	$(BIN)/python -c 'import json; from infra import images; \
+		images.CUDA_LOCK.write_text(images.cuda_lock_text(json.load(open("/tmp/tbd-lock-cuda/report.json"))))'
 
 # ---- clusters (infra/README.md) ---------------------------------------------------------------------
 MLFLOW_HOST ?= 127.0.0.1
@@ -116,11 +116,11 @@ mlflow-server: setup
 # A job of infra/k8s (cluster-check, preprocess, annotate, train) on a running Ray cluster, with this
 # folder as its code: make ray-submit JOB=annotate RAY_ADDRESS=http://head:8265 [OVERLAY=prod] [ARGS="--data /mnt/x"]
 ray-submit: setup
-	$(BIN)/tbd infra submit $(JOB) --address $(RAY_ADDRESS) $(if $(OVERLAY),--overlay $(OVERLAY)) --args "$(ARGS)"
+	$(BIN)/python -m infra submit $(JOB) --address $(RAY_ADDRESS) $(if $(OVERLAY),--overlay $(OVERLAY)) --args "$(ARGS)"
 
 # Offline checks of infra/: every overlay rendered and validated, the launcher configs, image pins, hadolint.
 infra-check: setup
-	$(BIN)/tbd infra validate
+	$(BIN)/python -m infra validate
 	$(BIN)/hadolint infra/images/Dockerfile
 
 image-cpu image-cuda: image-%:

@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 Region = Literal["brows", "eyes", "nose", "cheeks", "mouth", "jaw"]
 Intensity = Literal["A", "B", "C", "D", "E"]

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from annotation.facs import KnowledgeBase, load_kb
 from annotation.records import UNKNOWN, ThinkRequest
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 
 class Shot(BaseModel):

@@ -13,7 +13,7 @@ from collections import defaultdict
 from annotation.facs import KnowledgeBase, intensity_letter, intensity_value, load_kb
 from annotation.records import UNKNOWN, AUEvidence, ThinkRequest
 from annotation.schema import AUDescription, ChainOfThought, RegionDescriptions
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 REASONER_VERSION = "facs-reasoner-1"  # bump when the rules change: it enters the annotation version
 ABSENT_PEAK = 0.5  # measured peak below this (FACS scale) contradicts an AU

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from annotation.facs import MEAD_EMOTIONS, load_kb
 from annotation.schema import ChainOfThought, Side
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 UNKNOWN = "unknown"
 Outcome = Literal["accepted", "repaired", "rejected"]

@@ -26,7 +26,7 @@ def build_data(tmp: Path) -> Path:
     corpus, data = tmp / "corpus", tmp / "data"
     assert main(["demo-corpus", "--out", str(corpus)]) == 0
     assert main(["ingest", "--dataset", "mead", "--root", str(corpus / "mead"), "--out", str(data)]) == 0
-    assert main(["preprocess", "--data", str(data), "--crop-size", "64", "--clips-per-shard", "8"]) == 0
+    assert main(["preprocess", "--data", str(data), "--media.crop_size", "64", "--clips_per_shard", "8"]) == 0
     assert main(["annotate", "--data", str(data)]) == 0
     return data
 

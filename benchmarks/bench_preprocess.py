@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.clip_media import MediaConfig, process_clip
-from pipelines.face import FaceAnalyzer
+from media.clip_media import MediaConfig, process_clip
+from media.face import FaceAnalyzer
+from media.video_io import read_frames
 from pipelines.ingest import IngestConfig, ingest
-from pipelines.video_io import read_frames
 
 
 def corpus(tmp: Path) -> Path:
@@ -64,7 +64,8 @@ def main() -> None:
         t_mesh = time.perf_counter() - start
     assert sum(len(v) for v in decoded) == frames
 
-    from pipelines.preprocess import PreprocessConfig, init_ray, run_preprocess
+    from pipelines.preprocess import PreprocessConfig, run_preprocess
+    from tbd_core.ray_init import init_ray
 
     init_ray()  # Ray start-up is not part of the job's throughput
     job = run_preprocess(

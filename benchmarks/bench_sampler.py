@@ -1,6 +1,6 @@
 """Progressive guidance versus plain two-branch classifier-free guidance: seconds per denoising step.
 
-Same denoiser (the `tiny` preset, random weights, or `--model DIR` exported by `tbd export`), same
+Same denoiser (the `tiny` preset, random weights, or the `--model DIR` pipeline of `tbd export`), same
 conditions, scheduler, step count and seed. Progressive guidance evaluates 3 branches per step before
 the switch point and 4 after (one batched forward pass each); plain CFG evaluates 2. Prints both, the
 ratio, the branch-count expectation, and one JSON line.
@@ -21,7 +21,9 @@ from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="an exported model folder (default: the tiny preset, random weights)")
+    ap.add_argument(
+        "--model", help="a pipeline folder of `tbd export` (default: the tiny preset, random weights)"
+    )
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
@@ -30,10 +32,10 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     if args.model:
-        from tbd_lightning.export import load_exported
+        from tbd_lightning.pipeline import TBDPipeline
 
-        exported = load_exported(args.model, device)
-        model, train_config = exported.denoiser, exported.scheduler.config
+        pipe = TBDPipeline.from_pretrained(args.model).to(device)
+        model, train_config = pipe.denoiser, pipe.scheduler.config
     else:
         model = TBDVideoDenoiser.from_preset("tiny").eval().to(device)
         train_config = DDPMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True).config

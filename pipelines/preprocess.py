@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.clip_media import MediaConfig, process_clip
-from pipelines.faults import maybe_fail
-from pipelines.ingest import read_manifest, write_parquet
-from pipelines.records import ClipRef, Reject
-from pipelines.shards import check_params, finished, plan_shards, read_sidecar, write_manifest, write_shard
-from pipelines.tracking import job_run, tracking_uri
-from tbd.errors import UserError
+from media.clip_media import MediaConfig, process_clip
+from pipelines.data_folder import DataFolder
+from pipelines.shards import check_params, finished, plan_shards, write_manifest, write_shard
+from tbd_core.errors import UserError
+from tbd_core.faults import maybe_fail
+from tbd_core.ray_init import init_ray
+from tbd_core.records import ClipRef, Reject
+from tbd_core.tracking import job_run, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class PreprocessConfig(BaseModel):
     """One config object for the job."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    data: Path  # the ingest output folder (manifest.parquet); media shards go to DATA/media
+    data: Path  # the data folder of `tbd ingest`; its media shards are written there
     media: MediaConfig = MediaConfig()
     clips_per_shard: int = 16
     concurrency: int = 2  # ShardBuilder actors
@@ -41,8 +42,8 @@ class PreprocessConfig(BaseModel):
     tracking_uri: str | None = None
 
     @property
-    def media_dir(self) -> Path:
-        return self.data / "media"
+    def folder(self) -> DataFolder:
+        return DataFolder(self.data)
 
 
 class ShardBuilder:
@@ -55,7 +56,7 @@ class ShardBuilder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         # The analyzer lives for one batch: MediaPipe cannot be closed cleanly at actor teardown
         # (its dispatcher shuts down first), and opening it costs ~50 ms per shard of clips.
-        from pipelines.face import FaceAnalyzer
+        from media.face import FaceAnalyzer
 
         with FaceAnalyzer() as self.analyzer:
             return self._build(batch)
@@ -82,19 +83,13 @@ class ShardBuilder:
         return {"name": names, "frames": frames, "seconds": seconds}
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to `$RAY_ADDRESS` (set by `ray job submit`) or start a local Ray on this machine."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
-
-
 def run_preprocess(config: PreprocessConfig) -> dict:
     """Build every missing or invalid shard, then write the manifest and the ledger. Idempotent."""
     import ray
 
-    clips = {c.key: c for c in read_manifest(config.data)}
+    folder = config.folder
+    media_dir = folder.media_dir
+    clips = {c.key: c for c in folder.clips()}
     if config.media.audio_encoder and not Path(config.media.audio_encoder).is_dir():
         raise UserError(f"audio encoder folder {config.media.audio_encoder} does not exist")
     plan = plan_shards(list(clips), config.clips_per_shard)
@@ -105,8 +100,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
         "clips": len(clips),
         "inputs_sha256": inputs,  # the ingest manifest: other clips or paths -> other shards
     }
-    check_params(config.media_dir, params)
-    pending = [(name, keys) for name, keys in plan if finished(config.media_dir, name) is None]
+    check_params(media_dir, params)
+    pending = [(name, keys) for name, keys in plan if finished(media_dir, name) is None]
     log.info("preprocess: %d clips in %d shards, %d to build", len(clips), len(plan), len(pending))
 
     uri = tracking_uri(config.tracking_uri, config.data)
@@ -121,7 +116,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 ShardBuilder,
                 fn_constructor_kwargs={
-                    "media_dir": str(config.media_dir),
+                    "media_dir": str(media_dir),
                     "media": config.media.model_dump(),
                 },
                 batch_size=1,
@@ -132,15 +127,13 @@ def run_preprocess(config: PreprocessConfig) -> dict:
         wall = time.perf_counter() - start
         records = []
         for name, _keys in plan:
-            record = finished(config.media_dir, name)
+            record = finished(media_dir, name)
             if record is None:
                 raise RuntimeError(f"shard {name} is missing after the run")
             records.append(record)
         rejects = [r for rec in records for r in rec.rejects]
-        write_parquet(
-            config.data / "ledger" / "preprocess.parquet", [r.model_dump() for r in rejects], Reject
-        )
-        manifest = write_manifest(config.media_dir, "media", params, records)
+        ledger = folder.write_ledger("preprocess", rejects)
+        manifest = write_manifest(media_dir, "media", params, records)
         frames = sum(b["frames"] for b in built)
         metrics = {
             "clips": len(clips),
@@ -153,18 +146,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             "frames_per_s": frames / wall if wall > 0 and frames else 0.0,
         }
         mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(config.media_dir / "manifest.json"))
-        mlflow.log_artifact(str(config.data / "ledger" / "preprocess.parquet"))
+        mlflow.log_artifact(str(media_dir / "manifest.json"))
+        mlflow.log_artifact(str(ledger))
     log.info("preprocess: %s", metrics)
     assert manifest["samples"] + len(rejects) == len(clips), "a clip is neither in the shards nor the ledger"
     return {"manifest": manifest, "metrics": metrics}
-
-
-def media_summaries(media_dir: Path) -> dict[str, dict]:
-    """Per-key summaries of every shard (from the sidecars; no tar is opened)."""
-    from pipelines.shards import read_manifest as read_shard_manifest
-
-    out = {}
-    for shard in read_shard_manifest(media_dir)["shards"]:
-        out.update(read_sidecar(media_dir, shard["name"])["summaries"])
-    return out

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import webdataset as wds
 
-from pipelines.assets import sha256_of as sha256_file
-from pipelines.records import Reject, ShardRecord
-from tbd.errors import UserError
+from tbd_core.errors import UserError
+from tbd_core.files import sha256_of as sha256_file
+from tbd_core.records import Reject, ShardRecord
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -118,6 +118,12 @@ def check_params(folder: Path, params: dict) -> None:
     else:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(params, indent=1, sort_keys=True))
+
+
+def read_params(folder: Path) -> dict | None:
+    """The settings a shard set was made with (written by `check_params`), or None."""
+    path = folder / "params.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def tar_members(path: Path) -> list[tuple[str, dict[str, bytes]]]:

@@ -1,4 +1,5 @@
-"""Training callbacks: sample videos to MLflow, and the resolved LightningCLI config as an MLflow artifact."""
+"""Training callbacks: sample videos to MLflow, the resolved LightningCLI config as an MLflow artifact, and the
+trained model as a `TBDPipeline` folder in the run (optionally registered as a model version)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,6 @@ def log_artifact(trainer: pl.Trainer, path: Path, artifact_dir: str) -> None:
         out = Path(trainer.default_root_dir) / artifact_dir
         out.mkdir(parents=True, exist_ok=True)
         (out / path.name).write_bytes(path.read_bytes())
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(T, 3, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 class MLflowSaveConfig(SaveConfigCallback):
@@ -85,7 +81,8 @@ class SampleVideos(pl.Callback):
         pl_module.train(was_training)
         from PIL import Image
 
-        from pipelines.video_io import write_mp4
+        from media.video_io import write_mp4
+        from tbd_lightning.pipeline import to_uint8
 
         with tempfile.TemporaryDirectory() as tmp:
             for i, key in enumerate(batch["key"]):
@@ -122,3 +119,58 @@ class ResumableMLFlowLogger(MLFlowLogger):
         for key, value in changed.items():
             self.experiment.set_tag(self.run_id, f"changed_on_resume.{key}", str(value)[:250])
         super().log_hyperparams({k: v for k, v in flat.items() if k not in changed})
+
+
+class LogPipeline(pl.Callback):
+    """At the end of training, the model as a `TBDPipeline` (what `tbd export` writes) in the MLflow run under
+    `pipeline/` (no MLflow logger: `default_root_dir/pipeline`), so a model can be picked in the MLflow UI and
+    loaded with `TBDPipeline.from_pretrained`. With `registered_model_name`, also registered as a new version
+    of that model in the run's model registry.
+
+    Runs in `on_fit_end`, after every callback's `on_train_end`: with `EMAWeightAveraging` the module then
+    holds the averaged weights whatever the order of the callbacks (that callback copies them in at
+    `on_train_end`), which are the weights `tbd export` takes from a checkpoint."""
+
+    def __init__(self, registered_model_name: str | None = None, artifact_path: str = "pipeline"):
+        self.registered_model_name, self.artifact_path = registered_model_name, artifact_path
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        from tbd_lightning.export import pipeline_from_module
+
+        logger = mlflow_logger(trainer)
+        run_id = logger.run_id if logger is not None else None
+        source = {
+            "checkpoint": None, "sha256": None, "global_step": trainer.global_step,
+            "ema": any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks), "mlflow_run_id": run_id,
+            "mlflow_tracking_uri": getattr(logger, "_tracking_uri", None),
+        }  # fmt: skip
+        datamodule = getattr(trainer, "datamodule", None)
+        data_hparams = dict(datamodule.hparams) if datamodule is not None else {}
+        pipe = pipeline_from_module(pl_module, data_hparams, source)
+        if logger is None:
+            pipe.save_pretrained(Path(trainer.default_root_dir) / self.artifact_path)
+            log.info("saved the pipeline to %s", Path(trainer.default_root_dir) / self.artifact_path)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe.save_pretrained(tmp)
+            logger.experiment.log_artifacts(run_id, tmp, self.artifact_path)
+        log.info("logged the pipeline to MLflow run %s under %s/", run_id, self.artifact_path)
+        if self.registered_model_name:
+            self._register(logger.experiment, run_id)
+
+    def _register(self, client, run_id: str) -> None:
+        """A new version of `registered_model_name` whose source is the run's `pipeline/` folder."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(self.registered_model_name)
+        except MlflowException as err:
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        source = f"{client.get_run(run_id).info.artifact_uri}/{self.artifact_path}"
+        version = client.create_model_version(self.registered_model_name, source, run_id=run_id)
+        log.info("registered %s version %s (%s)", self.registered_model_name, version.version, source)

@@ -1,7 +1,7 @@
 """Training data: media shards zipped with one annotation version's shards, as fixed-length clip windows.
 
-`aligned_shards` checks the two manifests (same shard names, same keys in the same order) and refuses
-with the offending shard named. `ClipWindows` (a torch `IterableDataset`) splits shards by node and by
+`DataFolder.aligned_shards` checks the two manifests (same shard names, same keys in the same order)
+and refuses with the offending shard named. `ClipWindows` (a torch `IterableDataset`) splits shards by node and by
 worker (`webdataset.split_by_node/worker`) and yields exactly `samples_per_rank` items per rank and
 epoch: training resamples shards (seeded by rank, worker and epoch), evaluation cycles its shard subset
 in order, so every rank runs the same number of batches and uneven shard counts cannot hang DDP.
@@ -17,40 +17,16 @@ import io
 import json
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipelines.shards import read_manifest, tar_members
-from tbd.errors import UserError
+from pipelines.data_folder import AlignedShard, DataFolder
+from pipelines.shards import tar_members
+from tbd_core.errors import UserError
+from tbd_lightning.model import MAX_LOCAL
 from tbd_lightning.text import cot_regions, cot_sentences
-
-MAX_LOCAL = 8  # local (per-AU) sentences per sample, padded
-
-
-def aligned_shards(data: Path, version: str) -> list[tuple[Path, Path, list[str]]]:
-    """(media tar, annotation tar, keys) per shard; a clear error when the two sets do not align."""
-    media = read_manifest(Path(data) / "media")
-    ann_dir = Path(data) / "annotations" / version
-    if not ann_dir.is_dir():
-        raise UserError(f"annotation version {version} not found under {Path(data) / 'annotations'}")
-    ann = {s["name"]: s for s in read_manifest(ann_dir)["shards"]}
-    out = []
-    for shard in media["shards"]:
-        name = shard["name"]
-        if name not in ann:
-            raise UserError(f"annotation shard {name} of {version} is missing (media has it)")
-        if ann[name]["keys"] != shard["keys"]:
-            raise UserError(
-                f"annotation shard {name} of {version} is misaligned with the media shard (keys differ)"
-            )
-        out.append((Path(data) / "media" / f"{name}.tar", ann_dir / f"{name}.tar", shard["keys"]))
-    extra = set(ann) - {s["name"] for s in media["shards"]}
-    if extra:
-        raise UserError(f"annotation shards {sorted(extra)} of {version} have no media shard")
-    return out
 
 
 def decode_mp4(data: bytes) -> np.ndarray:
@@ -69,7 +45,7 @@ class ClipWindows(IterableDataset):
 
     def __init__(
         self,
-        shards: list[tuple[Path, Path, list[str]]],
+        shards: list[AlignedShard],
         splits: set[str],
         frames: int = 8,
         samples_per_rank: int = 64,
@@ -78,7 +54,9 @@ class ClipWindows(IterableDataset):
         text_cache: str | None = None,
         size: int | None = None,
         text_encoder: str | None = None,
+        max_local: int = MAX_LOCAL,
     ):
+        self.max_local = max_local
         self.shards, self.splits, self.frames, self.size = shards, splits, frames, size
         self.text_encoder = text_encoder
         self.samples_per_rank, self.resample, self.seed = samples_per_rank, resample, seed
@@ -121,9 +99,9 @@ class ClipWindows(IterableDataset):
                 raise UserError(f"no usable samples (splits {sorted(self.splits)}) in this rank's shards")
 
     def _shard_items(self, index: int, rng: random.Random) -> Iterator[dict]:
-        media_tar, ann_tar, keys = self.shards[index]
-        media, anns = dict(tar_members(media_tar)), dict(tar_members(ann_tar))
-        for key in keys:
+        shard = self.shards[index]
+        media, anns = dict(tar_members(shard.media_tar)), dict(tar_members(shard.annotation_tar))
+        for key in shard.keys:
             meta = json.loads(media[key]["json"])
             ann = json.loads(anns[key]["cot.json"])
             if meta["split"] not in self.splits or ann["validation"]["outcome"] == "rejected":
@@ -139,7 +117,7 @@ class ClipWindows(IterableDataset):
         return self._embedder
 
     def _window(self, key: str, members: dict, meta: dict, cot: dict, rng: random.Random) -> dict:
-        from pipelines.face import region_masks
+        from media.face import region_masks
 
         video = decode_mp4(members["mp4"])
         t_all = len(video)
@@ -164,9 +142,9 @@ class ClipWindows(IterableDataset):
                 else np.zeros((size, size), np.float32)
             )
             mouth.append(per_region["mouth"])
-        global_text, local = cot_sentences(cot, MAX_LOCAL)
+        global_text, local = cot_sentences(cot, self.max_local)
         texts = self.embedder.embed([global_text, *local])
-        local_emb = np.zeros((MAX_LOCAL, texts.shape[1]), np.float32)
+        local_emb = np.zeros((self.max_local, texts.shape[1]), np.float32)
         local_emb[: len(local)] = texts[1:]
         window = slice(start, start + self.frames)
         to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
@@ -181,7 +159,7 @@ class ClipWindows(IterableDataset):
             "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, H, W)
             "global_text": to_tensor(texts[0]),
             "local_text": to_tensor(local_emb),
-            "local_valid": torch.arange(MAX_LOCAL) < len(local),
+            "local_valid": torch.arange(self.max_local) < len(local),
         }
 
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
@@ -196,41 +174,6 @@ def collate(items: list[dict]) -> dict:
     out = {k: torch.stack([i[k] for i in items]) for k in items[0] if k != "key"}
     out["key"] = [i["key"] for i in items]
     return out
-
-
-def shard_splits(data: Path) -> dict[str, dict[str, int]]:
-    """Clips per split in each media shard (from the sidecar summaries): shard name -> split -> count."""
-    out: dict[str, dict[str, int]] = {}
-    for shard in read_manifest(Path(data) / "media")["shards"]:
-        sidecar = json.loads((Path(data) / "media" / f"{shard['name']}.json").read_text())
-        counts = out.setdefault(shard["name"], {})
-        for summary in sidecar["summaries"].values():
-            counts[summary["split"]] = counts.get(summary["split"], 0) + 1
-    return out
-
-
-def split_counts(data: Path) -> dict[str, int]:
-    """Clips per split over all media shards."""
-    total: dict[str, int] = {}
-    for counts in shard_splits(data).values():
-        for split, n in counts.items():
-            total[split] = total.get(split, 0) + n
-    return total
-
-
-def pick_version(data: Path, version: str | None) -> str:
-    """The given version, or the only one present."""
-    if version:
-        return version
-    root = Path(data) / "annotations"
-    versions = (
-        sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
-    )
-    if len(versions) != 1:
-        raise UserError(
-            f"{root} holds {len(versions)} annotation versions {versions}; choose one with `version`"
-        )
-    return versions[0]
 
 
 try:
@@ -255,31 +198,33 @@ class TBDDataModule(pl.LightningDataModule):
         text_cache: str | None = None,
         size: int | None = None,
         text_encoder: str | None = None,
+        max_local: int = MAX_LOCAL,
     ):
         """`size` resizes frames (and rasterises masks) to size x size; None keeps the shards' crop size.
-        `text_encoder`: a local sentence-transformers or CLIP folder; None = the offline MiniLM package."""
+        `text_encoder`: a local sentence-transformers or CLIP folder; None = the offline MiniLM package.
+        `max_local`: local sentences per sample; `tbd train` links it to the model's `max_local`."""
         super().__init__()
         self.save_hyperparameters()
-        self.data = Path(data)
-        self.version = pick_version(self.data, version)
+        self.folder = DataFolder(data)
+        self.version = self.folder.pick_version(version)
         self.hparams["version"] = self.version  # checkpointed resolved
-        params = self.data / "media" / "params.json"
+        params = self.folder.media_params()
         # How the media were made (fps, crop, audio features): generation must make its inputs the same way.
-        self.hparams["media"] = json.loads(params.read_text())["media"] if params.is_file() else None
-        self.shards = aligned_shards(self.data, self.version)
+        self.hparams["media"] = params["media"] if params else None
+        self.shards = self.folder.aligned_shards(self.version)
 
     def _dataset(self, splits: set[str], batches: int, resample: bool, seed: int) -> ClipWindows:
         """Only shards holding clips of `splits` are dealt to ranks and workers: a split that lives in a few
         shards (validation identities) must not leave a rank with nothing to read."""
         h = self.hparams
-        per_shard = shard_splits(self.data)
-        shards = [s for s in self.shards if splits & set(per_shard[Path(s[0]).stem])]
+        per_shard = self.folder.shard_splits()
+        shards = [s for s in self.shards if splits & set(per_shard[s.name])]
         if not shards:
-            raise UserError(f"no media shard holds clips of split(s) {sorted(splits)} in {self.data}")
+            raise UserError(f"no media shard holds clips of split(s) {sorted(splits)} in {self.folder.root}")
         return ClipWindows(
             shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
             resample=resample, seed=seed, text_cache=h.text_cache, size=h.size,
-            text_encoder=h.text_encoder,
+            text_encoder=h.text_encoder, max_local=h.max_local,
         )  # fmt: skip
 
     def train_dataloader(self):
@@ -288,7 +233,7 @@ class TBDDataModule(pl.LightningDataModule):
         return self._loader(ds)
 
     def val_dataloader(self):
-        counts = split_counts(self.data)
+        counts = self.folder.split_counts()
         splits = (
             {"val"} if counts.get("val") else {"train"}
         )  # a corpus without val speakers validates on train

@@ -1,30 +1,55 @@
-"""`tbd export CKPT OUT_DIR`: a training checkpoint -> a diffusers-style model folder.
+"""`tbd export CKPT OUT_DIR`: a `tbd train` checkpoint -> a diffusers pipeline folder (`TBDPipeline`).
 
-    OUT_DIR/denoiser/    config.json + diffusion_pytorch_model.safetensors  (TBDVideoDenoiser.from_pretrained)
-    OUT_DIR/scheduler/   scheduler_config.json                              (DDPMScheduler/DDIMScheduler.from_pretrained)
-    OUT_DIR/tbd_model.json  text encoder and VAE references, conditioning shapes, source checkpoint
+    OUT_DIR/model_index.json  components, text encoder reference, media settings, conditioning shapes,
+                              annotation version, source (checkpoint, sha256, step, EMA, MLflow run)
+    OUT_DIR/denoiser/         config.json + diffusion_pytorch_model.safetensors
+    OUT_DIR/scheduler/        scheduler_config.json (the training DDPMScheduler)
+    OUT_DIR/vae/              latent models only: the frozen VAE they were trained with
 
-The checkpoint's `state_dict` is exported, which holds the EMA weights when training used EMA
-(Lightning's weight averaging stores the averaged weights there). `load_exported` reads it all back.
+`TBDPipeline.from_pretrained(OUT_DIR)` reads it back. The checkpoint's `state_dict` is exported, which holds
+the EMA weights when training used EMA (Lightning's weight averaging stores the averaged weights there).
+`pipeline_from_module` is shared with the `LogPipeline` training callback (the same pipeline, in MLflow).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pipelines.assets import sha256_of
-from tbd.errors import UserError
+from tbd_core.errors import UserError
+from tbd_core.files import sha256_of
 
 log = logging.getLogger(__name__)
-FORMAT = 1
 
 
-def export(ckpt: str | Path, out: str | Path) -> dict:
+@dataclass
+class ExportConfig:
+    ckpt: Path  # a checkpoint of `tbd train` (e.g. out/train/tiny/checkpoints/last.ckpt)
+    out: Path  # the pipeline folder to write
+
+
+def pipeline_from_module(module, data_hparams: dict, source: dict):
+    """The pipeline of a `TBDModule` (its denoiser, training scheduler and VAE, as they are) and the
+    hyper-parameters of the data module it was trained with (frames, size, media, text encoder, version)."""
+    from tbd_lightning.pipeline import TBDPipeline
+
+    conditioning = {
+        "frames": data_hparams.get("frames"), "size": data_hparams.get("size"),
+        "prediction_type": module.hparams["prediction_type"], "drop": dict(module.drop),
+    }  # fmt: skip
+    return TBDPipeline(
+        denoiser=module.model, scheduler=module.scheduler, vae=module.vae,
+        text_encoder=data_hparams.get("text_encoder"),  # None: the offline sentence-transformers package
+        media=data_hparams.get("media"),  # fps, crop margin, audio features of the training shards
+        conditioning=conditioning, annotation_version=data_hparams.get("version"), source=source,
+    )  # fmt: skip
+
+
+def export(ckpt: str | Path, out: str | Path):
+    """Write the pipeline of a `tbd train` checkpoint to `out`; returns the `TBDPipeline`."""
     from tbd_lightning.module import TBDModule
 
     ckpt, out = Path(ckpt), Path(out)
@@ -36,62 +61,22 @@ def export(ckpt: str | Path, out: str | Path) -> dict:
     hp = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}  # drop _instantiator
     module = TBDModule(**{**hp, "init_weights": None, "gradient_checkpointing": False})
     module.load_state_dict(state["state_dict"])
-    module.model.save_pretrained(out / "denoiser", safe_serialization=True)
-    module.scheduler.save_pretrained(out / "scheduler")
-    data_hp = dict(state.get("datamodule_hyper_parameters", {}))
-    info = {
-        "format": FORMAT,
-        "denoiser": "denoiser",
-        "scheduler": "scheduler",
-        "text_encoder": data_hp.get("text_encoder"),  # None: the offline sentence-transformers package
-        "vae": hp.get("vae_path"),
-        "media": data_hp.get("media"),  # fps, crop margin, audio features of the training shards
-        "conditioning": {
-            "frames": data_hp.get("frames"), "size": data_hp.get("size"),
-            "prediction_type": hp["prediction_type"], "drop": module.drop,
-        },
-        "source": {
-            "checkpoint": str(ckpt.resolve()), "sha256": sha256_of(ckpt), "global_step": state.get("global_step"),
-            "ema": "current_model_state" in state, "annotation_version": data_hp.get("version"),
-            "mlflow_run_id": state.get("mlflow_run_id"), "mlflow_tracking_uri": state.get("mlflow_tracking_uri"),
-        },
+    source = {
+        "checkpoint": str(ckpt.resolve()), "sha256": sha256_of(ckpt), "global_step": state.get("global_step"),
+        "ema": "current_model_state" in state, "mlflow_run_id": state.get("mlflow_run_id"),
+        "mlflow_tracking_uri": state.get("mlflow_tracking_uri"),
     }  # fmt: skip
-    (out / "tbd_model.json").write_text(json.dumps(info, indent=2))
-    log.info("exported %s (step %s) to %s", ckpt, info["source"]["global_step"], out)
-    return info
+    pipe = pipeline_from_module(module, dict(state.get("datamodule_hyper_parameters", {})), source)
+    pipe.save_pretrained(out)
+    log.info("exported %s (step %s) to %s", ckpt, source["global_step"], out)
+    return pipe
 
 
-@dataclass
-class Exported:
-    denoiser: torch.nn.Module
-    scheduler: object
-    info: dict
+def describe(pipe, out: str | Path) -> dict:
+    """What an exported folder holds, as printed by `tbd export`."""
+    keys = ("annotation_version", "text_encoder", "media", "conditioning", "source")
+    return {"out": str(out), "vae": pipe.vae is not None, **{k: pipe.config[k] for k in keys}}
 
 
-def load_exported(folder: str | Path, device: str | None = None) -> Exported:
-    from diffusers import DDPMScheduler
-
-    from tbd_lightning.model import TBDVideoDenoiser
-
-    folder = Path(folder)
-    meta = folder / "tbd_model.json"
-    if not meta.is_file():
-        raise UserError(f"{folder} is not an exported model folder (no tbd_model.json)")
-    info = json.loads(meta.read_text())
-    denoiser = TBDVideoDenoiser.from_pretrained(folder / info["denoiser"]).eval()
-    if device:
-        denoiser.to(device)
-    return Exported(denoiser, DDPMScheduler.from_pretrained(folder / info["scheduler"]), info)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "ckpt", help="a checkpoint of `tbd train` (e.g. out/train/tiny/checkpoints/last.ckpt)"
-    )
-    parser.add_argument("out", help="output folder")
-
-
-def run(args) -> int:
-    info = export(args.ckpt, args.out)
-    print(json.dumps(info, indent=2))
-    return 0
+def export_from_config(config: ExportConfig) -> dict:
+    return describe(export(config.ckpt, config.out), config.out)

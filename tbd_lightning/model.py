@@ -28,6 +28,7 @@ from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 
 CONDITIONS = ("audio", "global", "local", "reference")
+MAX_LOCAL = 8  # local (per-AU) sentences per sample, padded: the default of `max_local`
 
 # Named sizes; `TBDVideoDenoiser.from_preset(name, **overrides)`. tiny: CPU, 32-64 px pixels; base: one GPU,
 # 128 px pixels; full: 512 px through a VAE (latents 64 x 64 x 4), many GPUs.
@@ -152,7 +153,7 @@ class TBDVideoDenoiser(ModelMixin, ConfigMixin):
         text_dim: int = 384,
         audio_dim: int = 80,
         audio_context: int = 2,
-        max_local: int = 8,
+        max_local: int = MAX_LOCAL,
         max_frames: int = 32,
         norm_groups: int = 8,
     ):

@@ -28,7 +28,7 @@ def load_vae(path: str | None):
         return None
     from diffusers import AutoencoderKL
 
-    from tbd.errors import UserError
+    from tbd_core.errors import UserError
 
     if not Path(path).is_dir():
         raise UserError(f"vae_path {path} does not exist: give a local diffusers AutoencoderKL folder")

@@ -36,7 +36,7 @@ class TextEmbedder:
     def __init__(
         self, path: str | Path | None = None, cache_dir: str | Path | None = None, device: str | None = None
     ):
-        from pipelines.assets import resolve
+        from tbd_core.assets import resolve
 
         self.path = Path(path) if path else resolve("text_encoder")
         if not self.path.is_dir():

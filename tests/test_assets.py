@@ -1,7 +1,7 @@
 import pytest
 
-from pipelines import assets
-from tbd.errors import UserError
+from tbd_core import assets
+from tbd_core.errors import UserError
 
 
 def test_registry_assets_resolve_and_match_their_sha256():

@@ -2,14 +2,14 @@ import time
 
 from conftest import run_tbd
 
-from tbd.cli import SUBCOMMANDS
+from tbd.commands import COMMANDS
 
 
 def test_help_lists_every_subcommand_quickly():
     started = time.time()
     proc = run_tbd("--help")
     assert proc.returncode == 0
-    for name in SUBCOMMANDS:
+    for name in COMMANDS:
         assert name in proc.stdout
     assert time.time() - started < 30  # lazy imports: no stage is loaded for --help
 
@@ -18,3 +18,20 @@ def test_unknown_subcommand_fails():
     proc = run_tbd("no-such-command")
     assert proc.returncode != 0
     assert "invalid choice" in proc.stderr
+
+
+def test_options_are_generated_from_the_job_config():
+    from pipelines.preprocess import PreprocessConfig
+
+    proc = run_tbd("preprocess", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for field in PreprocessConfig.model_fields:
+        if field != "media":
+            assert f"--{field}" in proc.stdout
+    assert "--media.crop_size" in proc.stdout  # a nested config becomes dotted options
+
+
+def test_a_bad_option_value_is_one_clear_line():
+    proc = run_tbd("ingest", "--dataset", "voxceleb", "--root", ".", "--out", "x")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "dataset" in proc.stderr and "voxceleb" in proc.stderr

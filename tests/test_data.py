@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tbd.errors import UserError
-from tbd_lightning.data import MAX_LOCAL, ClipWindows, TBDDataModule, aligned_shards, collate
+from pipelines.data_folder import DataFolder
+from tbd_core.errors import UserError
+from tbd_lightning.data import ClipWindows, TBDDataModule, collate
+from tbd_lightning.model import MAX_LOCAL
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_batches_hold_aligned_windows_masks_and_text(mead, tmp_path):
 
 def test_every_rank_and_worker_gets_the_same_count_from_uneven_shards(mead, monkeypatch):
     data, version = mead
-    shards = aligned_shards(data, version)  # 6 shards over 4 ranks: 2, 2, 1, 1
+    shards = DataFolder(data).aligned_shards(version)  # 6 shards over 4 ranks: 2, 2, 1, 1
     counts = []
     for rank in range(4):
         monkeypatch.setenv("RANK", str(rank))
@@ -76,11 +78,11 @@ def test_misaligned_or_missing_annotation_shards_are_named(mead, tmp_path):
     manifest["shards"][1]["keys"] = manifest["shards"][1]["keys"][::-1]
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="shard-000001 of .* is misaligned"):
-        aligned_shards(copy, version)
+        DataFolder(copy).aligned_shards(version)
     manifest["shards"][1]["keys"] = manifest["shards"][1]["keys"][::-1]
     manifest["shards"] = manifest["shards"][:2]
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="annotation shard shard-000002 of .* is missing"):
-        aligned_shards(copy, version)
+        DataFolder(copy).aligned_shards(version)
     with pytest.raises(UserError, match="annotation version ann-nope not found"):
-        aligned_shards(copy, "ann-nope")
+        DataFolder(copy).aligned_shards("ann-nope")

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_tbd
 
 from annotation.facs import MEAD_EMOTIONS
-from pipelines.au_proxies import PROXIES, au_proxies
-from pipelines.video_io import frame_envelope, read_audio, read_frames, video_info
+from media.au_proxies import PROXIES, au_proxies
+from media.video_io import frame_envelope, read_audio, read_frames, video_info
 
 SPEAKERS = ("W001", "W002", "W003")
 LEVELS = {e: ((1,) if e == "neutral" else (1, 3)) for e in MEAD_EMOTIONS}
@@ -151,13 +151,13 @@ def _assert_clean_failure(proc, out, *needles):
 
 def test_unknown_emotion(tmp_path):
     out = tmp_path / "c"
-    proc = run_tbd("demo-corpus", "--out", str(out), "--emotions", "happy,joyful")
+    proc = run_tbd("demo-corpus", "--out", str(out), "--emotions", "[happy, joyful]")
     _assert_clean_failure(proc, out, "unknown emotion", "joyful")
 
 
 @pytest.mark.parametrize("content,reason", [(b"garbage", "unreadable image"), (None, "no face detected")])
 def test_bad_portrait(tmp_path, content, reason):
-    from pipelines.images import write_image
+    from media.images import write_image
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -166,7 +166,7 @@ def test_bad_portrait(tmp_path, content, reason):
     else:
         (photos / "wall.png").write_bytes(content)
     out = tmp_path / "c"
-    options = "--identities 1 --emotions happy --levels 1 --hdtf-clips 0".split()
+    options = "--identities 1 --emotions [happy] --levels [1] --hdtf_clips 0".split()
     proc = run_tbd("demo-corpus", "--out", str(out), "--portraits", str(photos), *options)
     _assert_clean_failure(proc, out, reason, "wall.png")
 
@@ -184,17 +184,19 @@ def test_existing_output_is_kept_without_force(tmp_path):
     out = tmp_path / "c"
     out.mkdir()
     (out / "keep").write_text("mine")
-    proc = run_tbd("demo-corpus", "--out", str(out), "--emotions", "happy")
+    proc = run_tbd("demo-corpus", "--out", str(out), "--emotions", "[happy]")
     assert proc.returncode == 2 and "--force" in proc.stderr and (out / "keep").read_text() == "mine"
 
 
 def test_user_portraits_and_options(tmp_path, astronaut):
-    from pipelines.images import write_image
+    from media.images import write_image
 
     photos = tmp_path / "photos"
     write_image(photos / "my face.png", astronaut)
     out = tmp_path / "c"
-    options = "--identities 2 --emotions contempt --levels 2 --hdtf-clips 1 --seconds 1 --size 96 --workers 1"
+    options = (
+        "--identities 2 --emotions [contempt] --levels [2] --hdtf_clips 1 --seconds 1 --size 96 --workers 1"
+    )
     proc = run_tbd("demo-corpus", "--out", str(out), "--portraits", str(photos), *options.split())
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((out / "corpus.json").read_text())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines.evaluate import EvaluateConfig, emotion_classifier, groundtruth_index, load_clips, score_clip
+from evaluation.evaluate import EvaluateConfig, emotion_classifier, groundtruth_index, load_clips, score_clip
 from tests.conftest import offline_env, run_tbd
 
 
@@ -20,7 +20,7 @@ def test_a_real_clip_scored_against_itself(mead, demo_corpus):
     or two, the lip-sync proxy and AU errors computed (against the CoT and the corpus ground truth)."""
     data, version = mead
     config = EvaluateConfig(model=data, data=data, version=version, split="val", max_clips=1, max_frames=40)
-    [clip] = load_clips(config, size=64)
+    [clip] = load_clips(config, size=64, version=version)
     clf, baselines = emotion_classifier(data)
     gt = groundtruth_index(demo_corpus).get(clip.meta["video"])
     assert gt is not None and gt.is_file()
@@ -53,9 +53,9 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
     )  # one feature map
     proc = run_tbd(
         "evaluate", "--model", str(tiny_model), "--data", str(data), "--version", version, "--split", "val",
-        "--max-clips", "2", "--max-frames", "8", "--steps", "2", "--ablations", "--out", str(tmp_path / "eval"),
-        "--groundtruth", str(demo_corpus), "--tracking-uri", f"sqlite:///{db}", "--fid-net", str(tmp_path / "fid.pt"),
-        "--fvd-net", str(tmp_path / "fvd.pt"), "--lpips-net", str(tmp_path / "lpips.pt"),
+        "--max_clips", "2", "--max_frames", "8", "--guidance.steps", "2", "--ablations", "true", "--out", str(tmp_path / "eval"),
+        "--groundtruth", str(demo_corpus), "--tracking_uri", f"sqlite:///{db}", "--fid_net", str(tmp_path / "fid.pt"),
+        "--fvd_net", str(tmp_path / "fvd.pt"), "--lpips_net", str(tmp_path / "lpips.pt"),
         env=offline_env(netguard_log), timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,6 +63,7 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
         assert mode in proc.stderr  # one table row per mode
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert set(report["results"]) == {"progressive", "single-stage", "label-only", "no-masks"}
+    assert report["guidance"]["steps"] == 2 and report["version"] == version
     assert all(r["clips"] == 2 and 0 < r["psnr"] < 100 for r in report["results"].values())
     assert all(r["fid"] >= 0 and r["fvd"] >= 0 and r["lpips"] > 0 for r in report["results"].values())
     assert len({tuple(c["key"] for c in rows) for rows in report["per_clip"].values()}) == 1  # same clips

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from annotation.regions import CHEEK_SEEDS, CHIN, MOUTH_CORNERS, NUM_LANDMARKS, region_landmarks
-from pipelines.face import NO_FACE, region_masks, smoothed_crops, stable_crop
+from media.face import NO_FACE, region_masks, smoothed_crops, stable_crop
 
 
 def test_astronaut_face_and_468_landmarks_inside_the_face_box(analyzer, astronaut):
@@ -94,7 +94,7 @@ def test_region_masks_are_soft_and_in_anatomical_order(analyzer, astronaut):
 def test_face_cli_reports_and_fails_clearly(tmp_path, astronaut):
     from conftest import run_tbd
 
-    from pipelines.images import write_image
+    from media.images import write_image
 
     write_image(tmp_path / "a.png", astronaut)
     write_image(tmp_path / "blank.png", np.zeros((128, 128, 3), np.uint8))

@@ -2,7 +2,7 @@ import pytest
 
 from annotation.facs import MEAD_EMOTIONS, intensity_value, load_kb
 from annotation.regions import region_landmarks
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 
 def test_prototypes_cover_mead_and_use_known_aus():

@@ -36,7 +36,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 def generate(inputs, model, out, *extra, image="face", audio="speech", log):
     return run_tbd(
         "generate", "--image", str(inputs[image]), "--audio", str(inputs[audio]), "--model", str(model),
-        "--out", str(out), "--steps", "3", *extra, env=offline_env(log), timeout=300,
+        "--out", str(out), "--guidance.steps", "3", *extra, env=offline_env(log), timeout=300,
     )  # fmt: skip
 
 
@@ -80,8 +80,9 @@ def test_label_only_ablation_uses_no_cot(inputs, tiny_model, tmp_path, netguard_
         out,
         "--emotion",
         "happy",
-        "--label-only",
-        "--mode",
+        "--label_only",
+        "true",
+        "--guidance.mode",
         "single-stage",
         log=netguard_log,
     )

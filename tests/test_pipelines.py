@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from media.video_io import write_m4a, write_mp4
 from pipelines.shards import read_manifest, sha256_file, tar_members
-from pipelines.video_io import write_m4a, write_mp4
 from tests.conftest import PREPROCESS_ARGS, local_ray_head, offline_env, run_tbd, tbd_ok
 
 
@@ -61,7 +61,7 @@ def test_media_samples_hold_the_documented_members(datasets, analyzer, tmp_path)
     assert meta["fps"] == 25 and meta["face_fraction"] >= 0.8 and meta["key"] == key
     assert members["mp4"][4:8] == b"ftyp" and members["wav"][:4] == b"RIFF"
     # The stored landmarks are where the face is in the stored crop video: re-detect on frame 0.
-    from pipelines.video_io import read_frames
+    from media.video_io import read_frames
 
     (tmp_path / "crop.mp4").write_bytes(members["mp4"])
     frames, fps = read_frames(tmp_path / "crop.mp4")
@@ -119,12 +119,12 @@ def test_annotations_carry_evidence_and_provenance(datasets):
 def test_regenerate_with_vllm_adds_a_version_and_leaves_media_untouched(datasets, tiny_llm, netguard_log):
     data = datasets["hdtf"]["data"]
     before = {p.name: sha256_file(p) for p in (data / "media").glob("*.tar")}
-    args = ("--model", str(tiny_llm), "--max-model-len", "12288", "--max-tokens", "3072")
+    args = ("--think.model", str(tiny_llm), "--think.max_model_len", "12288", "--think.max_tokens", "3072")
     result = tbd_ok(
         "annotate",
         "--data",
         str(data),
-        "--engine",
+        "--think.engine",
         "vllm",
         *args,
         log=netguard_log,
@@ -132,7 +132,7 @@ def test_regenerate_with_vllm_adds_a_version_and_leaves_media_untouched(datasets
     )
     assert result["version"] != datasets["hdtf"]["annotate"]["version"]
     assert {p.name: sha256_file(p) for p in (data / "media").glob("*.tar")} == before
-    proc = run_tbd("annotations", "--data", str(data), "--json", env=offline_env(netguard_log))
+    proc = run_tbd("annotations", "--data", str(data), "--json", "true", env=offline_env(netguard_log))
     versions = {row["version"]: row for row in json.loads(proc.stdout)}
     assert set(versions) == {result["version"], datasets["hdtf"]["annotate"]["version"]}
     row = versions[result["version"]]
@@ -141,11 +141,19 @@ def test_regenerate_with_vllm_adds_a_version_and_leaves_media_untouched(datasets
     rejected = ledger(data, f"annotate-{result['version']}")
     assert len(rejected) == row["rejected"] and all(rejected["reason"].str.len() > 0)
     # A rerun is a no-op: every annotation shard is verified and kept.
-    again = tbd_ok("annotate", "--data", str(data), "--engine", "vllm", *args, log=netguard_log)
+    again = tbd_ok("annotate", "--data", str(data), "--think.engine", "vllm", *args, log=netguard_log)
     assert again["version"] == result["version"] and again["requests"] == 0
     # --only-rejected regenerates exactly the rejected annotations (greedy: they come out the same).
     redo = tbd_ok(
-        "annotate", "--data", str(data), "--engine", "vllm", *args, "--only-rejected", log=netguard_log
+        "annotate",
+        "--data",
+        str(data),
+        "--think.engine",
+        "vllm",
+        *args,
+        "--only_rejected",
+        "true",
+        log=netguard_log,
     )
     assert redo["requests"] == row["rejected"] and redo["n_rejected"] == row["rejected"]
 
@@ -265,11 +273,11 @@ def test_ingest_and_preprocess_errors_are_clear(tmp_path, netguard_log):
         str(tmp_path),
         "--out",
         str(tmp_path / "o"),
-        "--split",
-        "W1=dev",
+        "--split_overrides",
+        "{W1: dev}",
         env=env,
     )
-    assert proc.returncode == 2 and "expected SPEAKER=train|val|test" in proc.stderr
+    assert proc.returncode == 2 and "split_overrides" in proc.stderr and "dev" in proc.stderr
     proc = run_tbd("preprocess", "--data", str(tmp_path / "nowhere"), env=env)
     assert proc.returncode == 2 and "run `tbd ingest` first" in proc.stderr
 
@@ -312,18 +320,18 @@ def test_audio_features_from_a_local_pretrained_encoder(datasets, tmp_path, netg
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(datasets["hdtf"]["data"] / "manifest.parquet", data / "manifest.parquet")
-    args = ("--crop-size", "64", "--concurrency", "1")
+    args = ("--media.crop_size", "64", "--concurrency", "1")
     proc = run_tbd(
         "preprocess",
         "--data",
         str(data),
         *args,
-        "--audio-encoder",
+        "--media.audio_encoder",
         str(tmp_path / "none"),
         env=offline_env(netguard_log),
     )
     assert proc.returncode == 2 and "audio encoder folder" in proc.stderr
-    tbd_ok("preprocess", "--data", str(data), *args, "--audio-encoder", str(encoder), log=netguard_log)
+    tbd_ok("preprocess", "--data", str(data), *args, "--media.audio_encoder", str(encoder), log=netguard_log)
     shard = read_manifest(data / "media")["shards"][0]
     from io import BytesIO
 

@@ -12,7 +12,7 @@ from annotation.reasoner import think
 from annotation.records import AUEvidence, Generation, ThinkRequest
 from annotation.schema import ChainOfThought, decoding_schema
 from annotation.validate import parse, validate
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 from tests.conftest import offline_env, run_tbd
 
 KB = load_kb()
@@ -294,7 +294,9 @@ def test_think_cli_facs(tmp_path):
 
     evidence = tmp_path / "ev.json"
     evidence.write_text(json.dumps([{"au": 12, "mean": 1.0, "peak": 2.5}]))
-    proc = run_tbd("think", "--text", "a bittersweet smile", "--evidence", str(evidence), "--json", env=env)
+    proc = run_tbd(
+        "think", "--text", "a bittersweet smile", "--evidence", str(evidence), "--json", "true", env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["request"]["evidence"][0]["au"] == 12
 
@@ -302,7 +304,7 @@ def test_think_cli_facs(tmp_path):
         (["joyful"], "unknown emotion"),
         (["--text", ""], "emotion text is empty"),
         (["happy", "--level", "9"], "out of range"),
-        (["happy", "--engine", "vllm"], "needs --model"),
+        (["happy", "--think.engine", "vllm"], "needs a model (--think.model)"),
         (["happy", "--evidence", str(tmp_path / "none.json")], "does not exist"),
     ]:
         proc = run_tbd("think", *args, env=env)

@@ -73,8 +73,8 @@ def test_vllm_engine_outputs_are_schema_valid_and_judged(vllm_engine):
 def test_think_cli_with_vllm_offline(tiny_llm, tmp_path):
     log = tmp_path / "net.log"
     proc = run_tbd(
-        "think", "happy", "--level", "2", "--engine", "vllm", "--model", str(tiny_llm),
-        "--max-model-len", str(MAX_MODEL_LEN), "--max-tokens", str(MAX_TOKENS), "--json",
+        "think", "happy", "--level", "2", "--think.engine", "vllm", "--think.model", str(tiny_llm),
+        "--think.max_model_len", str(MAX_MODEL_LEN), "--think.max_tokens", str(MAX_TOKENS), "--json", "true",
         env={**offline_env(log), "VLLM_CPU_KVCACHE_SPACE": "1"},
     )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr[-3000:]

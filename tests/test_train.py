@@ -93,20 +93,27 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
     out = tmp_path / "export"
     proc = run_tbd("export", str(last), str(out), env=offline_env(netguard_log))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads((out / "tbd_model.json").read_text())
-    assert info["source"]["global_step"] == 7 and info["source"]["ema"] is True
-    assert info["source"]["annotation_version"] == version
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "TBDPipeline" and index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    assert index["source"]["global_step"] == 7 and index["source"]["ema"] is True
+    assert index["annotation_version"] == version and index["conditioning"]["frames"] == 4
 
     from diffusers import DDPMScheduler
 
-    from tbd_lightning.export import load_exported
     from tbd_lightning.model import Conditions, TBDVideoDenoiser
     from tbd_lightning.module import TBDModule
+    from tbd_lightning.pipeline import TBDPipeline
+
+    # The end of training logged the same pipeline (EMA weights of step 7) into the run (`LogPipeline`).
+    logged = TBDPipeline.from_pretrained(
+        client.download_artifacts(run.info.run_id, "pipeline", str(tmp_path))
+    )
+    assert logged.config.source["global_step"] == 7 and logged.config.annotation_version == version
 
     state = torch.load(last, map_location="cpu", weights_only=False)
     module = TBDModule(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
     module.load_state_dict(state["state_dict"])
-    exported = load_exported(out)
+    exported = TBDPipeline.from_pretrained(out)
     assert isinstance(exported.denoiser, TBDVideoDenoiser)
     assert DDPMScheduler.from_pretrained(out / "scheduler").config.prediction_type == "v_prediction"
     g = torch.Generator().manual_seed(0)
@@ -124,6 +131,9 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
         torch.equal(v, exported.denoiser.state_dict()[k]) for k, v in module.model.state_dict().items()
     )
     torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    assert all(
+        torch.equal(v, exported.denoiser.state_dict()[k]) for k, v in logged.denoiser.state_dict().items()
+    )
 
 
 def test_loss_decreases_on_a_fixed_batch(mead, tmp_path):

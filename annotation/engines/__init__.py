@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from annotation.engines.base import Engine
 from annotation.prompts import PromptTemplate
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 ENGINES = ("facs", "vllm", "openai")
 

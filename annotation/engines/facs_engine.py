@@ -8,7 +8,7 @@ from annotation.engines.base import Engine
 from annotation.facs import load_kb
 from annotation.reasoner import REASONER_VERSION, think
 from annotation.records import Generation, ThinkRequest
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 
 class FacsEngine(Engine):

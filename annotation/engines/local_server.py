@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from annotation.engines.vllm_engine import STRUCTURED_OUTPUTS, on_gpu, vllm_env
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
 

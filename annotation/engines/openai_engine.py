@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from annotation.engines.base import Engine
 from annotation.prompts import PromptTemplate
 from annotation.records import Generation, ThinkRequest
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from annotation.engines.base import Engine
 from annotation.engines.model_id import model_id
 from annotation.prompts import PromptTemplate
 from annotation.records import Generation, ThinkRequest
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
 

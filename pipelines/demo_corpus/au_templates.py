@@ -1,5 +1,5 @@
 """Per-AU displacement templates for the 468-point mesh, in the face-aligned frame (units of the
-inter-ocular distance, x towards the subject's left, y down; see `pipelines.au_proxies.aligned`).
+inter-ocular distance, x towards the subject's left, y down; see `media.au_proxies.aligned`).
 
 A template is a list of handles: (landmark, displacement at intensity E, falloff sigma, part).
 A handle moves every vertex of its `part` of the face by the displacement times a Gaussian of the
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.au_proxies import aligned, face_frame
+from media.au_proxies import aligned, face_frame
 
 # Side-specific AU channels: contempt is unilateral, so AU12/AU14 (and their neighbours) have sides.
 BILATERAL = (12, 14, 15, 20)

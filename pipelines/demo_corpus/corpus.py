@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 
 from annotation.facs import MEAD_EMOTIONS, intensity_value, load_kb
+from media.face import FaceAnalyzer, crop_transform
 from pipelines.demo_corpus.au_templates import BILATERAL, CHANNELS
 from pipelines.demo_corpus.portraits import Portrait, builtin_portraits, identities, load_portraits, variant
-from pipelines.face import FaceAnalyzer, crop_transform
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
 FPS = 25
@@ -168,10 +168,10 @@ class IdentityJob:
 
 def render_identity(job: IdentityJob) -> list[dict]:
     """Worker: render, encode and write every clip of one identity. Returns the clip records."""
+    from media.video_io import AUDIO_RATE, write_m4a, write_mp4
     from pipelines.demo_corpus.au_templates import basis, to_image
     from pipelines.demo_corpus.render import FaceWarper
     from pipelines.demo_corpus.speech import synth_speech
-    from pipelines.video_io import AUDIO_RATE, write_m4a, write_mp4
 
     warper = FaceWarper(job.image, job.neutral)
     unit = to_image(basis(job.neutral), job.neutral) / 5.0  # pixels per intensity unit, (K, 468, 2)
@@ -229,12 +229,12 @@ def build(cfg: CorpusConfig) -> Path:
     """Render the corpus into cfg.out (atomically). Returns the output folder."""
     from tqdm import tqdm
 
-    from pipelines.images import write_image
+    from media.images import write_image
 
     cfg.validate()
     out = Path(cfg.out).resolve()
     if out.exists() and not cfg.force:
-        raise UserError(f"{out} already exists; pass --force to replace it")
+        raise UserError(f"{out} already exists; pass --force true to replace it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -307,3 +307,12 @@ def build(cfg: CorpusConfig) -> Path:
         out,
     )
     return out
+
+
+def build_and_describe(cfg: CorpusConfig) -> str:
+    """`tbd demo-corpus`: render, and say where each part went."""
+    out = build(cfg)
+    return (
+        f"demo corpus written to {out}\n  MEAD layout: {out / 'mead'}\n  HDTF layout: {out / 'hdtf'}\n"
+        f"  ground truth (evaluation only): {out / 'groundtruth'}\n  index: {out / 'corpus.json'}"
+    )

@@ -2,7 +2,7 @@
 
 For each clip of the chosen split (annotation accepted or repaired, first `max_clips` in shard order):
 the reference is the clip's first crop frame, the audio features and CoT come from the shards, and the
-same seed is used for every guidance mode. Metrics (`pipelines.metrics`): PSNR, SSIM, LMD (full,
+same seed is used for every guidance mode. Metrics (`evaluation.metrics`): PSNR, SSIM, LMD (full,
 mouth), lip-sync proxy, AU-control error against the CoT, emotion accuracy of an AU classifier fitted
 on the training split, FID / FVD / LPIPS with user-supplied networks, and on the demo corpus the AU error
 against the ground-truth sidecar. With `ablations`, modes progressive / single-stage / label-only /
@@ -16,13 +16,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tbd.errors import UserError
+from tbd_core.errors import UserError
+from tbd_lightning.sampler import GuidanceConfig
 
 log = logging.getLogger(__name__)
 ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks")
@@ -38,7 +39,7 @@ class EvaluateConfig(BaseModel):
     split: str = "test"
     max_clips: int = 8
     max_frames: int = 50
-    steps: int = 20
+    guidance: GuidanceConfig = GuidanceConfig(steps=20)  # ablations override only its mode
     seed: int = 0
     ablations: bool = False
     out: Path | None = None
@@ -61,34 +62,35 @@ class Clip:
     cot: dict
 
 
-def load_clips(config: EvaluateConfig, size: int) -> list[Clip]:
+def load_clips(config: EvaluateConfig, size: int, version: str) -> list[Clip]:
     """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions);
     a first pass reads only sidecars and annotations, the second decodes the chosen clips."""
     import cv2
     from scipy.io import wavfile
 
+    from pipelines.data_folder import DataFolder
     from pipelines.shards import tar_members
-    from tbd_lightning.data import aligned_shards, decode_mp4, pick_version, split_counts
+    from tbd_lightning.data import decode_mp4
 
-    version = pick_version(config.data, config.version)
-    shards = aligned_shards(config.data, version)
+    folder = DataFolder(config.data)
+    shards = folder.aligned_shards(version)
+    summaries = folder.media_summaries()
     eligible, cots = [], {}
-    for index, (media_tar, ann_tar, keys) in enumerate(shards):
-        summaries = json.loads(Path(media_tar).with_suffix(".json").read_text())["summaries"]
-        anns = {k: json.loads(m["cot.json"]) for k, m in tar_members(ann_tar)}
-        for key in keys:
+    for index, shard in enumerate(shards):
+        anns = folder.annotation_members(version, shard.name)
+        for key in shard.keys:
             if summaries[key]["split"] == config.split and anns[key]["validation"]["outcome"] != "rejected":
                 eligible.append((index, key))
                 cots[key] = anns[key]["cot"]
     if not eligible:
         raise UserError(
-            f"no usable clips of split {config.split!r} in {config.data} (clips per split: {split_counts(config.data)})"
+            f"no usable clips of split {config.split!r} in {config.data} (clips per split: {folder.split_counts()})"
         )
     picks = [eligible[i] for i in sorted(set(np.linspace(0, len(eligible) - 1, min(config.max_clips, len(eligible))).round().astype(int)))]  # fmt: skip
     clips = []
     for index in sorted({i for i, _ in picks}):
         wanted = {k for i, k in picks if i == index}
-        for key, members in tar_members(shards[index][0]):
+        for key, members in tar_members(shards[index].media_tar):
             if key not in wanted:
                 continue
             video = decode_mp4(members["mp4"])[: config.max_frames]
@@ -104,13 +106,11 @@ def load_clips(config: EvaluateConfig, size: int) -> list[Clip]:
 
 def emotion_classifier(data: Path):
     """AU classifier on the training split's sidecar statistics, relative to each speaker's neutral median."""
-    from pipelines.au_evidence import speaker_baselines
-    from pipelines.metrics import AUEmotionClassifier
-    from pipelines.shards import read_manifest
+    from evaluation.metrics import AUEmotionClassifier
+    from media.au_evidence import speaker_baselines
+    from pipelines.data_folder import DataFolder
 
-    summaries = {}
-    for shard in read_manifest(data / "media")["shards"]:
-        summaries.update(json.loads((data / "media" / f"{shard['name']}.json").read_text())["summaries"])
+    summaries = DataFolder(data).media_summaries()
     baselines = speaker_baselines(summaries)
     train = [s for s in summaries.values() if s["split"] == "train"]
     if len({s["emotion"] for s in train}) < 2:
@@ -144,7 +144,7 @@ def groundtruth_aus(path: Path, frames: int) -> dict[int, list[float]]:
 
 def _baseline(clip: Clip, baselines: dict) -> np.ndarray:
     """The speaker's neutral AU proxies, else the clip's first frame's."""
-    from pipelines.au_proxies import au_proxies
+    from media.au_proxies import au_proxies
 
     return baselines.get(clip.meta["speaker"], au_proxies(clip.landmarks[:1])[0])
 
@@ -153,10 +153,10 @@ def score_clip(
     clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, baselines
 ) -> tuple[dict, dict[int, list]]:
     """The clip's metric row, and the measured AU series of the generated frames."""
-    from pipelines import metrics
-    from pipelines.au_proxies import au_proxies
-    from pipelines.video_io import frame_envelope
-    from tbd_lightning.generate import measured_aus, track_generated
+    from evaluation import metrics
+    from media.au_measure import measured_aus, track_generated
+    from media.au_proxies import au_proxies
+    from media.video_io import frame_envelope
 
     t = len(frames)
     real = clip.frames[:t]
@@ -193,49 +193,66 @@ def aggregate(rows: list[dict]) -> dict:
     return out
 
 
+def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
+    """`config.version`, else the annotation version the model was trained on (when the data folder holds it),
+    else the data folder's only version."""
+    from pipelines.data_folder import DataFolder
+
+    folder = DataFolder(config.data)
+    if config.version or not recorded:
+        return folder.pick_version(config.version)
+    if recorded in folder.versions():
+        return recorded
+    log.warning(
+        "the model's annotation version %s is not in %s: using the folder's only one", recorded, config.data
+    )
+    return folder.pick_version(None)
+
+
+def guidance_runs(config: EvaluateConfig) -> list[tuple[str, GuidanceConfig, bool]]:
+    """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it."""
+    if not config.ablations:
+        return [(config.guidance.mode, config.guidance, False)]
+    return [(m, replace(config.guidance, mode="progressive" if m == "label-only" else m), m == "label-only")
+            for m in ABLATIONS]  # fmt: skip
+
+
 def run_evaluate(config: EvaluateConfig) -> dict:
     import torch
 
-    from pipelines import metrics
-    from pipelines.tracking import job_run, tracking_uri
-    from tbd_lightning.export import load_exported
-    from tbd_lightning.generate import draw, media_settings, requested_aus
-    from tbd_lightning.sampler import GuidanceConfig
-    from tbd_lightning.text import TextEmbedder, cot_regions, cot_sentences
+    from evaluation import metrics
+    from media.au_measure import requested_aus
+    from tbd_core.tracking import job_run, tracking_uri
+    from tbd_lightning.pipeline import TBDPipeline
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_exported(config.model, device)
-    _media, size = media_settings(model.info)
-    clips = load_clips(config, size)
+    pipe = TBDPipeline.from_pretrained(config.model).to(device)
+    source = pipe.config.source or {}
+    version = resolve_version(config, pipe.config.annotation_version)
+    clips = load_clips(config, pipe.size, version)
     clf, baselines = emotion_classifier(Path(config.data))
     gt_index = groundtruth_index(config.groundtruth)
-    embedder = TextEmbedder(model.info.get("text_encoder"), device=device)
     nets = {
         name: torch.jit.load(str(path), map_location="cpu").eval()
         for name, path in (("fid", config.fid_net), ("fvd", config.fvd_net), ("lpips", config.lpips_net))
         if path
     }
-    modes = ABLATIONS if config.ablations else ("progressive",)
+    runs = guidance_runs(config)
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, dict] = {}
     per_clip: dict[str, list] = {}
     generated: dict[str, list[np.ndarray]] = {}
-    for mode in modes:
-        guidance = GuidanceConfig(steps=config.steps, mode="progressive" if mode == "label-only" else mode)
+    for mode, guidance, label_only in runs:
         rows = []
         for clip in clips:
-            global_text, local = cot_sentences(
-                clip.cot, model.denoiser.config.max_local, mode == "label-only"
-            )
-            regions = cot_regions(clip.cot) if local else ()
-            frames = draw(model, clip.frames[0], clip.landmarks[0], clip.audio_features, global_text, local,
-                          regions, embedder, guidance, config.seed, device)  # fmt: skip
+            frames = pipe(clip.frames[0], clip.landmarks[0], clip.audio_features, cot=clip.cot,
+                          label_only=label_only, guidance=guidance, seed=config.seed).frames  # fmt: skip
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
             row, measured = score_clip(clip, frames, requested_aus(clip.cot), gt, clf, baselines)
             rows.append({"key": clip.key, **row})
-            if clip is clips[0] and mode == modes[0]:
+            if clip is clips[0] and mode == runs[0][0]:
                 first_measured = measured  # the AU timeline plot: first clip, first mode
             if "lpips" in nets:
                 rows[-1]["lpips"] = metrics.lpips(clip.frames[: len(frames)], frames, nets["lpips"])
@@ -251,29 +268,27 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             results[mode]["fvd"] = metrics.fvd(reals, generated[mode], nets["fvd"])
         per_clip[mode] = rows
     if clf is not None:
-        from pipelines.au_proxies import au_proxies
-        from pipelines.metrics import clip_features
+        from evaluation.metrics import clip_features
+        from media.au_proxies import au_proxies
 
         real_rows = [clip_features(au_proxies(c.landmarks), _baseline(c, baselines)) for c in clips]
         real_acc = clf.accuracy(np.stack(real_rows), [c.meta["emotion"] for c in clips])
     else:
         real_acc = None
-    report = {"model": str(config.model), "data": str(config.data), "split": config.split, "clips": [c.key for c in clips],
-              "steps": config.steps, "seed": config.seed, "results": results, "per_clip": per_clip,
-              "classifier_accuracy_on_real_clips": real_acc}  # fmt: skip
+    report = {"model": str(config.model), "data": str(config.data), "version": version, "split": config.split,
+              "clips": [c.key for c in clips], "guidance": asdict(config.guidance), "seed": config.seed,
+              "results": results, "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
-    _plots(out, clips[0], generated, requested_aus(clips[0].cot), first_measured)
+    _plots(out, clips[0], generated, requested_aus(clips[0].cot), first_measured, pipe.fps)
     print_table(results)
 
-    uri = tracking_uri(
-        config.tracking_uri, Path(config.data), model.info["source"].get("mlflow_tracking_uri")
-    )
-    params = {k: str(v) for k, v in config.model_dump().items()} | {"n_clips": len(clips)}
-    with job_run(
-        "evaluate", uri, params, {"tbd.train_run": str(model.info["source"].get("mlflow_run_id"))}
-    ) as mlflow:
+    uri = tracking_uri(config.tracking_uri, Path(config.data), source.get("mlflow_tracking_uri"))
+    params = {k: str(v) for k, v in config.model_dump(exclude={"guidance"}).items()}
+    params |= {f"guidance.{k}": v for k, v in asdict(config.guidance).items()}
+    params |= {"n_clips": len(clips), "annotation_version": version}
+    with job_run("evaluate", uri, params, {"tbd.train_run": str(source.get("mlflow_run_id"))}) as mlflow:
         for mode, agg in results.items():
-            prefix = "" if mode == "progressive" else f"{mode}/"
+            prefix = "" if mode == runs[0][0] else f"{mode}/"
             mlflow.log_metrics({f"{prefix}{k}": v for k, v in agg.items() if isinstance(v, (int, float))})
         if real_acc is not None:
             mlflow.log_metric("classifier_accuracy_on_real_clips", real_acc)
@@ -283,18 +298,18 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 
 
 def _plots(
-    out: Path, clip: Clip, generated: dict[str, list[np.ndarray]], requested: dict, measured: dict
+    out: Path, clip: Clip, generated: dict[str, list[np.ndarray]], requested: dict, measured: dict, fps: int
 ) -> None:
     from PIL import Image
 
-    from tbd_lightning.generate import plot_aus
+    from media.au_measure import plot_aus
 
     t = len(next(iter(generated.values()))[0])
     picks = np.linspace(0, t - 1, min(8, t)).round().astype(int)
     rows = [np.concatenate(list(clip.frames[picks]), axis=1)]
     rows += [np.concatenate(list(g[0][picks]), axis=1) for g in generated.values()]
     Image.fromarray(np.concatenate(rows, axis=0)).save(out / "strip.png")  # real, then one row per mode
-    plot_aus(requested, measured, 25, out / "au_timeline.png")
+    plot_aus(requested, measured, fps, out / "au_timeline.png")
 
 
 def print_table(results: dict[str, dict]) -> None:

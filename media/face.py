@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from annotation.regions import eye_centres, region_landmarks
-from pipelines import assets
+from tbd_core import assets
 
 MESH_INPUT = 192
 DETECTION_SCALE = 1.5  # square crop side = 1.5 x the longer side of the detection box

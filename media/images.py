@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -42,6 +42,10 @@ def _checkpoint_file(ckpt_path: str | None, dirpath: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
+def _max_local(module: TBDModule) -> int:
+    return int(module.model.config.max_local)
+
+
 class TBDCLI(LightningCLI):
     def __init__(self, args: list[str], ray_mode: bool = False):
         self.ray_mode = ray_mode
@@ -55,6 +59,8 @@ class TBDCLI(LightningCLI):
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None, help="resume from a checkpoint, or 'last'"
         )
+        # One truth for the number of local (per-AU) sentences: the model's.
+        parser.link_arguments("model", "data.max_local", compute_fn=_max_local, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
@@ -70,7 +76,7 @@ class TBDCLI(LightningCLI):
         resume = _checkpoint_file(cfg.ckpt_path, dirpath)
         for logger in _class_entries(trainer.logger):
             if logger.class_path.endswith("MLFlowLogger"):
-                from pipelines.tracking import tracking_uri
+                from tbd_core.tracking import tracking_uri
 
                 args = logger.init_args
                 args.tracking_uri = args.tracking_uri or tracking_uri(None, Path(cfg.data.data))
@@ -128,7 +134,7 @@ def run_on_ray(argv: list[str], workers: int, use_gpu: bool, storage: str) -> No
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.preprocess import init_ray
+    from tbd_core.ray_init import init_ray
 
     init_ray()
     trainer = TorchTrainer(

@@ -3,7 +3,7 @@
 decode (PyAV, resampled to 25 fps) → audio (16 kHz mono; silent → reject) → face (detect + track the
 468-point mesh; too few frames with a face → reject) → stable crop → crop-normalised landmarks →
 measured AU proxies → audio features aligned to frames (log-mel, or a local pretrained encoder) → encode (H.264 mp4 + wav).
-Region masks are not stored: they are a function of `landmarks.npy` (`pipelines.face.region_masks`).
+Region masks are not stored: they are a function of `landmarks.npy` (`media.face.region_masks`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.io import wavfile
 
-from pipelines.au_proxies import PROXIES, au_proxies
-from pipelines.audio_features import audio_features
-from pipelines.face import FaceAnalyzer, stable_crop
-from pipelines.records import ClipRef, Reject
-from pipelines.video_io import AUDIO_RATE, read_audio, read_frames, write_mp4
-from tbd.errors import UserError
+from media.au_proxies import PROXIES, au_proxies
+from media.audio_features import audio_features
+from media.face import FaceAnalyzer, stable_crop
+from media.video_io import AUDIO_RATE, read_audio, read_frames, write_mp4
+from tbd_core.errors import UserError
+from tbd_core.records import ClipRef, Reject
 
 log = logging.getLogger(__name__)
 

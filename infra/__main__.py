@@ -1,4 +1,5 @@
-"""`tbd infra render|validate|submit`: the Kubernetes overlays, offline checks, and Ray job submission."""
+"""`python -m infra render|validate|submit` (from the checkout): the Kubernetes overlays, offline checks, Ray job
+submission. Cluster tooling, not a `tbd` command: it needs the source checkout (manifests, configs, Dockerfile)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 
 import yaml
 
-from tbd import infra
+from infra import images
+from infra import tooling as infra
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             found = infra.validate_launcher(path)
             print(f"launcher {path.name}: {len(found) or 'no'} problems")
             problems += found
-        found = infra.image_problems()
+        found = images.image_problems()
         print(f"images: {len(found) or 'no'} problems")
         problems += found
         for p in problems:
@@ -61,3 +63,22 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     return subprocess.run(command, cwd=infra.REPO).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    from tbd_core.errors import UserError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except UserError as err:
+        print(f"infra: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,41 +2,32 @@
 
 tbd think contempt --level 2
 tbd think --text "a bittersweet smile" --level 2
-tbd think happy --level 3 --engine vllm --model /path/to/model
-tbd think sad --engine openai --base-url http://host:8000/v1 --model served-name
-tbd tiny-llm --out DIR   (a small local stand-in model for trying the vllm engine offline)
+tbd think happy --level 3 --think.engine vllm --think.model /path/to/model
+tbd think sad --think.engine openai --think.base_url http://host:8000/v1 --think.model served-name
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from annotation.engines import ENGINES, make_engine
+from annotation.engines.spec import EngineSpec
 from annotation.records import Annotation, AUEvidence, ThinkRequest
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("emotion", nargs="?", default=None, help="MEAD emotion label (omit for free text only)")
-    p.add_argument("--level", type=int, help="MEAD intensity level 1..3")
-    p.add_argument("--text", help='free-text emotion, e.g. "a bittersweet smile"')
-    p.add_argument(
-        "--evidence", metavar="JSON", help="file with measured AU evidence: [{au, mean, peak, side}]"
-    )
-    p.add_argument("--engine", choices=ENGINES, default="facs", help="facs (offline default), vllm or openai")
-    p.add_argument(
-        "--model", help="vllm: local model folder (or hub id your cluster reaches); openai: served name"
-    )
-    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai: endpoint base URL")
-    p.add_argument("--max-tokens", type=int, help="generation limit (LLM engines)")
-    p.add_argument("--max-model-len", type=int, help="vllm: context length")
-    p.add_argument("--template", help="prompt template YAML (default: the packaged one)")
-    p.add_argument("--json", action="store_true", help="print only the JSON")
+@dataclass(frozen=True)
+class ThinkConfig:
+    emotion: str | None = None  # a MEAD emotion label; omit for free text only
+    level: int | None = None  # MEAD intensity level 1..3
+    text: str | None = None  # free-text emotion, e.g. "a bittersweet smile"
+    evidence: str | None = None  # a JSON file of measured AU evidence: [{au, mean, peak, side}]
+    think: EngineSpec = field(default_factory=EngineSpec)
+    json: bool = False  # print only the JSON
 
 
 def _evidence(path: str | None) -> tuple[AUEvidence, ...]:
@@ -48,21 +39,6 @@ def _evidence(path: str | None) -> tuple[AUEvidence, ...]:
         return tuple(TypeAdapter(list[AUEvidence]).validate_json(Path(path).read_text()))
     except ValidationError as err:
         raise UserError(f"evidence file {path}: {err.errors()[0]['msg']}") from err
-
-
-def _engine_config(args: argparse.Namespace) -> dict:
-    if args.engine == "facs":
-        return {}
-    if not args.model:
-        raise UserError(f"--engine {args.engine} needs --model")
-    config: dict = {"model": args.model}
-    if args.max_tokens:
-        config["max_tokens"] = args.max_tokens
-    if args.engine == "vllm" and args.max_model_len:
-        config["max_model_len"] = args.max_model_len
-    if args.engine == "openai":
-        config["base_url"] = args.base_url
-    return config
 
 
 def summary(ann: Annotation) -> str:
@@ -97,19 +73,15 @@ def summary(ann: Annotation) -> str:
     return cap.get()
 
 
-def run(args: argparse.Namespace) -> int:
+def think_once(config: ThinkConfig) -> int:
+    """Print the annotation as JSON (stdout) and, unless `json`, a readable summary (stderr); 1 if rejected."""
     request = ThinkRequest(
-        key="cli",
-        emotion=args.emotion or "unknown",
-        level=args.level,
-        text=args.text,
-        evidence=_evidence(args.evidence),
-    )
-    from annotation.prompts import load_template
-
-    with make_engine(args.engine, template=load_template(args.template), **_engine_config(args)) as engine:
+        key="cli", emotion=config.emotion or "unknown", level=config.level, text=config.text,
+        evidence=_evidence(config.evidence),
+    )  # fmt: skip
+    with config.think.make() as engine:
         (ann,) = engine.annotate([request])
     print(json.dumps(ann.model_dump(mode="json"), indent=2))
-    if not args.json:
+    if not config.json:
         sys.stderr.write(summary(ann))
     return 0 if ann.accepted else 1

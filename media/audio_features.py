@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.video_io import AUDIO_RATE
-from tbd.errors import UserError
+from media.video_io import AUDIO_RATE
+from tbd_core.errors import UserError
 
 
 def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tbd.errors import UserError
+from tbd_core.errors import UserError
 
 AUDIO_RATE = 16_000
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.annotate import list_versions
+from pipelines.data_folder import DataFolder
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True)
-    p.add_argument("--json", action="store_true")
+@dataclass(frozen=True)
+class AnnotationsConfig:
+    data: Path  # the data folder
+    json: bool = False  # print JSON rows instead of a table
 
 
-def run(args: argparse.Namespace) -> int:
-    rows = list_versions(Path(args.data))
-    if args.json:
+def print_versions(config: AnnotationsConfig) -> int:
+    rows = DataFolder(config.data).version_rows()
+    if config.json:
         print(json.dumps(rows, indent=1))
         return 0
     cols = ("version", "engine", "model", "samples", "accepted", "repaired", "rejected", "acceptance")

@@ -12,7 +12,6 @@ A user points any asset at a file of their own with ``tbd assets set NAME PATH``
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -24,8 +23,10 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from tbd.errors import UserError
+from tbd_core.errors import UserError
+from tbd_core.files import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,6 @@ def _overrides_file() -> Path:
 def _overrides() -> dict[str, str]:
     f = _overrides_file()
     return json.loads(f.read_text()) if f.exists() else {}
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _get(name: str) -> Asset:
@@ -240,3 +233,33 @@ def set_user_path(name: str, path: str | None) -> None:
     f = _overrides_file()
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps(data, indent=2))
+
+
+@dataclass(frozen=True)
+class AssetsConfig:
+    action: Literal["list", "fetch", "set", "unset"] = "list"
+    name: str | None = None  # set/unset: the asset
+    path: str | None = None  # set: your own file for it
+    force: bool = False  # fetch: again even when present and valid
+
+
+def run_assets(config: AssetsConfig) -> int:
+    """`tbd assets list|fetch|set NAME PATH|unset NAME`; list/set/unset print every asset's state."""
+    if config.action in ("set", "unset") and not config.name:
+        raise UserError(f"tbd assets {config.action} needs the asset's name")
+    if config.action == "fetch":
+        fetch(force=config.force)
+    elif config.action == "set":
+        if not config.path:
+            raise UserError("tbd assets set needs NAME and PATH")
+        set_user_path(config.name, config.path)
+    elif config.action == "unset":
+        set_user_path(config.name, None)
+    if config.action != "fetch":
+        for name, asset in REGISTRY.items():
+            try:
+                where, state = resolve(name), "ok"
+            except UserError as err:
+                where, state = "-", ("not set (optional)" if asset.optional else f"MISSING: {err}")
+            print(f"{name:16s} {state:8.80s} {where}")
+    return 0

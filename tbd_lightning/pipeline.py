@@ -1,0 +1,295 @@
+"""`TBDPipeline`: the Draw model as a diffusers pipeline (denoiser, training scheduler, optional VAE).
+
+    pipe = TBDPipeline.from_pretrained("out/model").to("cuda")        # a folder written by `tbd export`
+    video = pipe(crop, landmarks, audio_features, cot=cot, guidance=GuidanceConfig(steps=20)).frames
+
+`save_pretrained` writes `model_index.json` (components and the plain values below), `denoiser/`,
+`scheduler/` (the training `DDPMScheduler`; the sampler derives DDIM/Euler/DPM from it) and `vae/` for
+latent models. Plain values, restored by `from_pretrained`: `text_encoder` (a local sentence-transformers
+or CLIP folder; None = the offline default asset), `media` (the `MediaConfig` the training shards were
+made with: generation inputs must be made the same way), `conditioning` (window `frames`, pixel `size`,
+prediction type, condition dropout), `annotation_version` (of the training CoTs) and `source` (checkpoint,
+sha256, step, EMA, MLflow run).
+
+A call: check inputs -> encode the texts (a CoT's global and per-AU sentences, as in training) -> region
+mask of the CoT's AUs -> conditions in windows of the training length (all windows one batch) ->
+`ProgressiveSampler` -> decode (VAE when present) -> frames (T, S, S, 3) uint8.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from tbd_core.errors import UserError
+from tbd_lightning.model import Conditions, TBDVideoDenoiser
+from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
+
+OUTPUT_TYPES = ("np", "pt", "latent")
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(T, 3, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
+    return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class TBDPipelineOutput(BaseOutput):
+    """`frames`: (T, S, S, 3) uint8 ("np"), (T, 3, S, S) in [-1, 1] ("pt") or the sampled (T, C, h, w)
+    ("latent"); the texts the video was conditioned on."""
+
+    frames: np.ndarray | torch.Tensor
+    global_text: str
+    local_text: list[str]
+
+
+class TBDPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "denoiser"
+    _optional_components = ["vae"]
+
+    def __init__(
+        self,
+        denoiser: TBDVideoDenoiser,
+        scheduler,
+        vae=None,
+        text_encoder: str | None = None,
+        media: dict | None = None,
+        conditioning: dict | None = None,
+        annotation_version: str | None = None,
+        source: dict | None = None,
+    ):
+        super().__init__()
+        self.register_modules(denoiser=denoiser, scheduler=scheduler, vae=vae)
+        self.register_to_config(
+            text_encoder=None if text_encoder is None else str(text_encoder), media=media,
+            conditioning=conditioning, annotation_version=annotation_version, source=source,
+        )  # fmt: skip
+        self._embedder = None  # built on the first call (the text encoder is a reference, not a component)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> TBDPipeline:
+        """A local folder written by `save_pretrained` / `tbd export` (a clear error for anything else)."""
+        folder = Path(pretrained_model_name_or_path)
+        if not (folder / "model_index.json").is_file():
+            what = "does not exist" if not folder.exists() else "has no model_index.json"
+            raise UserError(f"{folder} {what}: give a pipeline folder written by `tbd export`")
+        if importlib.util.find_spec("accelerate") is None:
+            kwargs.setdefault("low_cpu_mem_usage", False)  # what diffusers falls back to, without its warning
+        return super().from_pretrained(str(folder), **kwargs)
+
+    # -- what the model was trained on --------------------------------------------------------------------
+    @property
+    def media_config(self):
+        """How the training media were made (fps, crop margin, audio features): `MediaConfig`."""
+        from media.clip_media import MediaConfig
+
+        return MediaConfig(**(self.config.media or {}))
+
+    @property
+    def fps(self) -> int:
+        return self.media_config.fps
+
+    @property
+    def frames(self) -> int:
+        """The training window: frames sampled together (longer audio is cut into windows)."""
+        return int((self.config.conditioning or {}).get("frames") or self.denoiser.config.max_frames)
+
+    @property
+    def size(self) -> int:
+        """Pixel size of the (square) frames."""
+        return int((self.config.conditioning or {}).get("size") or self.media_config.crop_size)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # -- steps ----------------------------------------------------------------------------------------------
+    def check_inputs(self, reference, reference_landmarks, audio_features, cot, global_text, local_text,
+                     regions, label_only, guidance, output_type) -> None:  # fmt: skip
+        s, cfg = self.size, self.denoiser.config
+        ok = (
+            isinstance(reference, np.ndarray) and reference.dtype == np.uint8 and reference.shape == (s, s, 3)
+        )
+        if not ok:
+            got = getattr(reference, "shape", type(reference).__name__)
+            raise ValueError(f"reference must be a ({s}, {s}, 3) uint8 array (the model's crop), got {got}")
+        lm = np.asarray(reference_landmarks)
+        if lm.ndim != 2 or lm.shape[0] != 468 or lm.shape[1] < 2:  # the face mesh, x and y in [0, 1]
+            raise ValueError(f"reference_landmarks must be (468, 3) crop-normalised, got {lm.shape}")
+        feats = np.asarray(audio_features)
+        if feats.ndim != 2 or len(feats) == 0 or feats.shape[1] != cfg.audio_dim:
+            raise ValueError(f"audio_features must be (T >= 1, {cfg.audio_dim}), got {feats.shape}")
+        if (cot is None) == (global_text is None):
+            raise ValueError("give either a CoT (`cot`) or the texts (`global_text`, optional `local_text`)")
+        if cot is None and label_only:
+            raise ValueError("label_only applies to a CoT (its label replaces it); give `cot`")
+        if cot is not None and (local_text is not None or regions is not None):
+            raise ValueError("local_text and regions come from the CoT when `cot` is given")
+        if local_text is not None and len(local_text) > cfg.max_local:
+            raise ValueError(f"{len(local_text)} local sentences; the model takes at most {cfg.max_local}")
+        if regions:
+            from annotation.regions import region_landmarks
+
+            known = set(region_landmarks())
+            if set(regions) - known:
+                raise ValueError(
+                    f"unknown face regions {sorted(set(regions) - known)}; known: {sorted(known)}"
+                )
+        if not isinstance(guidance, GuidanceConfig):
+            raise TypeError(f"guidance must be a GuidanceConfig, got {type(guidance).__name__}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r}; choose one of {OUTPUT_TYPES}")
+
+    def text_embedder(self, device: torch.device):
+        """The `TextEmbedder` of `config.text_encoder`, built once per device."""
+        from tbd_lightning.text import TextEmbedder
+
+        if self._embedder is None or self._embedder.device != str(device):
+            self._embedder = TextEmbedder(self.config.text_encoder, device=str(device))
+        return self._embedder
+
+    def encode_text(self, sentences: list[str], device: torch.device) -> np.ndarray:
+        emb = self.text_embedder(device).embed(sentences)
+        if emb.shape[1] != self.denoiser.config.text_dim:
+            raise ValueError(
+                f"the text encoder gives {emb.shape[1]}-d vectors, the denoiser takes text_dim="
+                f"{self.denoiser.config.text_dim}: use the encoder it was trained with"
+            )
+        return emb
+
+    @torch.no_grad()
+    def encode_reference(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(3, S, S) in [-1, 1] -> what the denoiser is conditioned on (pixels, or scaled VAE latents)."""
+        if self.vae is None:
+            return pixels
+        latents = self.vae.encode(pixels[None].to(self.vae.dtype)).latent_dist.mode()
+        return (latents * self.vae.config.scaling_factor)[0].float()
+
+    def prepare_conditions(self, reference, audio_features, emb, n_local, mask, device) -> Conditions:
+        """Windows of the training length, padded with the last frame's audio; one batch row per window."""
+        den, window = self.denoiser, self.frames
+        n_windows = -(-len(audio_features) // window)
+        feats = np.pad(audio_features, ((0, n_windows * window - len(audio_features)), (0, 0)), mode="edge")
+        ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
+        ref = self.encode_reference(ref.to(device))
+        local_text = torch.zeros(den.config.max_local, emb.shape[1])
+        local_text[:n_local] = torch.from_numpy(emb[1:])
+        return Conditions(
+            reference=ref[None].expand(n_windows, -1, -1, -1),
+            audio=torch.from_numpy(feats).reshape(n_windows, window, -1),
+            global_text=torch.from_numpy(emb[0])[None].expand(n_windows, -1),
+            local_text=local_text[None].expand(n_windows, -1, -1),
+            local_valid=(torch.arange(den.config.max_local) < n_local)[None].expand(n_windows, -1),
+            region_mask=mask[None, None, None].expand(n_windows, window, 1, *mask.shape),
+        ).map(lambda t: t.contiguous().to(device))
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """(N, C, h, w) samples -> (N, 3, S, S) pixels in [-1, 1]."""
+        if self.vae is None:
+            return x.clamp(-1, 1)
+        sf = self.vae.config.scaling_factor
+        parts = [self.vae.decode(c.to(self.vae.dtype) / sf).sample for c in x.split(chunk)]
+        return torch.cat(parts).float().clamp(-1, 1)
+
+    # -- the call -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference: np.ndarray,
+        reference_landmarks: np.ndarray,
+        audio_features: np.ndarray,
+        cot: dict | None = None,
+        global_text: str | None = None,
+        local_text: list[str] | None = None,
+        regions: tuple[str, ...] | None = None,
+        label_only: bool = False,
+        guidance: GuidanceConfig | None = None,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        progress_bar: bool = False,
+        callback_on_step_end: Callable | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ) -> TBDPipelineOutput | tuple:
+        """A video of len(audio_features) frames from a portrait crop, its speech and an emotion.
+
+        reference: (S, S, 3) uint8 crop at the model's `size` (made as in training: `media.inputs`);
+        reference_landmarks: its (468, 3) crop-normalised face mesh (for the AU region mask);
+        audio_features: (T, A) per-frame features made as the training shards' (`media_config`);
+        cot: a CoT as a dict (its global sentence, one sentence per AU, the AUs' regions) — or `global_text`
+        with optional `local_text` sentences and their face `regions`; label_only: the CoT's label only;
+        guidance: steps, scheduler, scales, switch point, mode (default `GuidanceConfig()`);
+        generator: on the execution device (default: seeded with `seed`);
+        callback_on_step_end(pipe, step, timestep, {"latents": x}): after each step; may return a dict
+        with replaced "latents".
+        """
+        from media.au_measure import region_mask
+        from tbd_lightning.text import cot_regions, cot_sentences
+
+        guidance = GuidanceConfig() if guidance is None else guidance
+        # 1. Check inputs
+        self.check_inputs(reference, reference_landmarks, audio_features, cot, global_text, local_text,
+                          regions, label_only, guidance, output_type)  # fmt: skip
+        device, den, size = self._execution_device, self.denoiser, self.size
+        audio_features = np.asarray(audio_features, np.float32)
+        n_frames = len(audio_features)
+
+        # 2. Texts: a CoT's sentences exactly as in training, or the given ones
+        if cot is not None:
+            global_text, local = cot_sentences(cot, den.config.max_local, label_only)
+            regions = cot_regions(cot) if local else ()
+        else:
+            local, regions = list(local_text or []), tuple(regions or ())
+        emb = self.encode_text([global_text, *local], device)
+
+        # 3. Region mask of the AUs' regions (zero without local sentences)
+        mask = torch.from_numpy(region_mask(np.asarray(reference_landmarks), size, regions))
+
+        # 4. Conditions, in windows of the training length
+        cond = self.prepare_conditions(reference, audio_features, emb, len(local), mask, device)
+
+        # 5. Sample with progressive guidance, all windows batched
+        sampler = ProgressiveSampler(den, self.scheduler.config, guidance)
+        if callback_on_step_end is not None:
+            self._call_back_after_steps(sampler, callback_on_step_end)
+        if generator is None:
+            generator = torch.Generator(device).manual_seed(seed)
+        h = size // self.vae_scale_factor
+        shape = (cond.audio.shape[0], self.frames, den.config.in_channels, h, h)
+        x = sampler.sample(shape, cond, generator=generator, progress_bar=progress_bar)
+        x = x.flatten(0, 1)[:n_frames]
+
+        # 6. Decode
+        if output_type == "latent":
+            frames = x
+        else:
+            pixels = self.decode(x)
+            frames = to_uint8(pixels) if output_type == "np" else pixels
+
+        # 7. Offload, return
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return TBDPipelineOutput(frames=frames, global_text=global_text, local_text=local)
+
+    def _call_back_after_steps(self, sampler: ProgressiveSampler, callback: Callable) -> None:
+        """Run `callback` after each scheduler step of this call's sampler (its own scheduler instance)."""
+        step, counter = sampler.scheduler.step, itertools.count()
+
+        def step_then_call_back(model_output, timestep, sample, *args, **kwargs):
+            out = step(model_output, timestep, sample, *args, **kwargs)
+            changed = callback(self, next(counter), timestep, {"latents": out.prev_sample}) or {}
+            if "latents" in changed:
+                out.prev_sample = changed["latents"]
+            return out
+
+        sampler.scheduler.step = step_then_call_back
