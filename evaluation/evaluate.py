@@ -1,14 +1,17 @@
-"""`tbd evaluate`: generate held-out clips from their first frame, speech and CoT, and compare with the real clip.
+"""`tbd evaluate`: generate held-out clips from a reference portrait, their speech and CoT; compare with the real clip.
 
-For each clip of the chosen split (annotation accepted or repaired, first `max_clips` in shard order):
-the reference is the clip's first crop frame, the audio features and CoT come from the shards, and the
-same seed is used for every guidance mode. Metrics (`evaluation.metrics`): PSNR, SSIM, LMD (full,
-mouth), lip-sync proxy, AU-control error against the CoT, emotion accuracy of an AU classifier fitted
-on the training split, FID / FVD / LPIPS with user-supplied networks, and on the demo corpus the AU error
-against the ground-truth sidecar. With `ablations`, modes progressive / single-stage / label-only /
-no-masks run on the same clips and seeds and form one table. Results: a printed table,
-`OUT/evaluation.json`, an MLflow run (metrics per mode, the JSON, a real-vs-generated strip and an AU
-timeline plot).
+For each clip of the chosen split (annotation accepted or repaired, `max_clips` spread over the split):
+the reference is the first frame of a neutral clip of the same speaker (`ReferenceBank`: never the target
+clip, whose first frame may already show the emotion), the audio features and CoT come from the shards,
+and the same seed is used for every guidance mode. Metrics (`evaluation.metrics`): PSNR (mean of per-frame
+PSNR), SSIM, LMD (full, mouth), lip-sync proxy (offset-0 correlation, the best offset beside it),
+AU-control error against the CoT, emotion accuracy of an AU classifier fitted on the training split,
+face rate (with the real clips' face rate at the same size beside it), FID / FVD / a perceptual feature
+distance with user-supplied networks (flagged when too few samples make the estimate rank-deficient), and
+on the demo corpus the AU error against the ground-truth sidecar. With `ablations`, modes progressive /
+single-stage / label-only / no-masks / cfg run on the same clips and seeds and form one table, with a
+spread per row (`evaluation.report`). Results: a printed table, `OUT/evaluation.json`, an MLflow run
+(metrics per mode, the JSON, a real-vs-generated strip and an AU timeline plot).
 """
 
 from __future__ import annotations
@@ -26,9 +29,7 @@ from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
 
 log = logging.getLogger(__name__)
-ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks")
-METRICS = ("psnr", "ssim", "lmd_full", "lmd_mouth", "sync_corr", "sync_offset", "au_control_error",
-           "au_gt_error", "emotion_correct", "face_rate", "lpips")  # fmt: skip
+ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks", "cfg")
 
 
 class EvaluateConfig(BaseModel):
@@ -45,7 +46,9 @@ class EvaluateConfig(BaseModel):
     out: Path | None = None
     fid_net: Path | None = None  # a TorchScript feature network (e.g. a local InceptionV3), for FID
     fvd_net: Path | None = None  # a TorchScript video network (e.g. a local I3D), for FVD
-    lpips_net: Path | None = None  # a TorchScript network returning feature maps (e.g. AlexNet), for LPIPS
+    feature_net: Path | None = (
+        None  # a TorchScript network returning feature maps: a perceptual distance (not LPIPS)
+    )
     groundtruth: Path | None = None  # the demo corpus folder (its corpus.json and groundtruth/)
     tracking_uri: str | None = None
     device: str | None = None
@@ -60,6 +63,9 @@ class Clip:
     audio_features: np.ndarray  # (T, A)
     wav: np.ndarray  # 16 kHz mono
     cot: dict
+    reference: np.ndarray  # (S, S, 3) uint8: a frame of another (neutral) clip of the same speaker
+    reference_landmarks: np.ndarray  # (468, 3) crop-normalised
+    reference_key: str  # the clip it comes from
 
 
 def load_clips(config: EvaluateConfig, size: int, version: str) -> list[Clip]:
@@ -70,10 +76,11 @@ def load_clips(config: EvaluateConfig, size: int, version: str) -> list[Clip]:
 
     from pipelines.data_folder import DataFolder
     from pipelines.shards import tar_members
-    from tbd_lightning.data import decode_mp4
+    from tbd_lightning.data import ReferenceBank, decode_mp4
 
     folder = DataFolder(config.data)
     shards = folder.aligned_shards(version)
+    references = ReferenceBank.build(folder, shards, {config.split})
     summaries = folder.media_summaries()
     eligible, cots = [], {}
     for index, shard in enumerate(shards):
@@ -100,7 +107,14 @@ def load_clips(config: EvaluateConfig, size: int, version: str) -> list[Clip]:
             wav = wav.astype(np.float32) / (32768.0 if wav.dtype == np.int16 else 1.0)
             lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)[:t]
             feats = np.load(io.BytesIO(members["audio.npy"])).astype(np.float32)[:t]
-            clips.append(Clip(key, json.loads(members["json"]), frames, lm, feats, wav, cots[key]))
+            meta = json.loads(members["json"])
+            ref = references.pick(meta["speaker"], key, None)
+            if ref is None:  # a speaker with one clip: its first frame, said so in the key
+                ref_frame, ref_lm, ref_key = frames[0], lm[0], f"{key}@same-clip"
+            else:
+                ref_frame = cv2.resize(ref.frame, (size, size), interpolation=cv2.INTER_AREA)
+                ref_lm, ref_key = ref.landmarks, ref.key
+            clips.append(Clip(key, meta, frames, lm, feats, wav, cots[key], ref_frame, ref_lm, ref_key))
     return clips
 
 
@@ -171,9 +185,8 @@ def score_clip(
         row.update(metrics.lmd(gen_lm[found], clip.landmarks[:t][found], frames.shape[1]))
     if found.mean() >= 0.5:
         mouth = np.interp(np.arange(t), np.flatnonzero(found), metrics.mouth_opening(gen_lm[found]))
-        sync = metrics.lipsync(mouth, frame_envelope(clip.wav, t))
-        row.update(sync_corr=sync["sync_corr"], sync_offset=sync["sync_offset"])
-    measured = measured_aus(gen_lm, clip.landmarks[0])
+        row.update(metrics.lipsync(mouth, frame_envelope(clip.wav, t)))
+    measured = measured_aus(gen_lm, clip.reference_landmarks)  # against the neutral reference
     row["au_control_error"] = metrics.au_control_error(requested, measured)
     if gt is not None:
         truth = groundtruth_aus(gt, t)
@@ -182,15 +195,6 @@ def score_clip(
         base = _baseline(clip, baselines)
         row["emotion_correct"] = float(clf.predict(metrics.clip_features(au_proxies(gen_lm[found]), base))[0] == clip.meta["emotion"])  # fmt: skip
     return row, measured
-
-
-def aggregate(rows: list[dict]) -> dict:
-    out = {"clips": len(rows)}
-    for m in METRICS:
-        values = [r[m] for r in rows if r.get(m) is not None]
-        out[m] = float(np.mean(values)) if values else None
-        out[f"{m}_n"] = len(values)
-    return out
 
 
 def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
@@ -221,7 +225,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     import torch
 
     from evaluation import metrics
-    from media.au_measure import requested_aus
+    from evaluation.report import aggregate, plots, print_table, separable
+    from media.au_measure import requested_aus, track_generated
     from tbd_core.tracking import job_run, tracking_uri
     from tbd_lightning.pipeline import TBDPipeline
 
@@ -234,7 +239,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     gt_index = groundtruth_index(config.groundtruth)
     nets = {
         name: torch.jit.load(str(path), map_location="cpu").eval()
-        for name, path in (("fid", config.fid_net), ("fvd", config.fvd_net), ("lpips", config.lpips_net))
+        for name, path in (("fid", config.fid_net), ("fvd", config.fvd_net), ("features", config.feature_net))
         if path
     }
     runs = guidance_runs(config)
@@ -247,25 +252,35 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     for mode, guidance, label_only in runs:
         rows = []
         for clip in clips:
-            frames = pipe(clip.frames[0], clip.landmarks[0], clip.audio_features, cot=clip.cot,
+            frames = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=clip.cot,
                           label_only=label_only, guidance=guidance, seed=config.seed).frames  # fmt: skip
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
             row, measured = score_clip(clip, frames, requested_aus(clip.cot), gt, clf, baselines)
-            rows.append({"key": clip.key, **row})
+            rows.append({"key": clip.key, "reference": clip.reference_key, **row})
             if clip is clips[0] and mode == runs[0][0]:
                 first_measured = measured  # the AU timeline plot: first clip, first mode
-            if "lpips" in nets:
-                rows[-1]["lpips"] = metrics.lpips(clip.frames[: len(frames)], frames, nets["lpips"])
+            if "features" in nets:
+                rows[-1]["feature_distance"] = metrics.feature_distance(
+                    clip.frames[: len(frames)], frames, nets["features"]
+                )
             generated.setdefault(mode, []).append(frames)
-            log.info("evaluate %s %s: %s", mode, clip.key, {k: v for k, v in rows[-1].items() if k != "key"})
+            log.info(
+                "evaluate %s %s: %s",
+                mode,
+                clip.key,
+                {k: v for k, v in rows[-1].items() if k not in ("key", "reference")},
+            )
         results[mode] = aggregate(rows)
         reals = [c.frames[: len(g)] for c, g in zip(clips, generated[mode], strict=True)]
         if "fid" in nets:
-            results[mode]["fid"] = metrics.fid(
-                np.concatenate(reals), np.concatenate(generated[mode]), nets["fid"]
-            )
+            real_frames = np.concatenate(reals)
+            results[mode]["fid"] = metrics.fid(real_frames, np.concatenate(generated[mode]), nets["fid"])
+            dims = metrics.feature_dims(nets["fid"], (1, 3, 299, 299))
+            results[mode]["fid_note"] = metrics.frechet_note(len(real_frames), dims)
         if "fvd" in nets and len(clips) > 1:
             results[mode]["fvd"] = metrics.fvd(reals, generated[mode], nets["fvd"])
+            dims = metrics.feature_dims(nets["fvd"], (1, 3, len(reals[0]), 224, 224))
+            results[mode]["fvd_note"] = metrics.frechet_note(len(reals), dims)
         per_clip[mode] = rows
     if clf is not None:
         from evaluation.metrics import clip_features
@@ -275,12 +290,25 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         real_acc = clf.accuracy(np.stack(real_rows), [c.meta["emotion"] for c in clips])
     else:
         real_acc = None
+    # The face detector's rate on the real clips at the model's size: what a generated clip is held to.
+    real_found = [float((~np.isnan(track_generated(c.frames)).any(axis=(1, 2))).mean()) for c in clips]
     report = {"model": str(config.model), "data": str(config.data), "version": version, "split": config.split,
-              "clips": [c.key for c in clips], "guidance": asdict(config.guidance), "seed": config.seed,
-              "results": results, "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc}  # fmt: skip
+              "clips": [c.key for c in clips], "references": {c.key: c.reference_key for c in clips},
+              "guidance": asdict(config.guidance), "seed": config.seed, "results": results,
+              "real_face_rate": float(np.mean(real_found)), "separable": separable(results),
+              "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
-    _plots(out, clips[0], generated, requested_aus(clips[0].cot), first_measured, pipe.fps)
+    strips = {mode: frames[0] for mode, frames in generated.items()}
+    plots(
+        out,
+        clips[0].frames[: len(strips[runs[0][0]])],
+        strips,
+        requested_aus(clips[0].cot),
+        first_measured,
+        pipe.fps,
+    )
     print_table(results)
+    log.info("real clips' face rate at %d px: %.3f", pipe.size, report["real_face_rate"])
 
     uri = tracking_uri(config.tracking_uri, Path(config.data), source.get("mlflow_tracking_uri"))
     params = {k: str(v) for k, v in config.model_dump(exclude={"guidance"}).items()}
@@ -289,42 +317,16 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     with job_run("evaluate", uri, params, {"tbd.train_run": str(source.get("mlflow_run_id"))}) as mlflow:
         for mode, agg in results.items():
             prefix = "" if mode == runs[0][0] else f"{mode}/"
-            mlflow.log_metrics({f"{prefix}{k}": v for k, v in agg.items() if isinstance(v, (int, float))})
+            mlflow.log_metrics(
+                {
+                    f"{prefix}{k}": v
+                    for k, v in agg.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
+            )
+        mlflow.log_metric("real_face_rate", report["real_face_rate"])
         if real_acc is not None:
             mlflow.log_metric("classifier_accuracy_on_real_clips", real_acc)
         for f in ("evaluation.json", "strip.png", "au_timeline.png"):
             mlflow.log_artifact(str(out / f), "evaluation")
     return report
-
-
-def _plots(
-    out: Path, clip: Clip, generated: dict[str, list[np.ndarray]], requested: dict, measured: dict, fps: int
-) -> None:
-    from PIL import Image
-
-    from media.au_measure import plot_aus
-
-    t = len(next(iter(generated.values()))[0])
-    picks = np.linspace(0, t - 1, min(8, t)).round().astype(int)
-    rows = [np.concatenate(list(clip.frames[picks]), axis=1)]
-    rows += [np.concatenate(list(g[0][picks]), axis=1) for g in generated.values()]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out / "strip.png")  # real, then one row per mode
-    plot_aus(requested, measured, fps, out / "au_timeline.png")
-
-
-def print_table(results: dict[str, dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="evaluation (mean over clips; n = clips with a value)")
-    table.add_column("mode")
-    shown = [m for m in (*METRICS, "fid", "fvd") if any(r.get(m) is not None for r in results.values())]
-    for m in shown:
-        table.add_column(m, justify="right")
-    for mode, r in results.items():
-        cells = []
-        for m in shown:
-            v = r.get(m)
-            cells.append("-" if v is None else f"{v:.3f}" + (f" ({r[f'{m}_n']})" if f"{m}_n" in r else ""))
-        table.add_row(mode, *cells)
-    Console(stderr=True).print(table)

@@ -29,8 +29,10 @@ def _float_video(video: np.ndarray) -> torch.Tensor:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return PSNR_CAP if mse == 0 else float(min(PSNR_CAP, 10 * np.log10(255.0**2 / mse)))
+    """The mean over frames of each frame's PSNR (as papers report it), each capped at `PSNR_CAP` dB."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    per_frame = np.where(mse == 0, PSNR_CAP, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)))
+    return float(np.minimum(per_frame, PSNR_CAP).mean())
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,8 +66,9 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
 
 
 def lipsync(mouth: np.ndarray, envelope: np.ndarray, max_offset: int = 6) -> dict[str, float]:
-    """Pearson correlation of mouth opening and speech envelope at every offset in [-max, max] frames;
-    `offset` > 0 means the mouth lags the audio by that many frames."""
+    """Pearson correlation of mouth opening and speech envelope. The metric is `sync_corr`, at offset 0
+    (the best of 13 offsets is biased upwards); beside it `sync_corr_best` and its `sync_offset`
+    (> 0: the mouth lags the audio by that many frames)."""
     mouth, envelope = np.asarray(mouth, np.float64), np.asarray(envelope, np.float64)
     scores = {}
     for k in range(-max_offset, max_offset + 1):
@@ -74,9 +77,9 @@ def lipsync(mouth: np.ndarray, envelope: np.ndarray, max_offset: int = 6) -> dic
         if n > 2 and m[:n].std() > 0 and e[:n].std() > 0:
             scores[k] = float(np.corrcoef(m[:n], e[:n])[0, 1])
     if not scores:
-        return {"sync_corr": 0.0, "sync_corr_at_0": 0.0, "sync_offset": 0}
+        return {"sync_corr": 0.0, "sync_corr_best": 0.0, "sync_offset": 0}
     best = max(scores, key=scores.get)
-    return {"sync_corr": scores[best], "sync_corr_at_0": scores.get(0, 0.0), "sync_offset": best}
+    return {"sync_corr": scores.get(0, 0.0), "sync_corr_best": scores[best], "sync_offset": best}
 
 
 def au_control_error(
@@ -139,6 +142,23 @@ def fid(real: np.ndarray, fake: np.ndarray, feature_net: torch.nn.Module, input_
     return float(metric.compute())
 
 
+def frechet_note(samples: int, features: int) -> str | None:
+    """What a Fréchet distance from `samples` rows of `features`-d features can be trusted for: with no more
+    samples than dimensions the covariance is rank-deficient and the value is biased (and unstable)."""
+    if samples > features:
+        return None
+    return (
+        f"rank-deficient estimate: {samples} samples for {features}-d features (covariance rank <= "
+        f"{samples - 1}); compare only runs with the same counts, not with published numbers"
+    )
+
+
+def feature_dims(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """The length of one feature row of `net` for an input of `shape` (batch of one)."""
+    with torch.no_grad():
+        return int(net(torch.zeros(shape)).reshape(1, -1).shape[1])
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between two Gaussian fits of feature rows (N, D)."""
     from scipy import linalg
@@ -170,11 +190,11 @@ def fvd(
     return frechet_distance(features(real), features(fake))
 
 
-def lpips(a: np.ndarray, b: np.ndarray, feature_net: torch.nn.Module) -> float:
-    """LPIPS-style perceptual distance with a user-supplied network returning a list of feature maps
-    (bake LPIPS's learned linear heads into it for the published metric; without them every channel
-    weighs the same): mean over frames of sum over layers of the spatial mean of squared differences
-    of channel-normalised features."""
+def feature_distance(a: np.ndarray, b: np.ndarray, feature_net: torch.nn.Module) -> float:
+    """A perceptual feature distance with a user-supplied network returning a list of feature maps: mean
+    over frames of the sum over layers of the spatial mean of squared differences of channel-normalised
+    features. Not LPIPS: LPIPS weighs each channel with learned linear heads, which this does not have
+    (bake them into the network's outputs to get the published metric)."""
     with torch.no_grad():
         fa, fb = feature_net(_float_video(a) * 2 - 1), feature_net(_float_video(b) * 2 - 1)
         if torch.is_tensor(fa):  # a network with one output: one feature map

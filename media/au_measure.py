@@ -18,13 +18,22 @@ def requested_aus(cot: dict) -> dict[int, int]:
     return out
 
 
-def region_mask(landmarks: np.ndarray, size: int, regions: tuple[str, ...]) -> np.ndarray:
+def token_masks(
+    landmarks: np.ndarray, size: int, token_regions: tuple[str, ...], slots: int, extra: tuple[str, ...] = ()
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """For crop-normalised landmarks (468, 3) at `size` pixels: the union (S, S) of `token_regions`, one
+    mask per local token (slots, S, S; token i inside `token_regions[i]`, zeros in unused slots), and the
+    `extra` regions' masks (e.g. the mouth for the loss weight), all rasterised in one pass."""
     from media.face import region_masks
 
-    if not regions:
-        return np.zeros((size, size), np.float32)
-    masks = region_masks(landmarks[:, :2] * size, size, size, regions)
-    return np.max(np.stack(list(masks.values())), 0)
+    wanted = tuple(dict.fromkeys((*token_regions, *extra)))
+    masks = region_masks(landmarks[:, :2] * size, size, size, wanted) if wanted else {}
+    zero = np.zeros((size, size), np.float32)
+    union = np.max(np.stack([masks[r] for r in token_regions]), 0) if token_regions else zero
+    per_token = np.zeros((slots, size, size), np.float32)
+    for i, region in enumerate(token_regions[:slots]):
+        per_token[i] = masks[region]
+    return union, per_token, {r: masks[r] for r in extra}
 
 
 def track_generated(frames: np.ndarray, size: int = 256) -> np.ndarray:

@@ -17,6 +17,7 @@ import io
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from pipelines.data_folder import AlignedShard, DataFolder
 from pipelines.shards import tar_members
 from tbd_core.errors import UserError
 from tbd_lightning.model import MAX_LOCAL
-from tbd_lightning.text import cot_regions, cot_sentences
+from tbd_lightning.text import cot_sentences, cot_token_regions
 
 
 def decode_mp4(data: bytes) -> np.ndarray:
@@ -38,6 +39,63 @@ def decode_mp4(data: bytes) -> np.ndarray:
 
 def _npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+@dataclass(frozen=True)
+class Reference:
+    key: str  # the clip the frame comes from
+    frame: np.ndarray  # (S, S, 3) uint8, the clip's first frame
+    landmarks: np.ndarray  # (468, 3) crop-normalised, of that frame
+
+
+class ReferenceBank:
+    """Reference frames per speaker for training and evaluation: the first frame of one of the speaker's
+    neutral clips (another clip of the speaker only when the target is its one neutral clip, or it has
+    none), never of the target clip itself.
+
+    MEAD's emotional clips show the emotion from their first frame: a reference taken from the target clip
+    would let the model copy the expression instead of following the text."""
+
+    def __init__(self, by_speaker: dict[str, list[Reference]], neutral: set[str]):
+        self.by_speaker, self.neutral = by_speaker, neutral
+
+    @classmethod
+    def build(cls, folder: DataFolder, shards: list[AlignedShard], splits: set[str], per_speaker: int = 4):
+        summaries = folder.media_summaries()
+        keys_of: dict[str, list[str]] = {}
+        for key, summary in sorted(summaries.items()):
+            if summary["split"] in splits:
+                keys_of.setdefault(summary["speaker"], []).append(key)
+        chosen = {}
+        for speaker, keys in keys_of.items():
+            neutral = [k for k in keys if summaries[k]["emotion"] == "neutral"][:per_speaker]
+            others = [k for k in keys if k not in neutral][:2]  # for a target that is the only neutral clip
+            chosen[speaker] = neutral + others
+        wanted = {k for keys in chosen.values() for k in keys}
+        found: dict[str, Reference] = {}
+        for shard in shards:
+            if wanted & set(shard.keys):
+                for key, members in tar_members(shard.media_tar):
+                    if key in wanted:
+                        lm = _npy(members["landmarks.npy"]).astype(np.float32)[0]
+                        found[key] = Reference(key, first_frame(members["mp4"]), lm)
+        neutral = {k for k, v in summaries.items() if v["emotion"] == "neutral"}
+        return cls({sp: [found[k] for k in keys if k in found] for sp, keys in chosen.items()}, neutral)
+
+    def pick(self, speaker: str, key: str, rng: random.Random | None) -> Reference | None:
+        """A reference of `speaker` from another clip than `key` (the first such, without `rng`)."""
+        others = [r for r in self.by_speaker.get(speaker, []) if r.key != key]
+        candidates = [r for r in others if r.key in self.neutral] or others
+        if not candidates:
+            return None
+        return rng.choice(candidates) if rng is not None else candidates[0]
+
+
+def first_frame(data: bytes) -> np.ndarray:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
 
 
 class ClipWindows(IterableDataset):
@@ -55,8 +113,9 @@ class ClipWindows(IterableDataset):
         size: int | None = None,
         text_encoder: str | None = None,
         max_local: int = MAX_LOCAL,
+        references: ReferenceBank | None = None,
     ):
-        self.max_local = max_local
+        self.max_local, self.references = max_local, references
         self.shards, self.splits, self.frames, self.size = shards, splits, frames, size
         self.text_encoder = text_encoder
         self.samples_per_rank, self.resample, self.seed = samples_per_rank, resample, seed
@@ -101,7 +160,10 @@ class ClipWindows(IterableDataset):
     def _shard_items(self, index: int, rng: random.Random) -> Iterator[dict]:
         shard = self.shards[index]
         media, anns = dict(tar_members(shard.media_tar)), dict(tar_members(shard.annotation_tar))
-        for key in shard.keys:
+        keys = list(shard.keys)
+        if self.resample:
+            rng.shuffle(keys)  # clips of a shard in a new order every epoch
+        for key in keys:
             meta = json.loads(media[key]["json"])
             ann = json.loads(anns[key]["cot.json"])
             if meta["split"] not in self.splits or ann["validation"]["outcome"] == "rejected":
@@ -117,50 +179,71 @@ class ClipWindows(IterableDataset):
         return self._embedder
 
     def _window(self, key: str, members: dict, meta: dict, cot: dict, rng: random.Random) -> dict:
-        from media.face import region_masks
+        from media.au_measure import token_masks
 
         video = decode_mp4(members["mp4"])
         t_all = len(video)
         if t_all < self.frames:
             raise UserError(f"{key}: {t_all} frames, fewer than the window of {self.frames}")
         start = rng.randrange(t_all - self.frames + 1) if self.resample else 0
-        # The reference frame comes from outside the window when the clip allows it.
-        outside = [t for t in range(t_all) if t < start or t >= start + self.frames]
-        ref_t = rng.choice(outside) if (outside and self.resample) else (outside[0] if outside else start)
+        reference, reference_key = self._reference(key, meta, video, start, rng)
         landmarks = _npy(members["landmarks.npy"]).astype(np.float32)
         audio = _npy(members["audio.npy"]).astype(np.float32)
         size = self.size or video.shape[1]
-        regions = cot_regions(cot)
-        masks, mouth = [], []
+        token_regions = cot_token_regions(cot, self.max_local)
+        union, per_token, mouth = [], [], []
         for t in range(start, start + self.frames):
-            per_region = region_masks(
-                landmarks[t, :, :2] * size, size, size, tuple(dict.fromkeys((*regions, "mouth")))
-            )
-            masks.append(
-                np.max(np.stack([per_region[r] for r in regions]), 0)
-                if regions
-                else np.zeros((size, size), np.float32)
-            )
-            mouth.append(per_region["mouth"])
+            u, tokens, extra = token_masks(landmarks[t], size, token_regions, self.max_local, ("mouth",))
+            union.append(u)
+            per_token.append(tokens)
+            mouth.append(extra["mouth"])
         global_text, local = cot_sentences(cot, self.max_local)
-        texts = self.embedder.embed([global_text, *local])
+        label_text, _ = cot_sentences(cot, self.max_local, label_only=True)
+        texts = self.embedder.embed([global_text, label_text, *local])
         local_emb = np.zeros((self.max_local, texts.shape[1]), np.float32)
-        local_emb[: len(local)] = texts[1:]
+        local_emb[: len(local)] = texts[2:]
         window = slice(start, start + self.frames)
         to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         frames = self._pixels(to_tensor(video[window]).permute(0, 3, 1, 2))  # (T, 3, H, W) in [-1, 1]
         return {
             "key": key,
+            "reference_key": reference_key,  # the clip the reference frame comes from
             "video": frames,
-            "reference": self._pixels(to_tensor(video[ref_t]).permute(2, 0, 1)[None])[0],
+            "reference": self._pixels(to_tensor(reference).permute(2, 0, 1)[None])[0],
             "audio": to_tensor(audio[window]),
             "landmarks": to_tensor(landmarks[window]),
-            "mask": to_tensor(np.stack(masks))[:, None],  # (T, 1, H, W): union of the AUs' regions
+            "mask": to_tensor(np.stack(union))[:, None],  # (T, 1, H, W): union of the AUs' regions
+            "local_masks": to_tensor(np.stack(per_token)).half(),  # (T, L, H, W): each local token's region
             "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, H, W)
             "global_text": to_tensor(texts[0]),
+            "label_text": to_tensor(texts[1]),  # "contempt, level 2": the label-only caption
             "local_text": to_tensor(local_emb),
             "local_valid": torch.arange(self.max_local) < len(local),
         }
+
+    def _reference(self, key: str, meta: dict, video: np.ndarray, start: int, rng: random.Random):
+        """A frame of another clip of the same speaker (neutral first: see `ReferenceBank`), so the model
+        cannot copy the target's expression; only a speaker with a single clip falls back to a frame of
+        the target clip outside the window (named `{key}@same-clip`)."""
+        if self.references is not None:
+            picked = self.references.pick(meta["speaker"], key, rng if self.resample else None)
+            if picked is not None:
+                frame = picked.frame
+                if frame.shape[:2] != video.shape[1:3]:
+                    frame = np.asarray(
+                        torch.nn.functional.interpolate(
+                            torch.from_numpy(frame).permute(2, 0, 1)[None].float(),
+                            size=video.shape[1:3],
+                            mode="area",
+                        )[0]
+                        .permute(1, 2, 0)
+                        .round()
+                        .byte()
+                    )
+                return frame, picked.key
+        outside = [t for t in range(len(video)) if t < start or t >= start + self.frames]
+        ref_t = rng.choice(outside) if (outside and self.resample) else (outside[0] if outside else start)
+        return video[ref_t], f"{key}@same-clip"
 
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float in [-1, 1], resized to `size` (area filter) when asked."""
@@ -171,8 +254,9 @@ class ClipWindows(IterableDataset):
 
 
 def collate(items: list[dict]) -> dict:
-    out = {k: torch.stack([i[k] for i in items]) for k in items[0] if k != "key"}
-    out["key"] = [i["key"] for i in items]
+    """Tensors stacked; strings (keys) as lists."""
+    out = {k: torch.stack([i[k] for i in items]) for k, v in items[0].items() if torch.is_tensor(v)}
+    out.update({k: [i[k] for i in items] for k, v in items[0].items() if not torch.is_tensor(v)})
     return out
 
 
@@ -225,9 +309,13 @@ class TBDDataModule(pl.LightningDataModule):
             shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
             resample=resample, seed=seed, text_cache=h.text_cache, size=h.size,
             text_encoder=h.text_encoder, max_local=h.max_local,
+            references=ReferenceBank.build(self.folder, shards, splits),
         )  # fmt: skip
 
     def train_dataloader(self):
+        """The epoch is set again at every epoch start (`TBDModule.on_train_epoch_start`): Lightning does not
+        rebuild this loader, and a loader whose windows depend only on the epoch it was built in would
+        replay epoch 0's clips, windows and references forever."""
         ds = self._dataset({"train"}, self.hparams.train_batches, True, self.hparams.seed)
         ds.set_epoch(self.trainer.current_epoch if self.trainer else 0)
         return self._loader(ds)

@@ -4,13 +4,16 @@ Input `sample` (B, T, C, H, W) is pixels (tiny) or VAE latents (base/full). Per 
 runs a `ResnetBlock2D` and, where the config asks for attention, a `ConditionedTransformer`:
 
     spatial self-attention -> per-frame audio cross-attention -> global-text cross-attention
-    -> local-text cross-attention (output gated by the AU region mask) -> temporal self-attention -> FF
+    -> local-text cross-attention (each token inside its own AU region) -> temporal self-attention -> FF
 
-Each condition has its own projection and attention (so each can be guided on its own) and a learned
-null token that replaces it when dropped (`keep_*` per sample), which is what classifier-free guidance
+Each condition has its own projection and attention (so each can be guided on its own) and learned
+null tokens that replace it when dropped (`keep` per sample), which is what classifier-free guidance
 evaluates as "without this condition". The reference portrait enters by channel concatenation.
-Local text can only write inside its regions: the local attention output is multiplied by the region
-mask resampled to that level (no mask given = everywhere).
+The global emotion sentence becomes `global_tokens` tokens, so its cross-attention can act differently
+in different places (one key would add the same vector everywhere). Each local (per-AU) token can only
+be attended inside its own region: the attention bias of token j at a position is log m_j there
+(-inf where m_j = 0), with a null token always attendable, so outside its region token j has exactly
+no influence on the layer's output. No masks given (`local_masks=None`) = every token everywhere.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ class Conditions:
     global_text: torch.Tensor  # (B, D_text)
     local_text: torch.Tensor  # (B, L, D_text)
     local_valid: torch.Tensor  # (B, L) bool
-    region_mask: torch.Tensor | None = None  # (B, T, 1, H, W) in [0, 1]; None = no localisation
+    region_mask: torch.Tensor | None = None  # (B, T, 1, H, W) union of the AU regions (the sampler's M)
     keep: dict[str, torch.Tensor] | None = None  # condition -> (B,) bool
+    local_masks: torch.Tensor | None = None  # (B, T, L, H, W) each local token's region; None = everywhere
 
     def kept(self, name: str) -> torch.Tensor:
         b = self.audio.shape[0]
@@ -64,9 +68,9 @@ class Conditions:
     def map(self, fn) -> Conditions:
         """Apply `fn` to every tensor (e.g. `lambda t: t.to(device)`, `lambda t: t[idx]`)."""
         keep = None if self.keep is None else {k: fn(v) for k, v in self.keep.items()}
-        mask = None if self.region_mask is None else fn(self.region_mask)
+        opt = lambda t: None if t is None else fn(t)  # noqa: E731
         fields = (self.reference, self.audio, self.global_text, self.local_text, self.local_valid)
-        return Conditions(*(fn(x) for x in fields), mask, keep)
+        return Conditions(*(fn(x) for x in fields), opt(self.region_mask), keep, opt(self.local_masks))
 
 
 class ConditionedTransformer(nn.Module):
@@ -93,25 +97,30 @@ class ConditionedTransformer(nn.Module):
         self.ff = FeedForward(channels, activation_fn="geglu")
         self.proj_out = nn.Linear(channels, channels)
 
-    def forward(self, x, frames, audio, global_tok, local_tok, local_bias, mask):
+    def forward(self, x, frames, audio, global_tok, local_tok, local_bias, masks):
         bt, c, h, w = x.shape
         residual = x
         y = self.proj_in(self.norm_in(x).permute(0, 2, 3, 1).reshape(bt, h * w, c))
         y = y + self.self_attn(self.norms["self"](y))
         y = y + self.audio_attn(self.norms["audio"](y), encoder_hidden_states=audio)
         y = y + self.global_attn(self.norms["global"](y), encoder_hidden_states=global_tok)
-        local = self.local_attn(
-            self.norms["local"](y), encoder_hidden_states=local_tok, attention_mask=local_bias
-        )
-        if mask is not None:
-            local = local * F.adaptive_avg_pool2d(mask, (h, w)).reshape(bt, h * w, 1)
-        y = y + local
+        bias = local_bias if masks is None else local_bias + region_bias(masks, h, w, local_bias.dtype)
+        y = y + self.local_attn(self.norms["local"](y), encoder_hidden_states=local_tok, attention_mask=bias)
         b = bt // frames  # temporal attention: one sequence of T frames per spatial position
         z = y.reshape(b, frames, h * w, c).permute(0, 2, 1, 3).reshape(b * h * w, frames, c)
         z = z + self.temporal_attn(self.frame_pos(self.norms["temporal"](z)))
         y = z.reshape(b, h * w, frames, c).permute(0, 2, 1, 3).reshape(bt, h * w, c)
         y = y + self.ff(self.norms["ff"](y))
         return residual + self.proj_out(y).reshape(bt, h, w, c).permute(0, 3, 1, 2)
+
+
+def region_bias(masks: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """(BT, L, H, W) per-token masks -> (BT, h*w, 1 + L) attention bias: 0 for the null token, log m_j for
+    local token j (the dtype's minimum where m_j is 0: token j is not attended there at all)."""
+    m = F.adaptive_avg_pool2d(masks.to(dtype), (h, w)).flatten(2).transpose(1, 2)  # (BT, h*w, L)
+    floor = torch.finfo(dtype).min
+    log_m = torch.where(m > 1e-4, m.clamp_min(1e-4).log(), torch.full_like(m, floor))
+    return torch.cat([torch.zeros_like(log_m[..., :1]), log_m], -1)
 
 
 class Level(nn.Module):
@@ -156,6 +165,7 @@ class TBDVideoDenoiser(ModelMixin, ConfigMixin):
         max_local: int = MAX_LOCAL,
         max_frames: int = 32,
         norm_groups: int = 8,
+        global_tokens: int = 4,
     ):
         super().__init__()
         if len(block_channels) != len(attention_levels):
@@ -170,12 +180,12 @@ class TBDVideoDenoiser(ModelMixin, ConfigMixin):
         )
         self.audio_pos = nn.Parameter(torch.zeros(2 * audio_context + 1, cond_dim))
         self.global_proj = nn.Sequential(
-            nn.Linear(text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+            nn.Linear(text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim * global_tokens)
         )
         self.local_proj = nn.Sequential(
             nn.Linear(text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
         )
-        self.null = nn.ParameterDict({n: nn.Parameter(torch.randn(1, cond_dim) * 0.02) for n in ("audio", "global", "local")})  # fmt: skip
+        self.null = nn.ParameterDict({n: nn.Parameter(torch.randn(k, cond_dim) * 0.02) for n, k in (("audio", 1), ("global", global_tokens), ("local", 1))})  # fmt: skip
         self.conv_in = nn.Conv2d(in_channels + ref_channels, ch0, 3, padding=1)
 
         self.down, self.downsamplers, skips, prev = nn.ModuleList(), nn.ModuleList(), [ch0], ch0
@@ -217,7 +227,7 @@ class TBDVideoDenoiser(ModelMixin, ConfigMixin):
         a = a.unfold(1, 2 * k + 1, 1).transpose(2, 3)  # (B, T, 2k+1, A): each frame with its neighbours
         a = self.audio_proj(a) + self.audio_pos
         a = torch.where(cond.kept("audio")[:, None, None, None], a, self.null["audio"].to(dtype))
-        g = self.global_proj(cond.global_text.to(dtype))[:, None]
+        g = self.global_proj(cond.global_text.to(dtype)).reshape(b, self.config.global_tokens, -1)
         g = torch.where(cond.kept("global")[:, None, None], g, self.null["global"].to(dtype))
         loc = self.local_proj(cond.local_text.to(dtype))
         valid = cond.local_valid.bool() & cond.kept("local")[:, None]
@@ -228,8 +238,10 @@ class TBDVideoDenoiser(ModelMixin, ConfigMixin):
         )
         per_frame = lambda t: t.repeat_interleave(frames, 0)  # noqa: E731
         audio = a.reshape(b * frames, 2 * k + 1, -1)
-        mask = None if cond.region_mask is None else cond.region_mask.to(dtype).flatten(0, 1)
-        return audio, per_frame(g), per_frame(loc), per_frame(bias[:, None]), mask
+        masks = (
+            None if cond.local_masks is None else cond.local_masks.to(dtype).flatten(0, 1)
+        )  # (BT, L, H, W)
+        return audio, per_frame(g), per_frame(loc), per_frame(bias[:, None]), masks
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: Conditions) -> torch.Tensor:
         b, t, c, h, w = sample.shape

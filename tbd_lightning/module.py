@@ -1,4 +1,4 @@
-"""Training of the Draw denoiser: diffusion loss, independent condition dropout, mouth weighting.
+"""Training of the Draw denoiser: diffusion loss, condition dropout along the guidance chain, mouth weighting.
 
 Pixel space by default (`tiny`); with `vae_path` (a local diffusers `AutoencoderKL` folder) frames and
 the reference are encoded to latents by the frozen VAE, which is kept out of the checkpoint.
@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from tbd_lightning.model import CONDITIONS, Conditions, TBDVideoDenoiser
+from tbd_lightning import branches as chain
+from tbd_lightning.model import Conditions, TBDVideoDenoiser
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DROP = {"audio": 0.1, "global": 0.1, "local": 0.1, "reference": 0.05}
 
 
 def load_vae(path: str | None):
@@ -61,7 +60,8 @@ class TBDModule(pl.LightningModule):
         num_train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
         rescale_zero_snr: bool = True,
-        drop: dict[str, float] | None = None,
+        branches: dict[str, float] | None = None,
+        reference_drop: float = 0.0,
         mouth_weight: float = 2.0,
         lr: float = 2e-4,
         weight_decay: float = 0.01,
@@ -71,13 +71,14 @@ class TBDModule(pl.LightningModule):
         init_weights: str | None = None,
     ):
         """`model` names a preset of `TBDVideoDenoiser` (tiny | base | full), `model_overrides` its fields;
-        `drop` the per-condition dropout probabilities (audio, global, local, reference)."""
+        `branches` how often each guidance branch is trained (`tbd_lightning.branches`: none, a, ag, label; the
+        rest trains the full branch); `reference_drop` drops the reference on top, for an identity scale of
+        its own (0: the reference is in every branch)."""
         super().__init__()
         self.save_hyperparameters()
-        self.drop = {**DEFAULT_DROP, **(drop or {})}
-        unknown = set(self.drop) - set(CONDITIONS)
-        if unknown:
-            raise ValueError(f"drop: unknown conditions {sorted(unknown)}; known: {list(CONDITIONS)}")
+        self.branches = chain.check_probabilities(
+            chain.DEFAULT_TRAIN_BRANCHES if branches is None else branches
+        )
         self.model = TBDVideoDenoiser.from_preset(model, **(model_overrides or {}))
         if init_weights:
             init_from(self.model, init_weights)
@@ -113,18 +114,35 @@ class TBDModule(pl.LightningModule):
         pixels = self.vae.decode(x.flatten(0, len(lead) - 1) / self.vae.config.scaling_factor).sample
         return pixels.reshape(*lead, *pixels.shape[1:]).clamp(-1, 1)
 
-    def conditions(self, batch: dict, keep: dict[str, torch.Tensor] | None = None) -> Conditions:
+    def conditions(
+        self, batch: dict, keep: dict[str, torch.Tensor] | None = None, label: torch.Tensor | None = None
+    ) -> Conditions:
+        """The batch's conditions; `label` (B,) bool: those samples get the label caption as global text."""
         for name, dim in (("global_text", "text_dim"), ("audio", "audio_dim")):
             if batch[name].shape[-1] != self.model.config[dim]:
                 raise ValueError(
                     f"{name} features are {batch[name].shape[-1]}-d but the model expects {dim}="
                     f"{self.model.config[dim]}: set model.model_overrides.{dim} to match the data"
                 )
+        global_text = batch["global_text"]
+        if label is not None and label.any():
+            global_text = torch.where(label[:, None].to(global_text.device), batch["label_text"], global_text)
+        masks = batch.get("local_masks")
         return Conditions(
-            reference=self.encode(batch["reference"]), audio=batch["audio"],
-            global_text=batch["global_text"], local_text=batch["local_text"],
-            local_valid=batch["local_valid"], region_mask=batch.get("mask"), keep=keep,
+            reference=self.encode(batch["reference"]), audio=batch["audio"], global_text=global_text,
+            local_text=batch["local_text"], local_valid=batch["local_valid"], region_mask=batch.get("mask"),
+            keep=keep, local_masks=None if masks is None else masks.float(),
         )  # fmt: skip
+
+    def draw_branches(self, b: int, generator: torch.Generator | None, device) -> tuple[dict, torch.Tensor]:
+        """One guidance branch per sample (the chain, reference kept), plus reference dropout if configured."""
+        names = chain.draw(self.branches, b, generator, device)
+        keep = {c: k.to(device) for c, k in chain.keep_masks(names).items()}
+        if self.hparams.reference_drop > 0:
+            keep["reference"] = (
+                torch.rand(b, generator=generator, device=device).to(device) >= self.hparams.reference_drop
+            )
+        return keep, torch.tensor([n == "label" for n in names], device=device)
 
     # -- loss ------------------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, dropout: bool = True):
@@ -139,19 +157,14 @@ class TBDModule(pl.LightningModule):
             .clamp_max(self.scheduler.config.num_train_timesteps - 1)
             .to(x0.device)
         )
-        keep = (
-            {
-                c: (torch.rand(b, generator=generator, device=device) >= self.drop[c]).to(x0.device)
-                for c in CONDITIONS
-            }
-            if dropout
-            else None
-        )
+        keep, label = self.draw_branches(b, generator, device) if dropout else (None, None)
+        if keep is not None:
+            keep, label = {c: k.to(x0.device) for c, k in keep.items()}, label.to(x0.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
         target = (
             noise if self.hparams.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
         )
-        pred = self.model(noisy, t, self.conditions(batch, keep))
+        pred = self.model(noisy, t, self.conditions(batch, keep, label))
         err = (pred.float() - target.float()).square()
         if self.hparams.mouth_weight != 1 and "mouth" in batch:
             mouth = F.adaptive_avg_pool2d(batch["mouth"].flatten(0, 1), x0.shape[-2:]).reshape(
@@ -171,6 +184,13 @@ class TBDModule(pl.LightningModule):
         gen = torch.Generator(device=batch["video"].device).manual_seed(1000 + batch_idx)
         loss = self.diffusion_loss(batch, generator=gen, dropout=False)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["key"]), sync_dist=True)
+
+    def on_train_epoch_start(self) -> None:
+        """New windows, clip order and references every epoch (the train loader is built once)."""
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
 
     def configure_optimizers(self):
         from diffusers.optimization import get_constant_schedule_with_warmup

@@ -19,7 +19,6 @@ mask of the CoT's AUs -> conditions in windows of the training length (all windo
 from __future__ import annotations
 
 import importlib.util
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +134,8 @@ class TBDPipeline(DiffusionPipeline):
             raise ValueError("local_text and regions come from the CoT when `cot` is given")
         if local_text is not None and len(local_text) > cfg.max_local:
             raise ValueError(f"{len(local_text)} local sentences; the model takes at most {cfg.max_local}")
+        if local_text and len(regions or ()) != len(local_text):
+            raise ValueError("give one face region per local sentence (`regions`, in the same order)")
         if regions:
             from annotation.regions import region_landmarks
 
@@ -173,7 +174,7 @@ class TBDPipeline(DiffusionPipeline):
         latents = self.vae.encode(pixels[None].to(self.vae.dtype)).latent_dist.mode()
         return (latents * self.vae.config.scaling_factor)[0].float()
 
-    def prepare_conditions(self, reference, audio_features, emb, n_local, mask, device) -> Conditions:
+    def prepare_conditions(self, reference, audio_features, emb, n_local, mask, tokens, device) -> Conditions:
         """Windows of the training length, padded with the last frame's audio; one batch row per window."""
         den, window = self.denoiser, self.frames
         n_windows = -(-len(audio_features) // window)
@@ -189,6 +190,7 @@ class TBDPipeline(DiffusionPipeline):
             local_text=local_text[None].expand(n_windows, -1, -1),
             local_valid=(torch.arange(den.config.max_local) < n_local)[None].expand(n_windows, -1),
             region_mask=mask[None, None, None].expand(n_windows, window, 1, *mask.shape),
+            local_masks=tokens[None, None].expand(n_windows, window, *tokens.shape),
         ).map(lambda t: t.contiguous().to(device))
 
     @torch.no_grad()
@@ -226,14 +228,15 @@ class TBDPipeline(DiffusionPipeline):
         reference_landmarks: its (468, 3) crop-normalised face mesh (for the AU region mask);
         audio_features: (T, A) per-frame features made as the training shards' (`media_config`);
         cot: a CoT as a dict (its global sentence, one sentence per AU, the AUs' regions) — or `global_text`
-        with optional `local_text` sentences and their face `regions`; label_only: the CoT's label only;
+        with optional `local_text` sentences and each one's face region (`regions`, one per sentence: each
+        sentence acts only inside its own region); label_only: the CoT's label only;
         guidance: steps, scheduler, scales, switch point, mode (default `GuidanceConfig()`);
         generator: on the execution device (default: seeded with `seed`);
         callback_on_step_end(pipe, step, timestep, {"latents": x}): after each step; may return a dict
         with replaced "latents".
         """
-        from media.au_measure import region_mask
-        from tbd_lightning.text import cot_regions, cot_sentences
+        from media.au_measure import token_masks
+        from tbd_lightning.text import cot_sentences, cot_token_regions
 
         guidance = GuidanceConfig() if guidance is None else guidance
         # 1. Check inputs
@@ -246,26 +249,31 @@ class TBDPipeline(DiffusionPipeline):
         # 2. Texts: a CoT's sentences exactly as in training, or the given ones
         if cot is not None:
             global_text, local = cot_sentences(cot, den.config.max_local, label_only)
-            regions = cot_regions(cot) if local else ()
+            regions = cot_token_regions(cot, den.config.max_local) if local else ()
         else:
             local, regions = list(local_text or []), tuple(regions or ())
         emb = self.encode_text([global_text, *local], device)
 
-        # 3. Region mask of the AUs' regions (zero without local sentences)
-        mask = torch.from_numpy(region_mask(np.asarray(reference_landmarks), size, regions))
+        # 3. Each local sentence's region mask, and their union (the sampler's M; zero without local sentences)
+        union, tokens, _ = token_masks(np.asarray(reference_landmarks), size, regions, den.config.max_local)
+        mask, tokens = torch.from_numpy(union), torch.from_numpy(tokens)
 
         # 4. Conditions, in windows of the training length
-        cond = self.prepare_conditions(reference, audio_features, emb, len(local), mask, device)
+        cond = self.prepare_conditions(reference, audio_features, emb, len(local), mask, tokens, device)
 
         # 5. Sample with progressive guidance, all windows batched
         sampler = ProgressiveSampler(den, self.scheduler.config, guidance)
-        if callback_on_step_end is not None:
-            self._call_back_after_steps(sampler, callback_on_step_end)
         if generator is None:
             generator = torch.Generator(device).manual_seed(seed)
         h = size // self.vae_scale_factor
         shape = (cond.audio.shape[0], self.frames, den.config.in_channels, h, h)
-        x = sampler.sample(shape, cond, generator=generator, progress_bar=progress_bar)
+        step_end = None
+        if callback_on_step_end is not None:
+
+            def step_end(i, t, latents):
+                return (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents")
+
+        x = sampler.sample(shape, cond, generator=generator, progress_bar=progress_bar, callback=step_end)
         x = x.flatten(0, 1)[:n_frames]
 
         # 6. Decode
@@ -280,16 +288,3 @@ class TBDPipeline(DiffusionPipeline):
         if not return_dict:
             return (frames,)
         return TBDPipelineOutput(frames=frames, global_text=global_text, local_text=local)
-
-    def _call_back_after_steps(self, sampler: ProgressiveSampler, callback: Callable) -> None:
-        """Run `callback` after each scheduler step of this call's sampler (its own scheduler instance)."""
-        step, counter = sampler.scheduler.step, itertools.count()
-
-        def step_then_call_back(model_output, timestep, sample, *args, **kwargs):
-            out = step(model_output, timestep, sample, *args, **kwargs)
-            changed = callback(self, next(counter), timestep, {"latents": out.prev_sample}) or {}
-            if "latents" in changed:
-                out.prev_sample = changed["latents"]
-            return out
-
-        sampler.scheduler.step = step_then_call_back

@@ -1,36 +1,33 @@
 """Progressive guidance: global emotion first, local muscles inside their regions after a switch point.
 
-With ε(·) the denoiser under a set of kept conditions (∅ none; a = audio + reference; g = global emotion
-text; l = local muscle text) and M the soft union of the annotated AUs' region masks, at progress
+With ε(·) the denoiser under a set of kept conditions (∅ = the reference alone; a = audio + reference;
+g = global emotion text; l = local muscle text: `tbd_lightning.branches`, the chain training drops along) and M the soft union of the annotated AUs' region masks, at progress
 p = 1 - t/T (0 at pure noise):
 
     ε = ε(∅) + s_a·(ε(a) − ε(∅)) + w_g(p)·s_g·(ε(a,g) − ε(a)) + w_l(p)·s_l·M⊙(ε(a,g,l) − ε(a,g))
 
 w_g is 1 until the switch point p* and then falls linearly to `global_floor` at p = 1; w_l is 0 before
 p* and 1 after. All branches of a step run as one batched forward pass; the local branch is skipped while
-w_l = 0. Ablations of the same sampler: `single-stage` (w_g = w_l = 1 at every step), `no-masks` (M = 1);
-`label-only` concerns the text and is made by the caller (global text = the emotion label, no locals).
+w_l = 0. Ablations of the same sampler: `single-stage` (w_g = w_l = 1 at every step), `no-masks` (M = 1, and
+no local masks in the model either: each local token acts everywhere);
+`label-only` concerns the text and is made by the caller (global text = the label caption, no locals; training
+sees that caption in its `label` branch).
 `cfg` is the plain two-branch baseline, ε(∅) + s_a·(ε(a,g,l) − ε(∅)) (training previews, benchmarks).
 Works with any diffusers scheduler that has `set_timesteps`/`scale_model_input`/`step` (DDIM, Euler, DPM).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from tbd_lightning.branches import BRANCHES
 from tbd_lightning.model import CONDITIONS, Conditions
 
 MODES = ("progressive", "single-stage", "no-masks", "cfg")
-# Branch name -> conditions kept.
-BRANCHES = {
-    "none": (),
-    "a": ("audio", "reference"),
-    "ag": ("audio", "reference", "global"),
-    "agl": ("audio", "reference", "global", "local"),
-}
 
 
 @dataclass(frozen=True)
@@ -43,6 +40,9 @@ class GuidanceConfig:
     switch: float = 0.4  # p*: where local muscle control starts and global guidance starts to fade
     global_floor: float = 0.3  # w_g at the last step
     mode: str = "progressive"
+    guidance_rescale: float = (
+        0.0  # Lin et al. 2023 (diffusers' guidance_rescale): 0 off, ~0.7 against oversaturation
+    )
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -69,18 +69,12 @@ def make_scheduler(name: str, train_config: dict):
     return classes[name].from_config(dict(train_config), timestep_spacing="trailing")
 
 
-def _with_keep(cond: Conditions, kept: tuple[str, ...]) -> Conditions:
+def _with_keep(cond: Conditions, kept: tuple[str, ...], masks: bool = True) -> Conditions:
+    """`cond` with only the `kept` conditions; `masks=False` also takes the local masks away from the model
+    (the no-masks ablation: local tokens act everywhere, and the sampler's M is 1)."""
     b = cond.audio.shape[0]
     keep = {c: torch.full((b,), c in kept, dtype=torch.bool, device=cond.audio.device) for c in CONDITIONS}
-    return Conditions(
-        cond.reference,
-        cond.audio,
-        cond.global_text,
-        cond.local_text,
-        cond.local_valid,
-        cond.region_mask,
-        keep,
-    )
+    return dataclasses.replace(cond, keep=keep, local_masks=cond.local_masks if masks else None)
 
 
 def _stack(conds: list[Conditions]) -> Conditions:
@@ -88,9 +82,9 @@ def _stack(conds: list[Conditions]) -> Conditions:
         parts = [getattr(c, name) for c in conds]
         return None if parts[0] is None else torch.cat(parts)
 
-    fields = ("reference", "audio", "global_text", "local_text", "local_valid", "region_mask")
+    fields = ("reference", "audio", "global_text", "local_text", "local_valid", "region_mask", "local_masks")
     keep = {c: torch.cat([x.keep[c] for x in conds]) for c in CONDITIONS}
-    return Conditions(*(cat(f) for f in fields), keep)
+    return Conditions(**{f: cat(f) for f in fields}, keep=keep)
 
 
 class ProgressiveSampler:
@@ -116,11 +110,11 @@ class ProgressiveSampler:
         self, x, t, cond: Conditions, names: list[str], batched: bool = True
     ) -> dict[str, torch.Tensor]:
         """The denoiser's output under each named branch; one forward pass when `batched`."""
-        b = x.shape[0]
+        b, masks = x.shape[0], self.config.mode != "no-masks"
         if not batched:
-            return {n: self.denoiser(x, t.expand(b), _with_keep(cond, BRANCHES[n])) for n in names}
+            return {n: self.denoiser(x, t.expand(b), _with_keep(cond, BRANCHES[n], masks)) for n in names}
         out = self.denoiser(torch.cat([x] * len(names)), t.expand(b * len(names)),
-                            _stack([_with_keep(cond, BRANCHES[n]) for n in names]))  # fmt: skip
+                            _stack([_with_keep(cond, BRANCHES[n], masks) for n in names]))  # fmt: skip
         self.forward_passes += 1
         return dict(zip(names, out.chunk(len(names)), strict=True))
 
@@ -131,7 +125,7 @@ class ProgressiveSampler:
         e = self.evaluate(x, t, cond, self._branches(w_l), batched)
         if c.mode == "cfg":
             terms = {"base": e["none"], "all": c.audio_scale * (e["agl"] - e["none"])}
-            return sum(terms.values()), terms
+            return self._rescale(sum(terms.values()), e), terms
         terms = {"base": e["none"], "audio": c.audio_scale * (e["a"] - e["none"])}
         if "ag" in e:
             terms["global"] = w_g * c.global_scale * (e["ag"] - e["a"])
@@ -143,20 +137,34 @@ class ProgressiveSampler:
                     mask.flatten(0, 1), x.shape[-2:]
                 ).reshape(*x.shape[:2], 1, *x.shape[-2:])
             terms["local"] = local
-        return sum(terms.values()), terms
+        return self._rescale(sum(terms.values()), e), terms
+
+    def _rescale(self, guided: torch.Tensor, e: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Guidance rescale (Lin et al. 2023): pull the guided output's std per sample back towards the
+        fullest conditional branch's, mixing by `guidance_rescale` (0 = off)."""
+        if not self.config.guidance_rescale:
+            return guided
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+        full = e[next(n for n in ("agl", "ag", "a") if n in e)]
+        return rescale_noise_cfg(guided, full, guidance_rescale=self.config.guidance_rescale)
 
     @torch.no_grad()
     def sample(
         self, shape: tuple[int, ...], cond: Conditions, generator: torch.Generator | None = None,
-        batched: bool = True, progress_bar: bool = False,
+        batched: bool = True, progress_bar: bool = False, callback=None,
     ) -> torch.Tensor:  # fmt: skip
+        """Denoise from seeded noise. `callback(step, t, x)` runs after each step and may return a new x."""
         device = cond.audio.device
         sched = self.scheduler
         sched.set_timesteps(self.config.steps, device=device)
         x = torch.randn(shape, generator=generator, device=device) * sched.init_noise_sigma
         total = sched.config.num_train_timesteps
-        for t in tqdm(sched.timesteps, desc="denoising", disable=not progress_bar):
+        for i, t in enumerate(tqdm(sched.timesteps, desc="denoising", disable=not progress_bar)):
             progress = 1.0 - float(t) / total
             eps, _ = self.guided(sched.scale_model_input(x, t), t, cond, progress, batched)
             x = sched.step(eps, t, x).prev_sample
+            if callback is not None:
+                replaced = callback(i, t, x)
+                x = x if replaced is None else replaced
         return x

@@ -125,6 +125,6 @@ def cot_sentences(cot: dict, max_local: int, label_only: bool = False) -> tuple[
     return cot["global_description"], local[:max_local]
 
 
-def cot_regions(cot: dict) -> tuple[str, ...]:
-    """The face regions of a CoT's AUs, in order of first mention."""
-    return tuple(dict.fromkeys(u["region"] for u in cot["action_units"]))
+def cot_token_regions(cot: dict, max_local: int) -> tuple[str, ...]:
+    """The face region of each local sentence of `cot_sentences` (one per AU, same order)."""
+    return tuple(u["region"] for u in cot["action_units"])[:max_local]

@@ -40,6 +40,11 @@ def test_batches_hold_aligned_windows_masks_and_text(mead, tmp_path):
             assert (n_local > 0) == (emotion != "neutral")
             assert (batch["mask"][i].amax() > 0.5) == (n_local > 0)  # AU regions are masked in
             assert torch.allclose(batch["local_text"][i, n_local:], torch.zeros(1))
+            # Each local token has its own region mask (inside the union), unused slots none.
+            tokens = batch["local_masks"][i].float()  # (T, L, H, W)
+            assert tokens.shape == (8, MAX_LOCAL, 64, 64) and not tokens[:, n_local:].any()
+            assert (tokens.amax(1) <= batch["mask"][i, :, 0] + 1e-3).all()
+            assert batch["label_text"][i].abs().sum() > 0
     val_keys = [k for batch in dm.val_dataloader() for k in batch["key"]]
     assert val_keys and all("_W003_" in k for k in val_keys)
 
@@ -86,3 +91,44 @@ def test_misaligned_or_missing_annotation_shards_are_named(mead, tmp_path):
         DataFolder(copy).aligned_shards(version)
     with pytest.raises(UserError, match="annotation version ann-nope not found"):
         DataFolder(copy).aligned_shards("ann-nope")
+
+
+def test_the_reference_never_comes_from_the_target_clip(mead, tmp_path):
+    """MEAD's emotional clips show the emotion from the first frame: the reference is a frame of a neutral
+    clip of the same speaker (another clip when the target is neutral itself), in training and validation."""
+    data, version = mead
+    dm = TBDDataModule(
+        str(data), version, frames=8, batch_size=2, train_batches=6, text_cache=str(tmp_path / "t")
+    )
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        for batch in loader:
+            for key, ref in zip(batch["key"], batch["reference_key"], strict=True):
+                assert ref != key and "@same-clip" not in ref
+                assert ref.split("_")[1] == key.split("_")[1]  # the same speaker
+                # The demo corpus has one neutral clip per speaker: every other clip's reference is it.
+                assert ref.split("_")[2] == "neutral" or key.split("_")[2] == "neutral"
+
+
+def test_two_epochs_give_different_windows(mead, tmp_path):
+    data, version = mead
+    dm = TBDDataModule(
+        str(data), version, frames=8, batch_size=2, train_batches=4, text_cache=str(tmp_path / "t")
+    )
+    loader = dm.train_dataloader()
+
+    def epoch_signature(epoch):
+        loader.dataset.set_epoch(epoch)
+        return [(k, float(v[0, 0, 0, 0])) for b in loader for k, v in zip(b["key"], b["video"], strict=True)]
+
+    first, again = epoch_signature(0), epoch_signature(0)
+    assert first == again  # an epoch is reproducible
+    assert epoch_signature(1) != first  # and the next one is not a replay
+
+    from types import SimpleNamespace
+
+    from tbd_lightning.module import TBDModule
+
+    module = TBDModule(model_overrides={"block_channels": (16, 32), "attention_levels": (False, True)})
+    module._trainer = SimpleNamespace(train_dataloader=loader, current_epoch=3)
+    module.on_train_epoch_start()  # what Lightning calls at each epoch start: the loader is not rebuilt
+    assert loader.dataset.epoch == 3

@@ -40,8 +40,32 @@ def test_lipsync_finds_the_offset_of_shifted_audio():
     envelope = np.convolve(rng.random(120), np.ones(4) / 4, mode="same")
     mouth = np.concatenate([np.zeros(3), envelope[:-3]]) + 0.01 * rng.standard_normal(120)  # lags by 3 frames
     found = metrics.lipsync(mouth, envelope, max_offset=6)
-    assert found["sync_offset"] == 3 and found["sync_corr"] > 0.9 > found["sync_corr_at_0"]
+    # The metric is the offset-0 correlation; the best offset is reported beside it.
+    assert found["sync_offset"] == 3 and found["sync_corr_best"] > 0.9 > found["sync_corr"]
     assert metrics.lipsync(envelope, envelope)["sync_offset"] == 0
+    assert metrics.lipsync(envelope, envelope)["sync_corr"] == pytest.approx(1.0)
+    # A real pairing scores higher than the same mouth against the audio reversed in time.
+    assert (
+        metrics.lipsync(envelope, envelope)["sync_corr"]
+        > metrics.lipsync(envelope, envelope[::-1])["sync_corr"]
+    )
+
+
+def test_psnr_is_the_mean_of_per_frame_psnr(video):
+    other = video.copy()
+    other[0] = np.clip(other[0].astype(int) + 50, 0, 255)  # one bad frame, the others identical
+    per_frame = [metrics.psnr(video[i : i + 1], other[i : i + 1]) for i in range(len(video))]
+    assert metrics.psnr(video, other) == pytest.approx(np.mean(per_frame))
+    assert per_frame[1:] == [metrics.PSNR_CAP] * (len(video) - 1)
+    whole_clip_mse = ((video.astype(float) - other.astype(float)) ** 2).mean()
+    assert metrics.psnr(video, other) != pytest.approx(10 * np.log10(255.0**2 / whole_clip_mse))
+
+
+def test_frechet_estimates_from_few_samples_say_so():
+    assert metrics.frechet_note(8, 2048) is not None and "rank-deficient" in metrics.frechet_note(8, 2048)
+    assert metrics.frechet_note(4096, 2048) is None
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    assert metrics.feature_dims(net, (1, 3, 16, 16)) == 24
 
 
 def test_au_control_error_and_emotion_classifier():
@@ -78,7 +102,7 @@ def test_fid_with_a_local_feature_network(video):
     assert far > 10 * max(same, 1e-6)
 
 
-def test_fvd_and_lpips_with_local_networks(video):
+def test_fvd_and_feature_distance_with_local_networks(video):
     torch.manual_seed(0)
     video_net = torch.nn.Sequential(
         torch.nn.Conv3d(3, 6, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten()
@@ -101,6 +125,6 @@ def test_fvd_and_lpips_with_local_networks(video):
             return [f1, torch.relu(self.b(f1))]
 
     net = torch.jit.script(Layers())  # what a user would hand over
-    assert metrics.lpips(video, video, net) == 0.0
+    assert metrics.feature_distance(video, video, net) == 0.0
     noisy = np.clip(video.astype(int) + 60, 0, 255).astype(np.uint8)
-    assert metrics.lpips(video, noisy, net) > 0.01
+    assert metrics.feature_distance(video, noisy, net) > 0.01

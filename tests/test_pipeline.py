@@ -104,10 +104,13 @@ def test_the_call_is_the_progressive_sampler(pipe):
     reference, landmarks, feats = inputs(frames=6)
     out = pipe(reference, landmarks, feats, guidance=GUIDANCE, seed=5, output_type="latent", **TEXTS)
 
-    from media.au_measure import region_mask
+    from media.au_measure import token_masks
 
     emb = pipe.text_embedder(torch.device("cpu")).embed([TEXTS["global_text"], *TEXTS["local_text"]])
-    mask = torch.from_numpy(region_mask(landmarks, SIZE, TEXTS["regions"]))
+    union, tokens, _ = token_masks(
+        landmarks, SIZE, TEXTS["regions"], 8
+    )  # per local sentence, and their union
+    mask, tokens = torch.from_numpy(union), torch.from_numpy(tokens)
     local = torch.zeros(8, emb.shape[1])
     local[:1] = torch.from_numpy(emb[1:])
     padded = np.concatenate([feats, feats[-1:], feats[-1:]])
@@ -116,6 +119,7 @@ def test_the_call_is_the_progressive_sampler(pipe):
         ref[None].expand(2, -1, -1, -1), torch.from_numpy(padded).reshape(2, WINDOW, 80),
         torch.from_numpy(emb[0])[None].expand(2, -1), local[None].expand(2, -1, -1),
         (torch.arange(8) < 1)[None].expand(2, -1), mask[None, None, None].expand(2, WINDOW, 1, SIZE, SIZE),
+        local_masks=tokens[None, None].expand(2, WINDOW, 8, SIZE, SIZE),
     )  # fmt: skip
     sampler = ProgressiveSampler(pipe.denoiser, pipe.scheduler.config, GUIDANCE)
     by_hand = sampler.sample((2, WINDOW, 3, SIZE, SIZE), cond, generator=torch.Generator().manual_seed(5))
@@ -127,7 +131,7 @@ def test_the_call_is_the_progressive_sampler(pipe):
 
 
 def test_a_cot_conditions_as_in_training_and_label_only_drops_it(pipe):
-    from tbd_lightning.text import cot_regions, cot_sentences
+    from tbd_lightning.text import cot_sentences, cot_token_regions
 
     cot = {
         "emotion": "contempt", "intensity_level": 2, "global_description": "a one-sided sneer",
@@ -137,7 +141,7 @@ def test_a_cot_conditions_as_in_training_and_label_only_drops_it(pipe):
     reference, landmarks, feats = inputs(frames=3)
     out = pipe(reference, landmarks, feats, cot=cot, guidance=GUIDANCE, seed=1)
     global_text, local = cot_sentences(cot, 8)
-    same = pipe(reference, landmarks, feats, global_text=global_text, local_text=local, regions=cot_regions(cot),
+    same = pipe(reference, landmarks, feats, global_text=global_text, local_text=local, regions=cot_token_regions(cot, 8),
                 guidance=GUIDANCE, seed=1)  # fmt: skip
     assert np.array_equal(out.frames, same.frames)
     label = pipe(reference, landmarks, feats, cot=cot, label_only=True, guidance=GUIDANCE, seed=1)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from tbd_lightning.branches import BRANCHES
 from tbd_lightning.model import CONDITIONS, Conditions, TBDVideoDenoiser
-from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler, _with_keep
+from tbd_lightning.sampler import MODES, GuidanceConfig, ProgressiveSampler, _with_keep
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def test_zero_scales_equal_the_unguided_sampler(model, train_config):
     plain = ProgressiveSampler(model, train_config, cfg).scheduler  # the same scheduler, driven by hand
     plain.set_timesteps(5)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * plain.init_noise_sigma
-    none = _with_keep(cond, ())
+    none = _with_keep(cond, BRANCHES["none"])  # ∅ = the reference alone
     with torch.no_grad():
         for t in plain.timesteps:
             x = plain.step(model(x, t.expand(1), none), t, x).prev_sample
@@ -113,3 +116,51 @@ def test_diffusers_schedulers(model, train_config, scheduler):
     assert out.shape == SHAPE and torch.isfinite(out).all()
     assert sampler.forward_passes == 4
     assert set(CONDITIONS) == {"audio", "global", "local", "reference"}
+
+
+def test_every_ablation_mode_gives_a_different_output_from_the_same_seed(model, train_config):
+    """The ablations must be what they say: progressive, single-stage, no-masks (no masks in the sampler
+    nor in the model), plain cfg, and label-only (other text) all sample differently from one seed."""
+    union = torch.zeros(1, 2, 1, 16, 16)
+    union[..., 8:, :] = 1  # lower half: the mouth
+    per_token = torch.zeros(1, 2, 8, 16, 16)
+    per_token[:, :, :3, 8:, :] = 1
+    cond = dataclasses.replace(conditions(union), local_masks=per_token)
+    label = dataclasses.replace(cond, global_text=torch.randn(1, 384, generator=torch.Generator().manual_seed(9)),
+                                local_valid=torch.zeros(1, 8, dtype=torch.bool))  # fmt: skip
+    outputs = {}
+    for mode in MODES:
+        sampler = ProgressiveSampler(model, train_config, GuidanceConfig(steps=4, mode=mode, switch=0.3))
+        outputs[mode] = sampler.sample(SHAPE, cond, generator=torch.Generator().manual_seed(0))
+    sampler = ProgressiveSampler(model, train_config, GuidanceConfig(steps=4, switch=0.3))
+    outputs["label-only"] = sampler.sample(SHAPE, label, generator=torch.Generator().manual_seed(0))
+    names = list(outputs)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not torch.allclose(outputs[a], outputs[b], atol=1e-4), (a, b)
+
+
+def test_no_masks_mode_takes_the_masks_away_from_the_model_too(model, train_config):
+    per_token = torch.zeros(1, 2, 8, 16, 16)
+    cond = dataclasses.replace(conditions(torch.ones(1, 2, 1, 16, 16)), local_masks=per_token)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        masked = ProgressiveSampler(model, train_config, GuidanceConfig(switch=0.0))
+        unmasked = ProgressiveSampler(model, train_config, GuidanceConfig(switch=0.0, mode="no-masks"))
+        a = masked.evaluate(x, torch.tensor(300), cond, ["ag", "agl"])
+        b = unmasked.evaluate(x, torch.tensor(300), cond, ["ag", "agl"])
+    assert torch.allclose(a["agl"], a["ag"], atol=1e-6)  # zero masks: local text cannot act anywhere
+    assert not torch.allclose(b["agl"], b["ag"], atol=1e-4)  # no-masks: it acts everywhere
+
+
+def test_guidance_rescale_pulls_the_std_back_to_the_conditional_branch(model, train_config):
+    cond = conditions(torch.ones(1, 2, 1, 16, 16))
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    strong = GuidanceConfig(audio_scale=7, global_scale=7, local_scale=7, switch=0.0)
+    with torch.no_grad():
+        plain, _ = ProgressiveSampler(model, train_config, strong).guided(x, torch.tensor(500), cond, 0.9)
+        sampler = ProgressiveSampler(model, train_config, dataclasses.replace(strong, guidance_rescale=1.0))
+        rescaled, _ = sampler.guided(x, torch.tensor(500), cond, 0.9)
+        full = sampler.evaluate(x, torch.tensor(500), cond, ["agl"])["agl"]
+    assert rescaled.std() == pytest.approx(full.std().item(), rel=1e-3)
+    assert abs(plain.std() - full.std()) > abs(rescaled.std() - full.std())

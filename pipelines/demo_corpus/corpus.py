@@ -31,7 +31,14 @@ import numpy as np
 from annotation.facs import MEAD_EMOTIONS, intensity_value, load_kb
 from media.face import FaceAnalyzer, crop_transform
 from pipelines.demo_corpus.au_templates import BILATERAL, CHANNELS
-from pipelines.demo_corpus.portraits import Portrait, builtin_portraits, identities, load_portraits, variant
+from pipelines.demo_corpus.portraits import (
+    Portrait,
+    builtin_portraits,
+    heldout_portrait,
+    identities,
+    load_portraits,
+    variant,
+)
 from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -244,7 +251,8 @@ def build(cfg: CorpusConfig) -> Path:
     try:
         photos = load_portraits(cfg.portraits) if cfg.portraits else builtin_portraits()
         people = identities(photos, cfg.identities)
-        heldout = variant(photos[0], cfg.identities + 1)
+        # Another real person when the built-in photo is used; a further variant of the user's photos else.
+        heldout = variant(photos[0], cfg.identities + 1) if cfg.portraits else heldout_portrait()
         specs = plan_clips(cfg, [p.name for p in people])
         jobs = []
         with FaceAnalyzer() as fa:

@@ -1,7 +1,9 @@
 """Portrait sources for the demo corpus: real photos shipped by packages, or a folder of the user's.
 
 When there are fewer photos than identities, further identities are distinct variants of the photos:
-mirrored (a real face is not symmetric), a horizontal stretch, and a colour transform.
+mirrored (a real face is not symmetric), a horizontal stretch, and a colour transform. With the built-in
+photo, every training identity is the same person (one photograph, varied): the demo shows the pipeline,
+not identity generalisation. The held-out portrait is another real person (`heldout_portrait`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ def builtin_portraits() -> list[Portrait]:
             "Astronaut", data.astronaut(), "skimage.data.astronaut (Eileen Collins, NASA, public domain)"
         )
     ]
+
+
+def heldout_portrait() -> Portrait:
+    """A real person who is in no training identity: Grace Hopper's official US Navy portrait (public
+    domain), which matplotlib ships as sample data."""
+    from matplotlib import cbook
+
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return Portrait(
+        "GraceHopper", read_image(path), "matplotlib sample_data grace_hopper.jpg (US Navy, public domain)"
+    )
 
 
 def _camel(stem: str) -> str:

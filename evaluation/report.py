@@ -1,0 +1,78 @@
+"""The evaluation table: per-mode means with their spread (std and a bootstrap 95 % interval over clips),
+whether the modes' AU-control errors can be told apart, the printed table and the strip / AU plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("psnr", "ssim", "lmd_full", "lmd_mouth", "sync_corr", "sync_corr_best", "sync_offset",
+           "au_control_error", "au_gt_error", "emotion_correct", "face_rate", "feature_distance")  # fmt: skip
+
+
+def bootstrap_interval(values: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean over clips, resampling clips with replacement."""
+    v = np.asarray(values, np.float64)
+    means = v[np.random.default_rng(seed).integers(0, len(v), (draws, len(v)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Mean, std, bootstrap 95 % interval and count (clips with a value) of every metric."""
+    out: dict = {"clips": len(rows)}
+    for m in METRICS:
+        values = [r[m] for r in rows if r.get(m) is not None]
+        out[m] = float(np.mean(values)) if values else None
+        out[f"{m}_std"] = float(np.std(values)) if values else None
+        out[f"{m}_ci95"] = list(bootstrap_interval(values)) if len(values) > 1 else None
+        out[f"{m}_n"] = len(values)
+    return out
+
+
+def separable(results: dict[str, dict], metric: str = "au_control_error") -> dict:
+    """Which pairs of modes have non-overlapping 95 % intervals of `metric` (told apart on these clips)."""
+    modes = [m for m, r in results.items() if r.get(f"{metric}_ci95")]
+    pairs = {}
+    for i, a in enumerate(modes):
+        for b in modes[i + 1 :]:
+            (lo_a, hi_a), (lo_b, hi_b) = results[a][f"{metric}_ci95"], results[b][f"{metric}_ci95"]
+            pairs[f"{a} vs {b}"] = hi_a < lo_b or hi_b < lo_a
+    return {"metric": metric, "pairs": pairs, "any": any(pairs.values())}
+
+
+def print_table(results: dict[str, dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="evaluation: mean ± std over clips (n = clips with a value)")
+    table.add_column("mode")
+    shown = [m for m in (*METRICS, "fid", "fvd") if any(r.get(m) is not None for r in results.values())]
+    for m in shown:
+        table.add_column(m, justify="right")
+    for mode, r in results.items():
+        cells = []
+        for m in shown:
+            v, sd = r.get(m), r.get(f"{m}_std")
+            cell = "-" if v is None else f"{v:.3f}" + (f"±{sd:.3f}" if sd is not None else "")
+            cells.append(
+                cell + (f" ({r[f'{m}_n']})" if r.get(f"{m}_n") is not None and v is not None else "")
+            )
+        table.add_row(mode, *cells)
+    Console(stderr=True).print(table)
+
+
+def plots(
+    out: Path, real: np.ndarray, generated: dict[str, np.ndarray], requested: dict, measured: dict, fps: int
+):
+    """`strip.png`: the real clip, then one row per mode (8 frames); `au_timeline.png`: requested vs measured."""
+    from PIL import Image
+
+    from media.au_measure import plot_aus
+
+    t = len(next(iter(generated.values())))
+    picks = np.linspace(0, t - 1, min(8, t)).round().astype(int)
+    rows = [np.concatenate(list(real[picks]), axis=1)]
+    rows += [np.concatenate(list(g[picks]), axis=1) for g in generated.values()]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out / "strip.png")
+    plot_aus(requested, measured, fps, out / "au_timeline.png")
