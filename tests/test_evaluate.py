@@ -82,7 +82,7 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
     )
     assert (
         0 < report["real_face_rate"] <= 1
-        and set(report["separable"]["pairs"])
+        and report["separable"]["metric"] == "au_control_error"  # pairs: only where intervals exist
         and len(report["references"]) == 2
     )
     assert all(ref != key for key, ref in report["references"].items())
@@ -122,3 +122,15 @@ def test_no_clips_of_the_split_is_a_clear_error(mead, tiny_model, netguard_log):
         env=offline_env(netguard_log),
     )
     assert proc.returncode == 2 and "no usable clips of split 'test'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_modes_are_told_apart_only_when_their_intervals_do_not_overlap():
+    from evaluation.report import aggregate, separable
+
+    rows = {"a": [{"au_control_error": v} for v in (1.0, 1.1, 0.9, 1.05)],
+            "b": [{"au_control_error": v} for v in (2.0, 2.1, 1.9, 2.05)],
+            "c": [{"au_control_error": v} for v in (0.9, 1.3, 1.1, 1.0)]}  # fmt: skip
+    results = {mode: aggregate(r) for mode, r in rows.items()}
+    found = separable(results)
+    assert found["pairs"]["a vs b"] and not found["pairs"]["a vs c"] and found["any"]
+    assert results["a"]["au_control_error_std"] == pytest.approx(0.0740, abs=2e-3)

@@ -150,9 +150,7 @@ def test_loss_decreases_on_a_fixed_batch(mead, tmp_path):
         str(data), version, frames=4, size=32, batch_size=2, train_batches=1, text_cache=str(tmp_path)
     )
     batch = next(iter(dm.train_dataloader()))
-    module = TBDModule(
-        drop={c: 0.0 for c in ("audio", "global", "local", "reference")}, lr=1e-3, warmup_steps=0
-    )
+    module = TBDModule(branches={}, lr=1e-3, warmup_steps=0)
     opt = module.configure_optimizers()["optimizer"]
 
     def fixed_loss() -> float:  # the same noise and timesteps every time
