@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbd-setup-stamp
 DEMO_OUT ?= out/demo
-DEMO_STEPS ?= 260
+DEMO_STEPS ?= 240
 # Guidance scales that suit a small model (the defaults, 3.5/3/3, are for a well-trained one).
 DEMO_GUIDANCE ?= --guidance.audio_scale 2 --guidance.global_scale 1.5 --guidance.local_scale 1.5
 
@@ -53,10 +53,10 @@ demo: setup
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
 	@echo "== generate: a held-out person (Grace Hopper's portrait; every training identity is one astronaut photo, varied) speaking a validation speaker's line, contempt level 2"
 	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/GraceHopper.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
-		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --guidance.steps 12 $(DEMO_GUIDANCE)
+		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --guidance.steps 8 $(DEMO_GUIDANCE)
 	@echo "== evaluate: 8 held-out (val) clips regenerated from a neutral frame of their speaker, with the ablation table"
 	$(BIN)/tbd evaluate --model $(DEMO_OUT)/model --data $(DEMO_OUT)/data/mead --split val --max_clips 8 \
-		--max_frames 16 --guidance.steps 8 $(DEMO_GUIDANCE) --ablations true --groundtruth $(DEMO_OUT)/corpus --out $(DEMO_OUT)/evaluation > /dev/null
+		--max_frames 16 --guidance.steps 6 $(DEMO_GUIDANCE) --ablations true --groundtruth $(DEMO_OUT)/corpus --out $(DEMO_OUT)/evaluation > /dev/null
 	@echo ""
 	@echo "Note: the demo's training identities are one real photograph (the astronaut) mirrored, stretched and"
 	@echo "recoloured, so its validation speaker is that person too: this shows the pipeline, not zero-shot identity."

@@ -30,6 +30,7 @@ from tbd_lightning.sampler import GuidanceConfig
 
 log = logging.getLogger(__name__)
 ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks", "cfg")
+STILL = "reference-still"  # baseline row with ablations: the reference frame repeated (no model)
 
 
 class EvaluateConfig(BaseModel):
@@ -282,6 +283,14 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             dims = metrics.feature_dims(nets["fvd"], (1, 3, len(reals[0]), 224, 224))
             results[mode]["fvd_note"] = metrics.frechet_note(len(reals), dims)
         per_clip[mode] = rows
+    if config.ablations:  # the floor every mode should beat: the reference frame held still, no motion
+        rows = []
+        for clip in clips:
+            still = np.repeat(clip.reference[None], len(clip.audio_features), 0)
+            gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
+            row, _ = score_clip(clip, still, requested_aus(clip.cot), gt, clf, baselines)
+            rows.append({"key": clip.key, "reference": clip.reference_key, **row})
+        results[STILL], per_clip[STILL] = aggregate(rows), rows
     if clf is not None:
         from evaluation.metrics import clip_features
         from media.au_proxies import au_proxies
@@ -295,7 +304,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     report = {"model": str(config.model), "data": str(config.data), "version": version, "split": config.split,
               "clips": [c.key for c in clips], "references": {c.key: c.reference_key for c in clips},
               "guidance": asdict(config.guidance), "seed": config.seed, "results": results,
-              "real_face_rate": float(np.mean(real_found)), "separable": separable(results),
+              "real_face_rate": float(np.mean(real_found)), "separable": separable(results, per_clip=per_clip),
               "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     strips = {mode: frames[0] for mode, frames in generated.items()}

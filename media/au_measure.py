@@ -79,17 +79,25 @@ def plot_aus(requested: dict[int, float], measured: dict[int, list], fps: int, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    aus = sorted(set(requested) & set(measured)) or sorted(requested)
+    unmeasured = sorted(set(requested) - set(measured))  # no landmark proxy measures these
+    aus = sorted(set(requested) | set(measured)) if unmeasured else sorted(set(requested) & set(measured))
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for i, au in enumerate(aus):
         color = f"C{i % 10}"
         series = measured.get(au, [])
-        t = np.arange(len(series)) / fps
-        ax.plot(t, [np.nan if v is None else v for v in series], color=color, label=f"AU{au} measured")
-        ax.axhline(requested[au], color=color, linestyle="--", linewidth=1, label=f"AU{au} requested")
+        if series:
+            t = np.arange(len(series)) / fps
+            ax.plot(t, [np.nan if v is None else v for v in series], color=color, label=f"AU{au} measured")
+        if au in requested:
+            ax.axhline(requested[au], color=color, linestyle="--", linewidth=1, label=f"AU{au} requested")
     n = max((len(v) for v in measured.values()), default=0)
-    if not any(v is not None for au in aus for v in measured.get(au, [])):
-        ax.text(0.5, 0.5, "no face found in the generated frames", transform=ax.transAxes, ha="center")
+    notes = []
+    if not any(v is not None for series in measured.values() for v in series):
+        notes.append("no face found in the generated frames")
+    if unmeasured:
+        notes.append(", ".join(f"AU{a}" for a in unmeasured) + ": requested, no landmark proxy measures it")
+    for k, note in enumerate(notes):
+        ax.text(0.5, 0.55 - 0.1 * k, note, transform=ax.transAxes, ha="center")
     ax.set(xlabel="seconds", ylabel="FACS intensity (0-5)", ylim=(0, 5.2), xlim=(0, max(n - 1, 1) / fps),
            title="requested vs measured AUs")  # fmt: skip
     ax.legend(fontsize=7, ncol=2, loc="upper right")

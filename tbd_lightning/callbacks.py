@@ -105,6 +105,19 @@ class SampleVideos(pl.Callback):
         self._log(trainer, pl_module)
 
 
+class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's `ModelCheckpoint`, and `last.ckpt` at the end of training whenever the last save was at an
+    earlier step. (Lightning 2.6 writes the final `last.ckpt` only if none was written before, so with
+    `every_n_train_steps: 100` and `max_steps: 260` the last 60 steps never reached a checkpoint or an export.)"""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and trainer.global_step and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            log.info("saved last.ckpt at the final step %d", trainer.global_step)
+            return
+        super().on_train_end(trainer, pl_module)
+
+
 class ResumableMLFlowLogger(MLFlowLogger):
     """`MLFlowLogger` for runs that resume: MLflow refuses to change a logged param, so a value that differs
     from the run's (a lower lr after resuming) is recorded as tag `changed_on_resume.KEY` instead of failing."""

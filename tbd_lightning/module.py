@@ -161,9 +161,9 @@ class TBDModule(pl.LightningModule):
         if keep is not None:
             keep, label = {c: k.to(x0.device) for c, k in keep.items()}, label.to(x0.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
-        target = (
-            noise if self.hparams.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
-        )
+        target = {"epsilon": noise, "sample": x0}.get(self.hparams.prediction_type)
+        if target is None:
+            target = self.scheduler.get_velocity(x0, noise, t)
         pred = self.model(noisy, t, self.conditions(batch, keep, label))
         err = (pred.float() - target.float()).square()
         if self.hparams.mouth_weight != 1 and "mouth" in batch:

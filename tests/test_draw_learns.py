@@ -1,5 +1,6 @@
 """Draw learns: a brief training run on the demo shards, then the pipeline draws faces (plumbing tests on
-untrained weights cannot show that). Slow: about two minutes on 2 cores."""
+untrained weights cannot show that), at the issue's bar: faces in >= 90 % of the frames where the real clip
+has them in all. Slow: about two minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_a_briefly_trained_model_draws_faces(mead, tmp_path):
     torch.manual_seed(0)
     dm = TBDDataModule(str(data), version, frames=4, batch_size=4, train_batches=STEPS, size=32,
                        text_cache=str(tmp_path / "text"))  # fmt: skip
-    module = TBDModule(lr=2e-3, warmup_steps=10)
+    module = TBDModule(prediction_type="sample", lr=2e-3, warmup_steps=10)  # as configs/train/tiny.yaml
     opt = torch.optim.AdamW(module.model.parameters(), lr=2e-3)
     for batch in dm.train_dataloader():
         loss = module.diffusion_loss(batch)
@@ -44,7 +45,7 @@ def test_a_briefly_trained_model_draws_faces(mead, tmp_path):
         track_generated(((val["video"][0].permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy())
     ).any(axis=(1, 2))
     assert real.mean() == 1.0
-    assert found.mean() >= 0.75, f"faces in {found.mean():.0%} of generated frames"
+    assert found.mean() >= 0.9, f"faces in {found.mean():.0%} of generated frames"
 
 
 STEPS = 150

@@ -75,7 +75,8 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
     for mode in modes:
         assert mode in proc.stderr  # one table row per mode
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert set(report["results"]) == modes
+    assert set(report["results"]) == modes | {"reference-still"}  # + the no-model baseline
+    assert set(report["separable"]["paired"]) >= {"progressive - cfg", "cfg - reference-still"}
     assert all(
         r["psnr_std"] is not None and r["psnr_n"] == 2 and len(r["psnr_ci95"]) == 2
         for r in report["results"].values()
@@ -134,3 +135,19 @@ def test_modes_are_told_apart_only_when_their_intervals_do_not_overlap():
     found = separable(results)
     assert found["pairs"]["a vs b"] and not found["pairs"]["a vs c"] and found["any"]
     assert results["a"]["au_control_error_std"] == pytest.approx(0.0740, abs=2e-3)
+
+
+def test_paired_differences_tell_apart_a_small_consistent_shift():
+    """Clips differ far more than the modes do; a mode that is better on every clip by 0.05 is told apart
+    by the paired comparison though the intervals over clips overlap."""
+    from evaluation.report import aggregate, separable
+
+    base = [0.6, 1.4, 0.9, 1.8, 1.1, 0.7, 1.6, 1.2]
+    per_clip = {"a": [{"key": str(i), "au_control_error": v} for i, v in enumerate(base)],
+                "b": [{"key": str(i), "au_control_error": v + 0.05 + 0.01 * (i % 2)} for i, v in enumerate(base)],
+                "c": [{"key": str(i), "au_control_error": v + (0.05 if i % 2 else -0.05)} for i, v in enumerate(base)]}  # fmt: skip
+    results = {m: aggregate(rows) for m, rows in per_clip.items()}
+    found = separable(results, per_clip=per_clip)
+    assert not found["pairs"]["a vs b"]  # unpaired intervals overlap
+    assert found["paired"]["a - b"]["told_apart"] and found["paired"]["a - b"]["mean"] == pytest.approx(-0.055)
+    assert not found["paired"]["a - c"]["told_apart"]  # differences of both signs: not told apart

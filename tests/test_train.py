@@ -65,7 +65,7 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     [run] = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)
     params = run.data.params
-    assert params["model"] == "tiny" and params["prediction_type"] == "v_prediction"
+    assert params["model"] == "tiny" and params["prediction_type"] == "sample"
     assert (
         params["annotation_version"] == version and params["frames"] == "4"
     )  # data module hparams, resolved
@@ -119,7 +119,7 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
     module.load_state_dict(state["state_dict"])
     exported = TBDPipeline.from_pretrained(out)
     assert isinstance(exported.denoiser, TBDVideoDenoiser)
-    assert DDPMScheduler.from_pretrained(out / "scheduler").config.prediction_type == "v_prediction"
+    assert DDPMScheduler.from_pretrained(out / "scheduler").config.prediction_type == "sample"
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 3, 32, 32, generator=g)
     cond = Conditions(
@@ -359,3 +359,19 @@ def test_train_configs_parse(name, netguard_log):
     assert config["model"]["model"] == name and config["trainer"]["logger"]["class_path"].endswith(
         "MLFlowLogger"
     )
+
+
+def test_last_checkpoint_is_the_final_step(tmp_path):
+    """Periodic saves at step 3, training stops at 5: last.ckpt (what the demo exports) holds step 5.
+    Lightning's own ModelCheckpoint keeps step 3 there."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from tbd_lightning.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_last=True, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=5, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+                         limit_val_batches=0, accelerator="cpu")  # fmt: skip
+    trainer.fit(BoringModel())
+    assert step_of(tmp_path / "last.ckpt") == 5
+    assert step_of(tmp_path / "epoch=0-step=3.ckpt") == 3
