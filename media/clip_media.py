@@ -42,6 +42,11 @@ class MediaConfig(BaseModel):
     audio_encoder: str | None = None  # local folder of a pretrained speech encoder; None: log-mel
     crf: int = 20
     max_seconds: float = 60.0
+    min_frames: int = 12  # shorter clips are rejected as too short (a training window needs frames)
+    # One identity per clip: a second face at least this fraction of the first's width in a sampled frame
+    # rejects the clip (its tracks could swap identities); smaller background faces are ignored.
+    max_second_face: float = 0.5
+    max_roll_deg: float = 30.0  # faces rolled further (a video on its side) are rejected; generate warns
 
 
 class MediaSample(BaseModel):
@@ -127,6 +132,28 @@ def crop_to(frames: np.ndarray, landmarks: np.ndarray, crop, size: int) -> tuple
     return cropped, np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float32)
 
 
+def identity_problem(frames: np.ndarray, meshes: list, analyzer: FaceAnalyzer, config: MediaConfig) -> str:
+    """Why the clip cannot be one upright speaker, or "". Policy: a second face at least `max_second_face`
+    of the first's width in the first, middle or last frame rejects the clip (the tracker could swap to it
+    and mix identities); a face rolled beyond `max_roll_deg` (a video on its side without rotation
+    metadata) rejects it too."""
+    from media.face import roll_degrees
+
+    n = len(frames)
+    for i in sorted({0, n // 2, n - 1}):
+        faces = analyzer.detect_all(frames[i])
+        if len(faces) > 1:
+            widths = [f.box[2] - f.box[0] for f in faces]
+            if widths[1] >= config.max_second_face * widths[0]:
+                return (f"{len(faces)} faces in frame {i} (the second {widths[1] / widths[0]:.0%} the width of "
+                        f"the first): one speaker per clip, identities could mix")  # fmt: skip
+    roll = float(np.median([roll_degrees(m.landmarks) for m in meshes]))
+    if abs(roll) > config.max_roll_deg:
+        return (f"face rolled by {roll:.0f} degrees (limit {config.max_roll_deg:.0f}): a video on its side "
+                f"without rotation metadata? Turn it upright first")  # fmt: skip
+    return ""
+
+
 def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> MediaSample | Reject:
     """Run every stage; the first that fails names the reject."""
     source = ref.video
@@ -136,6 +163,12 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
         return Reject(key=ref.key, stage="decode", reason=str(err).split(": ", 1)[-1], source=source)
     frames = raw[resample_indices(len(raw), fps_in, config.fps)][: int(config.max_seconds * config.fps)]
     n = len(frames)
+    if n < config.min_frames:
+        return Reject(
+            key=ref.key, stage="decode", source=source,
+            reason=f"too short: {n} frames at {config.fps} fps ({n / config.fps:.2f} s); needs at least "
+            f"{config.min_frames} ({config.min_frames / config.fps:.2f} s)",
+        )  # fmt: skip
 
     try:
         audio = read_audio(ref.audio or ref.video)
@@ -161,6 +194,9 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
             reason=f"no face in {n - sum(found)}/{n} frames (needs a face in {config.min_face_fraction:.0%})",
         )  # fmt: skip
     meshes = [r.mesh for r in results]
+    refused = identity_problem(frames, [m for m in meshes if m is not None], analyzer, config)
+    if refused:
+        return Reject(key=ref.key, stage="face", reason=refused, source=source)
     crop = stable_crop(meshes, margin=config.crop_margin)
     # Frames without a face take the landmarks of the nearest frame with one.
     have = np.flatnonzero(found)

@@ -80,6 +80,22 @@ def _rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _area(box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def _iou(a, b) -> float:
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    return inter / max(1e-9, _area(a) + _area(b) - inter)
+
+
+def roll_degrees(landmarks: np.ndarray) -> float:
+    """In-plane rotation of a face (degrees, 0 = upright, positive = clockwise in the image) from its eye
+    line; about +-90 for a video or photo turned on its side."""
+    right, left = eye_centres(np.asarray(landmarks)[:, :2])
+    return float(np.degrees(np.arctan2(left[1] - right[1], left[0] - right[0])))
+
+
 def crop_transform(center: np.ndarray, size: float, angle: float, out: int = MESH_INPUT) -> np.ndarray:
     """2x3 affine from crop pixels (out x out) to image pixels: a square of side `size`, rotated by `angle`."""
     s = size / out
@@ -139,25 +155,44 @@ class FaceAnalyzer:
         self._detector = self._landmarker = None
 
     # -- detection ---------------------------------------------------------------------------------
-    def detect(self, image: np.ndarray) -> FaceBox | None:
-        """The most confident face, or None."""
+    def _detect_in(self, image: np.ndarray, dx: int = 0, dy: int = 0) -> list[FaceBox]:
+        """Every detection in `image` (a tile whose top-left corner is at (dx, dy) in the full image)."""
         import mediapipe as mp
 
+        h, w = image.shape[:2]
+        result = self._detector.detect(
+            mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+        )
+        boxes = []
+        for d in result.detections:
+            b = d.bounding_box
+            kps = np.array([[k.x * w + dx, k.y * h + dy] for k in d.keypoints], np.float32)
+            box = (b.origin_x + dx, b.origin_y + dy, b.origin_x + b.width + dx, b.origin_y + b.height + dy)
+            boxes.append(FaceBox(box=tuple(map(float, box)), score=float(d.categories[0].score), keypoints=kps))
+        return boxes
+
+    def detect(self, image: np.ndarray) -> FaceBox | None:
+        """The most confident face of the whole image, or None (one detector call: tracking's fallback)."""
+        boxes = self._detect_in(_rgb_uint8(image))
+        return max(boxes, key=lambda b: b.score) if boxes else None
+
+    def detect_all(self, image: np.ndarray) -> list[FaceBox]:
+        """Every face, largest first. The short-range detector sees the whole image squeezed into its square
+        input, so in a wide or tall image (two people side by side) small faces go unseen: overlapping square
+        tiles along the long side are searched too, and duplicates merged."""
         image = _rgb_uint8(image)
         h, w = image.shape[:2]
-        result = self._detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
-        if not result.detections:
-            return None
-        best = max(result.detections, key=lambda d: d.categories[0].score)
-        b = best.bounding_box
-        kps = np.array([[k.x * w, k.y * h] for k in best.keypoints], np.float32)
-        box = (
-            float(b.origin_x),
-            float(b.origin_y),
-            float(b.origin_x + b.width),
-            float(b.origin_y + b.height),
-        )
-        return FaceBox(box=box, score=float(best.categories[0].score), keypoints=kps)
+        boxes = self._detect_in(image)
+        side, long = min(h, w), max(h, w)
+        if long > 1.2 * side:
+            for o in np.linspace(0, long - side, int(np.ceil(2 * long / side)) - 1).round().astype(int):
+                tile = image[:, o : o + side] if w > h else image[o : o + side]
+                boxes += self._detect_in(tile, o if w > h else 0, 0 if w > h else o)
+        kept: list[FaceBox] = []
+        for b in sorted(boxes, key=lambda b: b.score, reverse=True):
+            if all(_iou(b.box, k.box) < 0.3 for k in kept):
+                kept.append(b)
+        return sorted(kept, key=lambda b: _area(b.box), reverse=True)
 
     # -- mesh ----------------------------------------------------------------------------------------
     def _run_mesh(self, image: np.ndarray, affine: np.ndarray) -> FaceMesh | None:

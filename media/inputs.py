@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tbd_core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -16,23 +19,40 @@ class Portrait:
     landmarks: np.ndarray  # (468, 3) crop-normalised
 
 
-def prepare_portrait(path: Path, size: int, margin: float) -> Portrait:
-    from PIL import Image, UnidentifiedImageError
+def prepare_portrait(
+    path: Path, size: int, margin: float, face_index: int | None = None, max_roll_deg: float = 30.0
+) -> Portrait:
+    """The portrait's face crop and landmarks, made as preprocess makes training crops. EXIF orientation is
+    applied. Several faces: the largest is taken (and said), or `face_index` (faces ordered largest
+    first). A face rolled beyond `max_roll_deg` (what preprocess lets into training) is warned about."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from media.clip_media import crop_to
-    from media.face import FaceAnalyzer, stable_crop
+    from media.face import FaceAnalyzer, roll_degrees, stable_crop
 
     try:
-        image = np.asarray(Image.open(path).convert("RGB"))
+        with Image.open(path) as im:
+            image = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{path}: not a readable image ({err})") from err
     with FaceAnalyzer() as fa:
-        result = fa.analyze(image)
-    if result.mesh is None:
-        raise UserError(f"{path}: no face found ({result.reason})")
-    crop, lm = crop_to(
-        image[None], result.mesh.landmarks[None].astype(np.float64), stable_crop([result.mesh], margin), size
-    )
+        faces = fa.detect_all(image)
+        if not faces:
+            raise UserError(f"{path}: no face found")
+        listing = ", ".join(f"#{i} at x={f.box[0]:.0f}-{f.box[2]:.0f} y={f.box[1]:.0f}-{f.box[3]:.0f}" for i, f in enumerate(faces))  # fmt: skip
+        if face_index is not None and not 0 <= face_index < len(faces):
+            raise UserError(f"{path}: face_index {face_index}, but {len(faces)} face(s) found ({listing})")
+        if face_index is None and len(faces) > 1:
+            log.warning("%s: %d faces found (%s, largest first); using #0, choose another with "
+                        "--face_index", path, len(faces), listing)  # fmt: skip
+        mesh = fa.mesh_from_detection(image, faces[face_index or 0])
+    if mesh is None:
+        raise UserError(f"{path}: no face found (face #{face_index or 0}: face-presence score below threshold)")
+    roll = roll_degrees(mesh.landmarks)
+    if abs(roll) > max_roll_deg:
+        log.warning("%s: the face is rolled by %.0f degrees; the model was trained on faces within %.0f "
+                    "(is the photo on its side?)", path, roll, max_roll_deg)  # fmt: skip
+    crop, lm = crop_to(image[None], mesh.landmarks[None].astype(np.float64), stable_crop([mesh], margin), size)
     return Portrait(crop[0], lm[0])
 
 

@@ -49,9 +49,12 @@ class PreprocessConfig(BaseModel):
 class ShardBuilder:
     """Ray Data callable class: builds and writes whole shards (a face analyzer per batch of shards)."""
 
-    def __init__(self, media_dir: str, media: dict):
+    def __init__(self, media_dir: str, media: dict, threads: int = 1):
+        from media.video_io import pin_threads
+
         self.media_dir = Path(media_dir)
         self.config = MediaConfig(**media)
+        pin_threads(threads)  # N workers use N cores, not N x every library's default pool
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         # The analyzer lives for one batch: MediaPipe cannot be closed cleanly at actor teardown
@@ -108,7 +111,9 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     with job_run(
         "preprocess", uri, {**params, "concurrency": config.concurrency, "data": str(config.data)}
     ) as mlflow:
-        start = time.perf_counter()
+        import psutil
+
+        start, cpu_before = time.perf_counter(), psutil.cpu_times()
         built = []
         if pending:
             init_ray()
@@ -118,6 +123,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
                 fn_constructor_kwargs={
                     "media_dir": str(media_dir),
                     "media": config.media.model_dump(),
+                    "threads": max(1, round(config.num_cpus_per_worker)),  # each library's pool, per worker
                 },
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=config.concurrency),  # a fixed pool of N workers
@@ -125,6 +131,9 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             )
             built = ds.take_all()
         wall = time.perf_counter() - start
+        cpu_after = psutil.cpu_times()
+        busy = sum(cpu_after) - cpu_after.idle - (sum(cpu_before) - cpu_before.idle)
+        elapsed = sum(cpu_after) - sum(cpu_before)
         records = []
         for name, _keys in plan:
             record = finished(media_dir, name)
@@ -144,6 +153,12 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             "frames_built": frames,
             "wall_s": wall,
             "frames_per_s": frames / wall if wall > 0 and frames else 0.0,
+            # Once the workers are up (model loading and Ray start-up excluded): frames over the workers'
+            # summed shard-building time, times the number of workers.
+            "worker_busy_s": sum(b["seconds"] for b in built),
+            "steady_frames_per_s": frames * min(config.concurrency, max(1, len(built)))
+            / max(1e-9, sum(b["seconds"] for b in built)) if built else 0.0,
+            "cpu_utilisation": busy / elapsed if elapsed > 0 else 0.0,  # all cores of the machine, 0-1
         }
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(media_dir / "manifest.json"))

@@ -17,10 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from tbd_core.errors import UserError
 from tbd_core.files import sha256_of
+from tbd_lightning.checkpoint_file import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +51,7 @@ def export(ckpt: str | Path, out: str | Path):
     from tbd_lightning.module import TBDModule
 
     ckpt, out = Path(ckpt), Path(out)
-    if not ckpt.is_file():
-        raise UserError(f"checkpoint {ckpt} does not exist")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if "state_dict" not in state or "hyper_parameters" not in state:
-        raise UserError(f"{ckpt} is not a `tbd train` checkpoint (no state_dict / hyper_parameters)")
+    state = load_checkpoint(ckpt)  # weights_only: a pickle that would run code is refused
     hp = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}  # drop _instantiator
     module = TBDModule(**{**hp, "init_weights": None, "gradient_checkpointing": False})
     module.load_state_dict(state["state_dict"])

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenerateConfig:
-    image: Path  # the portrait (any image PIL reads)
+    image: Path  # the portrait (any image PIL reads; EXIF orientation applied)
+    face_index: int | None = None  # several faces in the portrait: which (largest first); default the largest
     audio: Path  # the speech (wav, mp3, m4a, or a video's audio)
     model: Path  # a folder written by `tbd export` (TBDPipeline)
     out: Path  # the mp4 to write (.png strip, _aus.png, .json beside it)
@@ -69,7 +70,9 @@ def generate(config: GenerateConfig) -> dict:
     media, size = pipe.media_config, pipe.size
     fps = media.fps
 
-    portrait = prepare_portrait(config.image, size, media.crop_margin)
+    portrait = prepare_portrait(
+        config.image, size, media.crop_margin, config.face_index, media.max_roll_deg
+    )
     audio, n_frames = load_speech(config.audio, fps, config.max_seconds, media.silence_dbfs)
     ann = think(config)
     cot = ann.cot.model_dump(mode="json")

@@ -80,6 +80,7 @@ class TBDPipeline(DiffusionPipeline):
         if not (folder / "model_index.json").is_file():
             what = "does not exist" if not folder.exists() else "has no model_index.json"
             raise UserError(f"{folder} {what}: give a pipeline folder written by `tbd export`")
+        kwargs.setdefault("use_safetensors", True)  # weights as safetensors only: no pickled .bin is loaded
         if importlib.util.find_spec("accelerate") is None:
             kwargs.setdefault("low_cpu_mem_usage", False)  # what diffusers falls back to, without its warning
         return super().from_pretrained(str(folder), **kwargs)

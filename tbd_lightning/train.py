@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from tbd_lightning.callbacks import MLflowSaveConfig
+from tbd_lightning.checkpoint_file import load_checkpoint
 from tbd_lightning.data import TBDDataModule
 from tbd_lightning.module import TBDModule
 
@@ -81,9 +82,7 @@ class TBDCLI(LightningCLI):
                 args = logger.init_args
                 args.tracking_uri = args.tracking_uri or tracking_uri(None, Path(cfg.data.data))
                 if resume is not None and not args.run_id:
-                    args.run_id = torch.load(resume, map_location="cpu", weights_only=False).get(
-                        "mlflow_run_id"
-                    )
+                    args.run_id = load_checkpoint(resume).get("mlflow_run_id")
                     log.info("resuming %s: MLflow run %s", resume, args.run_id)
 
     def instantiate_trainer(self, **kwargs):
@@ -102,7 +101,11 @@ class TBDCLI(LightningCLI):
         return prepare_trainer(trainer)
 
     def fit(self, ckpt_path: str | None = None) -> None:
-        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path or self.config.ckpt_path)
+        ckpt_path = ckpt_path or self.config.ckpt_path
+        if ckpt_path and ckpt_path != "last":
+            load_checkpoint(ckpt_path)  # refused here, with a clear error, before Lightning reads it
+        # weights_only: Lightning's own read of the file runs no pickled code either.
+        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
 
 
 def _ray_loop(config: dict) -> None:

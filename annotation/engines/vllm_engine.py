@@ -108,6 +108,7 @@ class VLLMEngine(Engine):
                 # Compact JSON: xgrammar reads this engine-wide (the per-request flag is ignored);
                 # without it a weak model pads with whitespace until max_tokens.
                 structured_outputs_config=STRUCTURED_OUTPUTS,
+                trust_remote_code=False,  # a model folder's own Python never runs (engine_kwargs may opt in)
             )
             if gpu:
                 kwargs.update(
