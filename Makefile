@@ -40,11 +40,12 @@ demo: setup
 		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --media.crop_size 64 --clips_per_shard 8; \
 		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds; \
 	done
-	@echo "== hdtf: regenerate the annotations with vLLM on the tiny local LLM (a second version beside the first)"
-	$(BIN)/tbd tiny-llm --out $(DEMO_OUT)/tiny-llm
+	@echo "== hdtf: regenerate the annotations with vLLM on SmolLM2-135M-Instruct (a real instruct LLM from PyPI, converted at setup): a second version beside the first"
 	VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/hdtf --think.engine vllm \
-		--think.model $(DEMO_OUT)/tiny-llm --think.max_model_len 12288 --think.max_tokens 3072
-	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/hdtf
+		--think.model $$($(BIN)/tbd assets path instruct_llm) --think.max_tokens 1536
+	@echo "== annotation quality, every version (also in MLflow)"
+	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/hdtf --report true
+	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/mead --report true
 	$(BIN)/tbd think --text "a bittersweet smile" --level 2 --json true > $(DEMO_OUT)/bittersweet.json
 	@echo "== mead: train the tiny denoiser on media + CoT shards (LightningCLI, MLflow), then export it"
 	rm -rf $(DEMO_OUT)/train $(DEMO_OUT)/model

@@ -55,6 +55,11 @@ class PromptTemplate(BaseModel):
             evidence=evidence or "none (no clip measured)",
         ).strip()
 
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """The few-shot assistant answers (JSON text)."""
+        return tuple(shot.assistant for shot in self.few_shot)
+
     def messages(self, request: ThinkRequest) -> list[dict[str, str]]:
         """Chat messages for one request: system, few-shot turns, then the request."""
         msgs = [{"role": "system", "content": self.system}]

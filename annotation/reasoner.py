@@ -15,9 +15,10 @@ from annotation.records import UNKNOWN, AUEvidence, ThinkRequest
 from annotation.schema import AUDescription, ChainOfThought, RegionDescriptions
 from tbd_core.errors import UserError
 
-REASONER_VERSION = "facs-reasoner-1"  # bump when the rules change: it enters the annotation version
+REASONER_VERSION = "facs-reasoner-2"  # bump when the rules change: it enters the annotation version
 ABSENT_PEAK = 0.5  # measured peak below this (FACS scale) contradicts an AU
 PRESENT_PEAK = 1.5  # measured peak at or above this supports adding an optional / observed AU
+CLEAR_PEAK = 2.5  # clearly present: an answer that leaves such an AU out must say so (validator)
 DEFAULT_SIDE = "right"  # unilateral AUs without side evidence: the subject's right
 ADVERB = {"A": "barely", "B": "slightly", "C": "clearly", "D": "strongly", "E": "maximally"}
 
@@ -122,12 +123,15 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
             ):
                 chosen[au] = sides["both"]
                 added.append(f"AU{au} ({sides['both']:.1f})")
+        outside = [f"AU{au} ({sides['both']:.1f})" for au, sides in sorted(peaks.items())
+                   if au not in chosen and sides["both"] >= CLEAR_PEAK]  # fmt: skip
         notes = [
             f"{label} {', '.join(items)}"
             for label, items in (
                 ("measured peaks confirm", confirmed),
                 ("absent, so left out:", absent),
                 ("added:", added),
+                ("measured but not part of the expression asked for:", outside),
             )
             if items
         ]

@@ -3,21 +3,25 @@
 Outcomes: `accepted` (as generated), `repaired` (registry facts filled in or request metadata corrected;
 every change listed), `rejected` (reasons listed; the clip goes to the reject ledger). Repairs never add
 an AU: a missing core AU or an unknown AU id rejects. Grounding: an AU annotated at C or stronger that
-the clip's measured evidence shows absent rejects.
+the clip's measured evidence shows absent rejects. Faithfulness (`annotation.faithfulness`): a label the
+evidence does not support, misquoted measurements, a clearly measured AU left out silently, degenerate
+text and a copied few-shot answer reject.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from annotation import faithfulness
 from annotation.facs import KnowledgeBase, load_kb
 from annotation.reasoner import ABSENT_PEAK, region_sentences
 from annotation.records import UNKNOWN, Generation, ThinkRequest, Validation
 from annotation.schema import ChainOfThought
 
-VALIDATOR_VERSION = "validator-1"  # bump when a rule changes: it enters the annotation version
+VALIDATOR_VERSION = "validator-2"  # bump when a rule changes: it enters the annotation version
 
 
 def parse(generation: Generation) -> tuple[dict | None, list[str]]:
@@ -36,9 +40,10 @@ def parse(generation: Generation) -> tuple[dict | None, list[str]]:
 
 
 def validate(
-    data: dict, request: ThinkRequest, kb: KnowledgeBase | None = None
+    data: dict, request: ThinkRequest, kb: KnowledgeBase | None = None, examples: Sequence[str] = ()
 ) -> tuple[ChainOfThought | None, Validation]:
-    """Check a parsed answer; return the (repaired) CoT and the outcome."""
+    """Check a parsed answer; return the (repaired) CoT and the outcome. `examples`: the few-shot answers
+    the model was shown (an answer that copies one is rejected)."""
     kb = kb or load_kb()
     changes: list[str] = []
     reasons: list[str] = []
@@ -94,6 +99,7 @@ def validate(
     cot.action_units = kept
 
     reasons += _plausibility(cot, request, kb)
+    reasons += faithfulness.check(cot, request, kb, examples)
     if reasons:
         return None, Validation(outcome="rejected", reasons=reasons, changes=changes)
 

@@ -214,12 +214,13 @@ def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
     return folder.pick_version(None)
 
 
-def guidance_runs(config: EvaluateConfig) -> list[tuple[str, GuidanceConfig, bool]]:
-    """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it."""
+def guidance_runs(config: EvaluateConfig) -> list[tuple[str, GuidanceConfig | None, bool]]:
+    """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it and
+    the `reference-still` floor (guidance None: no model)."""
     if not config.ablations:
         return [(config.guidance.mode, config.guidance, False)]
     return [(m, replace(config.guidance, mode="progressive" if m == "label-only" else m), m == "label-only")
-            for m in ABLATIONS]  # fmt: skip
+            for m in ABLATIONS] + [(STILL, None, False)]  # fmt: skip
 
 
 def run_evaluate(config: EvaluateConfig) -> dict:
@@ -253,8 +254,11 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     for mode, guidance, label_only in runs:
         rows = []
         for clip in clips:
-            frames = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=clip.cot,
-                          label_only=label_only, guidance=guidance, seed=config.seed).frames  # fmt: skip
+            if guidance is None:  # the floor every mode should beat: the reference frame held still
+                frames = np.repeat(clip.reference[None], len(clip.audio_features), 0)
+            else:
+                frames = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=clip.cot,
+                              label_only=label_only, guidance=guidance, seed=config.seed).frames  # fmt: skip
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
             row, measured = score_clip(clip, frames, requested_aus(clip.cot), gt, clf, baselines)
             rows.append({"key": clip.key, "reference": clip.reference_key, **row})
@@ -283,14 +287,6 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             dims = metrics.feature_dims(nets["fvd"], (1, 3, len(reals[0]), 224, 224))
             results[mode]["fvd_note"] = metrics.frechet_note(len(reals), dims)
         per_clip[mode] = rows
-    if config.ablations:  # the floor every mode should beat: the reference frame held still, no motion
-        rows = []
-        for clip in clips:
-            still = np.repeat(clip.reference[None], len(clip.audio_features), 0)
-            gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
-            row, _ = score_clip(clip, still, requested_aus(clip.cot), gt, clf, baselines)
-            rows.append({"key": clip.key, "reference": clip.reference_key, **row})
-        results[STILL], per_clip[STILL] = aggregate(rows), rows
     if clf is not None:
         from evaluation.metrics import clip_features
         from media.au_proxies import au_proxies

@@ -146,13 +146,14 @@ def run_annotate(config: AnnotateConfig) -> dict:
         "annotate", uri, {**params, "concurrency": config.concurrency}, {"tbd.version": version}
     ) as mlflow:
         start = time.perf_counter()
+        examples = engine.examples  # the few-shot answers its model is shown (copies are rejected)
         pending = [requests[k] for _, (_, keys) in todo.items() for k in keys]
         gens = generate_all(config, pending)
         wall = time.perf_counter() - start
         shard_keys_of = {s["name"]: s["keys"] for s in media["shards"]}
         for name, (kept, keys) in todo.items():
             shard_keys = shard_keys_of[name]
-            fresh = {k: judge(requests[k], gens[requests[k].fingerprint()], provenance) for k in keys}
+            fresh = {k: judge(requests[k], gens[requests[k].fingerprint()], provenance, examples) for k in keys}
             anns = {**kept, **fresh}
             rejects = [
                 Reject(key=k, stage="annotate", reason="; ".join(anns[k].validation.reasons), source=version)

@@ -1,4 +1,5 @@
-"""`tbd annotations --data DIR`: the annotation versions of a data folder, with counts and acceptance."""
+"""`tbd annotations --data DIR`: the annotation versions of a data folder, with counts and acceptance;
+`--report true`: their quality (`pipelines.annotation_report`), also logged to MLflow."""
 
 from __future__ import annotations
 
@@ -13,9 +14,18 @@ from pipelines.data_folder import DataFolder
 class AnnotationsConfig:
     data: Path  # the data folder
     json: bool = False  # print JSON rows instead of a table
+    report: bool = False  # quality per version: rejections, AU agreement with the measurements, diversity
+    tracking_uri: str | None = None  # for the report's MLflow run (default: beside the data)
 
 
 def print_versions(config: AnnotationsConfig) -> int:
+    if config.report:
+        from pipelines.annotation_report import log_report, print_report, quality_report
+
+        report = quality_report(config.data)
+        print(json.dumps(report, indent=1)) if config.json else print_report(report)
+        log_report(report, config.data, config.tracking_uri)
+        return 0
     rows = DataFolder(config.data).version_rows()
     if config.json:
         print(json.dumps(rows, indent=1))

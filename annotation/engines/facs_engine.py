@@ -22,6 +22,10 @@ class FacsEngine(Engine):
     def sampling(self) -> dict:
         return {}
 
+    @property
+    def examples(self) -> tuple[str, ...]:
+        return ()  # the rule reasoner wrote the few-shot answers; it is never shown them
+
     def generate(self, requests: Sequence[ThinkRequest]) -> list[Generation]:
         kb = load_kb()
         out = []

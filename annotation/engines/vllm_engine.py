@@ -30,7 +30,7 @@ class VLLMConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     model: str
-    max_model_len: int = 8192
+    max_model_len: int | None = None  # None: the model's own context length (max_position_embeddings)
     max_tokens: int = 1536
     temperature: float = 0.0
     seed: int = 0

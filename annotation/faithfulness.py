@@ -1,0 +1,138 @@
+"""Faithfulness: an answer must say what the request and the clip's measurements say, not only be well formed.
+
+Each rule returns the reasons it rejects an answer (empty: it passes):
+- `unsupported_label`: an unlabelled clip (HDTF) may be given an emotion only if the measurements support
+  it (at least half of its prototype's core AUs measured present); free text may not be turned into an
+  emotion the text does not read as.
+- `misquoted_numbers`: a measurement the reasoning quotes ("AU12 (2.4)") must match the clip's evidence.
+- `omitted_aus`: an AU measured clearly present is annotated or at least discussed, never silently left out.
+- `degenerate_text`: a phrase repeated until the output is cut, placeholder tokens (`region_id_1000000`).
+  (Runaway lists and sentences are refused earlier, by the schema's bounds.)
+- `copied_example`: an answer (nearly) identical to one of the prompt's few-shot answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from difflib import SequenceMatcher
+
+from annotation.facs import KnowledgeBase
+from annotation.reasoner import CLEAR_PEAK, PRESENT_PEAK, text_cues
+from annotation.records import UNKNOWN, ThinkRequest
+from annotation.schema import ChainOfThought
+
+NUMBER_TOLERANCE = 0.3  # a quoted measurement may differ from the evidence by this much (rounding)
+COPY_SIMILARITY = 0.9  # text similarity to a few-shot answer at or above this is a copy
+
+_QUOTE = re.compile(r"\bAU(\d+)\b(?:\s+[A-Za-z]+){0,4}?\s*[(:=]?\s*(?:peak\s*(?:of\s*)?|at\s*)?(\d+\.\d+)")
+_PLACEHOLDER = re.compile(r"\b\w*_id_\d+\b|\d{6,}|<[a-z_]{2,}>|\{\{|\}\}|\b(?:TODO|PLACEHOLDER|lorem ipsum)\b", re.I)
+
+
+def texts(cot: ChainOfThought) -> dict[str, str]:
+    """Every free-text field of a CoT, by name."""
+    out = {f"reasoning[{i}]": s for i, s in enumerate(cot.reasoning)}
+    out["global_description"] = cot.global_description
+    out |= {f"regions.{k}": v for k, v in cot.regions.model_dump().items() if v}
+    return out
+
+
+def _peaks(request: ThinkRequest) -> dict[int, tuple[float, float]]:
+    """AU -> (highest peak, highest mean) over sides."""
+    out: dict[int, tuple[float, float]] = {}
+    for ev in request.evidence:
+        peak, mean = out.get(ev.au, (0.0, 0.0))
+        out[ev.au] = (max(peak, ev.peak), max(mean, ev.mean))
+    return out
+
+
+def unsupported_label(cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeBase) -> list[str]:
+    if request.emotion != UNKNOWN or cot.emotion in ("neutral", UNKNOWN):
+        return []
+    if request.evidence:
+        core = kb.prototype(cot.emotion).core
+        peaks = _peaks(request)
+        present = [au for au in core if peaks.get(au, (0.0, 0.0))[0] >= PRESENT_PEAK]
+        if core and len(present) < len(core) / 2:
+            measured = ", ".join(f"AU{au} {peaks[au][0]:.1f}" for au in core if au in peaks) or "none measured"
+            return [f"unlabelled clip called {cot.emotion}, but only {len(present)} of its {len(core)} core AUs "
+                    f"are measured present ({measured})"]  # fmt: skip
+        return []
+    if request.text:
+        weights, _ = text_cues(request.text, kb)
+        if weights and cot.emotion not in weights:
+            reads = ", ".join(f"{e} {w:.0%}" for e, w in weights.items())
+            return [f"the text {request.text!r} reads as {reads}; the answer says {cot.emotion}"]
+    return []
+
+
+def misquoted_numbers(cot: ChainOfThought, request: ThinkRequest) -> list[str]:
+    peaks, reasons = _peaks(request), []
+    for field, text in texts(cot).items():
+        for m in _QUOTE.finditer(text):
+            au, quoted = int(m.group(1)), float(m.group(2))
+            if au not in peaks:
+                what = "was not measured" if peaks else "no measurements were given"
+                reasons.append(f"{field} quotes AU{au} at {quoted:g}, but {what}")
+            elif all(abs(quoted - v) > NUMBER_TOLERANCE for v in peaks[au]):
+                reasons.append(f"{field} quotes AU{au} at {quoted:g}; measured peak {peaks[au][0]:.1f}, "
+                               f"mean {peaks[au][1]:.1f}")  # fmt: skip
+    return reasons
+
+
+def omitted_aus(cot: ChainOfThought, request: ThinkRequest) -> list[str]:
+    annotated = {u.au for u in cot.action_units}
+    said = " ".join(texts(cot).values())
+    return [
+        f"AU{au} measured clearly present (peak {peak:.1f}) but neither annotated nor discussed"
+        for au, (peak, _) in sorted(_peaks(request).items())
+        if peak >= CLEAR_PEAK and au not in annotated and not re.search(rf"\bAU{au}\b", said)
+    ]
+
+
+def degenerate_text(cot: ChainOfThought) -> list[str]:
+    reasons = []
+    for field, text in texts(cot).items():
+        words = re.findall(r"[a-z']+", text.lower())
+        grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+        if grams:
+            gram, n = grams.most_common(1)[0]
+            if n >= 3:
+                reasons.append(f"repeated phrase in {field}: {' '.join(gram)!r} {n} times")
+        token = _PLACEHOLDER.search(text)
+        if token:
+            reasons.append(f"placeholder-like token in {field}: {token.group(0)!r}")
+    return reasons
+
+
+def _signature(cot: dict) -> str:
+    return " ".join([*cot.get("reasoning", []), cot.get("global_description", "")]).lower()
+
+
+def copied_example(cot: ChainOfThought, examples: Sequence[str]) -> list[str]:
+    """`examples`: the few-shot assistant answers (JSON text) the model was shown."""
+    mine = _signature(cot.model_dump())
+    for i, text in enumerate(examples):
+        try:
+            example = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        ratio = SequenceMatcher(None, mine, _signature(example), autojunk=False).ratio()
+        if ratio >= COPY_SIMILARITY:
+            return [f"copies few-shot example {i} (text similarity {ratio:.2f})"]
+    return []
+
+
+def check(
+    cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeBase, examples: Sequence[str] = ()
+) -> list[str]:
+    """All faithfulness reasons for one answer."""
+    return [
+        *unsupported_label(cot, request, kb),
+        *misquoted_numbers(cot, request),
+        *omitted_aus(cot, request),
+        *degenerate_text(cot),
+        *copied_example(cot, examples),
+    ]
