@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbd-setup-stamp
 DEMO_OUT ?= out/demo
-DEMO_STEPS ?= 240
+DEMO_STEPS ?= 200
 # Guidance scales that suit a small model (the defaults, 3.5/3/3, are for a well-trained one).
 DEMO_GUIDANCE ?= --guidance.audio_scale 2 --guidance.global_scale 1.5 --guidance.local_scale 1.5
 

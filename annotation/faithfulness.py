@@ -49,6 +49,8 @@ def _peaks(request: ThinkRequest) -> dict[int, tuple[float, float]]:
 
 
 def unsupported_label(cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeBase) -> list[str]:
+    if cot.emotion not in kb.emotions and cot.emotion != UNKNOWN:
+        return [f"emotion {cot.emotion!r} is not one of the knowledge base's ({', '.join(kb.emotions)})"]
     if request.emotion != UNKNOWN or cot.emotion in ("neutral", UNKNOWN):
         return []
     if request.evidence:

@@ -43,6 +43,20 @@ def test_an_unsupported_label_on_an_unlabelled_clip_is_rejected():
     assert "unlabelled clip called contempt" in reasons(data, HDTF)
 
 
+def test_an_emotion_outside_the_knowledge_base_is_rejected_not_a_crash():
+    """SmolLM2 copied the prompt's "not labelled" into the emotion field; the job crashed on it once."""
+    from annotation.engines.base import judge
+    from annotation.records import Generation
+
+    data = answer(HDTF)
+    data["emotion"] = "not labelled"
+    assert "emotion 'not labelled' is not one of the knowledge base's" in reasons(data, HDTF)
+    with FacsEngine() as engine:
+        prov = engine.provenance()
+    ann = judge(HDTF, Generation(text=json.dumps(data), finish_reason="stop"), prov)
+    assert not ann.accepted
+
+
 def test_free_text_cannot_become_another_emotion():
     request = ThinkRequest(text="a furious glare", level=2)
     data = answer(ThinkRequest(emotion="happy", level=2))

@@ -15,6 +15,7 @@ from annotation.prompts import PromptTemplate, load_template
 from annotation.records import Annotation, Generation, Provenance, ThinkRequest, Validation
 from annotation.schema import decoding_schema, schema_hash
 from annotation.validate import VALIDATOR_VERSION, parse, validate
+from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ def judge(
     if data is None:
         cot, result = None, Validation(outcome="rejected", reasons=reasons)
     else:
-        cot, result = validate(data, request, load_kb(), examples)
+        try:
+            cot, result = validate(data, request, load_kb(), examples)
+        except UserError as err:  # whatever the model wrote, the clip ends in the ledger, never a crash
+            cot, result = None, Validation(outcome="rejected", reasons=[str(err)])
     return Annotation(
         key=request.key or request.fingerprint(),
         request=request,
