@@ -24,8 +24,10 @@ from pipelines.data_folder import DataFolder
 
 def _reason_kind(reason: str) -> str:
     """A reason without its numbers and names, so that like reasons count together."""
+    import re
+
     head = reason.split(":")[0] if reason.startswith(("schema", "invalid JSON", "engine error")) else reason
-    return " ".join("N" if any(c.isdigit() for c in w) else w for w in head.split())[:90]
+    return re.sub(r"(?<![A-Za-z])\d+(?:\.\d+)?", "N", head)[:100]  # AU ids (AU12) stay, values go
 
 
 def version_quality(annotations: list[Annotation]) -> dict:
