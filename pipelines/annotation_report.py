@@ -27,7 +27,7 @@ def _reason_kind(reason: str) -> str:
     import re
 
     head = reason.split(":")[0] if reason.startswith(("schema", "invalid JSON", "engine error")) else reason
-    return re.sub(r"(?<![A-Za-z])\d+(?:\.\d+)?", "N", head)[:100]  # AU ids (AU12) stay, values go
+    return re.sub(r"(?<![A-Za-z\d])\d+(?:\.\d+)?", "N", head)[:100]  # AU ids (AU12) stay, values go
 
 
 def version_quality(annotations: list[Annotation]) -> dict:
