@@ -28,7 +28,9 @@ NUMBER_TOLERANCE = 0.3  # a quoted measurement may differ from the evidence by t
 COPY_SIMILARITY = 0.9  # text similarity to a few-shot answer at or above this is a copy
 
 _QUOTE = re.compile(r"\bAU(\d+)\b(?:\s+[A-Za-z]+){0,4}?\s*[(:=]?\s*(?:peak\s*(?:of\s*)?|at\s*)?(\d+\.\d+)")
-_PLACEHOLDER = re.compile(r"\b\w*_id_\d+\b|\d{6,}|<[a-z_]{2,}>|\{\{|\}\}|\b(?:TODO|PLACEHOLDER|lorem ipsum)\b", re.I)
+_PLACEHOLDER = re.compile(
+    r"\b\w*_id_\d+\b|\d{6,}|<[a-z_]{2,}>|\{\{|\}\}|\b(?:TODO|PLACEHOLDER|lorem ipsum)\b", re.I
+)
 
 
 def texts(cot: ChainOfThought) -> dict[str, str]:
@@ -39,7 +41,7 @@ def texts(cot: ChainOfThought) -> dict[str, str]:
     return out
 
 
-def _peaks(request: ThinkRequest) -> dict[int, tuple[float, float]]:
+def measured_peaks(request: ThinkRequest) -> dict[int, tuple[float, float]]:
     """AU -> (highest peak, highest mean) over sides."""
     out: dict[int, tuple[float, float]] = {}
     for ev in request.evidence:
@@ -55,10 +57,12 @@ def unsupported_label(cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeB
         return []
     if request.evidence:
         core = kb.prototype(cot.emotion).core
-        peaks = _peaks(request)
+        peaks = measured_peaks(request)
         present = [au for au in core if peaks.get(au, (0.0, 0.0))[0] >= PRESENT_PEAK]
         if core and len(present) < len(core) / 2:
-            measured = ", ".join(f"AU{au} {peaks[au][0]:.1f}" for au in core if au in peaks) or "none measured"
+            measured = (
+                ", ".join(f"AU{au} {peaks[au][0]:.1f}" for au in core if au in peaks) or "none measured"
+            )
             return [f"unlabelled clip called {cot.emotion}, but only {len(present)} of its {len(core)} core AUs "
                     f"are measured present ({measured})"]  # fmt: skip
         return []
@@ -71,7 +75,7 @@ def unsupported_label(cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeB
 
 
 def misquoted_numbers(cot: ChainOfThought, request: ThinkRequest) -> list[str]:
-    peaks, reasons = _peaks(request), []
+    peaks, reasons = measured_peaks(request), []
     for field, text in texts(cot).items():
         for m in _QUOTE.finditer(text):
             au, quoted = int(m.group(1)), float(m.group(2))
@@ -89,7 +93,7 @@ def omitted_aus(cot: ChainOfThought, request: ThinkRequest) -> list[str]:
     said = " ".join(texts(cot).values())
     return [
         f"AU{au} measured clearly present (peak {peak:.1f}) but neither annotated nor discussed"
-        for au, (peak, _) in sorted(_peaks(request).items())
+        for au, (peak, _) in sorted(measured_peaks(request).items())
         if peak >= CLEAR_PEAK and au not in annotated and not re.search(rf"\bAU{au}\b", said)
     ]
 

@@ -3,8 +3,8 @@
 
 vLLM's CPU build has no GGUF loader; transformers reads GGUF (dequantising with the `gguf` package) and
 `save_pretrained` writes a bf16 folder with the tokenizer and its chat template. `tbd assets fetch` runs
-this for the registry's `instruct_llm` after checking the GGUF's sha256; `tbd assets convert-gguf` does the
-same for any GGUF a user has. The folder's context length is the model's own (`max_position_embeddings`),
+this for the registry's `instruct_llm` after checking the GGUF's sha256; `gguf_to_hf` converts any GGUF a
+user has the same way (the folder then goes to `--think.model`). The folder's context length is the model's own (`max_position_embeddings`),
 which the vLLM engine reads when no `max_model_len` is given.
 """
 
@@ -15,10 +15,10 @@ import logging
 import shutil
 from pathlib import Path
 
+from tbd_core.assets import CONVERTED_STAMP
 from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
-STAMP = "tbd-asset.json"  # in the converted folder: which GGUF (sha256) it was made from
 
 
 def gguf_to_hf(gguf: Path, out: Path, source_sha256: str | None = None) -> Path:
@@ -44,14 +44,8 @@ def gguf_to_hf(gguf: Path, out: Path, source_sha256: str | None = None) -> Path:
         raise UserError(f"{gguf.name} carries no chat template: the annotate prompt needs a chat model")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / STAMP).write_text(json.dumps({"gguf": gguf.name, "sha256": source_sha256}))
+    (tmp / CONVERTED_STAMP).write_text(json.dumps({"gguf": gguf.name, "sha256": source_sha256}))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     log.info("wrote %s (context %d tokens)", out, model.config.max_position_embeddings)
     return out
-
-
-def converted_from(folder: Path) -> str | None:
-    """The sha256 of the GGUF a converted folder was made from (None: not a finished conversion)."""
-    stamp = Path(folder) / STAMP
-    return json.loads(stamp.read_text()).get("sha256") if stamp.is_file() else None

@@ -105,9 +105,11 @@ def main() -> None:
     print(
         f"sum-of-parts limit     : {result['parts_limit_fps']:8.1f} frames/s (decode {result['decode_fps']}, mesh {result['mesh_fps']} fps, detect {result['detect_per_clip_ms']} ms/clip)"
     )
-    print(f"Ray job, 2 workers     : {result['ray_2_workers_fps']:8.1f} frames/s over the job's wall time "
-          f"(worker start-up included); {result['ray_2_workers_steady_fps']:.1f} once the workers are up; "
-          f"CPU utilisation {result['ray_cpu_utilisation']:.0%} of all cores")
+    print(
+        f"Ray job, 2 workers     : {result['ray_2_workers_fps']:8.1f} frames/s over the job's wall time "
+        f"(worker start-up included); {result['ray_2_workers_steady_fps']:.1f} once the workers are up; "
+        f"CPU utilisation {result['ray_cpu_utilisation']:.0%} of all cores"
+    )
     print(
         f"whole / parts limit = {result['ratio']} ; 2 Ray workers / 1 process = {result['ray_vs_process_ratio']}x "
         f"(steady: {result['ray_steady_vs_process_ratio']}x)"

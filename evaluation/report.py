@@ -30,7 +30,9 @@ def aggregate(rows: list[dict]) -> dict:
     return out
 
 
-def separable(results: dict[str, dict], metric: str = "au_control_error", per_clip: dict | None = None) -> dict:
+def separable(
+    results: dict[str, dict], metric: str = "au_control_error", per_clip: dict | None = None
+) -> dict:
     """Which pairs of modes can be told apart by `metric`. `pairs`: their 95 % intervals over clips do not
     overlap. `paired` (with `per_clip`): every mode ran on the same clips and seeds, so the per-clip
     differences are compared; a pair is told apart when the bootstrap 95 % interval of the mean difference

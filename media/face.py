@@ -168,7 +168,9 @@ class FaceAnalyzer:
             b = d.bounding_box
             kps = np.array([[k.x * w + dx, k.y * h + dy] for k in d.keypoints], np.float32)
             box = (b.origin_x + dx, b.origin_y + dy, b.origin_x + b.width + dx, b.origin_y + b.height + dy)
-            boxes.append(FaceBox(box=tuple(map(float, box)), score=float(d.categories[0].score), keypoints=kps))
+            boxes.append(
+                FaceBox(box=tuple(map(float, box)), score=float(d.categories[0].score), keypoints=kps)
+            )
         return boxes
 
     def detect(self, image: np.ndarray) -> FaceBox | None:

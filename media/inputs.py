@@ -47,12 +47,16 @@ def prepare_portrait(
                         "--face_index", path, len(faces), listing)  # fmt: skip
         mesh = fa.mesh_from_detection(image, faces[face_index or 0])
     if mesh is None:
-        raise UserError(f"{path}: no face found (face #{face_index or 0}: face-presence score below threshold)")
+        raise UserError(
+            f"{path}: no face found (face #{face_index or 0}: face-presence score below threshold)"
+        )
     roll = roll_degrees(mesh.landmarks)
     if abs(roll) > max_roll_deg:
         log.warning("%s: the face is rolled by %.0f degrees; the model was trained on faces within %.0f "
                     "(is the photo on its side?)", path, roll, max_roll_deg)  # fmt: skip
-    crop, lm = crop_to(image[None], mesh.landmarks[None].astype(np.float64), stable_crop([mesh], margin), size)
+    crop, lm = crop_to(
+        image[None], mesh.landmarks[None].astype(np.float64), stable_crop([mesh], margin), size
+    )
     return Portrait(crop[0], lm[0])
 
 

@@ -153,7 +153,9 @@ def run_annotate(config: AnnotateConfig) -> dict:
         shard_keys_of = {s["name"]: s["keys"] for s in media["shards"]}
         for name, (kept, keys) in todo.items():
             shard_keys = shard_keys_of[name]
-            fresh = {k: judge(requests[k], gens[requests[k].fingerprint()], provenance, examples) for k in keys}
+            fresh = {
+                k: judge(requests[k], gens[requests[k].fingerprint()], provenance, examples) for k in keys
+            }
             anns = {**kept, **fresh}
             rejects = [
                 Reject(key=k, stage="annotate", reason="; ".join(anns[k].validation.reasons), source=version)

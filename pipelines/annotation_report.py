@@ -11,12 +11,14 @@ MLflow as one run (metrics prefixed by version) with the JSON.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from annotation.facs import intensity_value
+from annotation.faithfulness import measured_peaks
 from annotation.reasoner import PRESENT_PEAK
 from annotation.records import Annotation
 from pipelines.data_folder import DataFolder
@@ -24,8 +26,6 @@ from pipelines.data_folder import DataFolder
 
 def _reason_kind(reason: str) -> str:
     """A reason without its numbers and names, so that like reasons count together."""
-    import re
-
     head = reason.split(":")[0] if reason.startswith(("schema", "invalid JSON", "engine error")) else reason
     return re.sub(r"(?<![A-Za-z\d])\d+(?:\.\d+)?", "N", head)[:100]  # AU ids (AU12) stay, values go
 
@@ -38,9 +38,7 @@ def version_quality(annotations: list[Annotation]) -> dict:
     for a in annotations:
         if a.cot is None or not a.request.evidence:
             continue
-        peaks: dict[int, float] = {}
-        for ev in a.request.evidence:
-            peaks[ev.au] = max(peaks.get(ev.au, 0.0), ev.peak)
+        peaks = {au: peak for au, (peak, _) in measured_peaks(a.request).items()}
         chosen = {u.au: intensity_value(u.intensity) for u in a.cot.action_units}
         measured_present = {au for au, p in peaks.items() if p >= PRESENT_PEAK}
         annotated_measured += sum(au in peaks for au in chosen)

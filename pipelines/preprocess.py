@@ -156,8 +156,11 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             # Once the workers are up (model loading and Ray start-up excluded): frames over the workers'
             # summed shard-building time, times the number of workers.
             "worker_busy_s": sum(b["seconds"] for b in built),
-            "steady_frames_per_s": frames * min(config.concurrency, max(1, len(built)))
-            / max(1e-9, sum(b["seconds"] for b in built)) if built else 0.0,
+            "steady_frames_per_s": frames
+            * min(config.concurrency, max(1, len(built)))
+            / max(1e-9, sum(b["seconds"] for b in built))
+            if built
+            else 0.0,
             "cpu_utilisation": busy / elapsed if elapsed > 0 else 0.0,  # all cores of the machine, 0-1
         }
         mlflow.log_metrics(metrics)

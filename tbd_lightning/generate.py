@@ -70,9 +70,7 @@ def generate(config: GenerateConfig) -> dict:
     media, size = pipe.media_config, pipe.size
     fps = media.fps
 
-    portrait = prepare_portrait(
-        config.image, size, media.crop_margin, config.face_index, media.max_roll_deg
-    )
+    portrait = prepare_portrait(config.image, size, media.crop_margin, config.face_index, media.max_roll_deg)
     audio, n_frames = load_speech(config.audio, fps, config.max_seconds, media.silence_dbfs)
     ann = think(config)
     cot = ann.cot.model_dump(mode="json")

@@ -75,14 +75,17 @@ class TBDCLI(LightningCLI):
                 cb.init_args.dirpath = cb.init_args.dirpath or str(root / "checkpoints")
                 dirpath = cb.init_args.dirpath
         resume = _checkpoint_file(cfg.ckpt_path, dirpath)
+        # Read once, safely (a pickle that would run code is refused here, with a clear error).
+        state = load_checkpoint(resume) if resume is not None else None
+        self._checked_ckpt = resume
         for logger in _class_entries(trainer.logger):
             if logger.class_path.endswith("MLFlowLogger"):
                 from tbd_core.tracking import tracking_uri
 
                 args = logger.init_args
                 args.tracking_uri = args.tracking_uri or tracking_uri(None, Path(cfg.data.data))
-                if resume is not None and not args.run_id:
-                    args.run_id = load_checkpoint(resume).get("mlflow_run_id")
+                if state is not None and not args.run_id:
+                    args.run_id = state.get("mlflow_run_id")
                     log.info("resuming %s: MLflow run %s", resume, args.run_id)
 
     def instantiate_trainer(self, **kwargs):
@@ -102,7 +105,8 @@ class TBDCLI(LightningCLI):
 
     def fit(self, ckpt_path: str | None = None) -> None:
         ckpt_path = ckpt_path or self.config.ckpt_path
-        if ckpt_path and ckpt_path != "last":
+        checked = getattr(self, "_checked_ckpt", None)
+        if ckpt_path and ckpt_path != "last" and (checked is None or Path(ckpt_path) != checked):
             load_checkpoint(ckpt_path)  # refused here, with a clear error, before Lightning reads it
         # weights_only: Lightning's own read of the file runs no pickled code either.
         self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)

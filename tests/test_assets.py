@@ -11,9 +11,7 @@ def test_registry_assets_resolve_and_match_their_sha256():
         path = assets.resolve(name)
         assert path.exists(), name
         if asset.sha256 and asset.convert:  # a converted folder records its source file's sha256
-            from annotation.llm_assets import converted_from
-
-            assert converted_from(path) == asset.sha256, name
+            assert assets.converted_from(path) == asset.sha256, name
         elif asset.sha256:
             assert assets.sha256_of(path) == asset.sha256
 
@@ -68,9 +66,14 @@ def test_instruct_llm_is_a_chat_model_folder_with_its_own_context():
 
     path = assets.resolve("instruct_llm")
     config = json.loads((path / "config.json").read_text())
-    assert config["max_position_embeddings"] == 8192 and config["torch_dtype" if "torch_dtype" in config else "dtype"] == "bfloat16"
+    assert (
+        config["max_position_embeddings"] == 8192
+        and config["torch_dtype" if "torch_dtype" in config else "dtype"] == "bfloat16"
+    )
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert "hi" in text and text.rstrip().endswith("assistant")
 
 
@@ -82,9 +85,9 @@ def test_a_converted_asset_from_another_source_fails_its_check(tmp_path, monkeyp
     real = assets.REGISTRY["instruct_llm"]
     folder = tmp_path / "assets" / "instruct_llm"
     folder.mkdir(parents=True)
-    (folder / "tbd-asset.json").write_text(json.dumps({"sha256": "0" * 64}))
+    (folder / assets.CONVERTED_STAMP).write_text(json.dumps({"sha256": "0" * 64}))
     with pytest.raises(UserError, match="fails its sha256 check"):
         assets.resolve("instruct_llm")
-    (folder / "tbd-asset.json").write_text(json.dumps({"sha256": real.sha256}))
+    (folder / assets.CONVERTED_STAMP).write_text(json.dumps({"sha256": real.sha256}))
     assert assets.resolve("instruct_llm") == folder
     shutil.rmtree(folder)

@@ -151,5 +151,7 @@ def test_paired_differences_tell_apart_a_small_consistent_shift():
     results = {m: aggregate(rows) for m, rows in per_clip.items()}
     found = separable(results, per_clip=per_clip)
     assert not found["pairs"]["a vs b"]  # unpaired intervals overlap
-    assert found["paired"]["a - b"]["told_apart"] and found["paired"]["a - b"]["mean"] == pytest.approx(-0.055)
+    assert found["paired"]["a - b"]["told_apart"] and found["paired"]["a - b"]["mean"] == pytest.approx(
+        -0.055
+    )
     assert not found["paired"]["a - c"]["told_apart"]  # differences of both signs: not told apart

@@ -83,7 +83,9 @@ def test_a_clearly_measured_au_left_out_silently_is_rejected():
     data["action_units"] = [u for u in data["action_units"] if u["au"] != 12]
     data["reasoning"] = ["Appraise: a calm face.", "Global: nothing moves."]
     data["regions"]["mouth"] = ""
-    assert "AU12 measured clearly present (peak 3.0) but neither annotated nor discussed" in reasons(data, request)
+    assert "AU12 measured clearly present (peak 3.0) but neither annotated nor discussed" in reasons(
+        data, request
+    )
 
 
 def test_a_repeated_phrase_is_rejected():
@@ -104,7 +106,9 @@ def test_runaway_lists_are_rejected_by_the_schema():
     assert "schema: reasoning: List should have at most" in reasons(data, HDTF)
 
 
-@pytest.mark.parametrize("emotion", ["happy", "sad", "angry", "surprised", "fear", "disgusted", "contempt", "neutral"])
+@pytest.mark.parametrize(
+    "emotion", ["happy", "sad", "angry", "surprised", "fear", "disgusted", "contempt", "neutral"]
+)
 def test_the_rule_reasoner_passes_every_rule(emotion):
     """No false rejects: labelled clips with evidence that includes a clearly present AU outside the
     prototype (the reasoner must say so), unlabelled clips and free text."""

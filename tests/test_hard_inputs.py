@@ -113,7 +113,9 @@ def test_rotation_metadata_is_applied(tmp_path, analyzer, hopper):
 
 
 def test_a_clip_on_its_side_without_metadata_is_refused(tmp_path, analyzer, hopper):
-    reason = rejected(process_clip(clip(tmp_path, still(np.rot90(hopper, -1)), "side"), analyzer, MediaConfig()))
+    reason = rejected(
+        process_clip(clip(tmp_path, still(np.rot90(hopper, -1)), "side"), analyzer, MediaConfig())
+    )
     assert reason.startswith("face: face rolled by") and "rotation metadata" in reason
 
 
