@@ -86,11 +86,23 @@ class ThinkRequest(BaseModel):
 
 
 class Generation(BaseModel):
-    """An engine's raw answer to one request."""
+    """An engine's raw answer to one request. `attempt` 0 is the version's own sampling; a retry k
+    samples with `sampling` (another seed, a temperature above zero)."""
 
     text: str
     finish_reason: str | None = None
     error: str | None = None
+    attempt: int = 0
+    sampling: dict | None = None  # the attempt's sampling where it differs from the version's
+
+
+class EarlierAttempt(BaseModel):
+    """A rejected attempt that a retry replaced: kept with the annotation, nothing is lost."""
+
+    attempt: int
+    sampling: dict | None
+    raw: str
+    reasons: list[str]
 
 
 class Validation(BaseModel):
@@ -126,6 +138,9 @@ class Annotation(BaseModel):
     finish_reason: str | None
     validation: Validation
     provenance: Provenance
+    attempt: int = 0  # 0: the version's sampling; k > 0: the k-th retry (`sampling` says how it sampled)
+    sampling: dict | None = None
+    earlier: list[EarlierAttempt] = []  # the rejected attempts before this one, oldest first
 
     @property
     def accepted(self) -> bool:

@@ -1,128 +1,189 @@
-"""Annotation throughput: vLLM versus transformers `generate`, and vLLM's prefix cache on versus off.
+"""Annotation throughput on the real job: vLLM versus transformers `generate`, prefix cache on versus off.
 
-The same model (the tiny local LLM unless `--model PATH`) and the same 64 CoT prompts (system prompt +
-few-shot + request, as the annotate job sends them), greedy, exactly `--max-tokens` new tokens each
-(EOS ignored so both do identical work). Prefix caching: a warm engine with the cache on versus an
-engine with it off. Prints prompts/s and ratios, then one JSON line.
+Every engine gets the annotate job's requests: the project's prompt template (system prompt, few-shot
+examples, the request with its measured AU evidence), the CoT's JSON schema enforced, greedy, each CoT
+generated to its full length (until the JSON closes, at most `--max-tokens`, the job's limit).
+- vLLM: the job's own engine (`VLLMEngine`: guidance backend, compact JSON, bfloat16 on CPU), with
+  prefix caching on (the job's setting) and off, each started and warmed up before it is timed.
+- transformers: `generate` on all requests in one left-padded batch, the same schema enforced by
+  xgrammar's logits processor (compact JSON too), in float32 (its fastest dtype on a CPU without
+  bf16 instructions; `--hf-dtype` to change).
+Model: the `instruct_llm` asset (SmolLM2-135M-Instruct, built by `make setup`) unless `--model`.
+Requests: `--data DIR` reads the real requests of a preprocessed data folder; otherwise the job's
+request shape is synthesised (MEAD labels and levels, evidence for every AU a landmark proxy measures).
+Prints requests/s and generated tokens/s per engine, the ratios, and one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from annotation.engines.base import judge
+from annotation.engines.vllm_engine import VLLMConfig, VLLMEngine
 from annotation.facs import MEAD_EMOTIONS
 from annotation.prompts import load_template
-from annotation.records import AUEvidence, ThinkRequest
+from annotation.records import AUEvidence, Generation, ThinkRequest
+from media.au_evidence import PROXY_AUS
 
-N_PROMPTS = 64
 
-
-def requests() -> list[ThinkRequest]:
+def synthetic_requests(n: int) -> list[ThinkRequest]:
+    """The job's request shape: a label and level (or none, as for HDTF) and evidence for every proxied AU."""
+    rng = np.random.default_rng(0)
+    measured = sorted({(au, side) for spec in PROXY_AUS.values() for au, side, _, _ in spec})
     out = []
-    for i in range(N_PROMPTS):
-        emotion = MEAD_EMOTIONS[i % len(MEAD_EMOTIONS)]
-        level = 1 if emotion == "neutral" else 1 + i % 3
-        evidence = (AUEvidence(au=12, mean=0.1 * (i % 10), peak=0.2 * (i % 10) + 0.5),) if i % 2 else ()
-        out.append(ThinkRequest(key=f"r{i}", emotion=emotion, level=level, evidence=evidence))
+    for i in range(n):
+        emotion = MEAD_EMOTIONS[i % len(MEAD_EMOTIONS)] if i % 4 else "unknown"
+        level = None if emotion == "unknown" else (1 if emotion == "neutral" else 1 + i % 3)
+        evidence = []
+        for au, side in measured:
+            peak = float(np.round(rng.gamma(1.5, 0.8), 2).clip(0, 5))
+            evidence.append(
+                AUEvidence(au=au, side=side, peak=peak, mean=round(peak * rng.uniform(0.2, 0.7), 2))
+            )
+        out.append(ThinkRequest(key=f"r{i}", emotion=emotion, level=level, evidence=tuple(evidence)))
     return out
 
 
-def bench_transformers(model: str, prompts: list[str], max_tokens: int, batch: int) -> float:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def data_requests(data: Path, n: int) -> list[ThinkRequest]:
+    from pipelines.annotate import build_requests
+    from pipelines.data_folder import DataFolder
 
-    torch.manual_seed(0)
+    requests = list(build_requests(DataFolder(data)).values())
+    return [requests[i % len(requests)].model_copy(update={"key": f"r{i}"}) for i in range(n)]
+
+
+def outcome_counts(engine: VLLMEngine, requests, texts: list[str]) -> dict[str, int]:
+    prov = engine.provenance()
+    counts = {"accepted": 0, "repaired": 0, "rejected": 0}
+    for r, t in zip(requests, texts, strict=True):
+        counts[judge(r, Generation(text=t), prov, engine.examples).validation.outcome] += 1
+    return counts
+
+
+def run_vllm(model: str, requests, max_tokens: int, prefix_caching: bool) -> tuple[float, list[str]]:
+    engine = VLLMEngine(VLLMConfig(model=model, max_tokens=max_tokens, enable_prefix_caching=prefix_caching))
+    try:
+        engine.generate(requests[:1])  # start the engine and warm it up (with caching: the shared prefix)
+        start = time.perf_counter()
+        texts = [g.text for g in engine.generate(requests)]
+        return time.perf_counter() - start, texts
+    finally:
+        engine.close()
+
+
+def run_transformers(model: str, requests, max_tokens: int, dtype: str) -> tuple[float, list[str]]:
+    import torch
+    import xgrammar as xgr
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    from annotation.schema import decoding_schema
+
+    template = load_template()
     tok = AutoTokenizer.from_pretrained(model, padding_side="left")
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).eval()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(prompts), batch):
-            enc = tok(prompts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=AutoConfig.from_pretrained(model).vocab_size)
+    grammar = xgr.GrammarCompiler(info).compile_json_schema(
+        json.dumps(decoding_schema()), any_whitespace=False
+    )
+    prompts = [
+        tok.apply_chat_template(template.messages(r), tokenize=False, add_generation_prompt=True)
+        for r in requests
+    ]
+
+    def generate(batch: list[str]) -> list[str]:
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
             out = lm.generate(
                 **enc,
                 do_sample=False,
                 max_new_tokens=max_tokens,
-                min_new_tokens=max_tokens,
+                logits_processor=[LogitsProcessor(grammar)],  # one per call (it keeps matcher state)
                 pad_token_id=tok.pad_token_id,
             )
-            assert out.shape[1] - enc["input_ids"].shape[1] == max_tokens
-    return len(prompts) / (time.perf_counter() - start)
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
-
-def bench_vllm(
-    model: str, conversations: list, max_tokens: int, prefix_caching: bool, max_model_len: int
-) -> float:
-    from vllm import LLM, SamplingParams
-
-    from annotation.engines.vllm_engine import vllm_env
-
-    for k, v in {**vllm_env(), "VLLM_CPU_KVCACHE_SPACE": "2"}.items():
-        os.environ.setdefault(k, v)
-    llm = LLM(
-        model=model,
-        dtype="bfloat16",
-        enforce_eager=True,
-        max_model_len=max_model_len,
-        enable_prefix_caching=prefix_caching,
-        seed=0,
-    )
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    llm.chat(conversations[:1], params, use_tqdm=False)  # warm-up (and, with caching, the shared prefix)
+    generate(prompts[:1])  # warm-up
     start = time.perf_counter()
-    outs = llm.chat(conversations, params, use_tqdm=False)
-    rate = len(conversations) / (time.perf_counter() - start)
-    assert all(len(o.outputs[0].token_ids) == max_tokens for o in outs)
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    return rate
+    texts = generate(prompts)
+    return time.perf_counter() - start, texts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="model folder (default: the tiny local LLM, built on the fly)")
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--hf-batch", type=int, default=16)
+    ap.add_argument("--model", help="model folder (default: the instruct_llm asset)")
+    ap.add_argument("--data", type=Path, help="a preprocessed data folder whose real requests to use")
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=VLLMConfig.model_fields["max_tokens"].default)
+    ap.add_argument("--hf-dtype", default="float32")
     args = ap.parse_args()
 
-    tmp = tempfile.TemporaryDirectory()
     if args.model is None:
-        from annotation.tiny_llm import build_tiny_llm
+        from tbd_core.assets import resolve
 
-        args.model = str(build_tiny_llm(Path(tmp.name) / "tiny"))
-    template = load_template()
-    conversations = [template.messages(r) for r in requests()]
+        args.model = str(resolve("instruct_llm"))
+    requests = data_requests(args.data, args.requests) if args.data else synthetic_requests(args.requests)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.model)
-    prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts)
-    max_model_len = int(prompt_tokens) + args.max_tokens + 256
+    template = load_template()
 
-    hf = bench_transformers(args.model, prompts, args.max_tokens, args.hf_batch)
-    cached = bench_vllm(args.model, conversations, args.max_tokens, True, max_model_len)
-    uncached = bench_vllm(args.model, conversations, args.max_tokens, False, max_model_len)
+    def tokens(texts: list[str]) -> int:
+        return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+    prompts = [
+        tok.apply_chat_template(template.messages(r), tokenize=False, add_generation_prompt=True)
+        for r in requests
+    ]
+    prompt_tokens = tokens(prompts) / len(prompts)
+
+    rows = {}
+    for name, run in (
+        ("vllm", lambda: run_vllm(args.model, requests, args.max_tokens, True)),
+        ("vllm_no_prefix_cache", lambda: run_vllm(args.model, requests, args.max_tokens, False)),
+        ("transformers", lambda: run_transformers(args.model, requests, args.max_tokens, args.hf_dtype)),
+    ):
+        seconds, texts = run()
+        rows[name] = {"s": seconds, "texts": texts, "tokens": tokens(texts)}
+        print(
+            f"{name:22s}: {len(requests) / seconds:7.3f} requests/s, {rows[name]['tokens'] / seconds:8.1f} tokens/s"
+        )
+    judge_engine = VLLMEngine(VLLMConfig(model=args.model, max_tokens=args.max_tokens))
+    same = np.mean(
+        [a == b for a, b in zip(rows["vllm"]["texts"], rows["transformers"]["texts"], strict=True)]
+    )
     result = {
         "benchmark": "annotate",
-        "prompts": len(prompts),
-        "mean_prompt_tokens": round(prompt_tokens, 1),
-        "max_tokens": args.max_tokens,
-        "transformers_prompts_per_s": round(hf, 2),
-        "vllm_prompts_per_s": round(cached, 2),
-        "vllm_no_prefix_cache_prompts_per_s": round(uncached, 2),
-        "ratio": round(cached / hf, 2),
-        "prefix_cache_ratio": round(cached / uncached, 2),
         "model": Path(args.model).name,
+        "requests": len(requests),
+        "source": str(args.data) if args.data else "synthetic",
+        "mean_prompt_tokens": round(float(prompt_tokens), 1),
+        "max_tokens": args.max_tokens,
+        **{f"{k}_requests_per_s": round(len(requests) / r["s"], 3) for k, r in rows.items()},
+        **{f"{k}_tokens_per_s": round(r["tokens"] / r["s"], 1) for k, r in rows.items()},
+        **{f"{k}_mean_output_tokens": round(r["tokens"] / len(requests), 1) for k, r in rows.items()},
+        "ratio": round(rows["transformers"]["s"] / rows["vllm"]["s"], 2),
+        "tokens_ratio": round(
+            (rows["vllm"]["tokens"] / rows["vllm"]["s"])
+            / (rows["transformers"]["tokens"] / rows["transformers"]["s"]),
+            2,
+        ),
+        "prefix_cache_ratio": round(rows["vllm_no_prefix_cache"]["s"] / rows["vllm"]["s"], 2),
+        "identical_outputs_vllm_vs_transformers": round(float(same), 2),
+        "vllm_outcomes": outcome_counts(judge_engine, requests, rows["vllm"]["texts"]),
+        "transformers_outcomes": outcome_counts(judge_engine, requests, rows["transformers"]["texts"]),
+        "transformers_dtype": args.hf_dtype,
     }
-    print(f"transformers generate : {hf:8.2f} prompts/s (batch {args.hf_batch})")
-    print(f"vLLM, prefix cache on : {cached:8.2f} prompts/s")
-    print(f"vLLM, prefix cache off: {uncached:8.2f} prompts/s")
     print(
-        f"vLLM / transformers = {result['ratio']}x ; prefix cache on / off = {result['prefix_cache_ratio']}x"
+        f"vLLM / transformers = {result['ratio']}x requests/s ({result['tokens_ratio']}x tokens/s); "
+        f"prefix cache on / off = {result['prefix_cache_ratio']}x"
     )
     print(json.dumps(result))
 

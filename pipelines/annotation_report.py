@@ -4,7 +4,8 @@ Per version: outcomes, the most frequent rejection reasons, agreement of the CoT
 measured on the clips (precision: annotated AUs that were measured present, of the annotated AUs that
 were measured at all; recall: measured-present AUs that were annotated; intensity error: |FACS letter
 (A=1..E=5) - measured peak| over annotated, measured AUs), diversity (distinct global sentences / accepted
-clips: a model that copies one answer scores near 0) and the mean length of the raw outputs. Logged to
+clips: a model that copies one answer scores near 0), the mean length of the raw outputs, and retries
+(clips given more than one attempt, and of those the ones accepted in the end). Logged to
 MLflow as one run (metrics prefixed by version) with the JSON.
 """
 
@@ -55,6 +56,8 @@ def version_quality(annotations: list[Annotation]) -> dict:
         "au_intensity_error": float(np.mean(errors)) if errors else None,
         "diversity": len({a.cot.global_description for a in accepted}) / len(accepted) if accepted else None,
         "mean_output_chars": float(np.mean([len(a.raw) for a in annotations])) if annotations else None,
+        "retried": sum(bool(a.earlier) for a in annotations),
+        "accepted_after_retry": sum(bool(a.earlier) and a.accepted for a in annotations),
     }
 
 
@@ -72,7 +75,7 @@ def quality_report(data: Path) -> dict[str, dict]:
 
 def print_report(report: dict[str, dict]) -> None:
     cols = ("engine", "model", "samples", "accepted", "repaired", "rejected", "au_precision", "au_recall",
-            "au_intensity_error", "diversity", "mean_output_chars")  # fmt: skip
+            "au_intensity_error", "diversity", "mean_output_chars", "retried", "accepted_after_retry")  # fmt: skip
     fmt = lambda v: "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
     rows = [[version, *(fmt(r[c]) for c in cols)] for version, r in report.items()]
     header = ["version", *cols]

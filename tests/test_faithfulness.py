@@ -142,3 +142,12 @@ def test_quality_report_measures_agreement_diversity_and_rejections():
     # not a happy AU, so recall is 1 of 2 per clip.
     assert q["au_precision"] == 1.0 and q["au_recall"] == 0.5
     assert q["diversity"] == pytest.approx(1 / 3)  # three identical requests, one global sentence
+    assert (q["retried"], q["accepted_after_retry"]) == (0, 0)
+    from annotation.engines.base import judge_attempts
+
+    retried = judge_attempts(bad.request, [Generation(text="{", attempt=0), Generation(text="{", attempt=1)],
+                             bad.provenance)  # fmt: skip
+    recovered = judge_attempts(anns[0].request, [Generation(text="{"), Generation(text=anns[0].raw, attempt=1)],
+                               anns[0].provenance)  # fmt: skip
+    q = version_quality([*anns, retried, recovered])
+    assert (q["retried"], q["accepted_after_retry"], q["rejected"]) == (2, 1, 1)

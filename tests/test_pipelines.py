@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from media.video_io import write_m4a, write_mp4
+from pipelines.annotate import read_annotations
+from pipelines.data_folder import DataFolder
 from pipelines.shards import read_manifest, sha256_file, tar_members
 from tests.conftest import PREPROCESS_ARGS, local_ray_head, offline_env, run_tbd, tbd_ok
 
@@ -143,7 +145,9 @@ def test_regenerate_with_vllm_adds_a_version_and_leaves_media_untouched(datasets
     # A rerun is a no-op: every annotation shard is verified and kept.
     again = tbd_ok("annotate", "--data", str(data), "--think.engine", "vllm", *args, log=netguard_log)
     assert again["version"] == result["version"] and again["requests"] == 0
-    # --only-rejected regenerates exactly the rejected annotations (greedy: they come out the same).
+    # --only-rejected with a retry budget of 1 regenerates exactly the rejected annotations, once each,
+    # at attempt 1 (seed + 1, sampled); the rejected attempt 0 stays in the annotation.
+    before_redo = annotations_of(data, result["version"])
     redo = tbd_ok(
         "annotate",
         "--data",
@@ -153,9 +157,35 @@ def test_regenerate_with_vllm_adds_a_version_and_leaves_media_untouched(datasets
         *args,
         "--only_rejected",
         "true",
+        "--retries",
+        "1",
         log=netguard_log,
     )
-    assert redo["requests"] == row["rejected"] and redo["n_rejected"] == row["rejected"]
+    assert redo["requests"] == row["rejected"] and redo["generations"] == redo["distinct_requests"]
+    after = annotations_of(data, result["version"])
+    assert set(after) == set(before_redo)
+    redone = [k for k, a in before_redo.items() if a.validation.outcome == "rejected"]
+    assert len(redone) == row["rejected"]
+    for k, a in after.items():
+        if k not in redone:
+            assert a == before_redo[k]  # accepted ones are kept as they were
+            continue
+        assert a.attempt == 1 and a.sampling["seed"] == 1 and a.sampling["temperature"] == 0.7
+        assert [(e.attempt, e.raw) for e in a.earlier] == [(0, before_redo[k].raw)]
+        assert a.earlier[0].reasons == before_redo[k].validation.reasons
+        assert a.provenance.annotation_version == result["version"]
+    if redone:
+        assert any(after[k].raw != before_redo[k].raw for k in redone)  # another draw, not a replay
+        reasons = ledger(data, f"annotate-{result['version']}")["reason"]
+        assert len(reasons) == redo["n_rejected"]
+        assert all("(all 2 attempts rejected)" in r for r in reasons)
+
+
+def annotations_of(data: Path, version: str) -> dict:
+    folder = DataFolder(data).annotation_dir(version)
+    return {
+        k: a for tar in sorted(folder.glob("*.tar")) for k, a in read_annotations(folder, tar.stem).items()
+    }
 
 
 def test_bad_inputs_end_in_the_ledger_with_stage_and_reason(demo_corpus, tmp_path, netguard_log):

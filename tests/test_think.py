@@ -242,9 +242,9 @@ class CountingFacsEngine(FacsEngine):
 
     calls: list[int] = []
 
-    def generate(self, requests):
+    def generate(self, requests, sampling=None):
         self.calls.append(len(requests))
-        return super().generate(requests)
+        return super().generate(requests, sampling)
 
 
 def test_identical_requests_are_generated_once():
@@ -255,6 +255,67 @@ def test_identical_requests_are_generated_once():
     assert engine.calls == [2]
     assert [a.key for a in anns] == [r.key for r in requests]
     assert anns[0].cot == anns[4].cot != anns[5].cot
+
+
+class FailsUntilSeedEngine(FacsEngine):
+    """Fake for a fault we cannot cause on demand with a real LLM: a sampling model whose answer is
+    unusable below seed `good_seed` and the reasoner's answer from it on (stands in for an LLM that
+    fails some draws). Records each call's sampling."""
+
+    retryable = True
+
+    def __init__(self, good_seed: int):
+        super().__init__()
+        self.good_seed, self.seen = good_seed, []
+
+    @property
+    def sampling(self):
+        return {"temperature": 0.0, "seed": 0}
+
+    def generate(self, requests, sampling=None):
+        self.seen.append((len(requests), sampling))
+        if (sampling or self.sampling)["seed"] < self.good_seed:
+            return [Generation(text='{"emotion": "sad", "lev', finish_reason="length") for _ in requests]
+        return super().generate(requests, sampling)
+
+
+def test_rejected_generations_are_retried_with_new_seeds_within_the_budget():
+    from annotation.engines.base import judge_attempts
+
+    requests = [ThinkRequest(key=f"c{i}", emotion="sad", level=1 + i) for i in range(3)]
+    engine = FailsUntilSeedEngine(good_seed=2)
+    attempts = engine.generate_with_retries(requests, retries=3, temperature=0.8)
+    # Attempt 0 is the version's sampling; retries draw seed + k at the retry temperature, once per round.
+    assert engine.seen == [
+        (3, None),
+        (3, {"temperature": 0.8, "seed": 1}),
+        (3, {"temperature": 0.8, "seed": 2}),
+    ]
+    ann = judge_attempts(requests[0], attempts[0], engine.provenance())
+    assert ann.accepted and ann.attempt == 2 and ann.sampling == {"temperature": 0.8, "seed": 2}
+    assert [e.attempt for e in ann.earlier] == [0, 1] and all(e.reasons for e in ann.earlier)
+    assert ann.provenance == engine.provenance()  # the version does not change with a retry
+    # The budget: one retry is not enough here; both attempts are kept, the last one counts.
+    short = FailsUntilSeedEngine(good_seed=2).generate_with_retries(requests[:1], retries=1)
+    rejected = judge_attempts(requests[0], short[0], engine.provenance())
+    assert not rejected.accepted and rejected.attempt == 1 and len(rejected.earlier) == 1
+    # No budget: one generation; a continued redo starts at the attempt it is given.
+    assert len(FailsUntilSeedEngine(good_seed=2).generate_with_retries(requests[:1])[0]) == 1
+    later = FailsUntilSeedEngine(good_seed=2)
+    assert later.generate_with_retries(requests[:1], first_attempts=[2])[0][0].attempt == 2
+    assert later.seen == [(1, {"temperature": 0.7, "seed": 2})]
+
+    # The deterministic reasoner is never retried: another attempt would repeat the first.
+    class FailingFacs(FacsEngine):
+        calls = 0
+
+        def generate(self, requests, sampling=None):
+            self.calls += 1
+            return [Generation(text="", error="ValueError: no answer") for _ in requests]
+
+    facs = FailingFacs()
+    assert len(facs.generate_with_retries([ThinkRequest(emotion="sad", level=1)], retries=5)[0]) == 1
+    assert facs.calls == 1
 
 
 @pytest.mark.parametrize(

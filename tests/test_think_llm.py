@@ -104,3 +104,53 @@ def test_openai_engine_against_a_local_vllm_server(tiny_llm, tmp_path):
     print(f"served by {server.entrypoint}")
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass  # the server is gone once the block exits
+
+
+def test_ray_llm_runner_carries_the_vllm_engines_settings_and_validates_offline():
+    """The Ray Data LLM route (GPU clusters) is configured from the in-process engine's own settings, so
+    both write the same annotation version; the processor config is built and validated here, offline."""
+    from annotation.engines.spec import EngineSpec
+    from annotation.engines.vllm_engine import VLLMConfig, VLLMEngine
+    from pipelines.annotate import AnnotateConfig, ray_llm_engine
+
+    config = AnnotateConfig(
+        data="unused",
+        think=EngineSpec(engine="vllm", model="/models/qwen", max_tokens=900, tensor_parallel_size=2),
+        runner="ray-llm",
+        concurrency=3,
+        batch_size=16,
+        num_gpus_per_worker=1,
+        accelerator_type="H100",
+    )
+    engine = ray_llm_engine(config)
+    plain = VLLMEngine(VLLMConfig(model="/models/qwen", max_tokens=900, tensor_parallel_size=2))
+    assert engine.provenance() == plain.provenance()
+    proc = engine.processor_config()
+    assert (proc.model_source, proc.concurrency, proc.batch_size, proc.accelerator_type) == (
+        "/models/qwen",
+        3,
+        16,
+        "H100",
+    )
+    assert {k: proc.engine_kwargs[k] for k in plain.engine_kwargs(True)} == plain.engine_kwargs(True)
+    assert proc.engine_kwargs["tensor_parallel_size"] == 2 and proc.engine_kwargs["trust_remote_code"] is False
+    assert proc.runtime_env["env_vars"]["VLLM_NO_USAGE_STATS"] == "1" and proc.should_continue_on_error
+    # Per-request sampling: the schema enforced, the version's seed, a retry's seed and temperature.
+    assert engine.request_sampling() == {
+        "temperature": 0.0,
+        "max_tokens": 900,
+        "seed": 0,
+        "structured_outputs": {"json": decoding_schema()},
+    }
+    retry = engine.request_sampling(engine.sampling_for(2))
+    assert (retry["seed"], retry["temperature"]) == (2, 0.7)
+    # On CPU a replica is a CPU bundle; wrong settings are clear errors.
+    cpu = ray_llm_engine(config.model_copy(update={"num_gpus_per_worker": 0.0, "num_cpus_per_worker": 2.0}))
+    assert cpu.processor_config().placement_group_config["bundles"][0]["CPU"] == 2.0
+    assert not cpu.processor_config().placement_group_config["bundles"][0].get("GPU")
+    from tbd_core.errors import UserError
+
+    with pytest.raises(UserError, match="invalid Ray Data LLM settings"):
+        ray_llm_engine(config.model_copy(update={"concurrency": 0})).processor_config()
+    with pytest.raises(UserError, match="runs the vllm engine"):
+        ray_llm_engine(config.model_copy(update={"think": EngineSpec()}))

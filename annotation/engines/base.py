@@ -8,22 +8,33 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Sequence
 
 from annotation.facs import load_kb
 from annotation.prompts import PromptTemplate, load_template
-from annotation.records import Annotation, Generation, Provenance, ThinkRequest, Validation
+from annotation.records import (
+    Annotation,
+    EarlierAttempt,
+    Generation,
+    Provenance,
+    ThinkRequest,
+    Validation,
+)
 from annotation.schema import decoding_schema, schema_hash
 from annotation.validate import VALIDATOR_VERSION, parse, validate
 from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
 
+RETRY_TEMPERATURE = 0.7  # a retry samples: greedy decoding with another seed repeats itself
+
 
 class Engine(ABC):
     """Base of the `facs`, `vllm` and `openai` engines."""
 
     name: str = "engine"
+    retryable: bool = True  # a sampling model; the deterministic rule reasoner would repeat itself
 
     def __init__(self, template: PromptTemplate | None = None):
         self.template = template or load_template()
@@ -39,8 +50,59 @@ class Engine(ABC):
         """Sampling parameters that change the output (recorded in provenance)."""
 
     @abstractmethod
-    def generate(self, requests: Sequence[ThinkRequest]) -> list[Generation]:
-        """One raw generation per request, in order."""
+    def generate(self, requests: Sequence[ThinkRequest], sampling: dict | None = None) -> list[Generation]:
+        """One raw generation per request, in order; `sampling` (a retry's seed and temperature)
+        overrides the version's own."""
+
+    def sampling_for(self, attempt: int, temperature: float = RETRY_TEMPERATURE) -> dict | None:
+        """Attempt k's sampling: None (the version's own) for k = 0, else seed + k at a temperature
+        of at least `temperature`."""
+        if attempt == 0:
+            return None
+        own = self.sampling
+        return {
+            **own,
+            "seed": own.get("seed", 0) + attempt,
+            "temperature": max(own.get("temperature", 0.0), temperature),
+        }
+
+    def generate_with_retries(
+        self,
+        requests: Sequence[ThinkRequest],
+        first_attempts: Sequence[int] | None = None,
+        retries: int | Sequence[int] = 0,
+        temperature: float = RETRY_TEMPERATURE,
+    ) -> list[list[Generation]]:
+        """Every attempt per request, oldest first: request i is generated at attempt
+        `first_attempts[i]` (default 0) and, while rejected, at the next attempt, at most `retries`
+        (or `retries[i]`) more times: the budget. The last generation is the one that counts."""
+        n = len(requests)
+        prov, examples = self.provenance(), self.examples
+        first = list(first_attempts or [0] * n)
+        budget = [retries] * n if isinstance(retries, int) else list(retries)
+        if not self.retryable:
+            budget = [0] * n
+        attempt_of = list(first)
+        out: list[list[Generation]] = [[] for _ in requests]
+        todo = list(range(n))
+        while todo:
+            by_attempt: dict[int, list[int]] = defaultdict(list)
+            for i in todo:
+                by_attempt[attempt_of[i]].append(i)
+            for attempt, idx in sorted(by_attempt.items()):
+                sampling = self.sampling_for(attempt, temperature)
+                gens = self.generate([requests[i] for i in idx], sampling)
+                for i, g in zip(idx, gens, strict=True):
+                    out[i].append(g.model_copy(update={"attempt": attempt, "sampling": sampling}))
+            todo = [
+                i
+                for i in todo
+                if attempt_of[i] - first[i] < budget[i]
+                and not judge(requests[i], out[i][-1], prov, examples).accepted
+            ]
+            for i in todo:
+                attempt_of[i] += 1
+        return out
 
     def provenance(self) -> Provenance:
         fields = {
@@ -110,4 +172,28 @@ def judge(
         finish_reason=generation.finish_reason,
         validation=result,
         provenance=provenance,
+        attempt=generation.attempt,
+        sampling=generation.sampling,
     )
+
+
+def judge_attempts(
+    request: ThinkRequest,
+    attempts: Sequence[Generation],
+    provenance: Provenance,
+    examples: Sequence[str] = (),
+    earlier: Sequence[EarlierAttempt] = (),
+) -> Annotation:
+    """The annotation of the last attempt, with the rejected ones before it (and `earlier` ones from
+    a previous run) kept in `Annotation.earlier`."""
+    *before, last = attempts
+    kept = list(earlier) + [
+        EarlierAttempt(
+            attempt=g.attempt,
+            sampling=g.sampling,
+            raw=g.text,
+            reasons=judge(request, g, provenance, examples).validation.reasons,
+        )
+        for g in before
+    ]
+    return judge(request, last, provenance, examples).model_copy(update={"earlier": kept})

@@ -13,6 +13,7 @@ from tbd_core.errors import UserError
 
 class FacsEngine(Engine):
     name = "facs"
+    retryable = False  # deterministic: another attempt would repeat the first
 
     @property
     def model_id(self) -> str:
@@ -26,7 +27,7 @@ class FacsEngine(Engine):
     def examples(self) -> tuple[str, ...]:
         return ()  # the rule reasoner wrote the few-shot answers; it is never shown them
 
-    def generate(self, requests: Sequence[ThinkRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[ThinkRequest], sampling: dict | None = None) -> list[Generation]:
         kb = load_kb()
         out = []
         for r in requests:

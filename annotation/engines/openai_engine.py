@@ -66,17 +66,18 @@ class OpenAIEngine(Engine):
         c = self.config
         return {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed}
 
-    def _one(self, request: ThinkRequest) -> Generation:
+    def _one(self, request: ThinkRequest, sampling: dict | None = None) -> Generation:
         import openai
 
         c = self.config
+        sampling = sampling or self.sampling
         try:
             resp = self._client.chat.completions.create(
                 model=c.model,
                 messages=self.template.messages(request),
-                temperature=c.temperature,
+                temperature=sampling["temperature"],
                 max_tokens=c.max_tokens,
-                seed=c.seed,
+                seed=sampling["seed"],
                 response_format={
                     "type": "json_schema",
                     "json_schema": {"name": "chain_of_thought", "schema": self.schema, "strict": True},
@@ -88,9 +89,9 @@ class OpenAIEngine(Engine):
         choice = resp.choices[0]
         return Generation(text=choice.message.content or "", finish_reason=choice.finish_reason)
 
-    def generate(self, requests: Sequence[ThinkRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[ThinkRequest], sampling: dict | None = None) -> list[Generation]:
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            return list(pool.map(self._one, requests))
+            return list(pool.map(lambda r: self._one(r, sampling), requests))
 
     def close(self) -> None:
         self._client.close()

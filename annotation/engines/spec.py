@@ -19,6 +19,7 @@ class EngineSpec(BaseModel):
     base_url: str | None = None  # openai: the endpoint, e.g. http://head:8000/v1
     max_tokens: int | None = None  # generation limit (LLM engines)
     max_model_len: int | None = None  # vllm: context length
+    tensor_parallel_size: int | None = None  # vllm: GPUs per engine (replica)
     template: str | None = None  # prompt template YAML (a new template -> a new annotation version)
 
     def engine_config(self) -> dict:
@@ -32,6 +33,8 @@ class EngineSpec(BaseModel):
             config["max_tokens"] = self.max_tokens
         if self.engine == "vllm" and self.max_model_len:
             config["max_model_len"] = self.max_model_len
+        if self.engine == "vllm" and self.tensor_parallel_size:
+            config["tensor_parallel_size"] = self.tensor_parallel_size
         if self.engine == "openai" and self.base_url:
             config["base_url"] = self.base_url
         return config

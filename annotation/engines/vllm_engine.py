@@ -97,54 +97,60 @@ class VLLMEngine(Engine):
                 raise UserError(
                     f"vLLM is not installed ({err}); install the `cpu` or `gpu` extra of this package"
                 ) from err
-            c = self.config
             gpu = on_gpu()
-            kwargs = dict(
-                model=c.model,
-                dtype=("bfloat16" if not gpu and c.dtype == "auto" else c.dtype),
-                max_model_len=c.max_model_len,
-                enable_prefix_caching=c.enable_prefix_caching,
-                seed=c.seed,
-                # Compact JSON: xgrammar reads this engine-wide (the per-request flag is ignored);
-                # without it a weak model pads with whitespace until max_tokens.
-                structured_outputs_config=STRUCTURED_OUTPUTS,
-                trust_remote_code=False,  # a model folder's own Python never runs (engine_kwargs may opt in)
-            )
-            if gpu:
-                kwargs.update(
-                    tensor_parallel_size=c.tensor_parallel_size,
-                    gpu_memory_utilization=c.gpu_memory_utilization,
-                )
-            else:
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(c.cpu_kvcache_gib))
-                kwargs.update(enforce_eager=True)
-            kwargs.update(c.engine_kwargs)
+            if not gpu:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.cpu_kvcache_gib))
+            kwargs = {"model": self.config.model, **self.engine_kwargs(gpu)}
             log.info("starting vLLM (%s) on %s: %s", self.model_id, "GPU" if gpu else "CPU", kwargs)
             try:
                 self._llm = LLM(**kwargs)
             except (OSError, ValueError) as err:
-                raise UserError(f"vLLM could not load model {c.model!r}: {err}") from err
+                raise UserError(f"vLLM could not load model {self.config.model!r}: {err}") from err
         return self._llm
 
-    def sampling_params(self, **overrides):
+    def engine_kwargs(self, gpu: bool) -> dict:
+        """`vllm.LLM` settings besides the model (shared with the Ray Data LLM route)."""
+        c = self.config
+        kwargs = dict(
+            dtype=("bfloat16" if not gpu and c.dtype == "auto" else c.dtype),
+            max_model_len=c.max_model_len,
+            enable_prefix_caching=c.enable_prefix_caching,
+            seed=c.seed,
+            # Compact JSON: xgrammar reads this engine-wide (the per-request flag is ignored);
+            # without it a weak model pads with whitespace until max_tokens.
+            structured_outputs_config=STRUCTURED_OUTPUTS,
+            trust_remote_code=False,  # a model folder's own Python never runs (engine_kwargs may opt in)
+        )
+        if gpu:
+            kwargs.update(
+                tensor_parallel_size=c.tensor_parallel_size, gpu_memory_utilization=c.gpu_memory_utilization
+            )
+        else:
+            kwargs.update(enforce_eager=True)
+        kwargs.update(c.engine_kwargs)
+        return kwargs
+
+    def request_sampling(self, sampling: dict | None = None) -> dict:
+        """Per-request sampling as plain values: the version's, or a retry's seed and temperature."""
+        c = self.config
+        params = dict(temperature=c.temperature, max_tokens=c.max_tokens, seed=c.seed)
+        params.update({k: sampling[k] for k in ("seed", "temperature")} if sampling else {})
+        return {**params, "structured_outputs": {"json": self.schema}}
+
+    def sampling_params(self, sampling: dict | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        c = self.config
-        params = dict(
-            temperature=c.temperature,
-            max_tokens=c.max_tokens,
-            seed=c.seed,
-            structured_outputs=StructuredOutputsParams(json=self.schema),
+        params = self.request_sampling(sampling)
+        return SamplingParams(
+            **params | {"structured_outputs": StructuredOutputsParams(**params["structured_outputs"])}
         )
-        params.update(overrides)
-        return SamplingParams(**params)
 
-    def generate(self, requests: Sequence[ThinkRequest]) -> list[Generation]:
+    def generate(self, requests: Sequence[ThinkRequest], sampling: dict | None = None) -> list[Generation]:
         if not requests:
             return []
         conversations = [self.template.messages(r) for r in requests]
-        outputs = self.llm.chat(conversations, self.sampling_params(), use_tqdm=len(requests) > 8)
+        outputs = self.llm.chat(conversations, self.sampling_params(sampling), use_tqdm=len(requests) > 8)
         return [Generation(text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason) for o in outputs]
 
     def close(self) -> None:
