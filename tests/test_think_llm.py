@@ -133,7 +133,9 @@ def test_ray_llm_runner_carries_the_vllm_engines_settings_and_validates_offline(
         "H100",
     )
     assert {k: proc.engine_kwargs[k] for k in plain.engine_kwargs(True)} == plain.engine_kwargs(True)
-    assert proc.engine_kwargs["tensor_parallel_size"] == 2 and proc.engine_kwargs["trust_remote_code"] is False
+    assert (
+        proc.engine_kwargs["tensor_parallel_size"] == 2 and proc.engine_kwargs["trust_remote_code"] is False
+    )
     assert proc.runtime_env["env_vars"]["VLLM_NO_USAGE_STATS"] == "1" and proc.should_continue_on_error
     # Per-request sampling: the schema enforced, the version's seed, a retry's seed and temperature.
     assert engine.request_sampling() == {
