@@ -106,6 +106,7 @@ lock-cuda: setup
 # ---- clusters (infra/README.md) ---------------------------------------------------------------------
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 4
 MLFLOW_DIR ?= .tbd/mlflow-server
 RAY_ADDRESS ?= http://127.0.0.1:8265
 JOB ?= cluster-check
@@ -116,7 +117,7 @@ IMAGE_TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 # SQLite backend and a proxied local artifact root under MLFLOW_DIR; loopback only. Ctrl-C stops it.
 mlflow-server: setup
 	mkdir -p $(MLFLOW_DIR)/artifacts
-	exec $(BIN)/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
+	exec $(BIN)/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
 		--backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db \
 		--artifacts-destination $(abspath $(MLFLOW_DIR))/artifacts
 

@@ -3,11 +3,10 @@
 Every engine gets the annotate job's requests: the project's prompt template (system prompt, few-shot
 examples, the request with its measured AU evidence), the CoT's JSON schema enforced, greedy, each CoT
 generated to its full length (until the JSON closes, at most `--max-tokens`, the job's limit).
-- vLLM: the job's own engine (`VLLMEngine`: guidance backend, compact JSON, bfloat16 on CPU), with
+- vLLM: the job's own engine (`VLLMEngine`: guidance backend, compact JSON, its CPU dtype), with
   prefix caching on (the job's setting) and off, each started and warmed up before it is timed.
 - transformers: `generate` on all requests in one left-padded batch, the same schema enforced by
-  xgrammar's logits processor (compact JSON too), in float32 (its fastest dtype on a CPU without
-  bf16 instructions; `--hf-dtype` to change).
+  xgrammar's logits processor (compact JSON too), in the engine's CPU dtype (`--hf-dtype` to change).
 Model: the `instruct_llm` asset (SmolLM2-135M-Instruct, built by `make setup`) unless `--model`.
 Requests: `--data DIR` reads the real requests of a preprocessed data folder; otherwise the job's
 request shape is synthesised (MEAD labels and levels, evidence for every AU a landmark proxy measures).
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from annotation.engines.base import judge
-from annotation.engines.vllm_engine import VLLMConfig, VLLMEngine
+from annotation.engines.vllm_engine import VLLMConfig, VLLMEngine, cpu_dtype
 from annotation.facs import MEAD_EMOTIONS
 from annotation.prompts import load_template
 from annotation.records import AUEvidence, Generation, ThinkRequest
@@ -122,7 +121,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="a preprocessed data folder whose real requests to use")
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=VLLMConfig.model_fields["max_tokens"].default)
-    ap.add_argument("--hf-dtype", default="float32")
+    ap.add_argument("--hf-dtype", default=cpu_dtype())
     args = ap.parse_args()
 
     if args.model is None:

@@ -213,7 +213,9 @@ def mlflow_server(tmp_path: Path):
     port = _free_port()
     store = tmp_path / "mlflow-server"
     server = subprocess.Popen(
-        ["make", "--no-print-directory", "mlflow-server", f"MLFLOW_PORT={port}", f"MLFLOW_DIR={store}"],
+        # One worker: four would start four interpreters on the test machine's two cores.
+        ["make", "--no-print-directory", "mlflow-server", f"MLFLOW_PORT={port}", f"MLFLOW_DIR={store}",
+         "MLFLOW_WORKERS=1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -388,6 +390,7 @@ def test_cluster_mlflow_server_with_postgres_and_an_s3_store(rendered):
                     .replace("--host=0.0.0.0", "--host=127.0.0.1").replace("--port=5000", f"--port={http_port}")
                     for a in container["args"]]  # fmt: skip
             assert not any("$(" in a for a in args), args
+            args.append("--workers=1")  # the pod's 4 workers would be 4 interpreters on 2 test cores
             url = f"http://127.0.0.1:{http_port}"
             server_argv = [str(BIN / container["command"][0]), *container["command"][1:], *args]
             with _service(server_argv, lambda: _get(url + "/health")[0] == 200, "mlflow server", env=env):

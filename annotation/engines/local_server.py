@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from annotation.engines.vllm_engine import STRUCTURED_OUTPUTS, on_gpu, vllm_env
+from annotation.engines.vllm_engine import STRUCTURED_OUTPUTS, cpu_dtype, on_gpu, vllm_env
 from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def vllm_server(
         "--max-model-len", str(max_model_len),
         "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS),
         "--seed", "0",
-        *(() if on_gpu() else ("--dtype", "bfloat16", "--enforce-eager")),
+        *(() if on_gpu() else ("--dtype", cpu_dtype(), "--enforce-eager")),
         *extra_args,
     ]  # fmt: skip
     exe = shutil.which("vllm", path=str(Path(sys.executable).parent))

