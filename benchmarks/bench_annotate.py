@@ -97,19 +97,19 @@ def run_transformers(model: str, requests, max_tokens: int, dtype: str) -> tuple
         for r in requests
     ]
 
-    def generate(batch: list[str]) -> list[str]:
+    def generate(batch: list[str], limit: int = max_tokens) -> list[str]:
         enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             out = lm.generate(
                 **enc,
                 do_sample=False,
-                max_new_tokens=max_tokens,
+                max_new_tokens=limit,
                 logits_processor=[LogitsProcessor(grammar)],  # one per call (it keeps matcher state)
                 pad_token_id=tok.pad_token_id,
             )
         return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
-    generate(prompts[:1])  # warm-up
+    generate(prompts[:1], 8)  # warm-up
     start = time.perf_counter()
     texts = generate(prompts)
     return time.perf_counter() - start, texts
@@ -119,7 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model folder (default: the instruct_llm asset)")
     ap.add_argument("--data", type=Path, help="a preprocessed data folder whose real requests to use")
-    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=VLLMConfig.model_fields["max_tokens"].default)
     ap.add_argument("--hf-dtype", default=cpu_dtype())
     args = ap.parse_args()

@@ -212,11 +212,12 @@ def _get(url: str, **headers) -> tuple[int, bytes]:
 def mlflow_server(tmp_path: Path):
     port = _free_port()
     store = tmp_path / "mlflow-server"
+    log = tmp_path / "mlflow-server.log"  # a file, not a pipe: a full pipe would stall the server
     server = subprocess.Popen(
         # One worker: four would start four interpreters on the test machine's two cores.
         ["make", "--no-print-directory", "mlflow-server", f"MLFLOW_PORT={port}", f"MLFLOW_DIR={store}",
          "MLFLOW_WORKERS=1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -225,8 +226,8 @@ def mlflow_server(tmp_path: Path):
             with contextlib.suppress(OSError):
                 if _get(url + "/health")[0] == 200:
                     break
-            assert server.poll() is None, server.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the MLflow server did not answer in 120 s"
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the MLflow server did not answer in 120 s: {log.read_text()[-3000:]}"
             time.sleep(1)
         yield url, store, server
     finally:
