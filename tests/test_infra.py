@@ -227,7 +227,9 @@ def mlflow_server(tmp_path: Path):
                 if _get(url + "/health")[0] == 200:
                     break
             assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"the MLflow server did not answer in 120 s: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"the MLflow server did not answer in 120 s: {log.read_text()[-3000:]}"
+            )
             time.sleep(1)
         yield url, store, server
     finally:
