@@ -104,6 +104,15 @@ class EarlierAttempt(BaseModel):
     raw: str
     reasons: list[str]
 
+    @classmethod
+    def of(cls, annotation: Annotation) -> EarlierAttempt:
+        return cls(
+            attempt=annotation.attempt,
+            sampling=annotation.sampling,
+            raw=annotation.raw,
+            reasons=annotation.validation.reasons,
+        )
+
 
 class Validation(BaseModel):
     outcome: Outcome

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from annotation.engines.base import RETRY_TEMPERATURE, judge_attempts
 from annotation.engines.spec import EngineSpec
-from annotation.records import Annotation, EarlierAttempt, Generation, ThinkRequest
+from annotation.records import Annotation, Generation, ThinkRequest
 from media.au_evidence import clip_evidence, speaker_baselines
 from pipelines.data_folder import DataFolder
 from pipelines.shards import finished, tar_members, write_manifest, write_shard
@@ -243,7 +243,7 @@ def run_annotate(config: AnnotateConfig) -> dict:
                     gens[requests[k].fingerprint()],
                     provenance,
                     examples,
-                    earlier_of(replaced.get(k)),
+                    replaced.get(k),
                 )
                 for k in keys
             }
@@ -270,7 +270,7 @@ def run_annotate(config: AnnotateConfig) -> dict:
             "requests": len(pending),
             "distinct_requests": len({r.fingerprint() for r in pending}),
             "generations": sum(len(a) for a in gens.values()),
-            "retried": sum(len(gens[r.fingerprint()]) > 1 for r in pending),  # clips given another attempt
+            "retried": sum(bool(a.earlier) for a in generated.values()),  # as the quality report counts
             "accepted_after_retry": sum(a.accepted and a.attempt > 0 for a in generated.values()),
             "wall_s": wall,
             "requests_per_s": len(pending) / wall if pending and wall > 0 else 0.0,
@@ -287,19 +287,6 @@ def reject_reason(ann: Annotation) -> str:
     reason = "; ".join(ann.validation.reasons)
     tries = len(ann.earlier) + 1
     return f"{reason} (all {tries} attempts rejected)" if tries > 1 else reason
-
-
-def earlier_of(previous: Annotation | None) -> list[EarlierAttempt]:
-    """What a redo keeps of the annotation it replaces: its earlier attempts and itself."""
-    if previous is None:
-        return []
-    own = EarlierAttempt(
-        attempt=previous.attempt,
-        sampling=previous.sampling,
-        raw=previous.raw,
-        reasons=previous.validation.reasons,
-    )
-    return [*previous.earlier, own]
 
 
 def _media_fingerprint(media: dict) -> str:

@@ -182,18 +182,11 @@ def judge_attempts(
     attempts: Sequence[Generation],
     provenance: Provenance,
     examples: Sequence[str] = (),
-    earlier: Sequence[EarlierAttempt] = (),
+    replaces: Annotation | None = None,
 ) -> Annotation:
-    """The annotation of the last attempt, with the rejected ones before it (and `earlier` ones from
-    a previous run) kept in `Annotation.earlier`."""
+    """The annotation of the last attempt, keeping in `Annotation.earlier` the rejected attempts before
+    it: those of the annotation it `replaces` (a redo), that annotation itself, then this run's."""
     *before, last = attempts
-    kept = list(earlier) + [
-        EarlierAttempt(
-            attempt=g.attempt,
-            sampling=g.sampling,
-            raw=g.text,
-            reasons=judge(request, g, provenance, examples).validation.reasons,
-        )
-        for g in before
-    ]
+    previous = [*replaces.earlier, EarlierAttempt.of(replaces)] if replaces is not None else []
+    kept = previous + [EarlierAttempt.of(judge(request, g, provenance, examples)) for g in before]
     return judge(request, last, provenance, examples).model_copy(update={"earlier": kept})
