@@ -254,13 +254,16 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     for mode, guidance, label_only in runs:
         rows = []
         for clip in clips:
+            seams = None
             if guidance is None:  # the floor every mode should beat: the reference frame held still
                 frames = np.repeat(clip.reference[None], len(clip.audio_features), 0)
             else:
-                frames = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=clip.cot,
-                              label_only=label_only, guidance=guidance, seed=config.seed).frames  # fmt: skip
+                result = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=clip.cot,
+                              label_only=label_only, guidance=guidance, seed=config.seed)  # fmt: skip
+                frames, seams = result.frames, result.seam_ratio
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
             row, measured = score_clip(clip, frames, requested_aus(clip.cot), gt, clf, baselines)
+            row["seam_ratio"] = seams
             rows.append({"key": clip.key, "reference": clip.reference_key, **row})
             if clip is clips[0] and mode == runs[0][0]:
                 first_measured = measured  # the AU timeline plot: first clip, first mode

@@ -147,6 +147,10 @@ COMMANDS: dict[str, Command] = {
             "annotation.tiny_llm:TinyLLMConfig", "annotation.tiny_llm:build_from_config", show=str,
         ),
         Command(
+            "tiny-sd", "write a Stable-Diffusion-1.5-layout folder with tiny random weights (tests, CPU)",
+            "tbd_lightning.tiny_sd:TinySDConfig", "tbd_lightning.tiny_sd:write_from_config", show=str,
+        ),
+        Command(
             "train", "train the video denoiser (LightningCLI YAML; --ray-workers N: Ray Train)",
             main_argv="tbd_lightning.train:main_argv",
         ),
@@ -158,7 +162,7 @@ COMMANDS: dict[str, Command] = {
         Command(
             "generate", "portrait + speech + emotion -> talking-head mp4 (progressive guidance)",
             "tbd_lightning.generate:GenerateConfig", "tbd_lightning.generate:generate",
-            show=lambda r: {k: r[k] for k in ("video", "strip", "au_plot", "frames", "seconds", "emotion")},
+            show=lambda r: {k: r[k] for k in ("video", "strip", "au_plot", "frames", "seconds", "emotion", "windows", "seam_ratio")},
         ),
         Command(
             "evaluate", "score generated held-out clips (PSNR/SSIM/LMD/sync/AU/emotion)",

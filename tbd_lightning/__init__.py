@@ -10,6 +10,7 @@ _LAZY = {
     "TBDPipeline": "tbd_lightning.pipeline",
     "TBDPipelineOutput": "tbd_lightning.pipeline",
     "TBDVideoDenoiser": "tbd_lightning.model",
+    "SDVideoDenoiser": "tbd_lightning.sd_model",
     "GuidanceConfig": "tbd_lightning.sampler",
 }
 __all__ = sorted(_LAZY)

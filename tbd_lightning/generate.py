@@ -26,6 +26,7 @@ from media.au_measure import measured_aus, plot_aus, requested_aus, track_genera
 from media.inputs import load_speech, prepare_portrait
 from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
+from tbd_lightning.windows import window_starts
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def generate(config: GenerateConfig) -> dict:
     result = pipe(portrait.crop, portrait.landmarks, feats, cot=cot, label_only=config.label_only,
                   guidance=config.guidance, seed=config.seed, progress_bar=True)  # fmt: skip
     frames = result.frames
+    motion = min(config.guidance.motion_frames, pipe.frames - 1)
 
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,8 @@ def generate(config: GenerateConfig) -> dict:
         "local_text": result.local_text, "requested_aus": requested,
         "measured_aus": {str(k): v for k, v in measured.items() if k in requested},
         "annotation_version": ann.provenance.annotation_version, "guidance": asdict(config.guidance),
-        "model": str(config.model), "seed": config.seed,
+        "model": str(config.model), "seed": config.seed, "windows": len(window_starts(n_frames, pipe.frames, motion)),
+        "window": pipe.frames, "motion_frames": motion, "seam_ratio": result.seam_ratio,
     }  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     log.info("wrote %s (%d frames, %.2f s)", out, n_frames, n_frames / fps)
@@ -109,7 +112,9 @@ def track(config: GenerateConfig, source: dict, report: dict) -> None:
     from tbd_core.tracking import job_run, tracking_uri
 
     uri = tracking_uri(config.tracking_uri, Path(config.model).parent, source.get("mlflow_tracking_uri"))
-    params = {k: report[k] for k in ("emotion", "level", "frames", "seed", "model", "annotation_version")}
+    params = {
+        k: report[k] for k in ("emotion", "level", "frames", "seed", "model", "annotation_version", "windows")
+    }
     params.update({f"guidance.{k}": v for k, v in report["guidance"].items()})
     tags = {"tbd.train_run": str(source.get("mlflow_run_id"))}
     with job_run(
@@ -119,6 +124,7 @@ def track(config: GenerateConfig, source: dict, report: dict) -> None:
         mlflow.log_metrics(
             {
                 "seconds": report["seconds"],
+                **({"seam_ratio": report["seam_ratio"]} if report["seam_ratio"] is not None else {}),
                 "face_found_fraction": len(measured)
                 / max(1, sum(len(s) for s in report["measured_aus"].values())),
             }

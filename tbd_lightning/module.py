@@ -16,18 +16,18 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from tbd_core.errors import UserError
 from tbd_lightning import branches as chain
 from tbd_lightning.model import Conditions, TBDVideoDenoiser
 
 log = logging.getLogger(__name__)
+OPTIMIZERS = ("adamw", "adamw-fused", "adamw-8bit")
 
 
 def load_vae(path: str | None):
     if not path:
         return None
     from diffusers import AutoencoderKL
-
-    from tbd_core.errors import UserError
 
     if not Path(path).is_dir():
         raise UserError(f"vae_path {path} does not exist: give a local diffusers AutoencoderKL folder")
@@ -69,8 +69,17 @@ class TBDModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         vae_path: str | None = None,
         init_weights: str | None = None,
+        pretrained: str | None = None,
+        motion_adapter: str | None = None,
+        trainable: str = "all",
+        optimizer: str = "adamw",
     ):
-        """`model` names a preset of `TBDVideoDenoiser` (tiny | base | full), `model_overrides` its fields;
+        """`model` names a preset of `TBDVideoDenoiser` (tiny | base | full) or `sd`: the latent
+        `SDVideoDenoiser` built from `pretrained` (a local Stable-Diffusion-1.5 folder in diffusers layout:
+        its unet/ by name, its vae/ unless `vae_path` says otherwise, its scheduler's betas) and optionally
+        an AnimateDiff `motion_adapter` folder; `trainable` (sd): all | spatial (image stage) | motion
+        (video stage); `optimizer`: adamw | adamw-fused (CUDA) | adamw-8bit (bitsandbytes);
+        `model_overrides` the denoiser's fields;
         `branches` how often each guidance branch is trained (`tbd_lightning.branches`: none, a, ag, label; the
         rest trains the full branch); `reference_drop` drops the reference on top, for an identity scale of
         its own (0: the reference is in every branch)."""
@@ -79,13 +88,30 @@ class TBDModule(pl.LightningModule):
         self.branches = chain.check_probabilities(
             chain.DEFAULT_TRAIN_BRANCHES if branches is None else branches
         )
-        self.model = TBDVideoDenoiser.from_preset(model, **(model_overrides or {}))
+        betas = dict(beta_schedule=beta_schedule)
+        if model == "sd":
+            from tbd_lightning.sd_model import SDVideoDenoiser, sd_scheduler_betas
+
+            if not pretrained:
+                raise UserError(
+                    "model: sd needs model.pretrained: a local Stable-Diffusion folder (diffusers layout)"
+                )
+            self.model = SDVideoDenoiser.from_sd(pretrained, motion_adapter, **(model_overrides or {}))
+            self.model.trainable(trainable)
+            betas = sd_scheduler_betas(pretrained)
+            vae_path = vae_path or str(Path(pretrained) / "vae")
+        elif pretrained or motion_adapter or trainable != "all":
+            raise UserError("pretrained, motion_adapter and trainable apply to model: sd")
+        else:
+            self.model = TBDVideoDenoiser.from_preset(model, **(model_overrides or {}))
+        if optimizer not in OPTIMIZERS:
+            raise UserError(f"optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
         if init_weights:
             init_from(self.model, init_weights)
         if gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         self.scheduler = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+            **{"num_train_timesteps": num_train_timesteps, **betas},
             prediction_type=prediction_type, rescale_betas_zero_snr=rescale_zero_snr,
             clip_sample=vae_path is None,
         )  # fmt: skip
@@ -195,9 +221,16 @@ class TBDModule(pl.LightningModule):
     def configure_optimizers(self):
         from diffusers.optimization import get_constant_schedule_with_warmup
 
-        opt = torch.optim.AdamW(
-            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        kwargs = dict(lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.optimizer == "adamw-8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError as err:
+                raise UserError("optimizer adamw-8bit needs bitsandbytes (pip install bitsandbytes)") from err
+            opt = bnb.optim.AdamW8bit(params, **kwargs)
+        else:
+            opt = torch.optim.AdamW(params, fused=self.hparams.optimizer == "adamw-fused", **kwargs)
         sched = get_constant_schedule_with_warmup(opt, self.hparams.warmup_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

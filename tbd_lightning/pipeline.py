@@ -31,6 +31,7 @@ from diffusers.utils import BaseOutput
 from tbd_core.errors import UserError
 from tbd_lightning.model import Conditions, TBDVideoDenoiser
 from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
+from tbd_lightning.windows import seam_ratio, window_starts
 
 OUTPUT_TYPES = ("np", "pt", "latent")
 
@@ -43,11 +44,12 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 @dataclass
 class TBDPipelineOutput(BaseOutput):
     """`frames`: (T, S, S, 3) uint8 ("np"), (T, 3, S, S) in [-1, 1] ("pt") or the sampled (T, C, h, w)
-    ("latent"); the texts the video was conditioned on."""
+    ("latent"); the texts the video was conditioned on; the seam ratio (`tbd_lightning.windows`)."""
 
     frames: np.ndarray | torch.Tensor
     global_text: str
     local_text: list[str]
+    seam_ratio: float | None = None  # frame change across window boundaries / inside windows (None: 1 window)
 
 
 class TBDPipeline(DiffusionPipeline):
@@ -80,6 +82,11 @@ class TBDPipeline(DiffusionPipeline):
         if not (folder / "model_index.json").is_file():
             what = "does not exist" if not folder.exists() else "has no model_index.json"
             raise UserError(f"{folder} {what}: give a pipeline folder written by `tbd export`")
+        import json
+
+        library = json.loads((folder / "model_index.json").read_text()).get("denoiser", [None])[0]
+        if isinstance(library, str) and library.startswith("tbd_lightning."):
+            importlib.import_module(library)  # our own denoiser modules only (diffusers imports none itself)
         kwargs.setdefault("use_safetensors", True)  # weights as safetensors only: no pickled .bin is loaded
         if importlib.util.find_spec("accelerate") is None:
             kwargs.setdefault("low_cpu_mem_usage", False)  # what diffusers falls back to, without its warning
@@ -175,18 +182,21 @@ class TBDPipeline(DiffusionPipeline):
         latents = self.vae.encode(pixels[None].to(self.vae.dtype)).latent_dist.mode()
         return (latents * self.vae.config.scaling_factor)[0].float()
 
-    def prepare_conditions(self, reference, audio_features, emb, n_local, mask, tokens, device) -> Conditions:
-        """Windows of the training length, padded with the last frame's audio; one batch row per window."""
+    def prepare_conditions(self, reference, audio_features, emb, n_local, mask, tokens, device,
+                           starts: list[int] | None = None) -> Conditions:  # fmt: skip
+        """One batch row per window of the training length starting at `starts` (default: back to back),
+        the audio padded with the last frame's."""
         den, window = self.denoiser, self.frames
-        n_windows = -(-len(audio_features) // window)
-        feats = np.pad(audio_features, ((0, n_windows * window - len(audio_features)), (0, 0)), mode="edge")
+        starts = window_starts(len(audio_features), window) if starts is None else starts
+        n_windows = len(starts)
+        feats = np.pad(audio_features, ((0, starts[-1] + window - len(audio_features)), (0, 0)), mode="edge")
         ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
         ref = self.encode_reference(ref.to(device))
         local_text = torch.zeros(den.config.max_local, emb.shape[1])
         local_text[:n_local] = torch.from_numpy(emb[1:])
         return Conditions(
             reference=ref[None].expand(n_windows, -1, -1, -1),
-            audio=torch.from_numpy(feats).reshape(n_windows, window, -1),
+            audio=torch.from_numpy(np.stack([feats[s : s + window] for s in starts])),
             global_text=torch.from_numpy(emb[0])[None].expand(n_windows, -1),
             local_text=local_text[None].expand(n_windows, -1, -1),
             local_valid=(torch.arange(den.config.max_local) < n_local)[None].expand(n_windows, -1),
@@ -259,10 +269,15 @@ class TBDPipeline(DiffusionPipeline):
         union, tokens, _ = token_masks(np.asarray(reference_landmarks), size, regions, den.config.max_local)
         mask, tokens = torch.from_numpy(union), torch.from_numpy(tokens)
 
-        # 4. Conditions, in windows of the training length
-        cond = self.prepare_conditions(reference, audio_features, emb, len(local), mask, tokens, device)
+        # 4. Conditions, in windows of the training length (overlapping by the motion frames)
+        motion = min(guidance.motion_frames, self.frames - 1)
+        starts = window_starts(n_frames, self.frames, motion)
+        cond = self.prepare_conditions(
+            reference, audio_features, emb, len(local), mask, tokens, device, starts
+        )
 
-        # 5. Sample with progressive guidance, all windows batched
+        # 5. Sample with progressive guidance: independent windows as one batch; with motion frames, each
+        # window after the first continues from the last frames of the one before
         sampler = ProgressiveSampler(den, self.scheduler.config, guidance)
         if generator is None:
             generator = torch.Generator(device).manual_seed(seed)
@@ -274,8 +289,18 @@ class TBDPipeline(DiffusionPipeline):
             def step_end(i, t, latents):
                 return (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents")
 
-        x = sampler.sample(shape, cond, generator=generator, progress_bar=progress_bar, callback=step_end)
-        x = x.flatten(0, 1)[:n_frames]
+        sample = lambda shape, cond, known=None: sampler.sample(shape, cond, generator=generator, known=known,  # noqa: E731
+                                                                progress_bar=progress_bar, callback=step_end)  # fmt: skip
+        if motion == 0 or len(starts) == 1:
+            x = sample(shape, cond).flatten(0, 1)[:n_frames]
+        else:
+            parts = [sample((1, *shape[1:]), cond.map(lambda t: t[:1]))[0]]
+            for w in range(1, len(starts)):
+                window = sample(
+                    (1, *shape[1:]), cond.map(lambda t, w=w: t[w : w + 1]), known=parts[-1][None, -motion:]
+                )
+                parts.append(window[0])
+            x = torch.cat([parts[0], *(p[motion:] for p in parts[1:])])[:n_frames]
 
         # 6. Decode
         if output_type == "latent":
@@ -286,6 +311,8 @@ class TBDPipeline(DiffusionPipeline):
 
         # 7. Offload, return
         self.maybe_free_model_hooks()
+        shown = x if output_type == "latent" else pixels  # the seam as sampled (latents) or as seen (pixels)
+        seams = seam_ratio(shown.float().cpu().numpy(), self.frames, motion)
         if not return_dict:
             return (frames,)
-        return TBDPipelineOutput(frames=frames, global_text=global_text, local_text=local)
+        return TBDPipelineOutput(frames=frames, global_text=global_text, local_text=local, seam_ratio=seams)

@@ -43,12 +43,15 @@ class GuidanceConfig:
     guidance_rescale: float = (
         0.0  # Lin et al. 2023 (diffusers' guidance_rescale): 0 off, ~0.7 against oversaturation
     )
+    motion_frames: int = 0  # long videos: frames each window takes from the previous one (0: independent)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"guidance mode {self.mode!r}; choose one of {MODES}")
         if not 0 <= self.switch <= 1:
             raise ValueError(f"switch point {self.switch} must be in [0, 1]")
+        if self.motion_frames < 0:
+            raise ValueError(f"motion_frames {self.motion_frames} must be >= 0")
 
     def weights(self, progress: float) -> tuple[float, float]:
         """(w_g, w_l) at progress p in [0, 1]."""
@@ -94,6 +97,7 @@ class ProgressiveSampler:
         self.denoiser, self.config = denoiser, config
         self.scheduler = make_scheduler(config.scheduler, train_scheduler_config)
         self.forward_passes = 0  # batched model calls (one per step)
+        self._stacked: dict[tuple[str, ...], tuple[Conditions, Conditions]] = {}  # names -> (cond, stacked)
 
     def _branches(self, w_l: float) -> list[str]:
         c = self.config
@@ -113,8 +117,10 @@ class ProgressiveSampler:
         b, masks = x.shape[0], self.config.mode != "no-masks"
         if not batched:
             return {n: self.denoiser(x, t.expand(b), _with_keep(cond, BRANCHES[n], masks)) for n in names}
-        out = self.denoiser(torch.cat([x] * len(names)), t.expand(b * len(names)),
-                            _stack([_with_keep(cond, BRANCHES[n], masks) for n in names]))  # fmt: skip
+        key = tuple(names)
+        if key not in self._stacked or self._stacked[key][0] is not cond:  # the same tensors every step:
+            self._stacked[key] = (cond, _stack([_with_keep(cond, BRANCHES[n], masks) for n in names]))
+        out = self.denoiser(torch.cat([x] * len(names)), t.expand(b * len(names)), self._stacked[key][1])
         self.forward_passes += 1
         return dict(zip(names, out.chunk(len(names)), strict=True))
 
@@ -152,18 +158,29 @@ class ProgressiveSampler:
     @torch.no_grad()
     def sample(
         self, shape: tuple[int, ...], cond: Conditions, generator: torch.Generator | None = None,
-        batched: bool = True, progress_bar: bool = False, callback=None,
+        batched: bool = True, progress_bar: bool = False, callback=None, known: torch.Tensor | None = None,
     ) -> torch.Tensor:  # fmt: skip
-        """Denoise from seeded noise. `callback(step, t, x)` runs after each step and may return a new x."""
+        """Denoise from seeded noise. `callback(step, t, x)` runs after each step and may return a new x.
+        `known` (B, k, C, h, w): the first k frames are these (motion frames of the previous window): at every
+        step they are replaced by `known` noised to the step's level, so the rest is sampled around them."""
         device = cond.audio.device
         sched = self.scheduler
         sched.set_timesteps(self.config.steps, device=device)
+        self._stacked = {}  # stacked conditions are kept per branch set for one video (reference caches key on them)
         x = torch.randn(shape, generator=generator, device=device) * sched.init_noise_sigma
-        total = sched.config.num_train_timesteps
-        for i, t in enumerate(tqdm(sched.timesteps, desc="denoising", disable=not progress_bar)):
+        total, timesteps = sched.config.num_train_timesteps, sched.timesteps
+        if known is not None:
+            k = known.shape[1]
+            known_noise = torch.randn(known.shape, generator=generator, device=device)
+            x = torch.cat([sched.add_noise(known, known_noise, timesteps[:1]), x[:, k:]], 1)
+        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress_bar)):
             progress = 1.0 - float(t) / total
             eps, _ = self.guided(sched.scale_model_input(x, t), t, cond, progress, batched)
             x = sched.step(eps, t, x).prev_sample
+            if known is not None:
+                last = i == len(timesteps) - 1
+                level = known if last else sched.add_noise(known, known_noise, timesteps[i + 1 : i + 2])
+                x = torch.cat([level.to(x.dtype), x[:, k:]], 1)
             if callback is not None:
                 replaced = callback(i, t, x)
                 x = x if replaced is None else replaced

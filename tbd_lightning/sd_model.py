@@ -1,0 +1,226 @@
+"""The latent Draw denoiser on Stable-Diffusion-1.5 priors: diffusers' `UNetMotionModel` plus conditioning
+as attention processors (`tbd_lightning.sd_processors`).
+
+    SD-1.5 UNet2DConditionModel (weights by name)  --UNetMotionModel.from_unet2d-->  + MotionAdapter
+    attn1 (spatial self-attention):  reference attention — the same UNet runs once in "write" mode over
+                                     the reference latent (t = 0, no text); every attn1 keeps its input,
+                                     and in "read" mode concatenates it into its keys and values
+                                     (Animate Anyone / Hallo's ReferenceNet, weight-shared)
+    attn2 (cross-attention):         global emotion tokens through SD's own text keys/values; speech
+                                     (per-frame window of audio features) and each local muscle token
+                                     (inside its own face region) through keys/values of their own,
+                                     values zero-initialised: the pretrained UNet's output is unchanged
+                                     until they learn
+    motion modules:                  AnimateDiff temporal attention (a motion-module folder, or new ones
+                                     whose output projections start at zero)
+
+The interface is `TBDVideoDenoiser`'s — `forward(sample (B, T, C, h, w), timestep, Conditions)` with the
+same `keep` semantics and null tokens — so the training module, the progressive sampler and `TBDPipeline`
+use it unchanged. The reference's features are computed once per reference tensor while no gradient is
+taken (cached across denoising steps and guidance branches: `reference_passes` counts the write passes).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from tbd_lightning.model import MAX_LOCAL, Conditions
+from tbd_lightning.sd_processors import ConditionCrossAttnProcessor, ReferenceAttnProcessor, ReferenceBank
+
+log = logging.getLogger(__name__)
+
+
+def motion_adapter_for(unet_config: dict, heads: int = 8, max_frames: int = 32) -> MotionAdapter:
+    """New motion modules matching a UNet2DConditionModel config; outputs start at zero (image model)."""
+    adapter = MotionAdapter(
+        block_out_channels=tuple(unet_config["block_out_channels"]),
+        motion_layers_per_block=unet_config["layers_per_block"], motion_mid_block_layers_per_block=1,
+        motion_num_attention_heads=heads, motion_norm_num_groups=unet_config["norm_num_groups"],
+        motion_max_seq_length=max_frames, use_motion_mid_block=True,
+    )  # fmt: skip
+    for name, module in adapter.named_modules():
+        if name.endswith("proj_out"):
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+    return adapter
+
+
+def sd_scheduler_betas(folder: str | Path) -> dict:
+    """The noise schedule of a Stable-Diffusion folder's scheduler/ (SD-1.5: scaled_linear 0.00085-0.012)."""
+    import json
+
+    file = Path(folder) / "scheduler" / "scheduler_config.json"
+    config = json.loads(file.read_text()) if file.is_file() else {}
+    keys = ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")
+    return {k: config[k] for k in keys if k in config} or dict(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
+
+
+class SDVideoDenoiser(ModelMixin, ConfigMixin):
+    """UNetMotionModel + reference attention + audio / global / local conditioning (module docstring)."""
+
+    _supports_gradient_checkpointing = True
+    ignore_for_config = ["unet"]
+
+    @register_to_config
+    def __init__(
+        self,
+        unet_config: dict | None = None,
+        text_dim: int = 384,
+        audio_dim: int = 80,
+        audio_context: int = 2,
+        max_local: int = MAX_LOCAL,
+        max_frames: int = 32,
+        global_tokens: int = 4,
+        reference_attention: bool = True,
+        in_channels: int = 4,
+        ref_channels: int = 4,
+        unet: UNetMotionModel | None = None,
+    ):
+        """`unet_config`: a UNetMotionModel config (as `SDVideoDenoiser.from_sd` records it); `unet`: an
+        already built one with weights (not saved in the config)."""
+        super().__init__()
+        if unet is None and unet_config is None:
+            raise ValueError("give unet_config (or build with SDVideoDenoiser.from_sd(folder))")
+        self.unet = unet if unet is not None else UNetMotionModel.from_config(unet_config)
+        if unet is not None:
+            self.register_to_config(
+                unet_config={k: v for k, v in unet.config.items() if not k.startswith("_")}
+            )
+        dim = int(self.unet.config.cross_attention_dim)
+        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.audio_pos = nn.Parameter(torch.zeros(2 * audio_context + 1, dim))
+        self.global_proj = nn.Sequential(
+            nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim * global_tokens)
+        )
+        self.local_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.ParameterDict({n: nn.Parameter(torch.randn(k, dim) * 0.02) for n, k in (("audio", 1), ("global", global_tokens), ("local", 1))})  # fmt: skip
+        self.bank = ReferenceBank()
+        self._install_processors()
+        self._cache: tuple | None = None  # (weakref to the reference tensor, its version, keep)
+        self.reference_passes = 0
+
+    # -- building ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_sd(cls, folder: str | Path, motion_adapter: str | Path | None = None, motion_heads: int = 8,
+                **config) -> SDVideoDenoiser:  # fmt: skip
+        """From a Stable-Diffusion folder in diffusers layout (its `unet/`; every weight lands by name) and
+        optionally an AnimateDiff motion-module folder (`MotionAdapter`); local files only."""
+        from tbd_core.errors import UserError
+
+        folder = Path(folder)
+        if not (folder / "unet" / "config.json").is_file():
+            raise UserError(
+                f"{folder} is not a Stable-Diffusion folder in diffusers layout (no unet/config.json)"
+            )
+        unet2d = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+        max_frames = config.get("max_frames", 32)
+        if motion_adapter:
+            if not Path(motion_adapter).is_dir():
+                raise UserError(
+                    f"motion adapter {motion_adapter} is not a folder (a diffusers MotionAdapter)"
+                )
+            adapter = MotionAdapter.from_pretrained(motion_adapter, local_files_only=True)
+        else:
+            adapter = motion_adapter_for(dict(unet2d.config), motion_heads, max_frames)
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+        log.info(
+            "UNet from %s%s", folder, f", motion modules from {motion_adapter}" if motion_adapter else ""
+        )
+        return cls(unet=unet, **config)
+
+    def _install_processors(self) -> None:
+        procs = {}
+        for name, proc in self.unet.attn_processors.items():
+            if "motion_modules" in name:
+                procs[name] = proc
+            elif name.endswith("attn1.processor"):
+                procs[name] = ReferenceAttnProcessor(name, self.bank, enabled=self.config.reference_attention)
+            else:
+                attn = self.unet.get_submodule(name.rsplit(".", 1)[0])
+                procs[name] = ConditionCrossAttnProcessor(attn.to_q.out_features, attn.to_k.in_features)
+        self.unet.set_attn_processor(procs)
+
+    # -- conditions --------------------------------------------------------------------------------------
+    def _tokens(self, cond: Conditions, frames: int) -> tuple[torch.Tensor, dict]:
+        """Per frame (as UNetMotionModel takes them): global tokens (BT, G, D) and the processors' `tbd`."""
+        b, dtype = cond.audio.shape[0], self.dtype
+        k = self.config.audio_context
+        a = F.pad(cond.audio.to(dtype).transpose(1, 2), (k, k), mode="replicate").transpose(1, 2)
+        a = self.audio_proj(a.unfold(1, 2 * k + 1, 1).transpose(2, 3)) + self.audio_pos  # (B, T, 2k+1, D)
+        a = torch.where(cond.kept("audio")[:, None, None, None], a, self.null["audio"].to(dtype))
+        g = self.global_proj(cond.global_text.to(dtype)).reshape(b, self.config.global_tokens, -1)
+        g = torch.where(cond.kept("global")[:, None, None], g, self.null["global"].to(dtype))
+        loc = torch.cat(
+            [self.null["local"].to(dtype).expand(b, 1, -1), self.local_proj(cond.local_text.to(dtype))], 1
+        )
+        valid = cond.local_valid.bool() & cond.kept("local")[:, None]
+        valid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
+        bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
+            ~valid, torch.finfo(dtype).min
+        )
+        per_frame = lambda t: t.repeat_interleave(frames, 0)  # noqa: E731
+        masks = None if cond.local_masks is None else cond.local_masks.to(dtype).flatten(0, 1)
+        extra = {
+            "audio": a.flatten(0, 1),
+            "local": per_frame(loc),
+            "local_bias": per_frame(bias[:, None]),
+            "masks": masks,
+        }
+        return per_frame(g), extra  # fmt: skip
+
+    def _null_text(self, b: int) -> torch.Tensor:
+        return self.null["global"].to(self.dtype).expand(b, -1, -1)
+
+    def _write_reference(self, reference: torch.Tensor) -> None:
+        """Run the UNet once over the reference latents (t = 0, no text): every attn1 keeps its input."""
+        b = reference.shape[0]
+        grad = torch.is_grad_enabled()
+        cache = self._cache
+        if not grad and cache is not None and cache[0]() is reference and cache[1] == reference._version:
+            return
+        self.bank.start("write")
+        try:
+            zero = torch.zeros(b, dtype=torch.long, device=reference.device)
+            self.unet(reference.to(self.dtype)[:, :, None], zero, encoder_hidden_states=self._null_text(b),
+                      cross_attention_kwargs={"tbd": None})  # fmt: skip
+        finally:
+            self.bank.mode = "off"
+        self.reference_passes += 1
+        self._cache = None if grad else (weakref.ref(reference), reference._version)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        b, t = sample.shape[:2]
+        if t > self.config.max_frames:
+            raise ValueError(f"{t} frames exceed the model's max_frames={self.config.max_frames}")
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        g, extra = self._tokens(cond, t)
+        if self.config.reference_attention:
+            self._write_reference(cond.reference)
+            self.bank.read(frames=t, keep=cond.kept("reference"))
+        try:
+            out = self.unet(sample.to(self.dtype).permute(0, 2, 1, 3, 4), timestep, encoder_hidden_states=g,
+                            cross_attention_kwargs={"tbd": extra}).sample  # fmt: skip
+        finally:
+            self.bank.mode = "off"
+        return out.permute(0, 2, 1, 3, 4)
+
+    # -- training stages ---------------------------------------------------------------------------------
+    def trainable(self, part: str) -> None:
+        """`all`; `spatial` (image stage: everything but the motion modules); `motion` (video stage:
+        the motion modules only, as AnimateDiff trains them)."""
+        if part not in ("all", "spatial", "motion"):
+            raise ValueError(f"trainable part {part!r}: all | spatial | motion")
+        for name, p in self.named_parameters():
+            motion = "motion_modules" in name
+            p.requires_grad_(part == "all" or (part == "motion") == motion)

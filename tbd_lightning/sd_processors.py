@@ -1,0 +1,110 @@
+"""Attention processors of the latent Draw denoiser (`tbd_lightning.sd_model`), the diffusers way.
+
+`ReferenceAttnProcessor` (attn1): in "write" mode keeps its input (the reference's features at this
+layer) in a shared `ReferenceBank`; in "read" mode the keys and values are the frame's own tokens plus
+the reference's (repeated per frame); samples whose reference is dropped do not see those tokens.
+
+`ConditionCrossAttnProcessor` (attn2): out = to_out(A(q, text) + A(q, audio) + A(q, local)) with SD's
+own keys/values for the (global emotion) text and new ones for audio and local tokens (as IP-Adapter
+adds image keys/values); the local attention's bias keeps each local token inside its own region
+(`tbd_lightning.model.region_bias`) and a null token is always attendable. Without `tbd` conditions
+(the reference write pass, or plain SD use) it is SD's cross-attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tbd_lightning.model import region_bias
+
+
+class ReferenceBank:
+    """Reference features per attn1 layer, shared by the processors of one denoiser."""
+
+    def __init__(self):
+        self.mode = "off"  # write | read | off
+        self.features: dict[str, torch.Tensor] = {}
+        self.frames = 1
+        self.keep: torch.Tensor | None = None
+
+    def start(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "write":
+            self.features = {}
+
+    def read(self, frames: int, keep: torch.Tensor) -> None:
+        self.mode, self.frames, self.keep = "read", frames, keep
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _attend(q, k, v, heads: int, bias=None) -> torch.Tensor:
+    out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), attn_mask=bias)
+    return out.transpose(1, 2).flatten(2)
+
+
+class ReferenceAttnProcessor:
+    def __init__(self, name: str, bank: ReferenceBank, enabled: bool = True):
+        self.name, self.bank, self.enabled = name, bank, enabled
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 tbd: dict | None = None, **kwargs):  # fmt: skip
+        bank = self.bank
+        context = hidden_states
+        bias = None
+        if self.enabled and bank.mode == "write":
+            bank.features[self.name] = hidden_states
+        elif self.enabled and bank.mode == "read":
+            ref = bank.features[self.name].repeat_interleave(bank.frames, 0)
+            context = torch.cat([hidden_states, ref], 1)
+            keep = bank.keep
+            if keep is not None and not bool(keep.all()):
+                seen = keep.repeat_interleave(bank.frames, 0)[:, None, None, None]  # (BT, 1, 1, 1)
+                n, m = hidden_states.shape[1], ref.shape[1]
+                floor = torch.finfo(hidden_states.dtype).min
+                ref_bias = torch.where(seen, 0.0, floor).to(hidden_states.dtype).expand(-1, 1, 1, m)
+                bias = torch.cat([torch.zeros_like(ref_bias[..., :1]).expand(-1, 1, 1, n), ref_bias], -1)
+        out = _attend(attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attn.heads, bias)
+        return attn.to_out[1](attn.to_out[0](out.to(hidden_states.dtype)))
+
+
+class ConditionCrossAttnProcessor(nn.Module):
+    def __init__(self, hidden: int, cross: int):
+        super().__init__()
+        self.to_k_audio, self.to_v_audio = (
+            nn.Linear(cross, hidden, bias=False),
+            nn.Linear(cross, hidden, bias=False),
+        )
+        self.to_k_local, self.to_v_local = (
+            nn.Linear(cross, hidden, bias=False),
+            nn.Linear(cross, hidden, bias=False),
+        )
+        nn.init.zeros_(self.to_v_audio.weight)  # the pretrained UNet's output is unchanged at the start
+        nn.init.zeros_(self.to_v_local.weight)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 tbd: dict | None = None, **kwargs):  # fmt: skip
+        text = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            text = attn.norm_encoder_hidden_states(text)
+        q = attn.to_q(hidden_states)
+        out = _attend(q, attn.to_k(text), attn.to_v(text), attn.heads)
+        if tbd is not None:
+            audio = tbd["audio"].to(q.dtype)
+            out = out + _attend(q, self.to_k_audio(audio), self.to_v_audio(audio), attn.heads)
+            local, bias = (
+                tbd["local"].to(q.dtype),
+                tbd["local_bias"].to(q.dtype),
+            )  # (BT, 1+L, D), (BT, 1, 1+L)
+            if tbd["masks"] is not None:
+                side = math.isqrt(hidden_states.shape[1])  # square frames
+                bias = bias + region_bias(tbd["masks"], side, side, q.dtype)
+            out = out + _attend(q, self.to_k_local(local), self.to_v_local(local), attn.heads, bias[:, None])
+        return attn.to_out[1](attn.to_out[0](out.to(hidden_states.dtype)))

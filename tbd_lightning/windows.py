@@ -1,0 +1,44 @@
+"""Long videos in windows of the training length, and the seam they may leave.
+
+With `motion` frames (> 0) every window after the first starts with the last `motion` frames of the one
+before (Hallo's motion frames; here they are imposed while sampling: `ProgressiveSampler.sample(known=)`),
+so consecutive windows share frames and are sampled one after another. Without, windows are independent
+and sampled as one batch.
+
+The seam ratio measures what a viewer sees at window boundaries: the mean frame-to-frame change across
+a boundary divided by the mean change between frames inside windows (1 = no seam).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def window_starts(n_frames: int, window: int, motion: int = 0) -> list[int]:
+    """First frame of each window covering `n_frames` (windows overlap by `motion` frames)."""
+    if not 0 <= motion < window:
+        raise ValueError(f"motion frames ({motion}) must be >= 0 and fewer than the window ({window})")
+    stride, starts = window - motion, [0]
+    while starts[-1] + window < n_frames:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def boundaries(n_frames: int, window: int, motion: int = 0) -> list[int]:
+    """Frames i whose change to frame i + 1 crosses from one window's frames to the next one's new frames."""
+    starts = window_starts(n_frames, window, motion)
+    return [s + motion - 1 for s in starts[1:] if s + motion < n_frames]
+
+
+def seam_ratio(frames: np.ndarray, window: int, motion: int = 0) -> float | None:
+    """Mean |frame i+1 − frame i| at window boundaries over the mean inside windows; None for one window."""
+    if len(frames) < 3:
+        return None
+    x = np.asarray(frames, np.float32)
+    change = np.abs(np.diff(x, axis=0)).reshape(len(x) - 1, -1).mean(1)
+    at = np.zeros(len(change), bool)
+    at[boundaries(len(frames), window, motion)] = True
+    if not at.any() or at.all():
+        return None
+    inside = float(change[~at].mean())
+    return float(change[at].mean() / inside) if inside > 0 else None
