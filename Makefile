@@ -54,7 +54,7 @@ demo: setup
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
 	@echo "== generate: a held-out person (Grace Hopper's portrait; every training identity is one astronaut photo, varied) speaking a validation speaker's line, contempt level 2"
 	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/GraceHopper.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
-		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --guidance.steps 8 $(DEMO_GUIDANCE)
+		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --guidance.steps 8 --guidance.motion_frames 2 $(DEMO_GUIDANCE)
 	@echo "== evaluate: 8 held-out (val) clips regenerated from a neutral frame of their speaker, with the ablation table"
 	$(BIN)/tbd evaluate --model $(DEMO_OUT)/model --data $(DEMO_OUT)/data/mead --split val --max_clips 8 \
 		--max_frames 16 --guidance.steps 6 $(DEMO_GUIDANCE) --ablations true --groundtruth $(DEMO_OUT)/corpus --out $(DEMO_OUT)/evaluation > /dev/null

@@ -1,14 +1,16 @@
 """Attention processors of the latent Draw denoiser (`tbd_lightning.sd_model`), the diffusers way.
 
 `ReferenceAttnProcessor` (attn1): in "write" mode keeps its input (the reference's features at this
-layer) in a shared `ReferenceBank`; in "read" mode the keys and values are the frame's own tokens plus
-the reference's (repeated per frame); samples whose reference is dropped do not see those tokens.
+layer) in the call's bank; in "read" mode the keys and values are the frame's own tokens plus the
+reference's (repeated per frame); samples whose reference is dropped do not see those tokens.
 
 `ConditionCrossAttnProcessor` (attn2): out = to_out(A(q, text) + A(q, audio) + A(q, local)) with SD's
 own keys/values for the (global emotion) text and new ones for audio and local tokens (as IP-Adapter
 adds image keys/values); the local attention's bias keeps each local token inside its own region
 (`tbd_lightning.model.region_bias`) and a null token is always attendable. Without `tbd` conditions
 (the reference write pass, or plain SD use) it is SD's cross-attention.
+Everything a processor needs comes through `cross_attention_kwargs={"tbd": ...}`, never from state set
+around the call: gradient checkpointing recomputes blocks during backward, after the forward has returned.
 """
 
 from __future__ import annotations
@@ -22,24 +24,6 @@ from torch import nn
 from tbd_lightning.model import region_bias
 
 
-class ReferenceBank:
-    """Reference features per attn1 layer, shared by the processors of one denoiser."""
-
-    def __init__(self):
-        self.mode = "off"  # write | read | off
-        self.features: dict[str, torch.Tensor] = {}
-        self.frames = 1
-        self.keep: torch.Tensor | None = None
-
-    def start(self, mode: str) -> None:
-        self.mode = mode
-        if mode == "write":
-            self.features = {}
-
-    def read(self, frames: int, keep: torch.Tensor) -> None:
-        self.mode, self.frames, self.keep = "read", frames, keep
-
-
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, d = x.shape
     return x.view(b, n, heads, d // heads).transpose(1, 2)
@@ -51,22 +35,25 @@ def _attend(q, k, v, heads: int, bias=None) -> torch.Tensor:
 
 
 class ReferenceAttnProcessor:
-    def __init__(self, name: str, bank: ReferenceBank, enabled: bool = True):
-        self.name, self.bank, self.enabled = name, bank, enabled
+    """attn1 with reference attention; what to do comes in the call's `tbd` conditions (so a gradient-
+    checkpointed block recomputes exactly what it computed): `mode` write | read, `bank` (layer -> features),
+    `frames`, `keep` (B,) bool."""
+
+    def __init__(self, name: str, enabled: bool = True):
+        self.name, self.enabled = name, enabled
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  tbd: dict | None = None, **kwargs):  # fmt: skip
-        bank = self.bank
-        context = hidden_states
-        bias = None
-        if self.enabled and bank.mode == "write":
-            bank.features[self.name] = hidden_states
-        elif self.enabled and bank.mode == "read":
-            ref = bank.features[self.name].repeat_interleave(bank.frames, 0)
+        mode = (tbd or {}).get("mode") if self.enabled else None
+        context, bias = hidden_states, None
+        if mode == "write":
+            tbd["bank"][self.name] = hidden_states
+        elif mode == "read":
+            frames, keep = tbd["frames"], tbd["keep"]
+            ref = tbd["bank"][self.name].repeat_interleave(frames, 0)
             context = torch.cat([hidden_states, ref], 1)
-            keep = bank.keep
             if keep is not None and not bool(keep.all()):
-                seen = keep.repeat_interleave(bank.frames, 0)[:, None, None, None]  # (BT, 1, 1, 1)
+                seen = keep.repeat_interleave(frames, 0)[:, None, None, None]  # (BT, 1, 1, 1)
                 n, m = hidden_states.shape[1], ref.shape[1]
                 floor = torch.finfo(hidden_states.dtype).min
                 ref_bias = torch.where(seen, 0.0, floor).to(hidden_states.dtype).expand(-1, 1, 1, m)
@@ -96,7 +83,7 @@ class ConditionCrossAttnProcessor(nn.Module):
             text = attn.norm_encoder_hidden_states(text)
         q = attn.to_q(hidden_states)
         out = _attend(q, attn.to_k(text), attn.to_v(text), attn.heads)
-        if tbd is not None:
+        if tbd is not None and "audio" in tbd:
             audio = tbd["audio"].to(q.dtype)
             out = out + _attend(q, self.to_k_audio(audio), self.to_v_audio(audio), attn.heads)
             local, bias = (

@@ -349,14 +349,14 @@ def test_latent_training_with_a_local_vae_and_init_from_weights(tmp_path):
     )  # text projections differ in shape: left as initialised
 
 
-@pytest.mark.parametrize("name", ["tiny", "base", "full"])
-def test_train_configs_parse(name, netguard_log):
+@pytest.mark.parametrize("name,model", [("tiny", "tiny"), ("base", "base"), ("full", "full"), ("sd15", "sd")])
+def test_train_configs_parse(name, model, netguard_log):
     proc = run_tbd(
         "train", "--config", CONFIG.replace("tiny", name), "--print_config", env=offline_env(netguard_log)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = yaml.safe_load(proc.stdout)
-    assert config["model"]["model"] == name and config["trainer"]["logger"]["class_path"].endswith(
+    assert config["model"]["model"] == model and config["trainer"]["logger"]["class_path"].endswith(
         "MLFlowLogger"
     )
 
