@@ -73,6 +73,46 @@ class Conditions:
         return Conditions(*(fn(x) for x in fields), opt(self.region_mask), keep, opt(self.local_masks))
 
 
+class ConditionTokens:
+    """Condition projections and null tokens shared by the denoisers (a mixin of `nn.Module`s): speech as
+    each frame's features with `audio_context` neighbours, the global sentence as `global_tokens` tokens,
+    one token per local sentence after a null token that is always attendable."""
+
+    def _init_condition_tokens(
+        self, text_dim: int, audio_dim: int, audio_context: int, global_tokens: int, dim: int
+    ):
+        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.audio_pos = nn.Parameter(torch.zeros(2 * audio_context + 1, dim))
+        self.global_proj = nn.Sequential(
+            nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim * global_tokens)
+        )
+        self.local_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.ParameterDict({n: nn.Parameter(torch.randn(k, dim) * 0.02) for n, k in (("audio", 1), ("global", global_tokens), ("local", 1))})  # fmt: skip
+
+    def condition_tokens(self, cond: Conditions, frames: int, dtype: torch.dtype):
+        """Per frame (BT first): audio (BT, 2k+1, D), global (BT, G, D), local (BT, 1+L, D), the local
+        tokens' validity bias (BT, 1, 1+L) and each local token's region (BT, L, H, W) or None; dropped
+        conditions (`cond.keep`) are their null tokens."""
+        b, k = cond.audio.shape[0], self.config.audio_context
+        a = F.pad(cond.audio.to(dtype).transpose(1, 2), (k, k), mode="replicate").transpose(1, 2)
+        a = a.unfold(1, 2 * k + 1, 1).transpose(2, 3)  # (B, T, 2k+1, A): each frame with its neighbours
+        a = self.audio_proj(a) + self.audio_pos
+        a = torch.where(cond.kept("audio")[:, None, None, None], a, self.null["audio"].to(dtype))
+        g = self.global_proj(cond.global_text.to(dtype)).reshape(b, self.config.global_tokens, -1)
+        g = torch.where(cond.kept("global")[:, None, None], g, self.null["global"].to(dtype))
+        loc = torch.cat(
+            [self.null["local"].to(dtype).expand(b, 1, -1), self.local_proj(cond.local_text.to(dtype))], 1
+        )
+        valid = cond.local_valid.bool() & cond.kept("local")[:, None]
+        valid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
+        bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
+            ~valid, torch.finfo(dtype).min
+        )
+        per_frame = lambda t: t.repeat_interleave(frames, 0)  # noqa: E731
+        masks = None if cond.local_masks is None else cond.local_masks.to(dtype).flatten(0, 1)
+        return a.flatten(0, 1), per_frame(g), per_frame(loc), per_frame(bias[:, None]), masks  # fmt: skip
+
+
 class ConditionedTransformer(nn.Module):
     """Spatial, audio, global, local (masked) and temporal attention on (B*T, C, h, w) features."""
 
@@ -143,7 +183,7 @@ class Level(nn.Module):
         return self.attentions[i](x, *ctx) if self.attention else x
 
 
-class TBDVideoDenoiser(ModelMixin, ConfigMixin):
+class TBDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
     """Predicts noise (or v) for a frame stack given timestep and `Conditions` (see module docstring)."""
 
     _supports_gradient_checkpointing = True
@@ -175,17 +215,7 @@ class TBDVideoDenoiser(ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.time_proj = Timesteps(ch0, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(ch0, temb)
-        self.audio_proj = nn.Sequential(
-            nn.Linear(audio_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
-        )
-        self.audio_pos = nn.Parameter(torch.zeros(2 * audio_context + 1, cond_dim))
-        self.global_proj = nn.Sequential(
-            nn.Linear(text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim * global_tokens)
-        )
-        self.local_proj = nn.Sequential(
-            nn.Linear(text_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
-        )
-        self.null = nn.ParameterDict({n: nn.Parameter(torch.randn(k, cond_dim) * 0.02) for n, k in (("audio", 1), ("global", global_tokens), ("local", 1))})  # fmt: skip
+        self._init_condition_tokens(text_dim, audio_dim, audio_context, global_tokens, cond_dim)
         self.conv_in = nn.Conv2d(in_channels + ref_channels, ch0, 3, padding=1)
 
         self.down, self.downsamplers, skips, prev = nn.ModuleList(), nn.ModuleList(), [ch0], ch0
@@ -219,37 +249,13 @@ class TBDVideoDenoiser(ModelMixin, ConfigMixin):
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
-    # -- condition tokens -------------------------------------------------------------------------------
-    def _tokens(self, cond: Conditions, frames: int):
-        b, dtype = cond.audio.shape[0], self.conv_in.weight.dtype
-        k = self.config.audio_context
-        a = F.pad(cond.audio.to(dtype).transpose(1, 2), (k, k), mode="replicate").transpose(1, 2)
-        a = a.unfold(1, 2 * k + 1, 1).transpose(2, 3)  # (B, T, 2k+1, A): each frame with its neighbours
-        a = self.audio_proj(a) + self.audio_pos
-        a = torch.where(cond.kept("audio")[:, None, None, None], a, self.null["audio"].to(dtype))
-        g = self.global_proj(cond.global_text.to(dtype)).reshape(b, self.config.global_tokens, -1)
-        g = torch.where(cond.kept("global")[:, None, None], g, self.null["global"].to(dtype))
-        loc = self.local_proj(cond.local_text.to(dtype))
-        valid = cond.local_valid.bool() & cond.kept("local")[:, None]
-        loc = torch.cat([self.null["local"].to(dtype).expand(b, 1, -1), loc], 1)
-        valid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
-        bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
-            ~valid, torch.finfo(dtype).min
-        )
-        per_frame = lambda t: t.repeat_interleave(frames, 0)  # noqa: E731
-        audio = a.reshape(b * frames, 2 * k + 1, -1)
-        masks = (
-            None if cond.local_masks is None else cond.local_masks.to(dtype).flatten(0, 1)
-        )  # (BT, L, H, W)
-        return audio, per_frame(g), per_frame(loc), per_frame(bias[:, None]), masks
-
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: Conditions) -> torch.Tensor:
         b, t, c, h, w = sample.shape
         if t > self.config.max_frames:
             raise ValueError(f"{t} frames exceed the model's max_frames={self.config.max_frames}")
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         temb = self.time_embedding(self.time_proj(timestep).to(sample.dtype)).repeat_interleave(t, 0)
-        tokens = self._tokens(cond, t)
+        tokens = self.condition_tokens(cond, t, self.conv_in.weight.dtype)
         ctx = (t, *tokens)
         ref = torch.where(cond.kept("reference")[:, None, None, None], cond.reference, 0)
         x = torch.cat([sample, ref[:, None].expand(-1, t, -1, -1, -1)], 2).flatten(0, 1)

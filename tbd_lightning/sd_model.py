@@ -27,13 +27,12 @@ import weakref
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from tbd_lightning.model import MAX_LOCAL, Conditions
+from tbd_lightning.model import MAX_LOCAL, Conditions, ConditionTokens
 from tbd_lightning.sd_processors import ConditionCrossAttnProcessor, ReferenceAttnProcessor
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def sd_scheduler_betas(folder: str | Path) -> dict:
     )
 
 
-class SDVideoDenoiser(ModelMixin, ConfigMixin):
+class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
     """UNetMotionModel + reference attention + audio / global / local conditioning (module docstring)."""
 
     _supports_gradient_checkpointing = True
@@ -98,13 +97,7 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin):
                 unet_config={k: v for k, v in unet.config.items() if not k.startswith("_")}
             )
         dim = int(self.unet.config.cross_attention_dim)
-        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.audio_pos = nn.Parameter(torch.zeros(2 * audio_context + 1, dim))
-        self.global_proj = nn.Sequential(
-            nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim * global_tokens)
-        )
-        self.local_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.null = nn.ParameterDict({n: nn.Parameter(torch.randn(k, dim) * 0.02) for n, k in (("audio", 1), ("global", global_tokens), ("local", 1))})  # fmt: skip
+        self._init_condition_tokens(text_dim, audio_dim, audio_context, global_tokens, dim)
         self._install_processors()
         self._cache: tuple | None = None  # (weakref to the reference tensor, its version, its features)
         self.cache_reference = True  # False: a write pass in every forward (benchmarks)
@@ -154,30 +147,8 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin):
     # -- conditions --------------------------------------------------------------------------------------
     def _tokens(self, cond: Conditions, frames: int) -> tuple[torch.Tensor, dict]:
         """Per frame (as UNetMotionModel takes them): global tokens (BT, G, D) and the processors' `tbd`."""
-        b, dtype = cond.audio.shape[0], self.dtype
-        k = self.config.audio_context
-        a = F.pad(cond.audio.to(dtype).transpose(1, 2), (k, k), mode="replicate").transpose(1, 2)
-        a = self.audio_proj(a.unfold(1, 2 * k + 1, 1).transpose(2, 3)) + self.audio_pos  # (B, T, 2k+1, D)
-        a = torch.where(cond.kept("audio")[:, None, None, None], a, self.null["audio"].to(dtype))
-        g = self.global_proj(cond.global_text.to(dtype)).reshape(b, self.config.global_tokens, -1)
-        g = torch.where(cond.kept("global")[:, None, None], g, self.null["global"].to(dtype))
-        loc = torch.cat(
-            [self.null["local"].to(dtype).expand(b, 1, -1), self.local_proj(cond.local_text.to(dtype))], 1
-        )
-        valid = cond.local_valid.bool() & cond.kept("local")[:, None]
-        valid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
-        bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
-            ~valid, torch.finfo(dtype).min
-        )
-        per_frame = lambda t: t.repeat_interleave(frames, 0)  # noqa: E731
-        masks = None if cond.local_masks is None else cond.local_masks.to(dtype).flatten(0, 1)
-        extra = {
-            "audio": a.flatten(0, 1),
-            "local": per_frame(loc),
-            "local_bias": per_frame(bias[:, None]),
-            "masks": masks,
-        }
-        return per_frame(g), extra  # fmt: skip
+        audio, g, local, bias, masks = self.condition_tokens(cond, frames, self.dtype)
+        return g, {"audio": audio, "local": local, "local_bias": bias, "masks": masks}
 
     def _null_text(self, b: int) -> torch.Tensor:
         return self.null["global"].to(self.dtype).expand(b, -1, -1)
