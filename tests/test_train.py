@@ -349,16 +349,28 @@ def test_latent_training_with_a_local_vae_and_init_from_weights(tmp_path):
     )  # text projections differ in shape: left as initialised
 
 
-@pytest.mark.parametrize("name,model", [("tiny", "tiny"), ("base", "base"), ("full", "full"), ("sd15", "sd")])
-def test_train_configs_parse(name, model, netguard_log):
+@pytest.mark.parametrize(
+    "name,model,overlay",
+    [("tiny", "tiny", None), ("base", "base", None), ("full", "full", None), ("sd15", "sd", "fsdp")],
+)
+def test_train_configs_parse(name, model, overlay, netguard_log):
+    extra = ("--config", CONFIG.replace("tiny", overlay)) if overlay else ()
     proc = run_tbd(
-        "train", "--config", CONFIG.replace("tiny", name), "--print_config", env=offline_env(netguard_log)
+        "train",
+        "--config",
+        CONFIG.replace("tiny", name),
+        *extra,
+        "--print_config",
+        env=offline_env(netguard_log),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = yaml.safe_load(proc.stdout)
     assert config["model"]["model"] == model and config["trainer"]["logger"]["class_path"].endswith(
         "MLFlowLogger"
     )
+    if overlay == "fsdp":  # the overlay swaps the strategy and leaves EMA out
+        assert config["trainer"]["strategy"]["class_path"].endswith("FSDPStrategy")
+        assert not any("EMA" in c["class_path"] for c in config["trainer"]["callbacks"])
 
 
 def test_last_checkpoint_is_the_final_step(tmp_path):
