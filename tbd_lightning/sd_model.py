@@ -96,6 +96,9 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
             self.register_to_config(
                 unet_config={k: v for k, v in unet.config.items() if not k.startswith("_")}
             )
+        if self.unet.config.in_channels != in_channels:  # the latent channels the sampler draws
+            channels = self.unet.config.in_channels
+            self.register_to_config(in_channels=channels, ref_channels=channels)
         dim = int(self.unet.config.cross_attention_dim)
         self._init_condition_tokens(text_dim, audio_dim, audio_context, global_tokens, dim)
         self._install_processors()
