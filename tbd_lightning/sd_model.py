@@ -16,14 +16,13 @@ as attention processors (`tbd_lightning.sd_processors`).
 
 The interface is `TBDVideoDenoiser`'s — `forward(sample (B, T, C, h, w), timestep, Conditions)` with the
 same `keep` semantics and null tokens — so the training module, the progressive sampler and `TBDPipeline`
-use it unchanged. The reference's features are computed once per reference tensor while no gradient is
-taken (cached across denoising steps and guidance branches: `reference_passes` counts the write passes).
+use it unchanged. While no gradient is taken the reference's features are computed once per video (cached
+across denoising steps and guidance branches: `reference_passes` counts the write passes).
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from pathlib import Path
 
 import torch
@@ -65,6 +64,15 @@ def sd_scheduler_betas(folder: str | Path) -> dict:
     )
 
 
+def _period(rows: torch.Tensor) -> int:
+    """The smallest p such that `rows` is its first p rows repeated (stacked guidance branches)."""
+    n = rows.shape[0]
+    for p in range(1, n):
+        if n % p == 0 and torch.equal(rows[p:], rows[:-p]):
+            return p
+    return n
+
+
 class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
     """UNetMotionModel + reference attention + audio / global / local conditioning (module docstring)."""
 
@@ -102,8 +110,8 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         dim = int(self.unet.config.cross_attention_dim)
         self._init_condition_tokens(text_dim, audio_dim, audio_context, global_tokens, dim)
         self._install_processors()
-        self._cache: tuple | None = None  # (weakref to the reference tensor, its version, its features)
-        self.cache_reference = True  # False: a write pass in every forward (benchmarks)
+        self._cache: tuple | None = None  # (the distinct reference rows, their features)
+        self.cache_reference = True  # False: a write pass over every row in every forward (benchmarks)
         self.reference_passes = 0
 
     # -- building ----------------------------------------------------------------------------------------
@@ -157,24 +165,26 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         return self.null["global"].to(self.dtype).expand(b, -1, -1)
 
     def _write_reference(self, reference: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the UNet once over the reference latents (t = 0, no text): every attn1 keeps its input.
-        Without gradients the features are reused while the same reference tensor comes back."""
-        grad, cache = torch.is_grad_enabled(), self._cache
-        if (
-            not grad
-            and self.cache_reference
-            and cache is not None
-            and cache[0]() is reference
-            and cache[1] == reference._version
-        ):
-            return cache[2]
-        b, bank = reference.shape[0], {}
-        zero = torch.zeros(b, dtype=torch.long, device=reference.device)
-        self.unet(reference.to(self.dtype)[:, :, None], zero, encoder_hidden_states=self._null_text(b),
-                  cross_attention_kwargs={"tbd": {"mode": "write", "bank": bank}})  # fmt: skip
-        self.reference_passes += 1
-        self._cache = None if grad else (weakref.ref(reference), reference._version, bank)
-        return bank
+        """Run the UNet over the reference latents (t = 0, no text): every attn1 keeps its input.
+
+        Without gradients, once per video: the guidance branches stack copies of the same rows (only the
+        distinct leading rows are run, the features repeated), and while the same reference comes back
+        (by value: branch sets before and after the switch point stack it anew) the features are reused."""
+        grad = torch.is_grad_enabled()
+        unique = reference if grad or not self.cache_reference else reference[: _period(reference)]
+        cache = self._cache
+        hit = cache is not None and cache[0].shape == unique.shape and torch.equal(cache[0], unique)
+        if not (hit and not grad and self.cache_reference):
+            b, bank = unique.shape[0], {}
+            zero = torch.zeros(b, dtype=torch.long, device=unique.device)
+            self.unet(unique.to(self.dtype)[:, :, None], zero, encoder_hidden_states=self._null_text(b),
+                      cross_attention_kwargs={"tbd": {"mode": "write", "bank": bank}})  # fmt: skip
+            self.reference_passes += 1
+            self._cache = None if grad else (unique.detach().clone(), bank)
+        else:
+            bank = cache[1]
+        repeats = reference.shape[0] // unique.shape[0]
+        return bank if repeats == 1 else {k: v.repeat(repeats, 1, 1) for k, v in bank.items()}
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: Conditions) -> torch.Tensor:
         b, t = sample.shape[:2]
