@@ -26,7 +26,6 @@ from media.au_measure import measured_aus, plot_aus, requested_aus, track_genera
 from media.inputs import load_speech, prepare_portrait
 from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
-from tbd_lightning.windows import window_starts
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,6 @@ def generate(config: GenerateConfig) -> dict:
     result = pipe(portrait.crop, portrait.landmarks, feats, cot=cot, label_only=config.label_only,
                   guidance=config.guidance, seed=config.seed, progress_bar=True)  # fmt: skip
     frames = result.frames
-    motion = min(config.guidance.motion_frames, pipe.frames - 1)
 
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +96,8 @@ def generate(config: GenerateConfig) -> dict:
         "local_text": result.local_text, "requested_aus": requested,
         "measured_aus": {str(k): v for k, v in measured.items() if k in requested},
         "annotation_version": ann.provenance.annotation_version, "guidance": asdict(config.guidance),
-        "model": str(config.model), "seed": config.seed, "windows": len(window_starts(n_frames, pipe.frames, motion)),
-        "window": pipe.frames, "motion_frames": motion, "seam_ratio": result.seam_ratio,
+        "model": str(config.model), "seed": config.seed, "windows": result.windows,
+        "window": pipe.frames, "motion_frames": result.motion_frames, "seam_ratio": result.seam_ratio,
     }  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     log.info("wrote %s (%d frames, %.2f s)", out, n_frames, n_frames / fps)

@@ -50,6 +50,8 @@ class TBDPipelineOutput(BaseOutput):
     global_text: str
     local_text: list[str]
     seam_ratio: float | None = None  # frame change across window boundaries / inside windows (None: 1 window)
+    windows: int = 1  # windows sampled (of the training length)
+    motion_frames: int = 0  # frames each window took from the one before
 
 
 class TBDPipeline(DiffusionPipeline):
@@ -315,4 +317,5 @@ class TBDPipeline(DiffusionPipeline):
         seams = seam_ratio(shown.float().cpu().numpy(), self.frames, motion)
         if not return_dict:
             return (frames,)
-        return TBDPipelineOutput(frames=frames, global_text=global_text, local_text=local, seam_ratio=seams)
+        return TBDPipelineOutput(frames=frames, global_text=global_text, local_text=local, seam_ratio=seams,
+                                 windows=len(starts), motion_frames=motion)  # fmt: skip

@@ -97,7 +97,6 @@ class ProgressiveSampler:
         self.denoiser, self.config = denoiser, config
         self.scheduler = make_scheduler(config.scheduler, train_scheduler_config)
         self.forward_passes = 0  # batched model calls (one per step)
-        self._stacked: dict[tuple[str, ...], tuple[Conditions, Conditions]] = {}  # names -> (cond, stacked)
 
     def _branches(self, w_l: float) -> list[str]:
         c = self.config
@@ -117,10 +116,8 @@ class ProgressiveSampler:
         b, masks = x.shape[0], self.config.mode != "no-masks"
         if not batched:
             return {n: self.denoiser(x, t.expand(b), _with_keep(cond, BRANCHES[n], masks)) for n in names}
-        key = tuple(names)
-        if key not in self._stacked or self._stacked[key][0] is not cond:  # the same tensors every step:
-            self._stacked[key] = (cond, _stack([_with_keep(cond, BRANCHES[n], masks) for n in names]))
-        out = self.denoiser(torch.cat([x] * len(names)), t.expand(b * len(names)), self._stacked[key][1])
+        out = self.denoiser(torch.cat([x] * len(names)), t.expand(b * len(names)),
+                            _stack([_with_keep(cond, BRANCHES[n], masks) for n in names]))  # fmt: skip
         self.forward_passes += 1
         return dict(zip(names, out.chunk(len(names)), strict=True))
 
@@ -166,7 +163,6 @@ class ProgressiveSampler:
         device = cond.audio.device
         sched = self.scheduler
         sched.set_timesteps(self.config.steps, device=device)
-        self._stacked = {}  # stacked conditions are kept per branch set for one video (reference caches key on them)
         x = torch.randn(shape, generator=generator, device=device) * sched.init_noise_sigma
         total, timesteps = sched.config.num_train_timesteps, sched.timesteps
         if known is not None:
