@@ -36,7 +36,7 @@ demo: setup
 	@set -e; for ds in mead hdtf; do \
 		echo "== $$ds: ingest -> preprocess -> annotate (facs)"; \
 		$(BIN)/tbd ingest --dataset $$ds --root $(DEMO_OUT)/corpus/$$ds --out $(DEMO_OUT)/data/$$ds \
-			--split_overrides '{W003: val, RD_AstronautWide: val}'; \
+			--split_overrides '{W003: val, RD_GraceHopperWide: val}'; \
 		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --media.crop_size 64 --clips_per_shard 8; \
 		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds; \
 	done
@@ -52,16 +52,16 @@ demo: setup
 	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead \
 		--trainer.default_root_dir $(DEMO_OUT)/train --data.text_cache $(DEMO_OUT)/text-cache --trainer.max_steps $(DEMO_STEPS)
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
-	@echo "== generate: a held-out person (Grace Hopper's portrait; every training identity is one astronaut photo, varied) speaking a validation speaker's line, contempt level 2"
-	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/GraceHopper.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
+	@echo "== generate: a held-out person (the astronaut's portrait; every training identity is Grace Hopper's photo, varied) speaking a validation speaker's line, contempt level 2"
+	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/Astronaut.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
 		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --guidance.steps 8 --guidance.motion_frames 2 $(DEMO_GUIDANCE)
 	@echo "== evaluate: 8 held-out (val) clips regenerated from a neutral frame of their speaker, with the ablation table"
 	$(BIN)/tbd evaluate --model $(DEMO_OUT)/model --data $(DEMO_OUT)/data/mead --split val --max_clips 8 \
 		--max_frames 16 --guidance.steps 6 $(DEMO_GUIDANCE) --ablations true --groundtruth $(DEMO_OUT)/corpus --out $(DEMO_OUT)/evaluation > /dev/null
 	@echo ""
-	@echo "Note: the demo's training identities are one real photograph (the astronaut) mirrored, stretched and"
+	@echo "Note: the demo's training identities are one real photograph (Grace Hopper) mirrored, stretched and"
 	@echo "recoloured, so its validation speaker is that person too: this shows the pipeline, not zero-shot identity."
-	@echo "The generated video's portrait (Grace Hopper, matplotlib's sample data) is a person the model never saw."
+	@echo "The generated video's portrait (the astronaut Eileen Collins, scikit-image's sample data) is a person the model never saw."
 	@echo "demo done. Under $(DEMO_OUT)/:"
 	@echo "  generated video   $(DEMO_OUT)/generated/contempt.mp4 (+ .png strip, _aus.png AU plot, .json)"
 	@echo "  evaluation        $(DEMO_OUT)/evaluation/evaluation.json, strip.png, au_timeline.png"

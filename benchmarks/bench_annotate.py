@@ -27,13 +27,15 @@ from annotation.engines.vllm_engine import VLLMConfig, VLLMEngine, cpu_dtype
 from annotation.facs import MEAD_EMOTIONS
 from annotation.prompts import load_template
 from annotation.records import AUEvidence, Generation, ThinkRequest
-from media.au_evidence import PROXY_AUS
+from media.au_calibration import channel_au
+from media.au_calibration import load as load_calibration
 
 
 def synthetic_requests(n: int) -> list[ThinkRequest]:
-    """The job's request shape: a label and level (or none, as for HDTF) and evidence for every proxied AU."""
+    """The job's request shape: a label and level (or none, as for HDTF) and evidence for every AU the
+    calibrated measure can see (at the largest face size it was fitted at)."""
     rng = np.random.default_rng(0)
-    measured = sorted({(au, side) for spec in PROXY_AUS.values() for au, side, _, _ in spec})
+    measured = sorted({channel_au(c) for c in load_calibration().view(None).measurable()})
     out = []
     for i in range(n):
         emotion = MEAD_EMOTIONS[i % len(MEAD_EMOTIONS)] if i % 4 else "unknown"

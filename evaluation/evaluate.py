@@ -30,7 +30,8 @@ from tbd_lightning.sampler import GuidanceConfig
 
 log = logging.getLogger(__name__)
 ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks", "cfg")
-STILL = "reference-still"  # baseline row with ablations: the reference frame repeated (no model)
+STILL = "reference-still"  # the floor: the reference frame repeated (no model)
+REAL = "real"  # the ceiling: the real clip scored as if it were generated
 
 
 class EvaluateConfig(BaseModel):
@@ -67,11 +68,15 @@ class Clip:
     reference: np.ndarray  # (S, S, 3) uint8: a frame of another (neutral) clip of the same speaker
     reference_landmarks: np.ndarray  # (468, 3) crop-normalised
     reference_key: str  # the clip it comes from
+    real_video: object = None  # `media.au_measure.VideoAUs` of `frames` (set before scoring)
+    reference_video: object = None  # the same for the reference frame
 
 
-def load_clips(config: EvaluateConfig, size: int, version: str) -> list[Clip]:
+def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[str, str]) -> list[Clip]:
     """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions);
-    a first pass reads only sidecars and annotations, the second decodes the chosen clips."""
+    a first pass reads only sidecars and annotations, the second decodes the chosen clips. The reference
+    never lies inside the scored frames: a speaker with a single clip takes its last frame when the clip is
+    longer than `max_frames`, else the clip is skipped (key -> reason in `skipped`)."""
     import cv2
     from scipy.io import wavfile
 
@@ -101,7 +106,8 @@ def load_clips(config: EvaluateConfig, size: int, version: str) -> list[Clip]:
         for key, members in tar_members(shards[index].media_tar):
             if key not in wanted:
                 continue
-            video = decode_mp4(members["mp4"])[: config.max_frames]
+            full = decode_mp4(members["mp4"])
+            video = full[: config.max_frames]
             t = len(video)
             frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in video])
             _, wav = wavfile.read(io.BytesIO(members["wav"]))
@@ -110,8 +116,15 @@ def load_clips(config: EvaluateConfig, size: int, version: str) -> list[Clip]:
             feats = np.load(io.BytesIO(members["audio.npy"])).astype(np.float32)[:t]
             meta = json.loads(members["json"])
             ref = references.pick(meta["speaker"], key, None)
-            if ref is None:  # a speaker with one clip: its first frame, said so in the key
-                ref_frame, ref_lm, ref_key = frames[0], lm[0], f"{key}@same-clip"
+            if ref is None and len(full) <= t:  # one clip, no frame outside the scored window: skipped
+                skipped[key] = (
+                    f"speaker {meta['speaker']} has no other clip and no frame outside the scored {t}"
+                )
+                continue
+            if ref is None:  # one clip: its last frame, outside the scored window, said so in the key
+                full_lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)
+                ref_frame = cv2.resize(full[-1], (size, size), interpolation=cv2.INTER_AREA)
+                ref_lm, ref_key = full_lm[len(full) - 1], f"{key}@frame{len(full) - 1}"
             else:
                 ref_frame = cv2.resize(ref.frame, (size, size), interpolation=cv2.INTER_AREA)
                 ref_lm, ref_key = ref.landmarks, ref.key
@@ -120,7 +133,9 @@ def load_clips(config: EvaluateConfig, size: int, version: str) -> list[Clip]:
 
 
 def emotion_classifier(data: Path):
-    """AU classifier on the training split's sidecar statistics, relative to each speaker's neutral median."""
+    """Nearest-centroid emotion classifier on calibrated AU intensities (mean and 90th percentile per
+    channel, against each speaker's neutral median) of the training split's clips; with the channels it
+    reads and the speakers' baselines."""
     from evaluation.metrics import AUEmotionClassifier
     from media.au_evidence import speaker_baselines
     from pipelines.data_folder import DataFolder
@@ -129,14 +144,36 @@ def emotion_classifier(data: Path):
     baselines = speaker_baselines(summaries)
     train = [s for s in summaries.values() if s["split"] == "train"]
     if len({s["emotion"] for s in train}) < 2:
-        return None, baselines
+        return None
+    names = list(train[0]["au_names"])
+    keep = [names.index(c) for c in train[0]["au_measurable"]]
 
     def row(s):
         base = baselines.get(s["speaker"], np.asarray(s["au_p10"]))
-        return np.concatenate([np.asarray(s["au_mean"]) - base, np.asarray(s["au_p90"]) - base])
+        return np.concatenate(
+            [(np.asarray(s["au_mean"]) - base)[keep], (np.asarray(s["au_p90"]) - base)[keep]]
+        )
 
     clf = AUEmotionClassifier().fit(np.stack([row(s) for s in train]), [s["emotion"] for s in train])
-    return clf, baselines
+    clf.channels = [names[i] for i in keep]
+    return clf
+
+
+def intensities(video, baseline: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Every calibrated channel's centred intensity (T_found, C) of a tracked video against a baseline."""
+    from media.au_calibration import load
+
+    names, values = load().linear(video.features[video.found] - baseline[None], video.iod_px)
+    return names, values
+
+
+def classifier_row(clf, video, baseline: np.ndarray) -> np.ndarray | None:
+    """The classifier's feature row (mean and 90th percentile of its channels) for a tracked video."""
+    if not video.found.any():
+        return None
+    names, values = intensities(video, baseline)
+    cols = values[:, [names.index(c) for c in clf.channels]]
+    return np.concatenate([cols.mean(0), np.percentile(cols, 90, axis=0)])
 
 
 def groundtruth_index(corpus: Path | None) -> dict[str, Path]:
@@ -157,44 +194,42 @@ def groundtruth_aus(path: Path, frames: int) -> dict[int, list[float]]:
     return out
 
 
-def _baseline(clip: Clip, baselines: dict) -> np.ndarray:
-    """The speaker's neutral AU proxies, else the clip's first frame's."""
-    from media.au_proxies import au_proxies
-
-    return baselines.get(clip.meta["speaker"], au_proxies(clip.landmarks[:1])[0])
-
-
 def score_clip(
-    clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, baselines
+    clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, reference
 ) -> tuple[dict, dict[int, list]]:
-    """The clip's metric row, and the measured AU series of the generated frames."""
+    """The metric row of `frames` (generated, the real clip itself, or the still reference) and their
+    measured AU series. Every video is measured the same way: `track_video` at the model's size, AUs
+    against the reference frame's features (`reference`: its tracked `VideoAUs`), landmarks compared after a
+    Procrustes alignment. Speech AUs (25, 26, 27) are left to the lip-sync metric."""
     from evaluation import metrics
-    from media.au_measure import measured_aus, track_generated
-    from media.au_proxies import au_proxies
+    from media.au_measure import measured_aus, track_video
     from media.video_io import frame_envelope
 
     t = len(frames)
-    real = clip.frames[:t]
-    gen_lm = track_generated(frames)
-    found = ~np.isnan(gen_lm).any(axis=(1, 2))
+    video = track_video(frames)
+    real = clip.real_video
+    found = video.found & real.found[:t]
     row: dict = {
-        "psnr": metrics.psnr(real, frames),
-        "ssim": metrics.ssim(real, frames),
-        "face_rate": float(found.mean()),
+        "psnr": metrics.psnr(clip.frames[:t], frames),
+        "ssim": metrics.ssim(clip.frames[:t], frames),
+        "face_rate": float(video.found.mean()),
     }
     if found.any():
-        row.update(metrics.lmd(gen_lm[found], clip.landmarks[:t][found], frames.shape[1]))
-    if found.mean() >= 0.5:
-        mouth = np.interp(np.arange(t), np.flatnonzero(found), metrics.mouth_opening(gen_lm[found]))
+        row.update(metrics.lmd(video.landmarks[found], real.landmarks[:t][found], frames.shape[1]))
+    if video.found.mean() >= 0.5:
+        have = np.flatnonzero(video.found)
+        mouth = np.interp(np.arange(t), have, metrics.mouth_opening(video.landmarks[have]))
         row.update(metrics.lipsync(mouth, frame_envelope(clip.wav, t)))
-    measured = measured_aus(gen_lm, clip.reference_landmarks)  # against the neutral reference
+    base = reference.baseline()
+    measured = {au: v for au, v in measured_aus(video, base).items() if au not in metrics.SPEECH_AUS}
     row["au_control_error"] = metrics.au_control_error(requested, measured)
     if gt is not None:
         truth = groundtruth_aus(gt, t)
         row["au_gt_error"] = metrics.au_series_error(truth, measured)
-    if clf is not None and found.any():
-        base = _baseline(clip, baselines)
-        row["emotion_correct"] = float(clf.predict(metrics.clip_features(au_proxies(gen_lm[found]), base))[0] == clip.meta["emotion"])  # fmt: skip
+    if clf is not None:
+        features = classifier_row(clf, video, base)
+        if features is not None:
+            row["emotion_correct"] = float(clf.predict(features)[0] == clip.meta["emotion"])
     return row, measured
 
 
@@ -215,12 +250,13 @@ def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
 
 
 def guidance_runs(config: EvaluateConfig) -> list[tuple[str, GuidanceConfig | None, bool]]:
-    """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it and
-    the `reference-still` floor (guidance None: no model)."""
+    """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it, then
+    the real clips (the ceiling) and the `reference-still` floor (guidance None: no model)."""
+    bounds = [(REAL, None, False), (STILL, None, False)]
     if not config.ablations:
-        return [(config.guidance.mode, config.guidance, False)]
+        return [(config.guidance.mode, config.guidance, False), *bounds]
     return [(m, replace(config.guidance, mode="progressive" if m == "label-only" else m), m == "label-only")
-            for m in ABLATIONS] + [(STILL, None, False)]  # fmt: skip
+            for m in ABLATIONS] + bounds  # fmt: skip
 
 
 def run_evaluate(config: EvaluateConfig) -> dict:
@@ -228,7 +264,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 
     from evaluation import metrics
     from evaluation.report import aggregate, plots, print_table, separable
-    from media.au_measure import requested_aus, track_generated
+    from media.au_calibration import load as load_calibration
+    from media.au_measure import requested_aus, track_video
     from tbd_core.tracking import job_run, tracking_uri
     from tbd_lightning.pipeline import TBDPipeline
 
@@ -236,8 +273,14 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     pipe = TBDPipeline.from_pretrained(config.model).to(device)
     source = pipe.config.source or {}
     version = resolve_version(config, pipe.config.annotation_version)
-    clips = load_clips(config, pipe.size, version)
-    clf, baselines = emotion_classifier(Path(config.data))
+    skipped: dict[str, str] = {}
+    clips = load_clips(config, pipe.size, version, skipped)
+    if not clips:
+        raise UserError(f"every chosen clip was skipped: {skipped}")
+    for clip in clips:  # measured once, the same way as every generated video
+        clip.real_video = track_video(clip.frames)
+        clip.reference_video = track_video(clip.reference[None])
+    clf = emotion_classifier(Path(config.data))
     gt_index = groundtruth_index(config.groundtruth)
     nets = {
         name: torch.jit.load(str(path), map_location="cpu").eval()
@@ -255,14 +298,16 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         rows = []
         for clip in clips:
             seams = None
-            if guidance is None:  # the floor every mode should beat: the reference frame held still
+            if mode == REAL:
+                frames = clip.frames
+            elif guidance is None:  # the floor every mode should beat: the reference frame held still
                 frames = np.repeat(clip.reference[None], len(clip.audio_features), 0)
             else:
                 result = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=clip.cot,
                               label_only=label_only, guidance=guidance, seed=config.seed)  # fmt: skip
                 frames, seams = result.frames, result.seam_ratio
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
-            row, measured = score_clip(clip, frames, requested_aus(clip.cot), gt, clf, baselines)
+            row, measured = score_clip(clip, frames, requested_aus(clip.cot), gt, clf, clip.reference_video)
             row["seam_ratio"] = seams
             rows.append({"key": clip.key, "reference": clip.reference_key, **row})
             if clip is clips[0] and mode == runs[0][0]:
@@ -290,23 +335,16 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             dims = metrics.feature_dims(nets["fvd"], (1, 3, len(reals[0]), 224, 224))
             results[mode]["fvd_note"] = metrics.frechet_note(len(reals), dims)
         per_clip[mode] = rows
-    if clf is not None:
-        from evaluation.metrics import clip_features
-        from media.au_proxies import au_proxies
-
-        real_rows = [clip_features(au_proxies(c.landmarks), _baseline(c, baselines)) for c in clips]
-        real_acc = clf.accuracy(np.stack(real_rows), [c.meta["emotion"] for c in clips])
-    else:
-        real_acc = None
-    # The face detector's rate on the real clips at the model's size: what a generated clip is held to.
-    real_found = [float((~np.isnan(track_generated(c.frames)).any(axis=(1, 2))).mean()) for c in clips]
+    real_acc = results[REAL].get("emotion_correct")
+    real_found = [r["face_rate"] for r in per_clip[REAL]]
     report = {"model": str(config.model), "data": str(config.data), "version": version, "split": config.split,
               "clips": [c.key for c in clips], "references": {c.key: c.reference_key for c in clips},
               "guidance": asdict(config.guidance), "seed": config.seed, "results": results,
               "real_face_rate": float(np.mean(real_found)), "separable": separable(results, per_clip=per_clip),
-              "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc}  # fmt: skip
+              "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc, "skipped": skipped,
+              "au_calibration": load_calibration().id}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
-    strips = {mode: frames[0] for mode, frames in generated.items()}
+    strips = {mode: frames[0] for mode, frames in generated.items() if mode != REAL}
     plots(
         out,
         clips[0].frames[: len(strips[runs[0][0]])],

@@ -2,12 +2,13 @@
 
 - `psnr`, `ssim`: frame fidelity (torchmetrics), uint8 videos (T, H, W, 3); PSNR is capped at 100 dB
   (identical videos) so results stay finite in JSON and MLflow.
-- `lmd`: landmark distance in pixels, full face and mouth (the KB's mouth region groups).
+- `lmd`: landmark distance in pixels after a per-frame Procrustes (similarity) alignment, full face and
+  mouth (the KB's mouth region groups).
 - `lipsync`: correlation of mouth opening with the speech envelope at the best frame offset (a proxy
   for SyncNet, which needs user-supplied weights).
 - `au_control_error`: mean |measured - requested| AU intensity (FACS 0-5) over the measurable AUs
   (requested 0 when not requested) and frames with a face; `au_series_error` against true timelines.
-- `AUEmotionClassifier`: nearest-centroid emotion classifier over standardised AU-proxy statistics,
+- `AUEmotionClassifier`: nearest-centroid emotion classifier over standardised calibrated AU statistics,
   fitted on the training shards; `accuracy` of generated clips against the requested emotion.
 - `fid` (torchmetrics), `fvd`, `lpips`: only with user-supplied networks (e.g. local InceptionV3, I3D,
   AlexNet/VGG as TorchScript); nothing is downloaded.
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 PSNR_CAP = 100.0
+SPEECH_AUS = (25, 26, 27)  # moved by speech: scored by the lip-sync metric, not as emotion
 
 
 def _float_video(video: np.ndarray) -> torch.Tensor:
@@ -53,9 +55,24 @@ def mouth_indices() -> tuple[int, ...]:
     return tuple(sorted({i for group in load_kb().region_landmarks("mouth") for i in group}))
 
 
+def _similarity_align(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`a` (N, 2) moved onto `b` (N, 2) by the least-squares similarity transform (Umeyama 1991)."""
+    ma, mb = a.mean(0), b.mean(0)
+    a0, b0 = a - ma, b - mb
+    u, sig, vt = np.linalg.svd(b0.T @ a0)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, d]) @ vt
+    scale = (sig * [1.0, d]).sum() / max((a0**2).sum(), 1e-12)
+    return scale * a0 @ rot.T + mb
+
+
 def lmd(a: np.ndarray, b: np.ndarray, size: int) -> dict[str, float]:
-    """Mean Euclidean distance (pixels at `size`) of crop-normalised landmarks (T, 468, 2+)."""
-    d = np.linalg.norm((np.asarray(a)[..., :2] - np.asarray(b)[..., :2]) * size, axis=-1)
+    """Mean Euclidean distance (pixels at `size`) of crop-normalised landmarks (T, 468, 2+), each frame of
+    `a` first aligned to `b` by a similarity (Procrustes) transform, so a shifted or scaled face is not
+    counted as a wrong expression."""
+    a, b = np.asarray(a, np.float64)[..., :2], np.asarray(b, np.float64)[..., :2]
+    aligned = np.stack([_similarity_align(x, y) for x, y in zip(a, b, strict=True)])
+    d = np.linalg.norm((aligned - b) * size, axis=-1)
     return {"lmd_full": float(d.mean()), "lmd_mouth": float(d[:, list(mouth_indices())].mean())}
 
 
@@ -118,12 +135,6 @@ class AUEmotionClassifier:
 
     def accuracy(self, features: np.ndarray, labels: Sequence[str]) -> float:
         return float(np.mean([p == t for p, t in zip(self.predict(features), labels, strict=True)]))
-
-
-def clip_features(proxies: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    """One row per clip: mean and 90th percentile of each AU proxy relative to a neutral baseline."""
-    rel = np.asarray(proxies, np.float64) - np.asarray(baseline, np.float64)
-    return np.concatenate([rel.mean(0), np.percentile(rel, 90, axis=0)])
 
 
 def fid(real: np.ndarray, fake: np.ndarray, feature_net: torch.nn.Module, input_size: int = 299) -> float:

@@ -1,8 +1,10 @@
-"""AU intensity measured on video (generated or real) from landmark proxies, against what a CoT requested,
-and the requested-vs-measured plot. Shared by `tbd generate` and `tbd evaluate`."""
+"""AU intensity measured on video (generated or real) with the calibrated measure (`media.au_calibration`),
+against what a CoT requested, and the requested-vs-measured plot. Shared by `tbd generate`, `tbd evaluate`
+and `tbd calibrate` (which fits the measure on frames seen exactly as `track_video` sees them)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,41 +38,77 @@ def token_masks(
     return union, per_token, {r: masks[r] for r in extra}
 
 
-def track_generated(frames: np.ndarray, size: int = 256) -> np.ndarray:
-    """Crop-normalised landmarks (T, 468, 3) of generated frames (upscaled to `size` for the face
-    model); NaN rows where no face is found."""
+TRACK_SIZE = 256  # frames smaller than this are upscaled by a whole factor before the face model
+
+
+@dataclass
+class VideoAUs:
+    """A video as the calibrated measure sees it: per-frame features (T, F) and crop-normalised landmarks
+    (T, 468, 3), NaN rows where no face was found, and the face's inter-ocular distance in source pixels."""
+
+    features: np.ndarray
+    landmarks: np.ndarray
+    iod_px: float
+
+    @property
+    def found(self) -> np.ndarray:
+        return ~np.isnan(self.landmarks).any(axis=(1, 2))
+
+    def baseline(self) -> np.ndarray:
+        """The median features of the frames with a face (of a neutral still or clip: a baseline)."""
+        return np.nanmedian(self.features[self.found], 0)
+
+
+def track_video(frames: np.ndarray, landmarks: np.ndarray | None = None) -> VideoAUs:
+    """Track frames (T, H, W, 3) uint8 as the calibration saw them: upscaled by max(1, 256 // min(H, W))
+    with bicubic interpolation, then MediaPipe's mesh (tracked frame to frame); features on the upscaled
+    frames. Frames that need no upscaling may come with their `landmarks` (T, 468, 3) in pixels, tracked
+    already (preprocess), and are not tracked again."""
     import cv2
 
-    from media.face import FaceAnalyzer
+    from media.au_calibration import FEATURES, features
+    from media.face import FaceAnalyzer, FaceMesh, FaceResult
 
-    with FaceAnalyzer() as fa:
-        results = fa.track([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
-    nan = np.full((468, 3), np.nan, np.float32)
-    return np.stack([r.mesh.landmarks / size if r.mesh is not None else nan for r in results]).astype(
-        np.float32
-    )
+    frames = np.asarray(frames)
+    h, w = frames.shape[1:3]
+    up = max(1, TRACK_SIZE // min(h, w))
+    seen = np.stack([cv2.resize(f, (w * up, h * up), interpolation=cv2.INTER_CUBIC) for f in frames]) if up > 1 else frames  # fmt: skip
+    size = w  # landmarks are normalised by the frame width (square crops: the crop side)
+    if landmarks is not None and up == 1:
+        results = [FaceResult(FaceMesh(np.asarray(lm, np.float32), 1.0)) for lm in landmarks]
+    else:
+        with FaceAnalyzer() as fa:
+            results = fa.track(list(seen))
+    feats = np.full((len(frames), len(FEATURES)), np.nan, np.float32)
+    lm = np.full((len(frames), 468, 3), np.nan, np.float32)
+    found = [i for i, r in enumerate(results) if r.found]
+    if found:
+        px = np.stack([results[i].mesh.landmarks for i in found])
+        feats[found] = features(seen[found], px)
+        lm[found] = px / (size * up)
+    iods = [results[i].mesh.interocular / up for i in found]
+    return VideoAUs(feats, lm, float(np.median(iods)) if iods else float("nan"))
 
 
-def measured_aus(landmarks: np.ndarray, baseline_landmarks: np.ndarray) -> dict[int, list[float | None]]:
-    """Per-frame FACS 0-5 estimates from the landmark proxies against a neutral baseline (the portrait);
-    None where a frame has no face."""
-    from media.au_evidence import PROXY_AUS
-    from media.au_proxies import PROXIES, au_proxies
+def track_generated(frames: np.ndarray) -> np.ndarray:
+    """Crop-normalised landmarks (T, 468, 3) of generated frames; NaN rows where no face is found."""
+    return track_video(frames).landmarks
 
-    base = au_proxies(baseline_landmarks[None])[0]
-    aus = sorted({a for entries in PROXY_AUS.values() for a, *_ in entries})
-    out: dict[int, list] = {au: [] for au in aus}
-    for lm in landmarks:
-        per_au: dict[int, float] = {}
-        values = None if np.isnan(lm).any() else au_proxies(lm[None])[0]
-        for i, name in enumerate(PROXIES):
-            for au, _side, direction, scale in PROXY_AUS.get(name, []):
-                if values is not None:
-                    v = float(np.clip(direction * (values[i] - base[i]) / scale * 5, 0, 5))
-                    per_au[au] = max(per_au.get(au, 0.0), v)
-        for au in aus:
-            out[au].append(per_au.get(au) if values is not None else None)
-    return out
+
+def measured_aus(video: VideoAUs, baseline: np.ndarray) -> dict[int, list[float | None]]:
+    """Per-frame FACS 0-5 intensities of every AU the calibrated measure can see at this face size
+    (the stronger side where an AU has sides), against a neutral `baseline` (F,) of the same person seen
+    the same way; None where a frame has no face."""
+    from media.au_calibration import channel_au, load
+
+    readings = load().measure(np.nan_to_num(video.features), baseline, video.iod_px)
+    out: dict[int, np.ndarray] = {}
+    for channel, series in readings.items():
+        au, _ = channel_au(channel)
+        out[au] = np.maximum(out[au], series) if au in out else series
+    found = video.found
+    return {au: [round(float(v), 3) if ok else None for v, ok in zip(series, found, strict=True)]
+            for au, series in sorted(out.items())}  # fmt: skip
 
 
 def plot_aus(requested: dict[int, float], measured: dict[int, list], fps: int, path: Path) -> None:
@@ -79,7 +117,7 @@ def plot_aus(requested: dict[int, float], measured: dict[int, list], fps: int, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    unmeasured = sorted(set(requested) - set(measured))  # no landmark proxy measures these
+    unmeasured = sorted(set(requested) - set(measured))  # the calibrated measure cannot see these
     aus = sorted(set(requested) | set(measured)) if unmeasured else sorted(set(requested) & set(measured))
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for i, au in enumerate(aus):
@@ -95,7 +133,7 @@ def plot_aus(requested: dict[int, float], measured: dict[int, list], fps: int, p
     if not any(v is not None for series in measured.values() for v in series):
         notes.append("no face found in the generated frames")
     if unmeasured:
-        notes.append(", ".join(f"AU{a}" for a in unmeasured) + ": requested, no landmark proxy measures it")
+        notes.append(", ".join(f"AU{a}" for a in unmeasured) + ": requested, not measurable at this size")
     for k, note in enumerate(notes):
         ax.text(0.5, 0.55 - 0.1 * k, note, transform=ax.transAxes, ha="center")
     ax.set(xlabel="seconds", ylabel="FACS intensity (0-5)", ylim=(0, 5.2), xlim=(0, max(n - 1, 1) / fps),

@@ -11,10 +11,17 @@ reading them as AU activity. Per side where FACS distinguishes sides ("_r" subje
 | au2_r/l | outer-brow (46/276) height above the eye line | AU2 |
 | au4 | minus the inner-brow gap (55-285) | AU4 |
 | au5_r/l | eyelid aperture (159-145, 386-374) | AU5 (falls with AU7/AU43) |
+| au6_r/l | lower-lid (145/374) height above the eye line | AU6/AU7 |
+| au9 | minus the nose-wing (98, 327) to upper-lip (0) height | AU9/AU10 |
 | au12_r/l | mouth-corner (61/291) height above the mid-lip line (0,17) | AU12 (falls with AU15) |
-| au20 | mouth width (61-291) | AU20 |
+| au17 | minus the lower-lip (17) to chin (152) height | AU17 |
+| au20_r/l | mouth-corner (61/291) distance from the midline | AU20 (falls with AU14/AU23) |
+| au23 | minus the lip-red thickness (0-13 plus 14-17) | AU23/AU24 |
 | au25 | inner-lip gap (13-14) | AU25 |
 | au26 | chin (152) distance below the eye line | AU26 |
+
+The proxies are features, not intensities: `media.au_calibration` maps them to FACS intensity with a fit
+against ground truth.
 """
 
 from __future__ import annotations
@@ -24,19 +31,9 @@ import numpy as np
 from annotation.regions import eye_centres
 
 PROXIES: tuple[str, ...] = (
-    "au1_r",
-    "au1_l",
-    "au2_r",
-    "au2_l",
-    "au4",
-    "au5_r",
-    "au5_l",
-    "au12_r",
-    "au12_l",
-    "au20",
-    "au25",
-    "au26",
-)
+    "au1_r", "au1_l", "au2_r", "au2_l", "au4", "au5_r", "au5_l", "au6_r", "au6_l", "au9",
+    "au12_r", "au12_l", "au17", "au20_r", "au20_l", "au23", "au25", "au26",
+)  # fmt: skip
 
 
 def face_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -70,9 +67,15 @@ def au_proxies(landmarks: np.ndarray) -> np.ndarray:
         -(x[..., 285] - x[..., 55]),
         y[..., 145] - y[..., 159],
         y[..., 374] - y[..., 386],
+        -y[..., 145],
+        -y[..., 374],
+        -(y[..., 0] - (y[..., 98] + y[..., 327]) / 2),
         mid_lip - y[..., 61],
         mid_lip - y[..., 291],
-        x[..., 291] - x[..., 61],
+        -(y[..., 152] - y[..., 17]),
+        -x[..., 61],
+        x[..., 291],
+        -((y[..., 13] - y[..., 0]) + (y[..., 17] - y[..., 14])),
         y[..., 14] - y[..., 13],
         y[..., 152],
     ]

@@ -2,7 +2,7 @@
 
 decode (PyAV, resampled to 25 fps) → audio (16 kHz mono; silent → reject) → face (detect + track the
 468-point mesh; too few frames with a face → reject) → stable crop → crop-normalised landmarks →
-measured AU proxies → audio features aligned to frames (log-mel, or a local pretrained encoder) → encode (H.264 mp4 + wav).
+calibrated AU readings (`media.au_calibration`, uncentred: annotate subtracts the speaker's neutral) → audio features aligned to frames (log-mel, or a local pretrained encoder) → encode (H.264 mp4 + wav).
 Region masks are not stored: they are a function of `landmarks.npy` (`media.face.region_masks`).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.io import wavfile
 
-from media.au_proxies import PROXIES, au_proxies
+from media.au_calibration import load as load_calibration
 from media.audio_features import audio_features
 from media.face import FaceAnalyzer, stable_crop
 from media.video_io import AUDIO_RATE, read_audio, read_frames, write_mp4
@@ -57,7 +57,7 @@ class MediaSample(BaseModel):
     mp4: bytes
     wav: bytes
     landmarks: np.ndarray  # (T, 468, 3) float16, crop-normalised (x, y in [0, 1])
-    au: np.ndarray  # (T, K) float32 raw proxies, K named in `meta["au_names"]`
+    au: np.ndarray  # (T, C) float32 uncentred calibrated AU readings w.x, channels in `meta["au_names"]`
     audio: np.ndarray  # (T, D) float16: log-mel (D = n_mels) or encoder hidden states
     meta: dict
     blendshapes: np.ndarray | None = None  # (T, 52) with the official face landmarker; names in meta
@@ -79,7 +79,7 @@ class MediaSample(BaseModel):
         """Per-clip AU statistics the annotate job reads without opening the tar."""
         au = self.au.astype(np.float64)
         return {
-            "au_names": list(PROXIES),
+            **{k: self.meta[k] for k in ("au_names", "au_measurable", "au_calibration")},
             "au_mean": au.mean(0).round(5).tolist(),
             "au_p10": np.percentile(au, 10, axis=0).round(5).tolist(),
             "au_p50": np.percentile(au, 50, axis=0).round(5).tolist(),
@@ -154,6 +154,21 @@ def identity_problem(frames: np.ndarray, meshes: list, analyzer: FaceAnalyzer, c
     return ""
 
 
+def au_readings(frames: np.ndarray, landmarks: np.ndarray):
+    """(channel names, uncentred calibrated readings (T, C) float32, the calibration's view) of a clip, or
+    why not. Frames without a face take the nearest frame's readings (as their landmarks do)."""
+    from media.au_measure import track_video
+
+    video = track_video(frames, landmarks)
+    if not video.found.any():
+        return "the face model lost the face in every frame seen at the AU measure's size"
+    have = np.flatnonzero(video.found)
+    nearest = have[np.abs(np.arange(len(frames))[:, None] - have[None]).argmin(1)]
+    cal = load_calibration()
+    names, values = cal.linear(video.features[nearest], video.iod_px)
+    return names, values.astype(np.float32), cal.view(video.iod_px)
+
+
 def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> MediaSample | Reject:
     """Run every stage; the first that fails names the reject."""
     source = ref.video
@@ -203,6 +218,11 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
     nearest = have[np.abs(np.arange(n)[:, None] - have[None]).argmin(1)]
     landmarks = np.stack([meshes[i].landmarks for i in nearest]).astype(np.float64)  # (T, 468, 3) image px
 
+    seen = au_readings(frames, landmarks)
+    if isinstance(seen, str):
+        return Reject(key=ref.key, stage="face", reason=seen, source=source)
+    au_names, au, view = seen
+
     size = config.crop_size
     cropped, crop_lm = crop_to(frames, landmarks, crop, size)
     crop_lm = crop_lm.astype(np.float16)
@@ -215,7 +235,10 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
         "crop_box": {"cx": crop.cx, "cy": crop.cy, "size": crop.size, "out": size},
         "face_fraction": round(fraction, 4),
         "audio_dbfs": round(level, 2),
-        "au_names": list(PROXIES),
+        "au_names": au_names,
+        "au_calibration": load_calibration().id,
+        "au_view": view.name,
+        "au_measurable": view.measurable(),
         "audio_features": f"encoder:{Path(config.audio_encoder).name}"
         if config.audio_encoder
         else f"log-mel-{config.n_mels}",
@@ -236,7 +259,7 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
         mp4=mp4,
         wav=_wav(audio),
         landmarks=crop_lm,
-        au=au_proxies(landmarks),
+        au=au,
         audio=audio_features(audio, n, config.n_mels, config.fps, config.audio_encoder),
         meta=meta,
         blendshapes=blendshapes,

@@ -108,6 +108,11 @@ COMMANDS: dict[str, Command] = {
             show=str,
         ),
         Command(
+            "calibrate", "fit the AU measure against ground truth (renders or DISFA-style labels); print its table",
+            "pipelines.calibrate:CalibrateConfig", "pipelines.calibrate:run_calibrate",
+            examples=("tbd calibrate --out my_calibration.json", "tbd calibrate --labels DISFA/ --out disfa.json"),
+        ),
+        Command(
             "face", "detect a face and its 468-point mesh in an image",
             "media.face_tool:FaceConfig", "media.face_tool:describe_face", positional=("image",), show=str,
         ),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from annotation.engines.spec import EngineSpec
-from media.au_measure import measured_aus, plot_aus, requested_aus, track_generated
+from media.au_measure import measured_aus, plot_aus, requested_aus, track_video
 from media.inputs import load_speech, prepare_portrait
 from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
@@ -87,7 +87,7 @@ def generate(config: GenerateConfig) -> dict:
     picks = np.linspace(0, n_frames - 1, min(8, n_frames)).round().astype(int)
     Image.fromarray(np.concatenate([portrait.crop, *frames[picks]], axis=1)).save(out.with_suffix(".png"))
     requested = requested_aus(cot)
-    measured = measured_aus(track_generated(frames), portrait.landmarks)
+    measured = measured_aus(track_video(frames), track_video(portrait.crop[None]).baseline())
     plot_aus(requested, measured, fps, out.with_name(out.stem + "_aus.png"))
     report = {
         "video": str(out), "strip": str(out.with_suffix(".png")), "au_plot": str(out.with_name(out.stem + "_aus.png")),

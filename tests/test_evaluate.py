@@ -16,34 +16,74 @@ def mead(datasets):
     return datasets["mead"]["data"], datasets["mead"]["annotate"]["version"]
 
 
+def _measured(clip):
+    from media.au_measure import track_video
+
+    clip.real_video = track_video(clip.frames)
+    clip.reference_video = track_video(clip.reference[None])
+    return clip
+
+
 def test_a_real_clip_scored_against_itself(mead, demo_corpus):
     """Generated = the real clip: ideal fidelity, the face re-found in every frame, landmarks within a pixel
     or two, lip sync better than with the speech reversed, AU errors computed (against the CoT and the corpus
-    ground truth), the expression classified as on the real landmarks, and a reference from another clip."""
+    ground truth, speech AUs left out), the expression classified from the same calibrated readings the
+    classifier was fitted on, and a reference from another clip."""
+    from evaluation.evaluate import classifier_row
+    from evaluation.metrics import SPEECH_AUS
+
     data, version = mead
     config = EvaluateConfig(model=data, data=data, version=version, split="val", max_clips=1, max_frames=40)
-    [clip] = load_clips(config, size=64, version=version)
-    clf, baselines = emotion_classifier(data)
+    [clip] = load_clips(config, size=64, version=version, skipped={})
+    clip = _measured(clip)
+    clf = emotion_classifier(data)
     gt = groundtruth_index(demo_corpus).get(clip.meta["video"])
     assert gt is not None and gt.is_file()
     requested = {u["au"]: 3.0 for u in clip.cot["action_units"]}
-    row, measured = score_clip(clip, clip.frames, requested, gt, clf, baselines)
+    row, measured = score_clip(clip, clip.frames, requested, gt, clf, clip.reference_video)
     assert row["psnr"] == 100.0 and row["ssim"] == pytest.approx(1.0, abs=1e-6)
-    assert row["face_rate"] == 1.0 and row["lmd_full"] < 2.0 and row["lmd_mouth"] < 2.0
+    assert row["face_rate"] == 1.0 and row["lmd_full"] < 1e-6 and row["lmd_mouth"] < 1e-6
     reversed_speech, _ = score_clip(dataclasses.replace(clip, wav=clip.wav[::-1].copy()), clip.frames, requested,
-                                    gt, clf, baselines)  # fmt: skip
+                                    gt, clf, clip.reference_video)  # fmt: skip
     assert row["sync_corr"] > reversed_speech["sync_corr"] + 0.2  # the real pairing is in sync
-    assert row["au_control_error"] is not None and row["au_gt_error"] is not None and row["au_gt_error"] < 2.5
-    # Scoring the real frames (landmarks re-detected) gives the classifier's verdict on the real clip's own
-    # landmarks: the generated-frame path measures expressions the way the classifier was fitted.
-    from evaluation.evaluate import _baseline
-    from evaluation.metrics import clip_features
-    from media.au_proxies import au_proxies
-
-    verdict = clf.predict(clip_features(au_proxies(clip.landmarks), _baseline(clip, baselines)))[0]
+    assert row["au_control_error"] is not None and row["au_gt_error"] is not None and row["au_gt_error"] < 1.5
+    assert not set(measured) & set(SPEECH_AUS) and measured
+    verdict = clf.predict(classifier_row(clf, clip.real_video, clip.reference_video.baseline()))[0]
     assert row["emotion_correct"] == float(verdict == clip.meta["emotion"])
     assert clip.reference_key != clip.key and clip.reference_key.split("_")[1] == clip.key.split("_")[1]
     assert all(len(series) == len(clip.frames) for series in measured.values())
+
+
+def test_no_reference_frame_inside_the_scored_frames(datasets):
+    """HDTF speakers have one clip each: the reference is a frame after the scored window, or the clip is
+    skipped and counted when there is none (it used to be the target's own first frame)."""
+    from pipelines.shards import tar_members
+    from tbd_lightning.data import decode_mp4
+
+    data, version = datasets["hdtf"]["data"], datasets["hdtf"]["annotate"]["version"]
+    config = EvaluateConfig(model=data, data=data, version=version, split="train", max_clips=3, max_frames=20)
+    skipped: dict = {}
+    clips = load_clips(config, size=64, version=version, skipped=skipped)
+    assert clips and not skipped
+    for clip in clips:
+        key, _, frame = clip.reference_key.partition("@frame")
+        assert key == clip.key and int(frame) >= config.max_frames  # outside frames 0..19
+    # The reference is that very frame of the clip, not a scored one.
+    from pipelines.data_folder import DataFolder
+
+    shard = DataFolder(data).aligned_shards(version)[0]
+    members = dict(tar_members(shard.media_tar))[clips[0].key]
+    import cv2
+    import numpy as np
+
+    video = decode_mp4(members["mp4"])
+    last = cv2.resize(
+        video[int(clips[0].reference_key.split("@frame")[1])], (64, 64), interpolation=cv2.INTER_AREA
+    )
+    assert np.array_equal(last, clips[0].reference)
+    whole = EvaluateConfig(model=data, data=data, version=version, split="train", max_clips=3, max_frames=500)
+    skipped = {}
+    assert load_clips(whole, size=64, version=version, skipped=skipped) == [] and len(skipped) == len(clips)
 
 
 def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, tmp_path, netguard_log):
@@ -75,7 +115,7 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
     for mode in modes:
         assert mode in proc.stderr  # one table row per mode
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert set(report["results"]) == modes | {"reference-still"}  # + the no-model baseline
+    assert set(report["results"]) == modes | {"reference-still", "real"}  # + the floor and the ceiling
     # Paired differences exist where both modes have an AU error (untrained weights may draw no face;
     # their arithmetic is tested in test_paired_differences_tell_apart_a_small_consistent_shift).
     assert all({"mean", "ci95", "n", "told_apart"} <= set(p) for p in report["separable"]["paired"].values())
@@ -93,10 +133,12 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
         "rank-deficient" in r["fvd_note"] for r in report["results"].values()
     )  # 2 videos, 4-d features
     assert report["guidance"]["steps"] == 2 and report["version"] == version
-    assert all(r["clips"] == 2 and 0 < r["psnr"] < 100 for r in report["results"].values())
+    assert all(r["clips"] == 2 and 0 < r["psnr"] < 100 for m, r in report["results"].items() if m != "real")
+    assert report["results"]["real"]["psnr"] == 100 and report["skipped"] == {}
     assert all(
-        r["fid"] >= 0 and r["fvd"] >= 0 and r["feature_distance"] > 0 for r in report["results"].values()
-    )
+        r["fid"] >= 0 and r["fvd"] >= 0 and r["feature_distance"] > 0
+        for m, r in report["results"].items() if m != "real"
+    )  # fmt: skip
     assert len({tuple(c["key"] for c in rows) for rows in report["per_clip"].values()}) == 1  # same clips
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     [run] = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)

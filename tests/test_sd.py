@@ -202,7 +202,7 @@ def test_tiny_sd_train_export_generate_evaluate(tiny_sd, datasets, demo_corpus, 
         index["denoiser"] == ["tbd_lightning.sd_model", "SDVideoDenoiser"]
         and index["vae"][1] == "AutoencoderKL"
     )
-    portrait = demo_corpus / "portraits" / "heldout" / "GraceHopper.png"
+    portrait = demo_corpus / json.loads((demo_corpus / "corpus.json").read_text())["heldout"]["image"]
     audio = demo_corpus / "mead" / "W003" / "audio" / "contempt" / "level_3" / "000.m4a"
     report = tbd("generate", "--image", str(portrait), "--audio", str(audio), "--emotion", "happy", "--level", "2",
                  "--model", str(tmp_path / "model"), "--out", str(tmp_path / "gen" / "happy.mp4"),

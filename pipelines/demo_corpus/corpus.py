@@ -176,12 +176,11 @@ class IdentityJob:
 def render_identity(job: IdentityJob) -> list[dict]:
     """Worker: render, encode and write every clip of one identity. Returns the clip records."""
     from media.video_io import AUDIO_RATE, write_m4a, write_mp4
-    from pipelines.demo_corpus.au_templates import basis, to_image
-    from pipelines.demo_corpus.render import FaceWarper
+    from pipelines.demo_corpus.au_templates import basis, fold_depths, to_image
     from pipelines.demo_corpus.speech import synth_speech
 
-    warper = FaceWarper(job.image, job.neutral)
-    unit = to_image(basis(job.neutral), job.neutral) / 5.0  # pixels per intensity unit, (K, 468, 2)
+    warper, neutral = neutral_base(job.image, job.neutral)
+    unit = to_image(basis(neutral), neutral) / 5.0  # pixels per intensity unit, (K, 468, 2)
     n_frames = int(round(job.seconds * FPS))
     records = []
     for spec in job.specs:
@@ -192,8 +191,9 @@ def render_identity(job: IdentityJob) -> list[dict]:
         au = au_timeline(spec, n_frames, env_frames)
         disp = np.einsum("tk,knd->tnd", au, unit)
         frames = np.stack(
-            [cv2.resize(warper.render(d), (job.size, job.size), interpolation=cv2.INTER_AREA) for d in disp]
-        )
+            [cv2.resize(warper.render(d, fold_depths(a)), (job.size, job.size), interpolation=cv2.INTER_AREA)
+             for d, a in zip(disp, au, strict=True)]
+        )  # fmt: skip
         out = Path(job.out)
         for rel in (spec.video, spec.audio, spec.groundtruth):
             if rel:
@@ -211,6 +211,18 @@ def render_identity(job: IdentityJob) -> list[dict]:
         )
         records.append({**asdict(spec), "frames": n_frames})
     return records
+
+
+def neutral_base(image: np.ndarray, landmarks: np.ndarray):
+    """A warper over the portrait turned neutral (mouth closed, smile relaxed: `au_templates.neutralising`)
+    and that neutral face's landmarks (468, 3): every clip of the identity is rendered from this base."""
+    from pipelines.demo_corpus.au_templates import neutralising, to_image
+    from pipelines.demo_corpus.render import FaceWarper
+
+    hidden = FaceWarper(image, landmarks).render(to_image(neutralising(landmarks, overlap=0.15), landmarks))
+    neutral = np.array(landmarks, np.float64)
+    neutral[:, :2] += to_image(neutralising(landmarks), landmarks)
+    return FaceWarper(hidden, neutral), neutral.astype(np.float32)
 
 
 def _prepare(fa: FaceAnalyzer, portrait: Portrait, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,8 @@
 When there are fewer photos than identities, further identities are distinct variants of the photos:
 mirrored (a real face is not symmetric), a horizontal stretch, and a colour transform. With the built-in
 photo, every training identity is the same person (one photograph, varied): the demo shows the pipeline,
-not identity generalisation. The held-out portrait is another real person (`heldout_portrait`).
+not identity generalisation. The held-out portrait is another real person (`heldout_portrait`). Every
+identity is rendered from a closed-mouth neutral base (`corpus.neutral_base`).
 """
 
 from __future__ import annotations
@@ -28,23 +29,28 @@ class Portrait:
 
 
 def builtin_portraits() -> list[Portrait]:
-    from skimage import data
+    """Grace Hopper's official US Navy portrait (public domain), which matplotlib ships as sample data: a
+    closed-mouth, near-neutral face, so the rendered emotions read as themselves (an independent FER2013
+    judge calls the smiling astronaut photo 'happy' whatever is rendered on it)."""
+    from matplotlib import cbook
 
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     return [
         Portrait(
-            "Astronaut", data.astronaut(), "skimage.data.astronaut (Eileen Collins, NASA, public domain)"
+            "GraceHopper",
+            read_image(path),
+            "matplotlib sample_data grace_hopper.jpg (US Navy, public domain)",
         )
     ]
 
 
 def heldout_portrait() -> Portrait:
-    """A real person who is in no training identity: Grace Hopper's official US Navy portrait (public
-    domain), which matplotlib ships as sample data."""
-    from matplotlib import cbook
+    """A real person who is in no training identity: the astronaut Eileen Collins (NASA, public domain),
+    which scikit-image ships as `skimage.data.astronaut`."""
+    from skimage import data
 
-    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     return Portrait(
-        "GraceHopper", read_image(path), "matplotlib sample_data grace_hopper.jpg (US Navy, public domain)"
+        "Astronaut", data.astronaut(), "skimage.data.astronaut (Eileen Collins, NASA, public domain)"
     )
 
 

@@ -1,0 +1,220 @@
+"""`tbd calibrate`: fit the AU measure (`media.au_calibration`) against ground truth, and print its table.
+
+Two sources of frames with known AU intensities:
+- renders (default): the demo corpus's renderer warps each training identity with random AU intensities
+  (every channel on its own, prototype combinations and speech mixed in), so every channel's effect can
+  be told apart. Each frame is seen as the pipeline sees it: resized to a view's size, H.264-encoded at
+  the preprocess CRF, decoded, tracked by the face model (upscaled to 256 px below that, as generated
+  frames are). The identities the model is validated on are held out of the fit and score it.
+- `--labels DIR` (DISFA-style): videos `DIR/{subject}.mp4|avi` with per-AU intensity files
+  `DIR/{subject}_au{N}.txt` (lines `frame,intensity`, frames counted from 1, intensity 0-5); the last
+  subject (sorted) is held out. One view at the videos' own resolution.
+The fit records what it was fitted on; `--out` writes it (the shipped fit is `media/data/au_calibration.json`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from media.au_calibration import FEATURES, SHIPPED, Calibration, ViewFit, quality, ridge
+from media.au_proxies import PROXIES
+from tbd_core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# The uncalibrated proxy scales this measure replaced (proxy, direction, change at intensity E, IOD units),
+# kept only to report how much the calibration gains over them.
+LEGACY_SCALES: dict[str, list[tuple[str, int, float]]] = {
+    "AU1": [("au1_r", 1, 0.18), ("au1_l", 1, 0.18)], "AU2": [("au2_r", 1, 0.18), ("au2_l", 1, 0.18)],
+    "AU4": [("au4", 1, 0.18)], "AU5": [("au5_r", 1, 0.05), ("au5_l", 1, 0.05)],
+    "AU43": [("au5_r", -1, 0.08), ("au5_l", -1, 0.08)], "AU12_R": [("au12_r", 1, 0.12)],
+    "AU12_L": [("au12_l", 1, 0.12)], "AU15_R": [("au12_r", -1, 0.10)], "AU15_L": [("au12_l", -1, 0.10)],
+    "AU20_R": [("au20_r", 1, 0.11)], "AU20_L": [("au20_l", 1, 0.11)], "AU25": [("au25", 1, 0.09)],
+    "AU26": [("au26", 1, 0.20)],
+}  # fmt: skip
+
+
+class CalibrateConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    out: Path = SHIPPED
+    labels: Path | None = None  # a DISFA-style folder (see the module doc); None: renders
+    portraits: Path | None = None  # renders: the demo corpus's identities from these photos
+    identities: int = 3  # renders: the last one is held out (the demo's validation speaker)
+    frames: int = 400  # renders: random frames per identity
+    sizes: tuple[int, ...] = (256, 128, 64, 48)  # renders: views (frame side in pixels)
+    crf: int = 20
+    seed: int = 0
+
+
+def legacy_reading(channel: str, rel: np.ndarray) -> np.ndarray | None:
+    """What the old fixed proxy scales read for `channel` from baseline-relative proxies (N, K)."""
+    spec = LEGACY_SCALES.get(channel)
+    if spec is None:
+        return None
+    reads = [d * rel[:, PROXIES.index(p)] / scale * 5 for p, d, scale in spec]
+    return np.clip(np.max(reads, 0), 0, 5)
+
+
+def fit_view(name: str, iod_px: float, train: tuple, test: tuple, channels: list[str]) -> ViewFit:
+    """Fit every channel on `train` = (relative proxies (N, K), truth (N, C)); score it on `test`."""
+    (x, y), (xt, yt) = train, test
+    weights = ridge(x, y)
+    fits = {}
+    for i, c in enumerate(channels):
+        f = quality(xt @ weights[:, i], yt[:, i], legacy_reading(c, xt))
+        f.weights = [float(f"{w:.5g}") for w in weights[:, i]]
+        fits[c] = f
+    return ViewFit(name, round(float(iod_px), 2), fits, {"fitted": len(x), "held_out": len(xt)})
+
+
+# -- renders ------------------------------------------------------------------------------------------
+def random_intensities(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, len(CHANNELS)): a third of the frames an emotion prototype at a random level, the rest each
+    channel on its own with probability 0.3; speech opens the mouth (AU25/26) in half of all frames."""
+    from annotation.facs import MEAD_EMOTIONS, load_kb
+    from pipelines.demo_corpus.au_templates import BILATERAL, CHANNELS
+
+    kb = load_kb()
+    au = np.where(rng.random((n, len(CHANNELS))) < 0.3, rng.uniform(0.5, 5, (n, len(CHANNELS))), 0.0)
+    for t in np.flatnonzero(rng.random(n) < 1 / 3):
+        au[t] = 0
+        proto = kb.prototype(str(rng.choice(MEAD_EMOTIONS)))
+        level, side = rng.uniform(1, 5), str(rng.choice(["R", "L"]))
+        for a in proto.core:
+            sides = ([side] if proto.unilateral else ["R", "L"]) if a in BILATERAL else [""]
+            for s in sides:
+                au[t, CHANNELS.index(f"AU{a}_{s}" if s else f"AU{a}")] = level
+    speech = rng.random(n) < 0.5
+    for c, amp in (("AU25", 3.0), ("AU26", 2.0)):
+        k = CHANNELS.index(c)
+        au[:, k] = np.where(speech, np.maximum(au[:, k], amp * rng.random(n)), au[:, k])
+    au[:, CHANNELS.index("AU43")] *= rng.random(n) < 0.3  # eyes closed: rarer
+    return au
+
+
+def _view(frames: np.ndarray, size: int, crf: int) -> tuple[np.ndarray, float]:
+    """Frames (N, H, W, 3) seen at `size` px after H.264 (`track_video`): features (N, F), median IOD."""
+    import cv2
+
+    from media.au_measure import track_video
+    from media.video_io import read_frames, write_mp4
+
+    small = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+    with tempfile.TemporaryDirectory() as tmp:
+        write_mp4(Path(tmp) / "v.mp4", small, fps=25, crf=crf)
+        decoded, _ = read_frames(Path(tmp) / "v.mp4")
+    video = track_video(decoded)
+    if not video.found.all():
+        lost = int((~video.found).sum())
+        raise UserError(
+            f"the face model lost the face in {lost}/{len(frames)} calibration frames at {size} px"
+        )
+    return video.features, video.iod_px
+
+
+def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict]:
+    """view name -> {identity: (proxies relative to its neutral (N, K), truth (N, C))}, the channels, and
+    the views' IODs."""
+    from media.face import FaceAnalyzer
+    from pipelines.demo_corpus.au_templates import CHANNELS, basis, fold_depths, to_image
+    from pipelines.demo_corpus.corpus import _prepare, neutral_base
+    from pipelines.demo_corpus.portraits import builtin_portraits, identities, load_portraits
+
+    photos = load_portraits(cfg.portraits) if cfg.portraits else builtin_portraits()
+    people = identities(photos, cfg.identities)
+    rng = np.random.default_rng(cfg.seed)
+    sets: dict[str, dict] = {f"{s}px": {} for s in cfg.sizes}
+    iods: dict[str, list[float]] = {f"{s}px": [] for s in cfg.sizes}
+    with FaceAnalyzer() as fa:
+        for person in people:
+            crop, lm = _prepare(fa, person, 128)
+            warper, neutral = neutral_base(crop, lm)
+            unit = to_image(basis(neutral), neutral) / 5.0
+            truth = random_intensities(rng, cfg.frames)
+            rest = np.zeros((4, len(CHANNELS)))  # neutral frames: the person's baseline
+            frames = np.stack([warper.render(np.einsum("k,knd->nd", a, unit), fold_depths(a))
+                               for a in np.concatenate([rest, truth])])  # fmt: skip
+            for s in cfg.sizes:
+                proxies, iod = _view(frames, s, cfg.crf)
+                base = np.median(proxies[: len(rest)], 0)
+                sets[f"{s}px"][person.name] = (proxies[len(rest) :] - base, truth)
+                iods[f"{s}px"].append(iod)
+            log.info("calibration renders: %s, %d frames x %d views", person.name, cfg.frames, len(cfg.sizes))
+    return sets, list(CHANNELS), {k: float(np.median(v)) for k, v in iods.items()}
+
+
+# -- DISFA-style labels -------------------------------------------------------------------------------
+def label_sets(folder: Path) -> tuple[dict, list[str], float]:
+    """{subject: (relative proxies, truth)}, channels (`AU{N}`), median IOD of a DISFA-style folder."""
+    from media.au_measure import track_video
+    from media.video_io import read_frames
+
+    if not folder.is_dir():
+        raise UserError(f"{folder}: labels folder does not exist")
+    labels: dict[str, dict[int, Path]] = {}
+    for f in sorted(folder.iterdir()):
+        m = re.fullmatch(r"(.+)_au(\d+)\.txt", f.name, re.I)
+        if m:
+            labels.setdefault(m.group(1), {})[int(m.group(2))] = f
+    if not labels:
+        raise UserError(f"{folder}: no label files named {{subject}}_au{{N}}.txt")
+    aus = sorted({a for per in labels.values() for a in per})
+    out, iods = {}, []
+    for subject, files in labels.items():
+        video = next((folder / f"{subject}{ext}" for ext in (".mp4", ".avi", ".MP4", ".AVI")
+                      if (folder / f"{subject}{ext}").exists()), None)  # fmt: skip
+        if video is None:
+            raise UserError(f"{folder}: labels for {subject} but no video {subject}.mp4 or .avi")
+        frames, _ = read_frames(video)
+        truth = np.zeros((len(frames), len(aus)))
+        for j, a in enumerate(aus):
+            if a not in files:
+                raise UserError(f"{subject}: no labels for AU{a} ({next(iter(files.values())).name} exists)")
+            for line in files[a].read_text().split():
+                frame, value = line.split(",")[:2]
+                if 1 <= int(frame) <= len(frames):
+                    truth[int(frame) - 1, j] = float(value)
+        seen = track_video(frames)
+        if not seen.found.any():
+            raise UserError(f"{video}: no face found")
+        feats, truth = seen.features[seen.found], truth[seen.found]
+        calm = truth.max(1) == 0
+        if not calm.any():
+            raise UserError(f"{subject}: no frame with every AU at 0 to serve as the neutral baseline")
+        out[subject] = (feats - np.median(feats[calm], 0), truth)
+        iods.append(seen.iod_px)
+    return out, [f"AU{a}" for a in aus], float(np.median(iods))
+
+
+def run_calibrate(cfg: CalibrateConfig) -> Calibration:
+    from annotation.facs import load_kb
+
+    if cfg.labels:
+        per, channels, iod = label_sets(Path(cfg.labels))
+        sets, iods = {"labels": per}, {"labels": iod}
+        source = f"DISFA-style labels in {cfg.labels}"
+    else:
+        sets, channels, iods = render_sets(cfg)
+        source = (f"demo-corpus renders ({cfg.frames} random-AU frames per identity, views {list(cfg.sizes)} px, "
+                  f"H.264 crf {cfg.crf}, seed {cfg.seed}, portraits {cfg.portraits or 'built-in'})")  # fmt: skip
+    views = []
+    for name, per in sets.items():
+        subjects = sorted(per) if cfg.labels else list(per)
+        if len(subjects) < 2:
+            raise UserError(f"calibration needs at least 2 subjects (one held out), got {len(subjects)}")
+        held = subjects[-1]
+        train = tuple(np.concatenate([per[s][i] for s in subjects[:-1]]) for i in (0, 1))
+        views.append(fit_view(name, iods[name], train, per[held], channels))
+    cal = Calibration(list(FEATURES), sorted(views, key=lambda v: -v.iod_px),
+                      {"fitted_on": source, "held_out": held, "kb_version": load_kb().version,
+                       "model": "ridge on baseline-relative proxies, no intercept, clipped to 0..5"})  # fmt: skip
+    cal.save(Path(cfg.out))
+    print(cal.table())
+    print(f"wrote {cfg.out}")
+    return cal
