@@ -19,7 +19,12 @@ def test_identical_videos_score_ideal_values(video):
     assert metrics.psnr(video, video) == metrics.PSNR_CAP
     assert metrics.ssim(video, video) == pytest.approx(1.0, abs=1e-6)
     lm = np.random.default_rng(1).random((6, 468, 3))
-    assert metrics.lmd(lm, lm, 32) == {"lmd_full": 0.0, "lmd_mouth": 0.0}
+    assert metrics.lmd(lm, lm, 32) == pytest.approx({"lmd_full": 0.0, "lmd_mouth": 0.0}, abs=1e-9)
+    # Procrustes-aligned: the same face shifted, scaled and turned scores as identical.
+    turn = np.array([[np.cos(0.2), -np.sin(0.2)], [np.sin(0.2), np.cos(0.2)]])
+    moved = lm.copy()
+    moved[..., :2] = 1.3 * lm[..., :2] @ turn.T + 0.05
+    assert metrics.lmd(moved, lm, 32)["lmd_full"] < 1e-6
 
 
 def test_different_videos_score_worse(video):
@@ -32,7 +37,8 @@ def test_different_videos_score_worse(video):
     moved = lm.copy()
     moved[:, list(metrics.mouth_indices()), 1] += 0.1  # only the mouth moves, by 0.1 of the crop
     d = metrics.lmd(lm, moved, 32)
-    assert d["lmd_mouth"] == pytest.approx(3.2) and 0 < d["lmd_full"] < d["lmd_mouth"]
+    # 3.2 px moved; the per-frame similarity alignment takes up a little of it (the mouth is ~9 % of points)
+    assert 2.7 < d["lmd_mouth"] <= 3.2 and 0 < d["lmd_full"] < d["lmd_mouth"] / 3
 
 
 def test_lipsync_finds_the_offset_of_shifted_audio():
