@@ -134,8 +134,8 @@ def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[st
 
 def emotion_classifier(data: Path):
     """Nearest-centroid emotion classifier on calibrated AU intensities (mean and 90th percentile per
-    channel, against each speaker's neutral median) of the training split's clips; with the channels it
-    reads and the speakers' baselines."""
+    channel, against each speaker's neutral median) of the training split's clips; `clf.channels` names the
+    channels it reads. None when the training split has fewer than two emotions."""
     from evaluation.metrics import AUEmotionClassifier
     from media.au_evidence import speaker_baselines
     from pipelines.data_folder import DataFolder
@@ -206,8 +206,8 @@ def score_clip(
     from media.video_io import frame_envelope
 
     t = len(frames)
-    video = track_video(frames)
     real = clip.real_video
+    video = real if frames is clip.frames else track_video(frames)  # the real clip: measured once
     found = video.found & real.found[:t]
     row: dict = {
         "psnr": metrics.psnr(clip.frames[:t], frames),

@@ -122,8 +122,8 @@ def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict]:
     """view name -> {identity: (proxies relative to its neutral (N, K), truth (N, C))}, the channels, and
     the views' IODs."""
     from media.face import FaceAnalyzer
-    from pipelines.demo_corpus.au_templates import CHANNELS, basis, fold_depths, to_image
-    from pipelines.demo_corpus.corpus import _prepare, neutral_base
+    from pipelines.demo_corpus.au_templates import CHANNELS
+    from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
     from pipelines.demo_corpus.portraits import builtin_portraits, identities, load_portraits
 
     photos = load_portraits(cfg.portraits) if cfg.portraits else builtin_portraits()
@@ -134,12 +134,9 @@ def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict]:
     with FaceAnalyzer() as fa:
         for person in people:
             crop, lm = _prepare(fa, person, 128)
-            warper, neutral = neutral_base(crop, lm)
-            unit = to_image(basis(neutral), neutral) / 5.0
             truth = random_intensities(rng, cfg.frames)
             rest = np.zeros((4, len(CHANNELS)))  # neutral frames: the person's baseline
-            frames = np.stack([warper.render(np.einsum("k,knd->nd", a, unit), fold_depths(a))
-                               for a in np.concatenate([rest, truth])])  # fmt: skip
+            frames = ExpressionRenderer(crop, lm).frames(np.concatenate([rest, truth]))
             for s in cfg.sizes:
                 proxies, iod = _view(frames, s, cfg.crf)
                 base = np.median(proxies[: len(rest)], 0)

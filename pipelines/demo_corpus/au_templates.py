@@ -171,14 +171,20 @@ def contours() -> dict[str, tuple[int, ...]]:
     }
 
 
+def _contour_y(p: np.ndarray, idx) -> np.ndarray:
+    """The height of the contour through vertices `idx` at every vertex's x (aligned mesh `p` (468, 2))."""
+    idx = list(idx)
+    order = np.argsort(p[idx, 0])
+    return np.interp(p[:, 0], p[idx, 0][order], p[idx, 1][order])
+
+
 def part_weights(p: np.ndarray) -> dict[str, np.ndarray]:
     """Per-vertex membership (468,) in [0, 1] of each part, from the aligned neutral mesh `p` (468, 2)."""
     k = contours()
     x, y = p[:, 0], p[:, 1]
 
-    def contour_y(idx: tuple[int, ...]) -> np.ndarray:  # the contour's height at every vertex's x
-        order = np.argsort(x[list(idx)])
-        return np.interp(x, x[list(idx)][order], y[list(idx)][order])
+    def contour_y(idx) -> np.ndarray:
+        return _contour_y(p, idx)
 
     # The mouth line: midway between the inner lip contours, flat beyond the corners.
     line = (contour_y(k["upper_inner"]) + contour_y(k["lower_inner"])) / 2
@@ -242,14 +248,10 @@ def neutralising(neutral_landmarks: np.ndarray, overlap: float = 0.0) -> np.ndar
     mouth corners stand above the lip mid line (`NEUTRAL_CORNER_LIFT` is what a neutral face shows)."""
     p = aligned(neutral_landmarks)
     k = contours()
-    x, y = p[:, 0], p[:, 1]
+    y = p[:, 1]
     upper, lower = list(k["upper_inner"]), list(k["lower_inner"])
 
-    def contour_y(idx: list[int]) -> np.ndarray:
-        order = np.argsort(x[idx])
-        return np.interp(x, x[idx][order], y[idx][order])
-
-    gap = np.clip(contour_y(lower) - contour_y(upper), 0, None)
+    gap = np.clip(_contour_y(p, lower) - _contour_y(p, upper), 0, None)
     inner = p[upper + lower]
     near = np.sqrt(((p[:, None] - inner[None]) ** 2).sum(-1)).min(1)
     falloff = np.exp(-(near**2) / (2 * 0.12**2))

@@ -176,11 +176,9 @@ class IdentityJob:
 def render_identity(job: IdentityJob) -> list[dict]:
     """Worker: render, encode and write every clip of one identity. Returns the clip records."""
     from media.video_io import AUDIO_RATE, write_m4a, write_mp4
-    from pipelines.demo_corpus.au_templates import basis, fold_depths, to_image
     from pipelines.demo_corpus.speech import synth_speech
 
-    warper, neutral = neutral_base(job.image, job.neutral)
-    unit = to_image(basis(neutral), neutral) / 5.0  # pixels per intensity unit, (K, 468, 2)
+    renderer = ExpressionRenderer(job.image, job.neutral)
     n_frames = int(round(job.seconds * FPS))
     records = []
     for spec in job.specs:
@@ -189,11 +187,9 @@ def render_identity(job: IdentityJob) -> list[dict]:
         audio, env = synth_speech(job.seconds, rng, f0=f0)
         env_frames = env[: n_frames * (AUDIO_RATE // FPS)].reshape(n_frames, -1).mean(1)
         au = au_timeline(spec, n_frames, env_frames)
-        disp = np.einsum("tk,knd->tnd", au, unit)
         frames = np.stack(
-            [cv2.resize(warper.render(d, fold_depths(a)), (job.size, job.size), interpolation=cv2.INTER_AREA)
-             for d, a in zip(disp, au, strict=True)]
-        )  # fmt: skip
+            [cv2.resize(f, (job.size, job.size), interpolation=cv2.INTER_AREA) for f in renderer.frames(au)]
+        )
         out = Path(job.out)
         for rel in (spec.video, spec.audio, spec.groundtruth):
             if rel:
@@ -211,6 +207,26 @@ def render_identity(job: IdentityJob) -> list[dict]:
         )
         records.append({**asdict(spec), "frames": n_frames})
     return records
+
+
+class ExpressionRenderer:
+    """One identity's frames for given AU intensities: the portrait's closed-mouth neutral base
+    (`neutral_base`) warped by the AU templates, with the skin folds they name."""
+
+    def __init__(self, image: np.ndarray, landmarks: np.ndarray):
+        from pipelines.demo_corpus.au_templates import basis, to_image
+
+        self.warper, self.neutral = neutral_base(image, landmarks)
+        self.unit = to_image(basis(self.neutral), self.neutral) / 5.0  # pixels per intensity unit (K, 468, 2)
+
+    def frames(self, intensities: np.ndarray) -> np.ndarray:
+        """(T, H, W, 3) uint8 frames at the portrait crop's size for (T, len(CHANNELS)) FACS intensities."""
+        from pipelines.demo_corpus.au_templates import fold_depths
+
+        disp = np.einsum("tk,knd->tnd", intensities, self.unit)
+        return np.stack(
+            [self.warper.render(d, fold_depths(a)) for d, a in zip(disp, intensities, strict=True)]
+        )
 
 
 def neutral_base(image: np.ndarray, landmarks: np.ndarray):
