@@ -9,7 +9,8 @@ measures generated clips:
   many of its 7 classes it recognises;
 - the calibrated AU error against the corpus's ground-truth timelines (emotion AUs; speech AUs left out)
   for the real clips and for the still.
-Prints one JSON line (and a table): `--data` a preprocessed, annotated MEAD folder, `--corpus` its corpus.
+Prints one JSON line (and a table): `--data` a preprocessed, annotated MEAD folder, `--corpus` its corpus
+(default: what `make demo` wrote under out/demo).
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ def main() -> None:
     from tbd_lightning.data import decode_mp4
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--corpus", required=True, type=Path)
+    ap.add_argument("--data", type=Path, default=Path("out/demo/data/mead"), help="default: `make demo`'s")
+    ap.add_argument("--corpus", type=Path, default=Path("out/demo/corpus"), help="default: `make demo`'s")
     ap.add_argument("--split", default="val")
     ap.add_argument("--size", type=int, default=48)
     args = ap.parse_args()
+    if not (args.corpus / "corpus.json").is_file() or not args.data.is_dir():
+        raise SystemExit(f"no demo corpus at {args.corpus} or data at {args.data}: run `make demo` first")
 
     folder = DataFolder(args.data)
     summaries = folder.media_summaries()
