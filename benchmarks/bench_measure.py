@@ -25,8 +25,8 @@ import numpy as np
 def main() -> None:
     import cv2
 
-    from evaluation.evaluate import classifier_row, emotion_classifier, groundtruth_aus, groundtruth_index
     from evaluation.judges import FER_CLASSES, FER_OF, EmotionJudge
+    from evaluation.measures import classifier_row, emotion_classifier, groundtruth_aus, groundtruth_index
     from evaluation.metrics import SPEECH_AUS, au_series_error
     from media.au_measure import measured_aus, track_video
     from pipelines.data_folder import DataFolder

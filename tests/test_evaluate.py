@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.evaluate import EvaluateConfig, emotion_classifier, groundtruth_index, load_clips, score_clip
+from evaluation.evaluate import EvaluateConfig, load_clips, score_clip
+from evaluation.measures import emotion_classifier, groundtruth_index
 from tests.conftest import offline_env, run_tbd
 
 
@@ -30,7 +31,7 @@ def test_a_real_clip_scored_against_itself(mead, demo_corpus):
     or two, lip sync better than with the speech reversed, AU errors computed (against the CoT and the corpus
     ground truth, speech AUs left out), the expression classified from the same calibrated readings the
     classifier was fitted on, and a reference from another clip."""
-    from evaluation.evaluate import classifier_row
+    from evaluation.measures import classifier_row
     from evaluation.metrics import SPEECH_AUS
 
     data, version = mead
@@ -202,7 +203,7 @@ def test_paired_differences_tell_apart_a_small_consistent_shift():
     assert not found["paired"]["a - c"]["told_apart"]  # differences of both signs: not told apart
 
 
-def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_corpus):
+def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_corpus, datasets):
     """dlib tells Grace Hopper's identities (one photo, varied) from the astronaut; the FER2013 judge reads
     the corpus's level-3 happy, sad and neutral clips of the validation speaker as such (after the onset)."""
     import json
@@ -210,7 +211,6 @@ def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_
     from evaluation.judges import EmotionJudge, IdentityJudge, cosine
     from media.face import FaceAnalyzer
     from media.images import read_image
-    from media.video_io import read_frames
 
     meta = json.loads((demo_corpus / "corpus.json").read_text())
     identity = IdentityJudge()
@@ -230,12 +230,16 @@ def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_
         descriptors["heldout"], descriptors[same[0]]
     )
 
+    # The FER2013 judge on the validation speaker's clips as evaluation sees them (48 px crops from the
+    # shards, tracked by track_video), after the 0.32 s onset.
+    from media.au_measure import track_video
+
+    data, version = datasets["mead"]["data"], datasets["mead"]["annotate"]["version"]
+    config = EvaluateConfig(model=data, data=data, version=version, split="val", max_clips=15, max_frames=50)
+    clips = {c.key: c for c in load_clips(config, size=48, version=version, skipped={})}
     judge = EmotionJudge()
     verdicts = {}
-    with FaceAnalyzer() as fa:
-        for emotion, level in (("happy", 3), ("sad", 3), ("neutral", 1)):
-            path = demo_corpus / "mead" / "W003" / "video" / "front" / emotion / f"level_{level}" / "000.mp4"
-            frames = read_frames(path)[0][12:]
-            lm = np.stack([r.mesh.landmarks / frames.shape[2] for r in fa.track(list(frames))])
-            verdicts[emotion] = judge.verdict(frames, lm)
+    for emotion, level in (("happy", 3), ("sad", 3), ("neutral", 1)):
+        frames = clips[f"mead_W003_{emotion}_{level}_000"].frames[12:]
+        verdicts[emotion] = judge.verdict(frames, track_video(frames).landmarks)
     assert verdicts == {"happy": "happy", "sad": "sad", "neutral": "neutral"}, verdicts
