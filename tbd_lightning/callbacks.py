@@ -1,4 +1,4 @@
-"""Training callbacks: sample videos to MLflow, the resolved LightningCLI config as an MLflow artifact, and the
+"""Training callbacks: EMA weights with warm-up, sample videos to MLflow, the resolved LightningCLI config as an MLflow artifact, and the
 trained model as a `TBDPipeline` folder in the run (optionally registered as a model version)."""
 
 from __future__ import annotations
@@ -30,6 +30,50 @@ def log_artifact(trainer: pl.Trainer, path: Path, artifact_dir: str) -> None:
         out = Path(trainer.default_root_dir) / artifact_dir
         out.mkdir(parents=True, exist_ok=True)
         (out / path.name).write_bytes(path.read_bytes())
+
+
+class EMADecay:
+    """The decay of step n (0-based count of averaged updates), as diffusers' `EMAModel.get_decay`:
+    `min(decay, 1 - (1 + n / inv_gamma) ** -power)` with warm-up, else `min(decay, (1 + n) / (10 + n))`, never
+    below `min_decay`. Without warm-up a decay of 0.9999 keeps ~37 % of the initial weights after 10k steps;
+    with it (power 2/3) the average covers the last ~3 % of training at any step. A picklable callable
+    (`AveragedModel`'s `avg_fn(averaged, current, num_averaged)`): DDP spawn and checkpoints carry it."""
+
+    def __init__(self, decay: float, use_warmup: bool = True, inv_gamma: float = 1.0, power: float = 2 / 3,
+                 min_decay: float = 0.0):  # fmt: skip
+        if not 0 <= min_decay <= decay < 1:
+            raise ValueError(f"EMA decay must satisfy 0 <= min_decay <= decay < 1 (got {min_decay}, {decay})")
+        self.decay, self.use_warmup, self.inv_gamma, self.power, self.min_decay = (
+            decay, use_warmup, inv_gamma, power, min_decay
+        )
+
+    def at(self, n: int) -> float:
+        if self.use_warmup:
+            value = 1 - (1 + n / self.inv_gamma) ** -self.power
+        else:
+            value = (1 + n) / (10 + n)
+        return max(self.min_decay, min(self.decay, value))
+
+    def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        d = self.at(int(num_averaged))
+        return averaged * d + current * (1 - d)
+
+
+class WarmupEMA(pl.callbacks.WeightAveraging):
+    """`EMAWeightAveraging` whose decay warms up (`EMADecay`): an export after a short run is the trained
+    weights averaged over its last steps, not the initialisation. Updated after every optimizer step from
+    `update_starting_at_step` (default 0); the averaged weights replace the model's for validation,
+    checkpoints' `state_dict` and the end of training (Lightning's `WeightAveraging`)."""
+
+    def __init__(self, decay: float = 0.9999, use_warmup: bool = True, inv_gamma: float = 1.0,
+                 power: float = 2 / 3, min_decay: float = 0.0, update_starting_at_step: int = 0,
+                 device: str | None = None, use_buffers: bool = True):  # fmt: skip
+        self.ema_decay = EMADecay(decay, use_warmup, inv_gamma, power, min_decay)
+        super().__init__(device=device, use_buffers=use_buffers, avg_fn=self.ema_decay)
+        self.update_starting_at_step = update_starting_at_step
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= self.update_starting_at_step
 
 
 class MLflowSaveConfig(SaveConfigCallback):

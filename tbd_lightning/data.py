@@ -5,10 +5,11 @@ and refuses with the offending shard named. `ClipWindows` (a torch `IterableData
 worker (`webdataset.split_by_node/worker`) and yields exactly `samples_per_rank` items per rank and
 epoch: training resamples shards (seeded by rank, worker and epoch), evaluation cycles its shard subset
 in order, so every rank runs the same number of batches and uneven shard counts cannot hang DDP.
-Each item: a window of `frames` crop frames, the reference frame from another time of the same clip,
-its audio features, landmarks, the soft union mask of the annotated AUs' regions, and the CoT text
-(global sentence + one sentence per AU) as embeddings from `TextEmbedder`. Rejected annotations are
-skipped.
+Each item: a window of `frames` crop frames, a reference frame of another clip of the same speaker
+(`ReferenceBank`), the window's audio features and landmarks, the annotated AUs' region masks drawn on the
+reference's landmarks (static over the window, as at sampling), the mouth of each target frame (a loss
+weight only), and the CoT text (global sentence + one sentence per AU) as embeddings from `TextEmbedder`.
+Rejected annotations are skipped.
 """
 
 from __future__ import annotations
@@ -186,17 +187,17 @@ class ClipWindows(IterableDataset):
         if t_all < self.frames:
             raise UserError(f"{key}: {t_all} frames, fewer than the window of {self.frames}")
         start = rng.randrange(t_all - self.frames + 1) if self.resample else 0
-        reference, reference_key = self._reference(key, meta, video, start, rng)
         landmarks = _npy(members["landmarks.npy"]).astype(np.float32)
+        reference, reference_key, reference_lm = self._reference(key, meta, video, landmarks, start, rng)
         audio = _npy(members["audio.npy"]).astype(np.float32)
         size = self.size or video.shape[1]
+        # The regions the text acts in come from the reference, as at sampling (`TBDPipeline` has nothing
+        # else): masks from the target's frames would tell the model the target's jaw drop and lip opening.
         token_regions = cot_token_regions(cot, self.max_local)
-        union, per_token, mouth = [], [], []
-        for t in range(start, start + self.frames):
-            u, tokens, extra = token_masks(landmarks[t], size, token_regions, self.max_local, ("mouth",))
-            union.append(u)
-            per_token.append(tokens)
-            mouth.append(extra["mouth"])
+        union, per_token, _ = token_masks(reference_lm, size, token_regions, self.max_local)
+        # The mouth of each target frame only weights the loss (`mouth_weight`): never an input.
+        mouth = [token_masks(landmarks[t], size, (), self.max_local, ("mouth",))[2]["mouth"]
+                 for t in range(start, start + self.frames)]  # fmt: skip
         global_text, local = cot_sentences(cot, self.max_local)
         label_text, _ = cot_sentences(cot, self.max_local, label_only=True)
         texts = self.embedder.embed([global_text, label_text, *local])
@@ -212,8 +213,9 @@ class ClipWindows(IterableDataset):
             "reference": self._pixels(to_tensor(reference).permute(2, 0, 1)[None])[0],
             "audio": to_tensor(audio[window]),
             "landmarks": to_tensor(landmarks[window]),
-            "mask": to_tensor(np.stack(union))[:, None],  # (T, 1, H, W): union of the AUs' regions
-            "local_masks": to_tensor(np.stack(per_token)).half(),  # (T, L, H, W): each local token's region
+            # (T, 1, H, W) union of the AUs' regions and (T, L, H, W) each local token's, from the reference
+            "mask": to_tensor(union)[None, None].expand(self.frames, 1, size, size).contiguous(),
+            "local_masks": to_tensor(per_token).half()[None].expand(self.frames, -1, -1, -1).contiguous(),
             "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, H, W)
             "global_text": to_tensor(texts[0]),
             "label_text": to_tensor(texts[1]),  # "contempt, level 2": the label-only caption
@@ -221,10 +223,11 @@ class ClipWindows(IterableDataset):
             "local_valid": torch.arange(self.max_local) < len(local),
         }
 
-    def _reference(self, key: str, meta: dict, video: np.ndarray, start: int, rng: random.Random):
-        """A frame of another clip of the same speaker (neutral first: see `ReferenceBank`), so the model
-        cannot copy the target's expression; only a speaker with a single clip falls back to a frame of
-        the target clip outside the window (named `{key}@same-clip`)."""
+    def _reference(self, key: str, meta: dict, video: np.ndarray, landmarks: np.ndarray, start: int,
+                   rng: random.Random):  # fmt: skip
+        """(frame, key, landmarks): a frame of another clip of the same speaker (neutral first: see
+        `ReferenceBank`), so the model cannot copy the target's expression; only a speaker with a single clip
+        falls back to a frame of the target clip outside the window (named `{key}@same-clip`)."""
         if self.references is not None:
             picked = self.references.pick(meta["speaker"], key, rng if self.resample else None)
             if picked is not None:
@@ -240,10 +243,10 @@ class ClipWindows(IterableDataset):
                         .round()
                         .byte()
                     )
-                return frame, picked.key
+                return frame, picked.key, picked.landmarks
         outside = [t for t in range(len(video)) if t < start or t >= start + self.frames]
         ref_t = rng.choice(outside) if (outside and self.resample) else (outside[0] if outside else start)
-        return video[ref_t], f"{key}@same-clip"
+        return video[ref_t], f"{key}@same-clip", landmarks[ref_t]
 
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float in [-1, 1], resized to `size` (area filter) when asked."""

@@ -132,3 +132,32 @@ def test_two_epochs_give_different_windows(mead, tmp_path):
     module._trainer = SimpleNamespace(train_dataloader=loader, current_epoch=3)
     module.on_train_epoch_start()  # what Lightning calls at each epoch start: the loader is not rebuilt
     assert loader.dataset.epoch == 3
+
+
+def test_region_masks_come_from_the_reference_not_the_target_frames(mead, tmp_path):
+    """At sampling the AU regions can only come from the reference portrait; masks drawn on the target's
+    frames would hand the model the target's jaw drop and lip opening (a shortcut absent at test time)."""
+    from media.au_measure import token_masks
+    from tbd_lightning.text import cot_token_regions
+
+    data, version = mead
+    dm = TBDDataModule(
+        str(data), version, frames=8, batch_size=2, train_batches=4, text_cache=str(tmp_path / "t")
+    )
+    ds = dm.train_dataloader().dataset
+    bank = {r.key: r for refs in ds.references.by_speaker.values() for r in refs}
+    folder = DataFolder(data)
+    cots = {k: a["cot"] for s in folder.aligned_shards(version) for k, a in folder.annotation_members(version, s.name).items()}  # fmt: skip
+    checked = 0
+    for item in ds:
+        n_local = int(item["local_valid"].sum())
+        if not n_local:
+            continue
+        ref = bank[item["reference_key"]]
+        union, tokens, _ = token_masks(ref.landmarks, 64, cot_token_regions(cots[item["key"]], MAX_LOCAL), MAX_LOCAL)
+        assert torch.equal(item["mask"][:, 0], torch.from_numpy(union)[None].expand(8, -1, -1))
+        assert torch.equal(item["local_masks"], torch.from_numpy(tokens).half()[None].expand(8, -1, -1, -1))
+        target = token_masks(item["landmarks"][0].numpy(), 64, cot_token_regions(cots[item["key"]], MAX_LOCAL), MAX_LOCAL)[0]
+        assert not np.array_equal(target, union)  # the target's own face would give other masks
+        checked += 1
+    assert checked >= 4

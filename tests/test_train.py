@@ -385,3 +385,47 @@ def test_last_checkpoint_is_the_final_step(tmp_path):
     trainer.fit(BoringModel())
     assert step_of(tmp_path / "last.ckpt") == 5
     assert step_of(tmp_path / "epoch=0-step=3.ckpt") == 3
+
+
+@pytest.mark.parametrize("callback", ["warmup", "plain-0.99"])
+def test_ema_export_after_a_short_run_is_the_trained_weights(callback, tmp_path):
+    """After 60 steps, the weights the checkpoint (and so `tbd export`) holds are near the trained ones with
+    `WarmupEMA`; Lightning's plain EMA at decay 0.99 (the old tiny.yaml) still holds ~55 % of the initial
+    weights (0.99^60), which the same bound rejects: shown as the expected failure of the old path."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from tbd_lightning.callbacks import EMADecay, WarmupEMA
+
+    class Regress(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(8, 8)
+
+        def training_step(self, batch, _):
+            return (self.net(batch) - 3 * batch).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.2)
+
+    class RawWeights(pl.Callback):  # listed before the EMA callback: sees the weights it replaces
+        def on_train_end(self, trainer, pl_module):
+            self.weight = pl_module.net.weight.detach().clone()
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.randn(240, 8), batch_size=4)
+    module, raw = Regress(), RawWeights()
+    initial = module.net.weight.detach().clone()
+    ema = WarmupEMA(decay=0.9999) if callback == "warmup" else EMAWeightAveraging(decay=0.99)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=60, logger=False, callbacks=[raw, ema], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, data)
+    exported = module.net.weight.detach()  # the averaged weights replace the model's at the end of fit
+    assert (raw.weight - 3 * torch.eye(8)).norm() < 0.5  # training itself got there
+    share_initial = float((exported - raw.weight).norm() / (initial - raw.weight).norm())
+    if callback == "warmup":
+        assert share_initial < 0.2, share_initial
+        assert EMADecay(0.9999).at(0) == 0 and 0.97 < EMADecay(0.9999).at(200) < 0.975
+        assert EMADecay(0.9999, use_warmup=False).at(10) == 11 / 20
+    else:
+        assert share_initial > 0.2, share_initial  # the old path fails the bound the new one passes
