@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbd-setup-stamp
 DEMO_OUT ?= out/demo
 DEMO_STEPS ?= 200
-# Guidance scales that suit a small model (the defaults, 3.5/3/3, are for a well-trained one).
-DEMO_GUIDANCE ?= --guidance.audio_scale 2 --guidance.global_scale 1.5 --guidance.local_scale 1.5
+# Guidance scales that suit a small model (the defaults, 3.5/3/3, are for a well-trained one); equal, so the
+# cfg ablation row is at matched strength (it is then single-stage without the region mask).
+DEMO_GUIDANCE ?= --guidance.audio_scale 2 --guidance.global_scale 2 --guidance.local_scale 2
 
 .PHONY: setup assets demo test test-fast bench lint lock lock-cuda clean \
 	mlflow-server ray-submit infra-check image-cpu image-cuda image-mlflow image-push

@@ -9,8 +9,11 @@ AU-control error against the CoT, emotion accuracy of an AU classifier fitted on
 face rate (with the real clips' face rate at the same size beside it), FID / FVD / a perceptual feature
 distance with user-supplied networks (flagged when too few samples make the estimate rank-deficient), and
 on the demo corpus the AU error against the ground-truth sidecar. With `ablations`, modes progressive /
-single-stage / label-only / no-masks / cfg run on the same clips and seeds and form one table, with a
-spread per row (`evaluation.report`). Results: a printed table, `OUT/evaluation.json`, an MLflow run
+single-stage / label-only / cfg (or no-masks, for a model trained without region masks) run on the same
+clips and seeds and form one table, with a spread per row (`evaluation.report`). `cfg` is compared at
+matched strength: with s_a = s_g = s_l it is single-stage without the region mask (a warning otherwise).
+There is no no-masks row for a model trained with masks: removing them at sampling would measure an input
+it never saw, not the value of masks (train with `data.region_masks: false` for that row). Results: a printed table, `OUT/evaluation.json`, an MLflow run
 (metrics per mode, the JSON, a real-vs-generated strip and an AU timeline plot).
 """
 
@@ -30,7 +33,7 @@ from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
 
 log = logging.getLogger(__name__)
-ABLATIONS = ("progressive", "single-stage", "label-only", "no-masks", "cfg")
+ABLATIONS = ("progressive", "single-stage", "label-only", "cfg")  # + no-masks for a model trained without
 STILL = "reference-still"  # the floor: the reference frame repeated (no model)
 THINK = "think-label"  # the deployed setting: the CoT thought from the label alone, as `tbd generate` does
 REAL = "real"  # the ceiling: the real clip scored as if it were generated
@@ -208,15 +211,28 @@ def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
     return folder.pick_version(None)
 
 
-def guidance_runs(config: EvaluateConfig) -> list[tuple[str, GuidanceConfig | None, bool]]:
+def guidance_runs(
+    config: EvaluateConfig, region_masks: bool = True
+) -> list[tuple[str, GuidanceConfig | None, bool]]:
     """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it (all
-    on the clip's own annotation), then `think-label` (the configured guidance on a CoT thought from the label
-    alone, as deployed), the real clips (the ceiling) and the `reference-still` floor (guidance None: no model)."""
-    bounds = [(THINK, config.guidance, False), (REAL, None, False), (STILL, None, False)]
+    on the clip's own annotation; `no-masks` instead of `progressive`'s masks for a model trained without
+    them), then `think-label` (the configured guidance on a CoT thought from the label alone, as deployed),
+    the real clips (the ceiling) and the `reference-still` floor (guidance None: no model)."""
+    g = config.guidance
+    if not region_masks and g.mode != "no-masks":
+        log.warning("the model was trained without region masks: sampling with guidance mode no-masks")
+        g = replace(g, mode="no-masks")
+    bounds = [(THINK, g, False), (REAL, None, False), (STILL, None, False)]
     if not config.ablations:
-        return [(config.guidance.mode, config.guidance, False), *bounds]
-    return [(m, replace(config.guidance, mode="progressive" if m == "label-only" else m), m == "label-only")
-            for m in ABLATIONS] + bounds  # fmt: skip
+        return [(g.mode, g, False), *bounds]
+    if len({g.audio_scale, g.global_scale, g.local_scale}) > 1:
+        log.warning("cfg is not at matched strength: audio/global/local scales %s/%s/%s differ (cfg uses the "
+                    "audio scale for every condition)", g.audio_scale, g.global_scale, g.local_scale)  # fmt: skip
+    first = "progressive" if region_masks else "no-masks"
+    modes = [first if m == "progressive" else m for m in ABLATIONS]
+    return [
+        (m, replace(g, mode=first if m == "label-only" else m), m == "label-only") for m in modes
+    ] + bounds
 
 
 def run_evaluate(config: EvaluateConfig) -> dict:
@@ -254,7 +270,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         for name, path in (("fid", config.fid_net), ("fvd", config.fvd_net), ("features", config.feature_net))
         if path
     }
-    runs = guidance_runs(config)
+    runs = guidance_runs(config, (pipe.config.conditioning or {}).get("region_masks", True))
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
 

@@ -44,7 +44,11 @@ class EMADecay:
         if not 0 <= min_decay <= decay < 1:
             raise ValueError(f"EMA decay must satisfy 0 <= min_decay <= decay < 1 (got {min_decay}, {decay})")
         self.decay, self.use_warmup, self.inv_gamma, self.power, self.min_decay = (
-            decay, use_warmup, inv_gamma, power, min_decay
+            decay,
+            use_warmup,
+            inv_gamma,
+            power,
+            min_decay,
         )
 
     def at(self, n: int) -> float:

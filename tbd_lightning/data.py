@@ -115,8 +115,9 @@ class ClipWindows(IterableDataset):
         text_encoder: str | None = None,
         max_local: int = MAX_LOCAL,
         references: ReferenceBank | None = None,
+        region_masks: bool = True,
     ):
-        self.max_local, self.references = max_local, references
+        self.max_local, self.references, self.region_masks = max_local, references, region_masks
         self.shards, self.splits, self.frames, self.size = shards, splits, frames, size
         self.text_encoder = text_encoder
         self.samples_per_rank, self.resample, self.seed = samples_per_rank, resample, seed
@@ -215,7 +216,16 @@ class ClipWindows(IterableDataset):
             "landmarks": to_tensor(landmarks[window]),
             # (T, 1, H, W) union of the AUs' regions and (T, L, H, W) each local token's, from the reference
             "mask": to_tensor(union)[None, None].expand(self.frames, 1, size, size).contiguous(),
-            "local_masks": to_tensor(per_token).half()[None].expand(self.frames, -1, -1, -1).contiguous(),
+            **(
+                {
+                    "local_masks": to_tensor(per_token)
+                    .half()[None]
+                    .expand(self.frames, -1, -1, -1)
+                    .contiguous()
+                }
+                if self.region_masks
+                else {}
+            ),  # without: each local token acts everywhere (`no-masks` sampling)
             "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, H, W)
             "global_text": to_tensor(texts[0]),
             "label_text": to_tensor(texts[1]),  # "contempt, level 2": the label-only caption
@@ -286,10 +296,13 @@ class TBDDataModule(pl.LightningDataModule):
         size: int | None = None,
         text_encoder: str | None = None,
         max_local: int = MAX_LOCAL,
+        region_masks: bool = True,
     ):
         """`size` resizes frames (and rasterises masks) to size x size; None keeps the shards' crop size.
         `text_encoder`: a local sentence-transformers or CLIP folder; None = the offline MiniLM package.
-        `max_local`: local sentences per sample; `tbd train` links it to the model's `max_local`."""
+        `max_local`: local sentences per sample; `tbd train` links it to the model's `max_local`.
+        `region_masks`: False trains without per-token regions (each local sentence acts everywhere): the model
+        that the `no-masks` guidance mode is for (recorded in the exported pipeline's `conditioning`)."""
         super().__init__()
         self.save_hyperparameters()
         self.folder = DataFolder(data)
@@ -311,7 +324,7 @@ class TBDDataModule(pl.LightningDataModule):
         return ClipWindows(
             shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
             resample=resample, seed=seed, text_cache=h.text_cache, size=h.size,
-            text_encoder=h.text_encoder, max_local=h.max_local,
+            text_encoder=h.text_encoder, max_local=h.max_local, region_masks=h.region_masks,
             references=ReferenceBank.build(self.folder, shards, splits),
         )  # fmt: skip
 

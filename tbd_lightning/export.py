@@ -37,6 +37,7 @@ def pipeline_from_module(module, data_hparams: dict, source: dict):
     conditioning = {
         "frames": data_hparams.get("frames"), "size": data_hparams.get("size"),
         "prediction_type": module.hparams["prediction_type"], "branches": dict(module.branches),
+        "region_masks": data_hparams.get("region_masks", True),  # False: sample with guidance mode no-masks
     }  # fmt: skip
     return TBDPipeline(
         denoiser=module.model, scheduler=module.scheduler, vae=module.vae,

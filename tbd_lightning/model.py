@@ -109,7 +109,7 @@ class ConditionTokens:
             ~valid, torch.finfo(dtype).min
         )
         per_frame = lambda t: t.repeat_interleave(frames, 0)  # noqa: E731
-        masks = None if cond.local_masks is None else cond.local_masks.to(dtype).flatten(0, 1)
+        masks = None if cond.local_masks is None else RegionMasks(cond.local_masks.to(dtype).flatten(0, 1))
         return a.flatten(0, 1), per_frame(g), per_frame(loc), per_frame(bias[:, None]), masks  # fmt: skip
 
 
@@ -144,7 +144,7 @@ class ConditionedTransformer(nn.Module):
         y = y + self.self_attn(self.norms["self"](y))
         y = y + self.audio_attn(self.norms["audio"](y), encoder_hidden_states=audio)
         y = y + self.global_attn(self.norms["global"](y), encoder_hidden_states=global_tok)
-        bias = local_bias if masks is None else local_bias + region_bias(masks, h, w, local_bias.dtype)
+        bias = local_bias if masks is None else local_bias + masks.bias(h, w, local_bias.dtype)
         y = y + self.local_attn(self.norms["local"](y), encoder_hidden_states=local_tok, attention_mask=bias)
         b = bt // frames  # temporal attention: one sequence of T frames per spatial position
         z = y.reshape(b, frames, h * w, c).permute(0, 2, 1, 3).reshape(b * h * w, frames, c)
@@ -161,6 +161,20 @@ def region_bias(masks: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torc
     floor = torch.finfo(dtype).min
     log_m = torch.where(m > 1e-4, m.clamp_min(1e-4).log(), torch.full_like(m, floor))
     return torch.cat([torch.zeros_like(log_m[..., :1]), log_m], -1)
+
+
+class RegionMasks:
+    """Each local token's region (BT, L, H, W) and its attention bias per resolution, computed once per
+    forward pass (`region_bias`) and shared by every attention layer at that resolution."""
+
+    def __init__(self, masks: torch.Tensor):
+        self.masks, self._bias = masks, {}
+
+    def bias(self, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+        key = (h, w, dtype)
+        if key not in self._bias:
+            self._bias[key] = region_bias(self.masks, h, w, dtype)
+        return self._bias[key]
 
 
 class Level(nn.Module):

@@ -12,7 +12,13 @@ w_l = 0. Ablations of the same sampler: `single-stage` (w_g = w_l = 1 at every s
 no local masks in the model either: each local token acts everywhere);
 `label-only` concerns the text and is made by the caller (global text = the label caption, no locals; training
 sees that caption in its `label` branch).
-`cfg` is the plain two-branch baseline, ε(∅) + s_a·(ε(a,g,l) − ε(∅)) (training previews, benchmarks).
+`cfg` is the plain two-branch baseline, ε(∅) + s_a·(ε(a,g,l) − ε(∅)) (training previews, benchmarks); with
+s_a = s_g = s_l it is `single-stage` without M: the matched-strength comparison.
+
+`interval` (p_lo, p_hi) limits guidance to part of the trajectory (Kynkäänniemi et al. 2024, "Applying guidance
+in a limited interval"): outside it each step evaluates one branch, the conditions the stage admits, unguided
+(ε(a,g) before p*, ε(a,g,l) after; `cfg`: ε(a,g,l)). The cost per step is linear in the branches evaluated
+(`benchmarks/bench_sampler.py` profiles it), so this is where the time goes when guidance time matters.
 Works with any diffusers scheduler that has `set_timesteps`/`scale_model_input`/`step` (DDIM, Euler, DPM).
 """
 
@@ -44,12 +50,16 @@ class GuidanceConfig:
         0.0  # Lin et al. 2023 (diffusers' guidance_rescale): 0 off, ~0.7 against oversaturation
     )
     motion_frames: int = 0  # long videos: frames each window takes from the previous one (0: independent)
+    interval: tuple[float, float] = (0.0, 1.0)  # progress range where guidance applies (outside: 1 branch)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"guidance mode {self.mode!r}; choose one of {MODES}")
         if not 0 <= self.switch <= 1:
             raise ValueError(f"switch point {self.switch} must be in [0, 1]")
+        lo, hi = self.interval
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"guidance interval {self.interval} must satisfy 0 <= lo < hi <= 1")
         if self.motion_frames < 0:
             raise ValueError(f"motion_frames {self.motion_frames} must be >= 0")
 
@@ -97,6 +107,7 @@ class ProgressiveSampler:
         self.denoiser, self.config = denoiser, config
         self.scheduler = make_scheduler(config.scheduler, train_scheduler_config)
         self.forward_passes = 0  # batched model calls (one per step)
+        self.branch_evaluations = 0  # branch rows evaluated (what the cost of a step is linear in)
 
     def _branches(self, w_l: float) -> list[str]:
         c = self.config
@@ -114,6 +125,7 @@ class ProgressiveSampler:
     ) -> dict[str, torch.Tensor]:
         """The denoiser's output under each named branch; one forward pass when `batched`."""
         b, masks = x.shape[0], self.config.mode != "no-masks"
+        self.branch_evaluations += len(names)
         if not batched:
             return {n: self.denoiser(x, t.expand(b), _with_keep(cond, BRANCHES[n], masks)) for n in names}
         out = self.denoiser(torch.cat([x] * len(names)), t.expand(b * len(names)),
@@ -125,6 +137,10 @@ class ProgressiveSampler:
         """Guided model output for one step, and its terms (for inspection and tests)."""
         c = self.config
         w_g, w_l = c.weights(progress)
+        if not c.interval[0] <= progress <= c.interval[1]:  # unguided: the conditions the stage admits
+            name = "agl" if c.mode == "cfg" or (w_l != 0 and c.local_scale != 0) else "ag"
+            e = self.evaluate(x, t, cond, [name], batched)
+            return e[name], {"conditional": e[name]}
         e = self.evaluate(x, t, cond, self._branches(w_l), batched)
         if c.mode == "cfg":
             terms = {"base": e["none"], "all": c.audio_scale * (e["agl"] - e["none"])}

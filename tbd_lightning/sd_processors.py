@@ -7,7 +7,7 @@ reference's (repeated per frame); samples whose reference is dropped do not see 
 `ConditionCrossAttnProcessor` (attn2): out = to_out(A(q, text) + A(q, audio) + A(q, local)) with SD's
 own keys/values for the (global emotion) text and new ones for audio and local tokens (as IP-Adapter
 adds image keys/values); the local attention's bias keeps each local token inside its own region
-(`tbd_lightning.model.region_bias`) and a null token is always attendable. Without `tbd` conditions
+(`tbd_lightning.model.RegionMasks`) and a null token is always attendable. Without `tbd` conditions
 (the reference write pass, or plain SD use) it is SD's cross-attention.
 Everything a processor needs comes through `cross_attention_kwargs={"tbd": ...}`, never from state set
 around the call: gradient checkpointing recomputes blocks during backward, after the forward has returned.
@@ -20,8 +20,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from tbd_lightning.model import region_bias
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -92,6 +90,6 @@ class ConditionCrossAttnProcessor(nn.Module):
             )  # (BT, 1+L, D), (BT, 1, 1+L)
             if tbd["masks"] is not None:
                 side = math.isqrt(hidden_states.shape[1])  # square frames
-                bias = bias + region_bias(tbd["masks"], side, side, q.dtype)
+                bias = bias + tbd["masks"].bias(side, side, q.dtype)
             out = out + _attend(q, self.to_k_local(local), self.to_v_local(local), attn.heads, bias[:, None])
         return attn.to_out[1](attn.to_out[0](out.to(hidden_states.dtype)))

@@ -154,10 +154,14 @@ def test_region_masks_come_from_the_reference_not_the_target_frames(mead, tmp_pa
         if not n_local:
             continue
         ref = bank[item["reference_key"]]
-        union, tokens, _ = token_masks(ref.landmarks, 64, cot_token_regions(cots[item["key"]], MAX_LOCAL), MAX_LOCAL)
+        union, tokens, _ = token_masks(
+            ref.landmarks, 64, cot_token_regions(cots[item["key"]], MAX_LOCAL), MAX_LOCAL
+        )
         assert torch.equal(item["mask"][:, 0], torch.from_numpy(union)[None].expand(8, -1, -1))
         assert torch.equal(item["local_masks"], torch.from_numpy(tokens).half()[None].expand(8, -1, -1, -1))
-        target = token_masks(item["landmarks"][0].numpy(), 64, cot_token_regions(cots[item["key"]], MAX_LOCAL), MAX_LOCAL)[0]
+        target = token_masks(
+            item["landmarks"][0].numpy(), 64, cot_token_regions(cots[item["key"]], MAX_LOCAL), MAX_LOCAL
+        )[0]
         assert not np.array_equal(target, union)  # the target's own face would give other masks
         checked += 1
     assert checked >= 4

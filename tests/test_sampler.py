@@ -164,3 +164,28 @@ def test_guidance_rescale_pulls_the_std_back_to_the_conditional_branch(model, tr
         full = sampler.evaluate(x, torch.tensor(500), cond, ["agl"])["agl"]
     assert rescaled.std() == pytest.approx(full.std().item(), rel=1e-3)
     assert abs(plain.std() - full.std()) > abs(rescaled.std() - full.std())
+
+
+def test_outside_the_guidance_interval_a_step_is_the_unguided_conditional_branch(model, train_config):
+    """Guidance limited to p in [0.2, 0.8]: outside, one branch (the conditions the stage admits), unguided;
+    inside, the full progressive formula. The cfg baseline gets the same treatment (like with like)."""
+    cond = conditions(torch.ones(1, 2, 1, 16, 16))
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor(500)
+    limited = ProgressiveSampler(model, train_config, GuidanceConfig(switch=0.4, interval=(0.2, 0.8)))
+    full = ProgressiveSampler(model, train_config, GuidanceConfig(switch=0.4))
+    with torch.no_grad():
+        for progress, branch in ((0.1, "ag"), (0.9, "agl")):
+            eps, terms = limited.guided(x, t, cond, progress)
+            assert set(terms) == {"conditional"}
+            torch.testing.assert_close(
+                eps, model(x, t.expand(1), _with_keep(cond, BRANCHES[branch])), atol=1e-5, rtol=0
+            )
+        rows = limited.branch_evaluations
+        torch.testing.assert_close(limited.guided(x, t, cond, 0.5)[0], full.guided(x, t, cond, 0.5)[0])
+        assert limited.branch_evaluations - rows == 4 and rows == 2
+        cfg = ProgressiveSampler(model, train_config, GuidanceConfig(mode="cfg", interval=(0.0, 0.8)))
+        eps, terms = cfg.guided(x, t, cond, 0.9)
+        assert set(terms) == {"conditional"} and cfg.branch_evaluations == 1
+    with pytest.raises(ValueError, match="interval"):
+        GuidanceConfig(interval=(0.8, 0.2))

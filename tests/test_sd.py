@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tbd_lightning.model import Conditions
+from tbd_lightning.model import Conditions, RegionMasks
 from tests.conftest import offline_env, run_tbd
 
 SD_TINY = str(Path(__file__).parents[1] / "configs" / "train" / "sd-tiny.yaml")
@@ -103,7 +103,7 @@ def test_a_local_token_acts_only_inside_its_own_region(denoiser):
     masks = torch.zeros(2, 2, side, side)
     masks[:, 0, :3], masks[:, 1, 5:] = 1.0, 1.0  # token 1: top rows; token 2: bottom rows
     local = torch.randn(2, 3, dim, generator=g)
-    extra = {"audio": torch.randn(2, 5, dim, generator=g), "local": local, "local_bias": torch.zeros(2, 1, 3), "masks": masks}  # fmt: skip
+    extra = {"audio": torch.randn(2, 5, dim, generator=g), "local": local, "local_bias": torch.zeros(2, 1, 3), "masks": RegionMasks(masks)}  # fmt: skip
     text = torch.randn(2, 4, dim, generator=g)
     changed = local.clone()
     changed[:, 2] = torch.randn(2, dim, generator=g)
