@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from evaluation.measures import classifier_row, emotion_classifier, groundtruth_aus, groundtruth_index
+from evaluation.measures import (
+    classifier_row,
+    counterfactual_emotion,
+    emotion_classifier,
+    emotion_templates,
+    groundtruth_aus,
+    groundtruth_index,
+)
 from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
 
@@ -79,11 +86,13 @@ class Clip:
     label_cot: dict | None = None  # the CoT thought from the label alone (the facs engine, no evidence)
 
 
-def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[str, str]) -> list[Clip]:
-    """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions);
-    a first pass reads only sidecars and annotations, the second decodes the chosen clips. The reference
-    never lies inside the scored frames: a speaker with a single clip takes its last frame when the clip is
-    longer than `max_frames`, else the clip is skipped (key -> reason in `skipped`)."""
+def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[str, str],
+               keys: list[str] | None = None) -> list[Clip]:  # fmt: skip
+    """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions),
+    or exactly the clips `keys` (any split); a first pass reads only sidecars and annotations, the second
+    decodes the chosen clips. The reference never lies inside the scored frames: a speaker with a single
+    clip takes its last frame when the clip is longer than `max_frames`, else the clip is skipped (key ->
+    reason in `skipped`)."""
     import cv2
     from scipy.io import wavfile
 
@@ -93,20 +102,24 @@ def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[st
 
     folder = DataFolder(config.data)
     shards = folder.aligned_shards(version)
-    references = ReferenceBank.build(folder, shards, {config.split})
+    references = ReferenceBank.build(folder, shards, set(folder.split_counts()) if keys else {config.split})
     summaries = folder.media_summaries()
     eligible, cots = [], {}
     for index, shard in enumerate(shards):
         anns = folder.annotation_members(version, shard.name)
         for key in shard.keys:
-            if summaries[key]["split"] == config.split and anns[key]["validation"]["outcome"] != "rejected":
+            wanted = key in keys if keys else summaries[key]["split"] == config.split
+            if wanted and anns[key]["validation"]["outcome"] != "rejected":
                 eligible.append((index, key))
                 cots[key] = anns[key]["cot"]
+    if keys and len(eligible) < len(keys):
+        missing = sorted(set(keys) - {k for _, k in eligible})
+        raise UserError(f"clips {missing} are not in {config.data} or their annotation was rejected")
     if not eligible:
         raise UserError(
             f"no usable clips of split {config.split!r} in {config.data} (clips per split: {folder.split_counts()})"
         )
-    picks = [eligible[i] for i in sorted(set(np.linspace(0, len(eligible) - 1, min(config.max_clips, len(eligible))).round().astype(int)))]  # fmt: skip
+    picks = eligible if keys else [eligible[i] for i in sorted(set(np.linspace(0, len(eligible) - 1, min(config.max_clips, len(eligible))).round().astype(int)))]  # fmt: skip
     clips = []
     for index in sorted({i for i, _ in picks}):
         wanted = {k for i, k in picks if i == index}
@@ -140,13 +153,22 @@ def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[st
 
 
 def score_clip(
-    clip: Clip, frames: np.ndarray, requested: dict, gt: Path | None, clf, reference, judges=None
+    clip: Clip,
+    frames: np.ndarray,
+    requested: dict,
+    gt: Path | None,
+    clf,
+    reference,
+    judges=None,
+    templates: dict | None = None,
 ) -> tuple[dict, dict[int, list]]:
     """The metric row of `frames` (generated, the real clip itself, or the still reference) and their
     measured AU series. Every video is measured the same way: `track_video` at the model's size, AUs
     against the reference frame's features (`reference`: its tracked `VideoAUs`), landmarks compared after a
     Procrustes alignment. Speech AUs (25, 26, 27) are left to the lip-sync metric. With `judges`
-    (`evaluation.judges.Judges`): the FER2013 verdict and the identity similarity to the reference."""
+    (`evaluation.judges.Judges`): the FER2013 verdict and the identity similarity to the reference. With
+    `templates` (the speaker's ground-truth renders per emotion, `emotion_templates`): the counterfactual
+    test, `counterfactual_correct` (the video is nearest to the render of its own emotion)."""
     from evaluation import metrics
     from media.au_measure import measured_aus, track_video
     from media.video_io import frame_envelope
@@ -176,6 +198,10 @@ def score_clip(
         features = classifier_row(clf, video, base)
         if features is not None:
             row["emotion_correct"] = float(clf.predict(features)[0] == clip.meta["emotion"])
+    if templates:
+        nearest = counterfactual_emotion(templates, measured)
+        if nearest is not None:
+            row["counterfactual_correct"] = float(nearest == clip.meta["emotion"])
     if judges is not None:
         row.update(judges.score(frames, video.landmarks, clip.meta["emotion"], clip.reference_identity))
     return row, measured
@@ -265,6 +291,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             )
     clf = emotion_classifier(Path(config.data))
     gt_index = groundtruth_index(config.groundtruth)
+    templates = emotion_templates(config.groundtruth)
     nets = {
         name: torch.jit.load(str(path), map_location="cpu").eval()
         for name, path in (("fid", config.fid_net), ("fvd", config.fvd_net), ("features", config.feature_net))
@@ -294,7 +321,14 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 frames, seams = result.frames, result.seam_ratio
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
             row, measured = score_clip(
-                clip, frames, requested_aus(cot), gt, clf, clip.reference_video, judges
+                clip,
+                frames,
+                requested_aus(cot),
+                gt,
+                clf,
+                clip.reference_video,
+                judges,
+                templates.get((clip.meta["speaker"], clip.meta["level"] or 1)),
             )
             row["seam_ratio"] = seams
             rows.append({"key": clip.key, "reference": clip.reference_key, **row})

@@ -70,3 +70,36 @@ def groundtruth_aus(path: Path, frames: int) -> dict[int, list[float]]:
         values = data["au"][:frames, i]
         out[au] = list(np.maximum(out.get(au, np.zeros(len(values))), values))
     return out
+
+
+def emotion_templates(corpus: Path | None) -> dict[tuple[str, int], dict[str, dict[int, float]]]:
+    """The counterfactual test's references: per (speaker, level), each emotion's ground-truth AU
+    intensities averaged over its render's frames (neutral: its level-1 render stands for every level).
+    Empty without a demo corpus."""
+    if corpus is None:
+        return {}
+    index = json.loads((corpus / "corpus.json").read_text())
+    clips = [c for c in index["clips"] if c["layout"] == "mead"]
+    out: dict[tuple[str, int], dict[str, dict[int, float]]] = {}
+    levels = {c["level"] for c in clips if c["emotion"] != "neutral"}
+    for c in clips:
+        truth = groundtruth_aus(corpus / c["groundtruth"], c["frames"])
+        mean = {au: float(np.mean(v)) for au, v in truth.items()}
+        for level in levels if c["emotion"] == "neutral" else (c["level"],):
+            out.setdefault((c["speaker"], level), {})[c["emotion"]] = mean
+    return out
+
+
+def counterfactual_emotion(templates: dict[str, dict[int, float]], measured: dict[int, list]) -> str | None:
+    """The emotion whose ground-truth render is nearest (Euclidean, over the measured AUs) to the video's
+    mean measured AU intensities: a generated clip passes the counterfactual test when this is the emotion it
+    was asked for, i.e. it is closer to that render than to the other emotions' renders of its speaker."""
+    aus = sorted(au for au, s in measured.items() if any(v is not None for v in s))
+    if not aus or len(templates) < 2:
+        return None
+    video = np.array([np.mean([v for v in measured[au] if v is not None]) for au in aus])
+    dist = {
+        e: float(np.linalg.norm(video - np.array([t.get(au, 0.0) for au in aus])))
+        for e, t in templates.items()
+    }
+    return min(dist, key=dist.get)

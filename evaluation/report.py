@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("psnr", "ssim", "lmd_full", "lmd_mouth", "sync_corr", "sync_corr_best", "sync_offset",
-           "au_control_error", "au_gt_error", "emotion_correct", "fer_accuracy", "identity_similarity",
+           "au_control_error", "au_gt_error", "emotion_correct", "counterfactual_correct", "fer_accuracy",
+           "identity_similarity",
            "identity_distance", "face_rate", "feature_distance", "seam_ratio")  # fmt: skip
 
 

@@ -170,6 +170,12 @@ COMMANDS: dict[str, Command] = {
             show=lambda r: {k: r[k] for k in ("video", "strip", "au_plot", "frames", "seconds", "emotion", "windows", "seam_ratio")},
         ),
         Command(
+            "check-conditioning", "overfit a handful of clips, swap speech / text / reference: does each act?",
+            "evaluation.conditioning:CheckConfig", "evaluation.conditioning:check",
+            show=lambda r: {c: e["effect"] for c, e in r["effects"].items()},
+            examples=("tbd check-conditioning --data data/mead --train_config configs/train/tiny.yaml --steps 600",),
+        ),
+        Command(
             "evaluate", "score generated held-out clips (PSNR/SSIM/LMD/sync/AU/emotion)",
             "evaluation.evaluate:EvaluateConfig", "evaluation.evaluate:run_evaluate",
             show=lambda r: {"clips": len(r["clips"]), "results": r["results"]},

@@ -116,8 +116,10 @@ class ClipWindows(IterableDataset):
         max_local: int = MAX_LOCAL,
         references: ReferenceBank | None = None,
         region_masks: bool = True,
+        keys: set[str] | None = None,
     ):
         self.max_local, self.references, self.region_masks = max_local, references, region_masks
+        self.keys = keys  # only these clips (a handful to overfit), whatever their split
         self.shards, self.splits, self.frames, self.size = shards, splits, frames, size
         self.text_encoder = text_encoder
         self.samples_per_rank, self.resample, self.seed = samples_per_rank, resample, seed
@@ -168,7 +170,8 @@ class ClipWindows(IterableDataset):
         for key in keys:
             meta = json.loads(media[key]["json"])
             ann = json.loads(anns[key]["cot.json"])
-            if meta["split"] not in self.splits or ann["validation"]["outcome"] == "rejected":
+            wanted = meta["split"] in self.splits if self.keys is None else key in self.keys
+            if not wanted or ann["validation"]["outcome"] == "rejected":
                 continue
             yield self._window(key, media[key], meta, ann["cot"], rng)
 
@@ -297,12 +300,15 @@ class TBDDataModule(pl.LightningDataModule):
         text_encoder: str | None = None,
         max_local: int = MAX_LOCAL,
         region_masks: bool = True,
+        clips: list[str] | None = None,
     ):
         """`size` resizes frames (and rasterises masks) to size x size; None keeps the shards' crop size.
         `text_encoder`: a local sentence-transformers or CLIP folder; None = the offline MiniLM package.
         `max_local`: local sentences per sample; `tbd train` links it to the model's `max_local`.
         `region_masks`: False trains without per-token regions (each local sentence acts everywhere): the model
-        that the `no-masks` guidance mode is for (recorded in the exported pipeline's `conditioning`)."""
+        that the `no-masks` guidance mode is for (recorded in the exported pipeline's `conditioning`).
+        `clips`: train and validate on these clip keys only, whatever their split (overfitting a handful, as
+        `tbd check-conditioning` does); references still come from every clip of their speakers."""
         super().__init__()
         self.save_hyperparameters()
         self.folder = DataFolder(data)
@@ -319,13 +325,21 @@ class TBDDataModule(pl.LightningDataModule):
         h = self.hparams
         per_shard = self.folder.shard_splits()
         shards = [s for s in self.shards if splits & set(per_shard[s.name])]
+        bank_shards, bank_splits, keys = shards, splits, None
+        if h.clips:
+            keys = set(h.clips)
+            missing = keys - {k for s in self.shards for k in s.keys}
+            if missing:
+                raise UserError(f"clips {sorted(missing)} are not in {self.folder.root}")
+            shards = [s for s in self.shards if keys & set(s.keys)]
+            bank_shards, bank_splits = self.shards, set(self.folder.split_counts())
         if not shards:
             raise UserError(f"no media shard holds clips of split(s) {sorted(splits)} in {self.folder.root}")
         return ClipWindows(
             shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
             resample=resample, seed=seed, text_cache=h.text_cache, size=h.size,
-            text_encoder=h.text_encoder, max_local=h.max_local, region_masks=h.region_masks,
-            references=ReferenceBank.build(self.folder, shards, splits),
+            text_encoder=h.text_encoder, max_local=h.max_local, region_masks=h.region_masks, keys=keys,
+            references=ReferenceBank.build(self.folder, bank_shards, bank_splits),
         )  # fmt: skip
 
     def train_dataloader(self):

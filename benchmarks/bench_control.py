@@ -1,0 +1,132 @@
+"""The control experiment: does Draw follow the emotion text and the speech for a speaker it never saw?
+
+    make control     # make demo's data, then this script: about 55 min on 2 cores
+    python benchmarks/bench_control.py --out out/control [--steps 2500]
+
+Trains the tiny model (`configs/train/tiny.yaml`, batch 4) on the demo corpus's training speakers for
+`--steps` through `tbd train` (MLflow-tracked), exports it, and evaluates every validation clip (W003, never
+seen in training) with `tbd evaluate --ablations` at matched guidance scales: progressive, single-stage,
+label-only, cfg, think-label (the CoT thought from the label alone, as deployed), the real clips (the
+ceiling) and the still reference (the floor). Prints one table: emotion accuracy (the counterfactual test:
+nearest ground-truth render of the speaker's 8 emotions; the calibrated AU classifier; the FER2013 judge),
+lip-sync proxy, identity similarity, AU-trajectory error against the renderer's ground truth, each with its
+bootstrap 95 % interval; paired differences (bootstrap 95 % interval of per-clip differences) of every mode
+against progressive and against the still; the issue's acceptance lines; one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evaluation.report import bootstrap_interval, separable  # noqa: E402
+
+METRICS = {
+    "counterfactual_correct": "counterfactual",
+    "emotion_correct": "AU classifier",
+    "fer_accuracy": "FER2013",
+    "sync_corr": "lip-sync",
+    "identity_similarity": "identity",
+    "au_gt_error": "AU traj. err",
+}
+GUIDANCE = ("--guidance.audio_scale", "2", "--guidance.global_scale", "2", "--guidance.local_scale", "2")
+
+
+def tbd(*args: str) -> None:
+    start = time.time()
+    print(f"$ tbd {' '.join(args)}", flush=True)
+    subprocess.run([str(Path(sys.executable).parent / "tbd"), *args], check=True, stdout=subprocess.DEVNULL)
+    print(f"  ({(time.time() - start) / 60:.1f} min)", flush=True)
+
+
+def lower_bound(rows: list[dict], metric: str) -> float | None:
+    values = [r[metric] for r in rows if r.get(metric) is not None]
+    return bootstrap_interval(values)[0] if len(values) > 1 else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="out/demo/data/mead", help="the demo's mead data folder (make demo)")
+    ap.add_argument("--corpus", default="out/demo/corpus", help="the demo corpus (ground truth)")
+    ap.add_argument("--out", default="out/control")
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--max_frames", type=int, default=24)
+    ap.add_argument("--guidance_steps", type=int, default=8)
+    ap.add_argument("--skip_training", action="store_true", help="evaluate OUT/model as it is")
+    args = ap.parse_args()
+    out, data = Path(args.out), Path(args.data)
+    if not (data / "media").is_dir():
+        raise SystemExit(f"{data} has no media shards: run `make demo` first (or give --data)")
+    start = time.time()
+    if not args.skip_training:
+        tbd("train", "--config", str(ROOT / "configs/train/tiny.yaml"), "--data.data", str(data),
+            "--trainer.default_root_dir", str(out / "train"), "--data.text_cache", str(out / "text-cache"),
+            "--trainer.max_steps", str(args.steps), "--data.batch_size", str(args.batch_size),
+            "--data.train_batches", str(args.steps))  # fmt: skip
+        tbd("export", str(out / "train/checkpoints/last.ckpt"), str(out / "model"))
+    tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips", "100",
+        "--max_frames", str(args.max_frames), "--guidance.steps", str(args.guidance_steps), *GUIDANCE,
+        "--ablations", "true", "--groundtruth", args.corpus, "--out", str(out / "evaluation"))  # fmt: skip
+    report = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    results, per_clip = report["results"], report["per_clip"]
+
+    print(f"\ncontrol experiment: {len(report['clips'])} validation clips of a held-out speaker, "
+          f"{args.steps} training steps; mean [bootstrap 95 %]")  # fmt: skip
+    print(f"{'row':16s}" + "".join(f"{name:>24s}" for name in METRICS.values()))
+    for mode, r in results.items():
+        cells = []
+        for m in METRICS:
+            v, ci = r.get(m), r.get(f"{m}_ci95")
+            cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.2f},{ci[1]:.2f}]" if ci else ""))
+        print(f"{mode:16s}" + "".join(f"{c:>24s}" for c in cells))
+    paired = {m: separable(results, m, per_clip)["paired"] for m in METRICS}
+    print("\npaired differences (mean [95 %], per clip, same seeds):")
+    for m, pairs in paired.items():
+        for pair, p in pairs.items():
+            a, b = pair.split(" - ")
+            if "progressive" in (a, b) or "reference-still" in (a, b):
+                flag = " *" if p["told_apart"] else ""
+                print(
+                    f"  {METRICS[m]:14s} {pair:34s} {p['mean']:+.3f} [{p['ci95'][0]:+.3f},{p['ci95'][1]:+.3f}]{flag}"
+                )
+
+    prog = per_clip.get("progressive", [])
+    sync = paired["sync_corr"].get("progressive - reference-still")
+    real_id, prog_id = (
+        results["real"].get("identity_similarity"),
+        results["progressive"].get("identity_similarity"),
+    )
+    checks = {
+        "counterfactual accuracy lower bound > 0.25": (lower_bound(prog, "counterfactual_correct") or 0)
+        > 0.25,
+        "calibrated classifier accuracy lower bound > 0.25": (lower_bound(prog, "emotion_correct") or 0)
+        > 0.25,
+        "lip-sync above the still (paired interval excludes 0)": bool(sync and sync["ci95"][0] > 0),
+        "identity similarity within 10 % of the real clips'": bool(
+            real_id and prog_id and prog_id >= 0.9 * real_id
+        ),
+    }
+    print("\nacceptance (issue 24):")
+    for name, ok in checks.items():
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    line = {"benchmark": "control", "steps": args.steps, "clips": len(report["clips"]),
+            "minutes": round((time.time() - start) / 60, 1),
+            "rows": {mode: {m: r.get(m) for m in METRICS} for mode, r in results.items()},
+            "lower_bounds": {m: lower_bound(prog, m) for m in ("counterfactual_correct", "emotion_correct")},
+            "sync_progressive_minus_still": sync, "checks": checks}  # fmt: skip
+    (out / "control.json").write_text(json.dumps(line, indent=2))
+    print(json.dumps(line, default=lambda x: float(x) if isinstance(x, np.floating) else str(x)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""`tbd check-conditioning`: before a long job, does each condition change the output where it should?
+
+1. Overfit: the model of a `tbd train` config is trained on a handful of clips (`clips`; by default three
+   clips of distinct emotions from each of two training speakers) for `steps` steps, tracked in MLflow like
+   any training run, and exported. Or `model` names an exported pipeline to check as it is.
+2. Swap one condition at a time: every clip is generated with its own conditions, then with one of them
+   taken from a partner clip, same seed, and the change the swap caused (Δ) is compared with the change it
+   should cause (Δ*), where it should act:
+
+   - speech (audio features of a partner with other speech): Δ = the generated inner-lip gap with the new
+     audio minus with the old, per frame; Δ* = the partner's speech envelope minus the clip's own;
+     effect = corr(Δ, Δ*). Beside it, the lip-sync proxy of the swapped video with the new and the old audio.
+   - emotion text (the CoT of a partner of the same speaker with another emotion): Δ = the swapped video's
+     calibrated AUs (mean over frames, against the reference; speech AUs left out) minus the own video's;
+     Δ* = the partner's real clip's AUs minus the clip's real AUs; effect = <Δ, Δ*> / |Δ*|² (0: the text
+     changed nothing, 1: all the way to the partner's expression). Beside it, how much of the pixel change
+     lies inside the CoTs' face regions (`inside_share`) against the regions' share of the frame.
+   - reference (a frame of another speaker): Δ = the change of the video's dlib identity descriptor,
+     Δ* = new reference's minus old reference's; effect = <Δ, Δ*> / |Δ*|².
+
+   A condition the model ignores gives Δ = 0, so each effect is exactly 0 on a broken path. `break_path`
+   breaks one on purpose (its input zeroed inside the denoiser's forward: the fault a check must catch,
+   named so), which is how the test shows that each threshold fails.
+3. `OUT/conditioning.json`, a strip (own / speech / text / reference swaps of the first clip), a printed
+   table, an MLflow run; the exit status is 1 when an effect is below its threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from tbd_core.errors import UserError
+from tbd_lightning.sampler import GuidanceConfig
+
+log = logging.getLogger(__name__)
+CONDITIONS = ("speech", "text", "reference")
+# What `break_path` zeroes: the speech features; the texts and which local sentences exist (no local token is
+# then attendable, so their regions cannot act either); the reference portrait.
+BREAKABLE = {
+    "speech": ("audio",),
+    "text": ("global_text", "local_text", "local_valid"),
+    "reference": ("reference",),
+}
+DROPPED_CALLBACKS = ("SampleVideos", "LearningRateMonitor")  # previews of a handful of clips: time only
+
+
+class CheckConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    data: Path
+    train_config: Path = Path("configs/train/tiny.yaml")  # the `tbd train` config to overfit with
+    model: Path | None = None  # an exported pipeline to check instead of overfitting one
+    version: str | None = None
+    clips: list[str] | None = None  # clip keys; default: 3 emotions x 2 speakers of the training split
+    steps: int = 600
+    batch_size: int = 4
+    max_frames: int = 32
+    guidance: GuidanceConfig = GuidanceConfig(steps=8, mode="cfg", audio_scale=1.5)
+    seed: int = 0
+    thresholds: dict[str, float] = {"speech": 0.2, "text": 0.25, "reference": 0.25}
+    break_path: str | None = None  # speech | text | reference: zero that input on purpose (the check's test)
+    out: Path = Path("out/check-conditioning")
+    tracking_uri: str | None = None
+
+
+def pick_clips(data: Path, version: str, per_speaker: int = 3, speakers: int = 2) -> list[str]:
+    """Clips of distinct emotions (highest level first, neutral last) from the first `speakers` training
+    speakers with at least two such clips: enough for a text swap within a speaker and a reference swap
+    across speakers."""
+    from pipelines.data_folder import DataFolder
+
+    folder = DataFolder(data)
+    summaries = folder.media_summaries()
+    by_speaker: dict[str, list[str]] = {}
+    for key, s in sorted(summaries.items(), key=lambda kv: (kv[0], -(kv[1].get("level") or 0))):
+        if s["split"] == "train":
+            by_speaker.setdefault(s["speaker"], []).append(key)
+    chosen = []
+    for keys in by_speaker.values():
+        ranked = sorted(
+            keys, key=lambda k: (summaries[k]["emotion"] == "neutral", -(summaries[k].get("level") or 0), k)
+        )
+        seen, mine = set(), []
+        for key in ranked:
+            if summaries[key]["emotion"] not in seen:
+                seen.add(summaries[key]["emotion"])
+                mine.append(key)
+        if len(mine) >= 2:
+            chosen.append(mine[:per_speaker])
+        if len(chosen) == speakers:
+            break
+    if len(chosen) < 2:
+        raise UserError(f"{data}: the check needs two training speakers with two emotions each; name --clips")
+    return [k for keys in chosen for k in keys]
+
+
+def overfit(config: CheckConfig, clips: list[str], version: str) -> Path:
+    """Train `config.config`'s model on `clips` for `steps` steps (MLflow-tracked); returns the exported folder."""
+    from tbd_lightning.export import export
+    from tbd_lightning.train import TBDCLI
+
+    base = yaml.safe_load(Path(config.train_config).read_text())
+    trainer = base.setdefault("trainer", {})
+    trainer["callbacks"] = [c for c in trainer.get("callbacks", []) if not str(c.get("class_path")).endswith(DROPPED_CALLBACKS)]  # fmt: skip
+    trainer.update(max_steps=config.steps, limit_val_batches=0, default_root_dir=str(config.out / "train"))
+    for cb in trainer["callbacks"]:
+        if str(cb.get("class_path")).endswith("ModelCheckpoint"):
+            cb.setdefault("init_args", {}).update(dirpath=None, every_n_train_steps=config.steps)
+    logger = trainer.get("logger")
+    if isinstance(logger, dict) and "init_args" in logger:
+        logger["init_args"].update(run_name="check-conditioning", tracking_uri=config.tracking_uri)
+    data = base.setdefault("data", {})
+    data.update(data=str(config.data), version=version, clips=clips, batch_size=config.batch_size,
+                train_batches=config.steps,  # one epoch: the loader's workers start once
+                text_cache=data.get("text_cache") or str(config.out / "text-cache"))  # fmt: skip
+    config.out.mkdir(parents=True, exist_ok=True)
+    overlay = config.out / "overfit.yaml"
+    overlay.write_text(yaml.safe_dump(base, sort_keys=False))
+    log.info("overfitting %d clips for %d steps (%s)", len(clips), config.steps, overlay)
+    TBDCLI(["--config", str(overlay)]).fit()
+    export(config.out / "train" / "checkpoints" / "last.ckpt", config.out / "model")
+    return config.out / "model"
+
+
+def partners(clips) -> dict[str, dict[str, object]]:
+    """For each clip: a `speech` partner (another sentence), a `text` partner (same speaker, other emotion)
+    and a `reference` partner (another speaker), each the next such clip in order."""
+    out = {}
+    for i, clip in enumerate(clips):
+        order = clips[i + 1 :] + clips[:i]
+        same = [c for c in order if c.meta["speaker"] == clip.meta["speaker"]]
+        out[clip.key] = {
+            "speech": next((c for c in same + order if not np.array_equal(c.wav, clip.wav)), None),
+            "text": next((c for c in same if c.meta["emotion"] != clip.meta["emotion"]), None),
+            "reference": next((c for c in order if c.meta["speaker"] != clip.meta["speaker"]), None),
+        }
+    return out
+
+
+def _zeros(t):
+    import torch
+
+    return torch.zeros_like(t)
+
+
+class BrokenPath:
+    """Zeroes one condition's input inside the denoiser's forward (a deliberate fault, for the check's own
+    test): the model then cannot see that condition at all."""
+
+    def __init__(self, denoiser, condition: str | None):
+        if condition is not None and condition not in BREAKABLE:
+            raise UserError(f"break_path {condition!r}; choose one of {sorted(BREAKABLE)}")
+        self.denoiser, self.condition, self.forward = denoiser, condition, denoiser.forward
+
+    def __enter__(self):
+        if self.condition is not None:
+            fields = BREAKABLE[self.condition]
+
+            def broken(sample, timestep, cond):
+                return self.forward(
+                    sample,
+                    timestep,
+                    dataclasses.replace(cond, **{f: _zeros(getattr(cond, f)) for f in fields}),
+                )
+
+            self.denoiser.forward = broken
+        return self
+
+    def __exit__(self, *exc):
+        self.denoiser.forward = self.forward
+
+
+def au_vector(video, baseline) -> dict[int, float]:
+    """Mean calibrated AU intensity over the frames with a face, per measurable AU (speech AUs left out)."""
+    from evaluation.metrics import SPEECH_AUS
+    from media.au_measure import measured_aus
+
+    out = {}
+    for au, series in measured_aus(video, baseline).items():
+        values = [v for v in series if v is not None]
+        if au not in SPEECH_AUS and values:
+            out[au] = float(np.mean(values))
+    return out
+
+
+def au_projection(new: dict, old: dict, target_new: dict, target_old: dict) -> float | None:
+    """`projection` of the AU change new - old onto target_new - target_old, over the AUs all four carry."""
+    aus = sorted(set(new) & set(old) & set(target_new) & set(target_old))
+    if not aus:
+        return None
+    vec = lambda a, b: np.array([a[u] - b[u] for u in aus])  # noqa: E731
+    return projection(vec(new, old), vec(target_new, target_old))
+
+
+def projection(delta: np.ndarray, target: np.ndarray) -> float | None:
+    """<delta, target> / |target|^2: 0 = no change, 1 = the whole way; None when the target is no change."""
+    norm = float(target @ target)
+    return float(delta @ target / norm) if norm > 1e-9 else None
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-9 and b.std() > 1e-9 else 0.0
+
+
+def speech_effect(swapped: np.ndarray, own_video, partner, clip) -> dict:
+    """`speech`: corr(change of the inner-lip gap, change of the speech envelope) over the frames with a
+    face in both videos; the swapped video's lip-sync proxy with the new and with the old audio."""
+    from evaluation.metrics import lipsync, mouth_opening
+    from media.au_measure import track_video
+    from media.video_io import frame_envelope
+
+    video, t = track_video(swapped), len(swapped)
+    both = video.found & own_video.found
+    if both.sum() <= 2:
+        return {}
+    env_new, env_old = frame_envelope(partner.wav, t)[both], frame_envelope(clip.wav, t)[both]
+    gap = mouth_opening(video.landmarks[both])
+    return {
+        "speech": _corr(gap - mouth_opening(own_video.landmarks[both]), env_new - env_old),
+        "sync_new_audio": lipsync(gap, env_new)["sync_corr"],
+        "sync_old_audio": lipsync(gap, env_old)["sync_corr"],
+    }
+
+
+def text_effect(swapped: np.ndarray, own: np.ndarray, own_video, partner, clip, size: int) -> dict:
+    """`text`: the calibrated AU change the partner's CoT caused, projected onto the real clips' AU
+    difference (partner - own, same speaker and reference); `text_inside_share`: the share of the pixel change
+    inside the two CoTs' face regions, beside `text_region_share`, the regions' share of the frame."""
+    from media.au_measure import token_masks, track_video
+    from tbd_lightning.text import cot_token_regions
+
+    base = clip.reference_video.baseline()
+    effect = au_projection(au_vector(track_video(swapped), base), au_vector(own_video, base),
+                           au_vector(partner.real_video, base), au_vector(clip.real_video, base))  # fmt: skip
+    regions = tuple(dict.fromkeys(cot_token_regions(clip.cot, 99) + cot_token_regions(partner.cot, 99)))
+    inside = token_masks(clip.reference_landmarks, size, regions, 1)[0] > 0.5
+    change = np.abs(swapped.astype(np.float32) - own.astype(np.float32)).mean((0, 3))
+    return {"text": effect, "text_inside_share": float(change[inside].sum() / max(change.sum(), 1e-9)),
+            "text_region_share": float(inside.mean())}  # fmt: skip
+
+
+def reference_effect(judge, swapped: np.ndarray, own: np.ndarray, own_video, partner, clip) -> float | None:
+    """`reference`: the dlib descriptor's change, projected onto the new minus the old reference's."""
+    from media.au_measure import track_video
+
+    d_new = judge.video_descriptor(swapped, track_video(swapped).landmarks)
+    d_own = judge.video_descriptor(own, own_video.landmarks)
+    refs = [judge.descriptor(c.reference, c.reference_video.landmarks[0]) for c in (partner, clip)]
+    if d_new is None or d_own is None or any(r is None for r in refs):
+        return None
+    return projection(d_new - d_own, refs[0] - refs[1])
+
+
+def run_check(config: CheckConfig) -> dict:
+    import torch
+
+    from evaluation.evaluate import EvaluateConfig, load_clips
+    from evaluation.judges import IdentityJudge
+    from media.au_measure import track_video
+    from pipelines.data_folder import DataFolder
+    from tbd_core.tracking import job_run, tracking_uri
+    from tbd_lightning.pipeline import TBDPipeline
+
+    version = DataFolder(config.data).pick_version(config.version)
+    keys = config.clips or pick_clips(config.data, version)
+    model = config.model or overfit(config, keys, version)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = TBDPipeline.from_pretrained(model).to(device)
+    eval_config = EvaluateConfig(model=model, data=config.data, max_frames=config.max_frames)
+    clips = load_clips(eval_config, pipe.size, version, {}, keys=keys)
+    pairs = partners(clips)
+    judge = IdentityJudge()
+    for clip in clips:
+        clip.real_video = track_video(clip.frames)
+        clip.reference_video = track_video(clip.reference[None])
+
+    def generate(clip, reference_of=None, audio_of=None, cot_of=None) -> np.ndarray:
+        ref, audio, cot = reference_of or clip, audio_of or clip, cot_of or clip
+        t = len(clip.frames)
+        return pipe(ref.reference, ref.reference_landmarks, audio.audio_features[:t], cot=cot.cot,
+                    guidance=config.guidance, seed=config.seed).frames  # fmt: skip
+
+    rows, strip = [], []
+    with BrokenPath(pipe.denoiser, config.break_path):
+        for clip in clips:
+            own = generate(clip)
+            own_video = track_video(own)
+            row, shown = {"key": clip.key}, [clip.frames, own]
+            speech, text, other = (pairs[clip.key][c] for c in CONDITIONS)
+            if speech is not None:
+                shown.append(generate(clip, audio_of=speech))
+                row.update(speech_effect(shown[-1], own_video, speech, clip), speech_partner=speech.key)
+            if text is not None:
+                shown.append(generate(clip, cot_of=text))
+                row.update(
+                    text_effect(shown[-1], own, own_video, text, clip, pipe.size), text_partner=text.key
+                )
+            if other is not None:
+                shown.append(generate(clip, reference_of=other))
+                row.update(reference=reference_effect(judge, shown[-1], own, own_video, other, clip))
+                row["reference_partner"] = other.key
+            rows.append(row)
+            strip.append(shown)
+            log.info("check %s: %s", clip.key, {k: v for k, v in row.items() if k != "key"})
+
+    effects = {}
+    for c in CONDITIONS:
+        values = [r[c] for r in rows if r.get(c) is not None]
+        mean = float(np.mean(values)) if values else None
+        effects[c] = {"effect": mean, "n": len(values), "threshold": config.thresholds[c],
+                      "passed": mean is not None and mean >= config.thresholds[c]}  # fmt: skip
+    report = {"model": str(model), "data": str(config.data), "version": version, "clips": keys,
+              "break_path": config.break_path, "guidance": dataclasses.asdict(config.guidance),
+              "effects": effects, "passed": all(e["passed"] for e in effects.values()), "per_clip": rows}  # fmt: skip
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "conditioning.json").write_text(json.dumps(report, indent=2))
+    _write_strip(config.out / "conditioning.png", strip[0])
+    for c, e in effects.items():
+        shown = "n/a" if e["effect"] is None else f"{e['effect']:+.3f}"
+        print(
+            f"{c:10s} effect {shown} (threshold {e['threshold']}, n={e['n']}): {'ok' if e['passed'] else 'FAILED'}"
+        )
+    uri = tracking_uri(config.tracking_uri, Path(config.data))
+    with job_run(
+        "check-conditioning",
+        uri,
+        {"model": str(model), "clips": len(keys), "break_path": str(config.break_path)},
+    ) as mlflow:
+        mlflow.log_metrics(
+            {f"{c}_effect": e["effect"] for c, e in effects.items() if e["effect"] is not None}
+        )
+        mlflow.log_artifact(str(config.out / "conditioning.json"))
+        mlflow.log_artifact(str(config.out / "conditioning.png"))
+    return report
+
+
+def _write_strip(path: Path, videos: list[np.ndarray], frames: int = 6) -> None:
+    """Rows: real, own conditions, then each swap; `frames` evenly spaced columns."""
+    from PIL import Image
+
+    t = min(len(v) for v in videos)
+    cols = np.linspace(0, t - 1, frames).round().astype(int)
+    grid = np.concatenate([np.concatenate([v[i] for i in cols], 1) for v in videos], 0)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def check(config: CheckConfig) -> dict:
+    """The command: the report, and exit status 1 when an effect is below its threshold."""
+    report = run_check(config)
+    if not report["passed"]:
+        failed = [c for c, e in report["effects"].items() if not e["passed"]]
+        raise SystemExit(f"conditioning check failed for {failed}: see {config.out / 'conditioning.json'}")
+    return report
