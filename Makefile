@@ -53,6 +53,9 @@ demo: setup
 	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead \
 		--trainer.default_root_dir $(DEMO_OUT)/train --data.text_cache $(DEMO_OUT)/text-cache --trainer.max_steps $(DEMO_STEPS)
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
+	@echo "== conditioning check: overfit 4 clips (happy/sad x 2 speakers, 300 steps), then swap speech, emotion text and reference one at a time: does each act?"
+	$(BIN)/tbd check-conditioning --data $(DEMO_OUT)/data/mead --steps 300 --max_frames 24 --out $(DEMO_OUT)/check-conditioning \
+		--clips '[mead_W001_happy_3_000, mead_W001_sad_3_000, mead_W002_happy_3_000, mead_W002_sad_3_000]' > /dev/null
 	@echo "== generate: a held-out person (the astronaut's portrait; every training identity is Grace Hopper's photo, varied) speaking a validation speaker's line, contempt level 2"
 	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/Astronaut.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
 		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --guidance.steps 8 --guidance.motion_frames 2 $(DEMO_GUIDANCE)
@@ -66,6 +69,7 @@ demo: setup
 	@echo "demo done. Under $(DEMO_OUT)/:"
 	@echo "  generated video   $(DEMO_OUT)/generated/contempt.mp4 (+ .png strip, _aus.png AU plot, .json)"
 	@echo "  evaluation        $(DEMO_OUT)/evaluation/evaluation.json, strip.png, au_timeline.png"
+	@echo "  conditioning      $(DEMO_OUT)/check-conditioning/conditioning.json, conditioning.png (real, own, speech/text/reference swaps)"
 	@echo "  model             $(DEMO_OUT)/model (tbd export), checkpoints in $(DEMO_OUT)/train/checkpoints"
 	@echo "  shards, ledgers   $(DEMO_OUT)/data/{mead,hdtf}/{media,annotations,ledger}"
 	@echo "  MLflow            $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_OUT))/data/mead/mlflow.db"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -324,7 +325,8 @@ def run_check(config: CheckConfig) -> dict:
     for c, e in effects.items():
         shown = "n/a" if e["effect"] is None else f"{e['effect']:+.3f}"
         print(
-            f"{c:10s} effect {shown} (threshold {e['threshold']}, n={e['n']}): {'ok' if e['passed'] else 'FAILED'}"
+            f"{c:10s} effect {shown} (threshold {e['threshold']}, n={e['n']}): {'ok' if e['passed'] else 'FAILED'}",
+            file=sys.stderr,
         )
     uri = tracking_uri(config.tracking_uri, Path(config.data))
     with job_run(
