@@ -261,7 +261,8 @@ def reference_effect(judge, swapped: np.ndarray, own: np.ndarray, own_video, par
 def run_check(config: CheckConfig) -> dict:
     import torch
 
-    from evaluation.evaluate import EvaluateConfig, load_clips
+    from evaluation.clips import load_clips
+    from evaluation.evaluate import EvaluateConfig
     from evaluation.judges import IdentityJudge
     from media.au_measure import track_video
     from pipelines.data_folder import DataFolder

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tbd_lightning.model import ConditionedTransformer, TBDVideoDenoiser
+from tbd_lightning.model import ConditionedTransformer, RegionMasks, TBDVideoDenoiser
 
 
 def _layer_inputs(g: torch.Generator, masks: torch.Tensor, local: torch.Tensor):
@@ -14,7 +14,7 @@ def _layer_inputs(g: torch.Generator, masks: torch.Tensor, local: torch.Tensor):
     audio = torch.randn(bt, 5, 32, generator=g)
     global_tok = torch.randn(bt, 4, 32, generator=g)
     bias = torch.zeros(bt, 1, tokens)
-    return x, 1, audio, global_tok, local, bias, masks
+    return x, 1, audio, global_tok, local, bias, RegionMasks(masks)
 
 
 def test_a_local_token_has_no_influence_outside_its_own_region():

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.evaluate import EvaluateConfig, load_clips, score_clip
+from evaluation.clips import load_clips
+from evaluation.evaluate import EvaluateConfig, score_clip
 from evaluation.measures import emotion_classifier, groundtruth_index
 from tests.conftest import offline_env, run_tbd
 

@@ -1,0 +1,100 @@
+"""The clips `tbd evaluate` and `tbd check-conditioning` score: frames at the model's size, landmarks, audio
+features and waveform, the CoT, and a reference frame that never lies inside the scored frames."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tbd_core.errors import UserError
+
+if TYPE_CHECKING:
+    from evaluation.evaluate import EvaluateConfig
+
+
+@dataclass
+class Clip:
+    key: str
+    meta: dict
+    frames: np.ndarray  # (T, S, S, 3) uint8 at the model's size
+    landmarks: np.ndarray  # (T, 468, 3) crop-normalised
+    audio_features: np.ndarray  # (T, A)
+    wav: np.ndarray  # 16 kHz mono
+    cot: dict
+    reference: np.ndarray  # (S, S, 3) uint8: a frame of another (neutral) clip of the same speaker
+    reference_landmarks: np.ndarray  # (468, 3) crop-normalised
+    reference_key: str  # the clip it comes from
+    real_video: object = None  # `media.au_measure.VideoAUs` of `frames` (set before scoring)
+    reference_video: object = None  # the same for the reference frame
+    reference_identity: np.ndarray | None = None  # the identity judge's descriptor of the reference
+    label_cot: dict | None = None  # the CoT thought from the label alone (the facs engine, no evidence)
+
+
+def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[str, str],
+               keys: list[str] | None = None) -> list[Clip]:  # fmt: skip
+    """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions),
+    or exactly the clips `keys` (any split); a first pass reads only sidecars and annotations, the second
+    decodes the chosen clips. The reference never lies inside the scored frames: a speaker with a single
+    clip takes its last frame when the clip is longer than `max_frames`, else the clip is skipped (key ->
+    reason in `skipped`)."""
+    import cv2
+    from scipy.io import wavfile
+
+    from pipelines.data_folder import DataFolder
+    from pipelines.shards import tar_members
+    from tbd_lightning.data import ReferenceBank, decode_mp4
+
+    folder = DataFolder(config.data)
+    shards = folder.aligned_shards(version)
+    references = ReferenceBank.build(folder, shards, set(folder.split_counts()) if keys else {config.split})
+    summaries = folder.media_summaries()
+    eligible, cots = [], {}
+    for index, shard in enumerate(shards):
+        anns = folder.annotation_members(version, shard.name)
+        for key in shard.keys:
+            wanted = key in keys if keys else summaries[key]["split"] == config.split
+            if wanted and anns[key]["validation"]["outcome"] != "rejected":
+                eligible.append((index, key))
+                cots[key] = anns[key]["cot"]
+    if keys and len(eligible) < len(keys):
+        missing = sorted(set(keys) - {k for _, k in eligible})
+        raise UserError(f"clips {missing} are not in {config.data} or their annotation was rejected")
+    if not eligible:
+        raise UserError(
+            f"no usable clips of split {config.split!r} in {config.data} (clips per split: {folder.split_counts()})"
+        )
+    picks = eligible if keys else [eligible[i] for i in sorted(set(np.linspace(0, len(eligible) - 1, min(config.max_clips, len(eligible))).round().astype(int)))]  # fmt: skip
+    clips = []
+    for index in sorted({i for i, _ in picks}):
+        wanted = {k for i, k in picks if i == index}
+        for key, members in tar_members(shards[index].media_tar):
+            if key not in wanted:
+                continue
+            full = decode_mp4(members["mp4"])
+            video = full[: config.max_frames]
+            t = len(video)
+            frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in video])
+            _, wav = wavfile.read(io.BytesIO(members["wav"]))
+            wav = wav.astype(np.float32) / (32768.0 if wav.dtype == np.int16 else 1.0)
+            lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)[:t]
+            feats = np.load(io.BytesIO(members["audio.npy"])).astype(np.float32)[:t]
+            meta = json.loads(members["json"])
+            ref = references.pick(meta["speaker"], key, None)
+            if ref is None and len(full) <= t:  # one clip, no frame outside the scored window: skipped
+                skipped[key] = (
+                    f"speaker {meta['speaker']} has no other clip and no frame outside the scored {t}"
+                )
+                continue
+            if ref is None:  # one clip: its last frame, outside the scored window, said so in the key
+                full_lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)
+                ref_frame = cv2.resize(full[-1], (size, size), interpolation=cv2.INTER_AREA)
+                ref_lm, ref_key = full_lm[len(full) - 1], f"{key}@frame{len(full) - 1}"
+            else:
+                ref_frame = cv2.resize(ref.frame, (size, size), interpolation=cv2.INTER_AREA)
+                ref_lm, ref_key = ref.landmarks, ref.key
+            clips.append(Clip(key, meta, frames, lm, feats, wav, cots[key], ref_frame, ref_lm, ref_key))
+    return clips
