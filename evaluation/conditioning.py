@@ -103,8 +103,9 @@ def pick_clips(data: Path, version: str, per_speaker: int = 3, speakers: int = 2
 
 def overfit(config: CheckConfig, clips: list[str], version: str) -> Path:
     """Train `config.config`'s model on `clips` for `steps` steps (MLflow-tracked); returns the exported folder."""
+    import subprocess
+
     from tbd_lightning.export import export
-    from tbd_lightning.train import TBDCLI
 
     base = yaml.safe_load(Path(config.train_config).read_text())
     trainer = base.setdefault("trainer", {})
@@ -124,7 +125,9 @@ def overfit(config: CheckConfig, clips: list[str], version: str) -> Path:
     overlay = config.out / "overfit.yaml"
     overlay.write_text(yaml.safe_dump(base, sort_keys=False))
     log.info("overfitting %d clips for %d steps (%s)", len(clips), config.steps, overlay)
-    TBDCLI(["--config", str(overlay)]).fit()
+    subprocess.run(
+        [sys.executable, "-m", "tbd", "train", "--config", str(overlay)], check=True
+    )  # as a user would
     export(config.out / "train" / "checkpoints" / "last.ckpt", config.out / "model")
     return config.out / "model"
 

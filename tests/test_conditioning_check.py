@@ -1,54 +1,55 @@
-"""The conditioning check (`tbd check-conditioning`): a model overfit on a handful of clips follows each
-condition it is given (speech moves the mouth with the new audio, the emotion text moves the calibrated AUs
-towards the other emotion, the reference changes the identity), and the check fails for each when that
-path is broken on purpose. Slow: an overfit of 4 clips (~4 min on 2 cores) and four checks."""
+"""The conditioning check (`tbd check-conditioning`, run as a user runs it): a model overfit on a handful of
+clips follows each condition it is given (speech moves the mouth with the new audio, the emotion text moves
+the calibrated AUs towards the other emotion, the reference changes the identity), and the check fails for
+each when that path is broken on purpose. Slow: an overfit of 4 clips (~4 min on 2 cores) and four checks."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-CLIPS = ["mead_W001_happy_3_000", "mead_W001_sad_3_000", "mead_W002_happy_3_000", "mead_W002_sad_3_000"]
+from tests.conftest import offline_env, run_tbd
+
+CLIPS = "[mead_W001_happy_3_000, mead_W001_sad_3_000, mead_W002_happy_3_000, mead_W002_sad_3_000]"
+
+
+def check(data, out, netguard_log, *extra):
+    proc = run_tbd("check-conditioning", "--data", str(data), "--clips", CLIPS, "--max_frames", "24",
+                   "--out", str(out), "--tracking_uri", f"sqlite:///{out.parent / 'mlflow.db'}", *extra,
+                   env=offline_env(netguard_log), timeout=900)  # fmt: skip
+    report = out / "conditioning.json"
+    return proc, json.loads(report.read_text()) if report.is_file() else None
 
 
 @pytest.fixture(scope="module")
-def checked(datasets, tmp_path_factory):
-    from evaluation.conditioning import CheckConfig, run_check
-
-    data = datasets["mead"]["data"]
-    out = tmp_path_factory.mktemp("check")
-    config = CheckConfig(data=data, clips=CLIPS, steps=300, max_frames=24, out=out / "overfit",
-                         tracking_uri=f"sqlite:///{out / 'mlflow.db'}")  # fmt: skip
-    return config, run_check(config)
+def overfit(datasets, tmp_path_factory, netguard_log):
+    data, out = datasets["mead"]["data"], tmp_path_factory.mktemp("check") / "overfit"
+    proc, report = check(data, out, netguard_log, "--steps", "300")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return data, out, report
 
 
 @pytest.mark.slow
-def test_an_overfit_model_follows_speech_text_and_reference(checked):
-    config, report = checked
+def test_an_overfit_model_follows_speech_text_and_reference(overfit):
+    _, out, report = overfit
     effects = report["effects"]
     assert report["passed"], effects
     assert all(e["n"] == 4 and e["effect"] >= e["threshold"] for e in effects.values())
     rows = report["per_clip"]
     # The lip-sync proxy follows the new audio, not the old one.
     assert sum(r["sync_new_audio"] for r in rows) > sum(r["sync_old_audio"] for r in rows) + 0.4
-    assert (config.out / "conditioning.png").is_file() and (
-        config.out / "model" / "model_index.json"
-    ).is_file()
+    assert (out / "conditioning.png").is_file() and (out / "model" / "model_index.json").is_file()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["speech", "text", "reference"])
-def test_the_check_fails_when_a_path_is_broken_on_purpose(checked, path):
-    from evaluation.conditioning import check
-
-    config, _ = checked
-    broken = config.model_copy(
-        update={"model": config.out / "model", "break_path": path, "out": config.out.parent / path}
+def test_the_check_fails_when_a_path_is_broken_on_purpose(overfit, path, netguard_log):
+    data, out, _ = overfit
+    proc, report = check(
+        data, out.parent / path, netguard_log, "--model", str(out / "model"), "--break_path", path
     )
-    with pytest.raises(SystemExit, match=path):
-        check(broken)
-    import json
-
-    report = json.loads((broken.out / "conditioning.json").read_text())
+    assert proc.returncode == 1 and "conditioning check failed" in proc.stderr and path in proc.stderr
     effect = report["effects"][path]["effect"]
     assert effect is None or abs(effect) < 1e-6  # the broken condition changes nothing at all
     if path != "reference":  # without a reference there may be no face to measure the others on
