@@ -79,7 +79,7 @@ def pick_clips(data: Path, version: str, per_speaker: int = 3, speakers: int = 2
     folder = DataFolder(data)
     summaries = folder.media_summaries()
     by_speaker: dict[str, list[str]] = {}
-    for key, s in sorted(summaries.items(), key=lambda kv: (kv[0], -(kv[1].get("level") or 0))):
+    for key, s in sorted(summaries.items()):
         if s["split"] == "train":
             by_speaker.setdefault(s["speaker"], []).append(key)
     chosen = []
@@ -177,7 +177,7 @@ class BrokenPath:
         return self
 
     def __exit__(self, *exc):
-        self.denoiser.forward = self.forward
+        self.denoiser.__dict__.pop("forward", None)  # the class's forward again
 
 
 def au_vector(video, baseline) -> dict[int, float]:
