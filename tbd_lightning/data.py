@@ -210,31 +210,26 @@ class ClipWindows(IterableDataset):
         window = slice(start, start + self.frames)
         to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         frames = self._pixels(to_tensor(video[window]).permute(0, 3, 1, 2))  # (T, 3, H, W) in [-1, 1]
-        return {
+        item = {
             "key": key,
             "reference_key": reference_key,  # the clip the reference frame comes from
             "video": frames,
             "reference": self._pixels(to_tensor(reference).permute(2, 0, 1)[None])[0],
             "audio": to_tensor(audio[window]),
             "landmarks": to_tensor(landmarks[window]),
-            # (T, 1, H, W) union of the AUs' regions and (T, L, H, W) each local token's, from the reference
+            # (T, 1, H, W) union of the AUs' regions (and below, (T, L, H, W) each local token's): the reference's
             "mask": to_tensor(union)[None, None].expand(self.frames, 1, size, size).contiguous(),
-            **(
-                {
-                    "local_masks": to_tensor(per_token)
-                    .half()[None]
-                    .expand(self.frames, -1, -1, -1)
-                    .contiguous()
-                }
-                if self.region_masks
-                else {}
-            ),  # without: each local token acts everywhere (`no-masks` sampling)
             "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, H, W)
             "global_text": to_tensor(texts[0]),
             "label_text": to_tensor(texts[1]),  # "contempt, level 2": the label-only caption
             "local_text": to_tensor(local_emb),
             "local_valid": torch.arange(self.max_local) < len(local),
         }
+        if self.region_masks:  # without: each local token acts everywhere (the `no-masks` guidance mode)
+            item["local_masks"] = (
+                to_tensor(per_token).half()[None].expand(self.frames, -1, -1, -1).contiguous()
+            )
+        return item
 
     def _reference(self, key: str, meta: dict, video: np.ndarray, landmarks: np.ndarray, start: int,
                    rng: random.Random):  # fmt: skip
