@@ -102,7 +102,7 @@ def pick_clips(data: Path, version: str, per_speaker: int = 3, speakers: int = 2
 
 
 def overfit(config: CheckConfig, clips: list[str], version: str) -> Path:
-    """Train `config.config`'s model on `clips` for `steps` steps (MLflow-tracked); returns the exported folder."""
+    """Train `config.train_config`'s model on `clips` for `steps` steps (MLflow-tracked); returns the exported folder."""
     import subprocess
 
     from tbd_lightning.export import export
@@ -182,15 +182,13 @@ class BrokenPath:
 
 def au_vector(video, baseline) -> dict[int, float]:
     """Mean calibrated AU intensity over the frames with a face, per measurable AU (speech AUs left out)."""
+    from evaluation.measures import mean_intensities
     from evaluation.metrics import SPEECH_AUS
     from media.au_measure import measured_aus
 
-    out = {}
-    for au, series in measured_aus(video, baseline).items():
-        values = [v for v in series if v is not None]
-        if au not in SPEECH_AUS and values:
-            out[au] = float(np.mean(values))
-    return out
+    return {
+        au: v for au, v in mean_intensities(measured_aus(video, baseline)).items() if au not in SPEECH_AUS
+    }
 
 
 def au_projection(new: dict, old: dict, target_new: dict, target_old: dict) -> float | None:
@@ -208,10 +206,6 @@ def projection(delta: np.ndarray, target: np.ndarray) -> float | None:
     return float(delta @ target / norm) if norm > 1e-9 else None
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-9 and b.std() > 1e-9 else 0.0
-
-
 def speech_effect(swapped: np.ndarray, own_video, partner, clip) -> dict:
     """`speech`: corr(change of the inner-lip gap, change of the speech envelope) over the frames with a
     face in both videos; the swapped video's lip-sync proxy with the new and with the old audio."""
@@ -226,7 +220,8 @@ def speech_effect(swapped: np.ndarray, own_video, partner, clip) -> dict:
     env_new, env_old = frame_envelope(partner.wav, t)[both], frame_envelope(clip.wav, t)[both]
     gap = mouth_opening(video.landmarks[both])
     return {
-        "speech": _corr(gap - mouth_opening(own_video.landmarks[both]), env_new - env_old),
+        # the lip-sync proxy at offset 0 (Pearson r, 0 when a side does not change) of the two changes
+        "speech": lipsync(gap - mouth_opening(own_video.landmarks[both]), env_new - env_old, 0)["sync_corr"],
         "sync_new_audio": lipsync(gap, env_new)["sync_corr"],
         "sync_old_audio": lipsync(gap, env_old)["sync_corr"],
     }
@@ -263,10 +258,12 @@ def reference_effect(judge, swapped: np.ndarray, own: np.ndarray, own_video, par
 
 def run_check(config: CheckConfig) -> dict:
     import torch
+    from PIL import Image
 
     from evaluation.clips import load_clips
     from evaluation.evaluate import EvaluateConfig
     from evaluation.judges import IdentityJudge
+    from evaluation.report import strip
     from media.au_measure import track_video
     from pipelines.data_folder import DataFolder
     from tbd_core.tracking import job_run, tracking_uri
@@ -291,7 +288,7 @@ def run_check(config: CheckConfig) -> dict:
         return pipe(ref.reference, ref.reference_landmarks, audio.audio_features[:t], cot=cot.cot,
                     guidance=config.guidance, seed=config.seed).frames  # fmt: skip
 
-    rows, strip = [], []
+    rows, strips = [], []
     with BrokenPath(pipe.denoiser, config.break_path):
         for clip in clips:
             own = generate(clip)
@@ -311,7 +308,7 @@ def run_check(config: CheckConfig) -> dict:
                 row.update(reference=reference_effect(judge, shown[-1], own, own_video, other, clip))
                 row["reference_partner"] = other.key
             rows.append(row)
-            strip.append(shown)
+            strips.append(shown)
             log.info("check %s: %s", clip.key, {k: v for k, v in row.items() if k != "key"})
 
     effects = {}
@@ -325,7 +322,8 @@ def run_check(config: CheckConfig) -> dict:
               "effects": effects, "passed": all(e["passed"] for e in effects.values()), "per_clip": rows}  # fmt: skip
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "conditioning.json").write_text(json.dumps(report, indent=2))
-    _write_strip(config.out / "conditioning.png", strip[0])
+    image = Image.fromarray(strip(strips[0], columns=6))  # real, own, then each swap
+    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(config.out / "conditioning.png")
     for c, e in effects.items():
         shown = "n/a" if e["effect"] is None else f"{e['effect']:+.3f}"
         print(
@@ -344,16 +342,6 @@ def run_check(config: CheckConfig) -> dict:
         mlflow.log_artifact(str(config.out / "conditioning.json"))
         mlflow.log_artifact(str(config.out / "conditioning.png"))
     return report
-
-
-def _write_strip(path: Path, videos: list[np.ndarray], frames: int = 6) -> None:
-    """Rows: real, own conditions, then each swap; `frames` evenly spaced columns."""
-    from PIL import Image
-
-    t = min(len(v) for v in videos)
-    cols = np.linspace(0, t - 1, frames).round().astype(int)
-    grid = np.concatenate([np.concatenate([v[i] for i in cols], 1) for v in videos], 0)
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
 
 def check(config: CheckConfig) -> dict:

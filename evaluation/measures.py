@@ -90,14 +90,25 @@ def emotion_templates(corpus: Path | None) -> dict[tuple[str, int], dict[str, di
     return out
 
 
+def mean_intensities(measured: dict[int, list]) -> dict[int, float]:
+    """Each AU's mean over the frames where it was measured (None elsewhere); AUs never measured left out."""
+    out = {}
+    for au, series in measured.items():
+        values = [v for v in series if v is not None]
+        if values:
+            out[au] = float(np.mean(values))
+    return out
+
+
 def counterfactual_emotion(templates: dict[str, dict[int, float]], measured: dict[int, list]) -> str | None:
     """The emotion whose ground-truth render is nearest (Euclidean, over the measured AUs) to the video's
     mean measured AU intensities: a generated clip passes the counterfactual test when this is the emotion it
     was asked for, i.e. it is closer to that render than to the other emotions' renders of its speaker."""
-    aus = sorted(au for au, s in measured.items() if any(v is not None for v in s))
+    means = mean_intensities(measured)
+    aus = sorted(means)
     if not aus or len(templates) < 2:
         return None
-    video = np.array([np.mean([v for v in measured[au] if v is not None]) for au in aus])
+    video = np.array([means[au] for au in aus])
     dist = {
         e: float(np.linalg.norm(video - np.array([t.get(au, 0.0) for au in aus])))
         for e, t in templates.items()

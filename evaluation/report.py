@@ -80,6 +80,14 @@ def print_table(results: dict[str, dict]) -> None:
     Console(stderr=True, width=None if sys.stderr.isatty() else 220).print(table)  # logs: never truncated
 
 
+def strip(videos: list[np.ndarray], columns: int = 8) -> np.ndarray:
+    """One row per video (T, H, W, 3), `columns` frames evenly spaced over the shortest: an (rows*H, columns*W, 3)
+    image."""
+    t = min(len(v) for v in videos)
+    picks = np.linspace(0, t - 1, min(columns, t)).round().astype(int)
+    return np.concatenate([np.concatenate(list(v[picks]), axis=1) for v in videos], axis=0)
+
+
 def plots(
     out: Path, real: np.ndarray, generated: dict[str, np.ndarray], requested: dict, measured: dict, fps: int
 ):
@@ -88,9 +96,5 @@ def plots(
 
     from media.au_measure import plot_aus
 
-    t = len(next(iter(generated.values())))
-    picks = np.linspace(0, t - 1, min(8, t)).round().astype(int)
-    rows = [np.concatenate(list(real[picks]), axis=1)]
-    rows += [np.concatenate(list(g[picks]), axis=1) for g in generated.values()]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out / "strip.png")
+    Image.fromarray(strip([real, *generated.values()])).save(out / "strip.png")
     plot_aus(requested, measured, fps, out / "au_timeline.png")
