@@ -6,7 +6,8 @@ scheduler, step count and seed; three local sentences with their own region mask
 and 4 after (one batched forward pass each); plain CFG evaluates 2. Prints both, the ratio, the branch-count
 expectation (branch rows evaluated, counted by the sampler), and one JSON line; then the same with guidance
 limited to `--interval` (both modes: one unguided branch outside it, Kynkäänniemi et al. 2024). A step's cost
-is linear in its branch rows (profiled: a batch of 4 branches costs 2.03x a batch of 2 on 2 CPU cores). For a model with reference attention it also times progressive guidance with
+is linear in its branch rows once freed memory stays in the process (`tbd_core.allocator`, as in `tbd`;
+`--glibc_defaults` runs without it: there a batch of 4 branches cost 2.2x a batch of 2, page faults). For a model with reference attention it also times progressive guidance with
 the reference features recomputed in every forward pass (no cache) against the cached run: the saving.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
+from tbd_core.allocator import keep_freed_memory
 from tbd_lightning.model import Conditions, TBDVideoDenoiser
 from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
 
@@ -53,7 +55,7 @@ def models(args, device: str):
         yield model, DDPMScheduler(**sd_scheduler_betas(folder)).config, args.latent_size
 
 
-def bench(model, train_config, s: int, args, device: str) -> dict:
+def bench(model, train_config, s: int, args, device: str, kept: bool) -> dict:
     c, t = model.config.in_channels, args.frames
     g = torch.Generator().manual_seed(0)
     cond = Conditions(
@@ -100,6 +102,7 @@ def bench(model, train_config, s: int, args, device: str) -> dict:
         "size": s,
         "frames": t,
         "steps": args.steps,
+        "keep_freed_memory": kept,
         "progressive_s_per_step": round(progressive, 4),
         "cfg_s_per_step": round(plain, 4),
         "ratio": round(ratio, 3),
@@ -136,6 +139,8 @@ def main() -> None:
         "--latent_size", type=int, default=16, help="latent models' latent size (SD-1.5 at 512 px: 64)"
     )
     ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--glibc_defaults", action="store_true",
+                    help="leave malloc as glibc sets it (the comparison for tbd_core.allocator)")  # fmt: skip
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--switch", type=float, default=0.4)
     ap.add_argument(
@@ -147,10 +152,11 @@ def main() -> None:
         help="progress range of the limited-interval comparison",
     )
     args = ap.parse_args()
+    kept = not args.glibc_defaults and keep_freed_memory()  # as `tbd` does (tbd_core.allocator)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     for model, train_config, size in models(args, device):
-        bench(model, train_config, size, args, device)
+        bench(model, train_config, size, args, device, kept)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from tbd_core.allocator import keep_freed_memory
+
 
 def batch(
     b: int, t: int, s: int, device, text_dim: int = 384, audio_dim: int = 80, max_local: int = 8
@@ -90,6 +92,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--trainable", default="all", help="sd model: all | spatial | motion")
     args = ap.parse_args()
+    keep_freed_memory()  # as `tbd` does (tbd_core.allocator)
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     size, frames = args.size or (512 if gpu else 32), args.frames or (16 if gpu else 8)

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError as ConfigArgumentError
 
+    from tbd_core.allocator import keep_freed_memory
     from tbd_core.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    keep_freed_memory()  # CPU forward passes without page faults (tbd_core.allocator)
     if args.command is None:
         parser.print_help()
         return 0

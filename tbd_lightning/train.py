@@ -118,6 +118,9 @@ def _ray_loop(config: dict) -> None:
     import ray.train.collective
     from lightning.pytorch.utilities import rank_zero_only
 
+    from tbd_core.allocator import keep_freed_memory
+
+    keep_freed_memory()  # a Ray worker is a process of its own
     os.chdir(config["cwd"])
     # Lightning reads the rank from the environment at import; Ray Train sets it later. Rank-zero-only
     # logging (the MLflow run) must know it before the CLI builds the logger.

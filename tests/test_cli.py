@@ -35,3 +35,16 @@ def test_a_bad_option_value_is_one_clear_line():
     proc = run_tbd("ingest", "--dataset", "voxceleb", "--root", ".", "--out", "x")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "dataset" in proc.stderr and "voxceleb" in proc.stderr
+
+
+def test_tbd_keeps_freed_memory_on_glibc():
+    """`tbd` sets glibc's malloc thresholds (tbd_core.allocator); on this Linux/glibc machine it must take."""
+    import platform
+
+    from tbd_core.allocator import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        import pytest
+
+        pytest.skip("not glibc")
+    assert keep_freed_memory() is True
