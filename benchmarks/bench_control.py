@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +70,9 @@ def main() -> None:
         raise SystemExit(f"{data} has no media shards: run `make demo` first (or give --data)")
     start = time.time()
     if not args.skip_training:
+        if (out / "train").exists():  # this script's own run: a new one starts afresh
+            print(f"removing the previous run's {out / 'train'}", flush=True)
+            shutil.rmtree(out / "train")
         tbd("train", "--config", str(ROOT / "configs/train/tiny.yaml"), "--data.data", str(data),
             "--trainer.default_root_dir", str(out / "train"), "--data.text_cache", str(out / "text-cache"),
             "--trainer.max_steps", str(args.steps), "--data.batch_size", str(args.batch_size),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -122,6 +123,9 @@ def overfit(config: CheckConfig, clips: list[str], version: str) -> Path:
                 train_batches=config.steps,  # one epoch: the loader's workers start once
                 text_cache=data.get("text_cache") or str(config.out / "text-cache"))  # fmt: skip
     config.out.mkdir(parents=True, exist_ok=True)
+    if (config.out / "train").exists():  # the check's own scratch run: every check overfits afresh
+        log.info("removing the previous check's training folder %s", config.out / "train")
+        shutil.rmtree(config.out / "train")
     overlay = config.out / "overfit.yaml"
     overlay.write_text(yaml.safe_dump(base, sort_keys=False))
     log.info("overfitting %d clips for %d steps (%s)", len(clips), config.steps, overlay)

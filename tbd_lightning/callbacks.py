@@ -14,6 +14,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from tbd_core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -157,6 +159,20 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
     """Lightning's `ModelCheckpoint`, and `last.ckpt` at the end of training whenever the last save was at an
     earlier step. (Lightning 2.6 writes the final `last.ckpt` only if none was written before, so with
     `every_n_train_steps: 100` and `max_steps: 260` the last 60 steps never reached a checkpoint or an export.)"""
+
+    fresh_run: bool = False  # set by `tbd train` when no --ckpt_path is given: refuse a used folder
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """A fresh run into a folder that already holds checkpoints would write `last-v1.ckpt` beside the old
+        `last.ckpt`, and `tbd export .../last.ckpt` would then export the old model: refused, clearly."""
+        super().setup(trainer, pl_module, stage)
+        old = sorted(Path(self.dirpath).glob("*.ckpt")) if self.fresh_run and self.dirpath else []
+        if old:
+            raise UserError(
+                f"{self.dirpath} already holds checkpoints of an earlier run ({', '.join(p.name for p in old[:3])}"
+                f"{', ...' if len(old) > 3 else ''}): resume it with --ckpt_path last, or train into another "
+                "--trainer.default_root_dir (or delete that folder)"
+            )
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and trainer.global_step and self._last_global_step_saved != trainer.global_step:

@@ -108,6 +108,8 @@ class TBDCLI(LightningCLI):
         checked = getattr(self, "_checked_ckpt", None)
         if ckpt_path and ckpt_path != "last" and (checked is None or Path(ckpt_path) != checked):
             load_checkpoint(ckpt_path)  # refused here, with a clear error, before Lightning reads it
+        for callback in self.trainer.checkpoint_callbacks:
+            callback.fresh_run = not ckpt_path  # refuses a folder with an earlier run's checkpoints
         # weights_only: Lightning's own read of the file runs no pickled code either.
         self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
 

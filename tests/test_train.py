@@ -94,6 +94,17 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "lr-AdamW")]
     assert steps == sorted(steps) and max(steps) >= 5  # continued past step 4, never restarted at 0
 
+    # A fresh run into the same folder would write last-v1.ckpt and leave the old last.ckpt to be exported.
+    env = {**offline_env(netguard_log), "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    proc = run_tbd("train", "--config", CONFIG, "--data.data", str(data), "--trainer.default_root_dir", str(root),
+                   *FAST, "--trainer.max_steps", "2", env=env, timeout=600)  # fmt: skip
+    assert (
+        proc.returncode == 2
+        and "already holds checkpoints" in proc.stderr
+        and "--ckpt_path last" in proc.stderr
+    )
+    assert sorted(p.name for p in (root / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
+
     out = tmp_path / "export"
     proc = run_tbd("export", str(last), str(out), env=offline_env(netguard_log))
     assert proc.returncode == 0, proc.stderr[-3000:]
