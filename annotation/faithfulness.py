@@ -9,6 +9,8 @@ Each rule returns the reasons it rejects an answer (empty: it passes):
 - `degenerate_text`: a phrase repeated until the output is cut, placeholder tokens (`region_id_1000000`).
   (Runaway lists and sentences are refused earlier, by the schema's bounds.)
 - `copied_example`: an answer (nearly) identical to one of the prompt's few-shot answers.
+- `off_topic_text`: a region sentence that names nothing of its region, a global description that names
+  neither the emotion nor a word for it (fluent text about something else passed every rule above).
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ from annotation.schema import ChainOfThought
 NUMBER_TOLERANCE = 0.3  # a quoted measurement may differ from the evidence by this much (rounding)
 COPY_SIMILARITY = 0.9  # text similarity to a few-shot answer at or above this is a copy
 
+# Words a sentence about a region names (substring, case-insensitive): the decoder's schema and this rule agree.
+REGION_WORDS: dict[str, tuple[str, ...]] = {
+    "brows": ("brow", "forehead"),
+    "eyes": ("eye", "lid", "gaze", "sclera", "iris"),
+    "nose": ("nose", "nostril"),
+    "cheeks": ("cheek", "crow", "nasolabial", "lid"),
+    "mouth": ("lip", "mouth", "corner", "smile", "dimple", "nasolabial"),
+    "jaw": ("jaw", "chin", "mouth"),
+}
 _QUOTE = re.compile(r"\bAU(\d+)\b(?:\s+[A-Za-z]+){0,4}?\s*[(:=]?\s*(?:peak\s*(?:of\s*)?|at\s*)?(\d+\.\d+)")
 _PLACEHOLDER = re.compile(
     r"\b\w*_id_\d+\b|\d{6,}|<[a-z_]{2,}>|\{\{|\}\}|\b(?:TODO|PLACEHOLDER|lorem ipsum)\b", re.I
@@ -131,6 +142,26 @@ def copied_example(cot: ChainOfThought, examples: Sequence[str]) -> list[str]:
     return []
 
 
+def emotion_words(emotion: str, kb: KnowledgeBase) -> tuple[str, ...]:
+    """The emotion's name and the lexicon's words for it ("happy": happiness, joy, smile, ...)."""
+    return (emotion, *sorted(w for w, reads in kb.lexicon.items() if emotion in reads))
+
+
+def off_topic_text(cot: ChainOfThought, kb: KnowledgeBase) -> list[str]:
+    reasons = []
+    for region, text in cot.regions.model_dump().items():
+        if text.strip() and not any(w in text.lower() for w in REGION_WORDS[region]):
+            reasons.append(f"regions.{region} does not describe the {region} (names none of: "
+                           f"{', '.join(REGION_WORDS[region])})")  # fmt: skip
+    if cot.emotion in kb.emotions:
+        words = emotion_words(cot.emotion, kb)
+        if not any(w in cot.global_description.lower() for w in words):
+            reasons.append(
+                f"global_description names neither {cot.emotion} nor a word for it ({', '.join(words[1:4])}, ...)"
+            )
+    return reasons
+
+
 def check(
     cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeBase, examples: Sequence[str] = ()
 ) -> list[str]:
@@ -141,4 +172,5 @@ def check(
         *omitted_aus(cot, request),
         *degenerate_text(cot),
         *copied_example(cot, examples),
+        *off_topic_text(cot, kb),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class Shot(BaseModel):
     model_config = ConfigDict(frozen=True)
     user: str
     assistant: str
+    emotion: str = UNKNOWN  # the example's label: not shown for a request of the same emotion
 
 
 class PromptTemplate(BaseModel):
@@ -48,8 +50,14 @@ class PromptTemplate(BaseModel):
             f"AU{e.au}{'' if e.side == 'both' else ' ' + e.side} mean {e.mean:.1f} peak {e.peak:.1f}"
             for e in request.evidence
         )
+        if request.emotion != UNKNOWN:
+            emotion = request.emotion
+        else:  # nothing quotable: the emotions the decoder allows for this request
+            from annotation.grounded_schema import allowed_emotions
+
+            emotion = "choose one of " + ", ".join(allowed_emotions(request, kb))
         return self.user.format(
-            emotion=request.emotion if request.emotion != UNKNOWN else "not labelled",
+            emotion=emotion,
             level=level,
             text=request.text or "none",
             evidence=evidence or "none (no clip measured)",
@@ -61,9 +69,12 @@ class PromptTemplate(BaseModel):
         return tuple(shot.assistant for shot in self.few_shot)
 
     def messages(self, request: ThinkRequest) -> list[dict[str, str]]:
-        """Chat messages for one request: system, few-shot turns, then the request."""
+        """Chat messages for one request: system, the few-shot turns of other emotions (a small model copies
+        an example of its own emotion), then the request."""
         msgs = [{"role": "system", "content": self.system}]
         for shot in self.few_shot:
+            if request.emotion != UNKNOWN and shot.emotion == request.emotion:
+                continue
             msgs += [{"role": "user", "content": shot.user}, {"role": "assistant", "content": shot.assistant}]
         msgs.append({"role": "user", "content": self.render_user(request)})
         return msgs
@@ -88,6 +99,24 @@ def _system(text: str, kb: KnowledgeBase) -> str:
     ).strip()
 
 
+_MEASUREMENT = re.compile(r"\s*\(\d+(?:\.\d+)?\)")  # "AU12 (2.4)": a quoted measurement
+_DIGIT = re.compile(r"(?<![AU0-9])\d+")
+_WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three"}
+
+
+def without_numbers(cot):
+    """A few-shot answer as the per-request schema lets a model write it: free text without numbers
+    (measurements dropped, levels in words), AU names ("AU12") kept."""
+
+    def clean(text: str) -> str:
+        return _DIGIT.sub(lambda m: _WORDS.get(m.group(0), ""), _MEASUREMENT.sub("", text))
+
+    units = [u.model_copy(update={"movement": clean(u.movement)}) for u in cot.action_units]
+    regions = cot.regions.model_copy(update={k: clean(v) for k, v in cot.regions.model_dump().items()})
+    return cot.model_copy(update={"reasoning": [clean(r) for r in cot.reasoning], "action_units": units,
+                                  "global_description": clean(cot.global_description), "regions": regions})  # fmt: skip
+
+
 @functools.cache
 def load_template(path: str | None = None) -> PromptTemplate:
     """Load and render a template (default: the packaged `data/prompt_cot.yaml`)."""
@@ -110,6 +139,6 @@ def load_template(path: str | None = None) -> PromptTemplate:
     shots = []
     for example in spec["few_shot"]:
         request = ThinkRequest(**example)
-        answer = think(request, kb).model_dump_json()
-        shots.append(Shot(user=partial.render_user(request), assistant=answer))
+        answer = without_numbers(think(request, kb)).model_dump_json()
+        shots.append(Shot(user=partial.render_user(request), assistant=answer, emotion=request.emotion))
     return partial.model_copy(update={"few_shot": tuple(shots)})

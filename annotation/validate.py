@@ -5,7 +5,7 @@ every change listed), `rejected` (reasons listed; the clip goes to the reject le
 an AU: a missing core AU or an unknown AU id rejects. Grounding: an AU annotated at C or stronger that
 the clip's measured evidence shows absent rejects. Faithfulness (`annotation.faithfulness`): a label the
 evidence does not support, misquoted measurements, a clearly measured AU left out silently, degenerate
-text and a copied few-shot answer reject.
+text, a copied few-shot answer and text about something other than the face reject.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from annotation.reasoner import ABSENT_PEAK, region_sentences
 from annotation.records import UNKNOWN, Generation, ThinkRequest, Validation
 from annotation.schema import ChainOfThought
 
-VALIDATOR_VERSION = "validator-2"  # bump when a rule changes: it enters the annotation version
+VALIDATOR_VERSION = "validator-3"  # bump when a rule changes: it enters the annotation version
 
 
 def parse(generation: Generation) -> tuple[dict | None, list[str]]:

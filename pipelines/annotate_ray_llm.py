@@ -10,6 +10,7 @@ both routes write the same annotation version; judging, retries and the shards a
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 
@@ -73,9 +74,14 @@ class RayLLMEngine(VLLMEngine):
         from ray.data.llm import build_processor
 
         params = self.request_sampling(sampling)
+
+        def preprocess(row: dict) -> dict:  # each request decodes under its own schema (a JSON column)
+            own = {**params, "structured_outputs": {"json": json.loads(row["schema"])}}
+            return dict(messages=row["messages"], sampling_params=own)
+
         return build_processor(
             self.processor_config(),
-            preprocess=lambda row: dict(messages=row["messages"], sampling_params=params),
+            preprocess=preprocess,
             postprocess=lambda row: dict(
                 i=row["i"], text=row["generated_text"], tokens=row["num_generated_tokens"]
             ),
@@ -87,7 +93,8 @@ class RayLLMEngine(VLLMEngine):
         import ray
 
         init_ray()
-        rows = [{"i": i, "messages": self.template.messages(r)} for i, r in enumerate(requests)]
+        rows = [{"i": i, "messages": self.template.messages(r), "schema": json.dumps(self.schema_for(r))}
+                for i, r in enumerate(requests)]  # fmt: skip
         limit = self.request_sampling(sampling)["max_tokens"]
         out: list[Generation | None] = [None] * len(requests)
         for row in self.processor(sampling)(ray.data.from_items(rows)).take_all():

@@ -151,3 +151,30 @@ def test_quality_report_measures_agreement_diversity_and_rejections():
                                anns[0].provenance)  # fmt: skip
     q = version_quality([*anns, retried, recovered])
     assert (q["retried"], q["accepted_after_retry"], q["rejected"]) == (2, 1, 1)
+
+
+def test_text_about_something_other_than_the_face_is_rejected():
+    """SmolLM2 under the per-request schema, before this rule: fluent region sentences about a friend's
+    dinner and a global description that names no emotion passed every other rule."""
+    request = ThinkRequest(emotion="happy", level=3)
+    data = answer(request)
+    assert (
+        validate(json.loads(json.dumps(data)), request)[1].outcome != "rejected"
+    )  # the reasoner's own answer names its regions and the emotion
+    data["regions"]["cheeks"] = "My friend said he was going crazy yesterday at dinner."
+    data["global_description"] = "Angelic behaviour can be seen through its actions."
+    why = reasons(data, request)
+    assert (
+        "regions.cheeks does not describe the cheeks" in why
+        and "global_description names neither happy" in why
+    )
+
+
+def test_every_registry_movement_names_its_region():
+    """The per-request schema builds region sentences from the registry's clauses: each must pass the rule."""
+    from annotation.facs import load_kb
+    from annotation.faithfulness import REGION_WORDS
+
+    for au in load_kb().action_units.values():
+        for clause in au.movement.split(";"):
+            assert any(w in clause.lower() for w in REGION_WORDS[au.region]), (au.au, clause)

@@ -142,8 +142,13 @@ def test_ray_llm_runner_carries_the_vllm_engines_settings_and_validates_offline(
         "temperature": 0.0,
         "max_tokens": 900,
         "seed": 0,
+        "repetition_penalty": 1.1,
         "structured_outputs": {"json": decoding_schema()},
     }
+    from annotation.grounded_schema import request_schema
+
+    sad = ThinkRequest(emotion="sad", level=2)
+    assert engine.request_sampling(None, sad)["structured_outputs"]["json"] == request_schema(sad)  # its own
     retry = engine.request_sampling(engine.sampling_for(2))
     assert (retry["seed"], retry["temperature"]) == (2, 0.7)
     # On CPU a replica is a CPU bundle; wrong settings are clear errors.

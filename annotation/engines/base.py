@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from annotation.facs import load_kb
+from annotation.grounded_schema import request_schema, schema_rules_hash
 from annotation.prompts import PromptTemplate, load_template
 from annotation.records import (
     Annotation,
@@ -21,7 +22,6 @@ from annotation.records import (
     ThinkRequest,
     Validation,
 )
-from annotation.schema import decoding_schema, schema_hash
 from annotation.validate import VALIDATOR_VERSION, parse, validate
 from tbd_core.errors import UserError
 
@@ -38,7 +38,10 @@ class Engine(ABC):
 
     def __init__(self, template: PromptTemplate | None = None):
         self.template = template or load_template()
-        self.schema = decoding_schema()
+
+    def schema_for(self, request: ThinkRequest) -> dict:
+        """The JSON schema the decoder enforces for this request (`annotation.grounded_schema`)."""
+        return request_schema(request)
 
     @property
     @abstractmethod
@@ -109,7 +112,7 @@ class Engine(ABC):
             "engine": self.name,
             "model_id": self.model_id,
             "template_hash": self.template.hash,
-            "schema_hash": schema_hash(),
+            "schema_hash": schema_rules_hash(),
             "sampling": self.sampling,
             "kb_version": load_kb().version,
             "validator_version": VALIDATOR_VERSION,

@@ -80,7 +80,11 @@ class OpenAIEngine(Engine):
                 seed=sampling["seed"],
                 response_format={
                     "type": "json_schema",
-                    "json_schema": {"name": "chain_of_thought", "schema": self.schema, "strict": True},
+                    "json_schema": {
+                        "name": "chain_of_thought",
+                        "schema": self.schema_for(request),
+                        "strict": True,
+                    },
                 },
             )
         except openai.APIError as err:
