@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbd-setup-stamp
 DEMO_OUT ?= out/demo
 DEMO_STEPS ?= 200
+# The MEAD annotation version SmolLM2 wrote through vLLM (make demo trains Draw on it)
+LLM_VERSION = $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO_OUT)/mead-llm.json'))['version'])")
+# ... and the rule reasoner's (the control experiment trains on it: its results do not depend on Think)
+FACS_VERSION = $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO_OUT)/mead-facs.json'))['version'])")
 # Guidance scales that suit a small model (the defaults, 3.5/3/3, are for a well-trained one); equal, so the
 # cfg ablation row is at matched strength (it is then single-stage without the region mask).
 DEMO_GUIDANCE ?= --guidance.audio_scale 2 --guidance.global_scale 2 --guidance.local_scale 2
@@ -39,22 +43,26 @@ demo: setup
 		$(BIN)/tbd ingest --dataset $$ds --root $(DEMO_OUT)/corpus/$$ds --out $(DEMO_OUT)/data/$$ds \
 			--split_overrides '{W003: val, RD_GraceHopperWide: val}'; \
 		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --media.crop_size 64 --clips_per_shard 8; \
-		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds; \
+		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds > $(DEMO_OUT)/$$ds-facs.json; \
+		cat $(DEMO_OUT)/$$ds-facs.json; \
 	done
-	@echo "== hdtf: regenerate the annotations with vLLM on SmolLM2-135M-Instruct (a real instruct LLM from PyPI, converted at setup): a second version beside the first"
-	VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/hdtf --think.engine vllm \
-		--think.model $$($(BIN)/tbd assets path instruct_llm) --think.max_tokens 1536
+	@echo "== both: annotate again with vLLM on SmolLM2-135M-Instruct (a real instruct LLM from PyPI, converted at setup), a decoding schema per clip: a second version beside the first; Draw trains on MEAD's"
+	@set -e; for ds in hdtf mead; do \
+		VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds --think.engine vllm \
+			--think.model $$($(BIN)/tbd assets path instruct_llm) --think.max_tokens 1536 > $(DEMO_OUT)/$$ds-llm.json; \
+		cat $(DEMO_OUT)/$$ds-llm.json; \
+	done
 	@echo "== annotation quality, every version (also in MLflow)"
 	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/hdtf --report true
 	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/mead --report true
 	$(BIN)/tbd think --text "a bittersweet smile" --level 2 --json true > $(DEMO_OUT)/bittersweet.json
-	@echo "== mead: train the tiny denoiser on media + CoT shards (LightningCLI, MLflow), then export it"
+	@echo "== mead: train the tiny denoiser on media + SmolLM2's CoT shards (LightningCLI, MLflow), then export it"
 	rm -rf $(DEMO_OUT)/train $(DEMO_OUT)/model
-	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead \
+	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead --data.version $(LLM_VERSION) \
 		--trainer.default_root_dir $(DEMO_OUT)/train --data.text_cache $(DEMO_OUT)/text-cache --trainer.max_steps $(DEMO_STEPS)
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
 	@echo "== conditioning check: overfit 4 clips (happy/sad x 2 speakers, 300 steps), then swap speech, emotion text and reference one at a time: does each act?"
-	$(BIN)/tbd check-conditioning --data $(DEMO_OUT)/data/mead --steps 300 --max_frames 24 --out $(DEMO_OUT)/check-conditioning \
+	$(BIN)/tbd check-conditioning --data $(DEMO_OUT)/data/mead --version $(LLM_VERSION) --steps 300 --max_frames 24 --out $(DEMO_OUT)/check-conditioning \
 		--clips '[mead_W001_happy_3_000, mead_W001_sad_3_000, mead_W002_happy_3_000, mead_W002_sad_3_000]' > /dev/null
 	@echo "== generate: a held-out person (the astronaut's portrait; every training identity is Grace Hopper's photo, varied) speaking a validation speaker's line, contempt level 2"
 	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/Astronaut.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
@@ -90,7 +98,7 @@ bench: setup
 # The control experiment (issue 24): the demo's data, then the tiny model trained for 2500 steps and every
 # validation clip of the held-out speaker evaluated (ablations, ceiling, floor, judges): about an hour on 2 cores.
 control: demo
-	$(BIN)/python benchmarks/bench_control.py --data $(DEMO_OUT)/data/mead --corpus $(DEMO_OUT)/corpus --out out/control
+	$(BIN)/python benchmarks/bench_control.py --data $(DEMO_OUT)/data/mead --corpus $(DEMO_OUT)/corpus --out out/control --version $(FACS_VERSION)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--out", default="out/control")
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--version", help="annotation version to train on (needed when the folder holds several)")
     ap.add_argument("--max_frames", type=int, default=24)
     ap.add_argument("--guidance_steps", type=int, default=8)
     ap.add_argument("--skip_training", action="store_true", help="evaluate OUT/model as it is")
@@ -76,7 +77,7 @@ def main() -> None:
         tbd("train", "--config", str(ROOT / "configs/train/tiny.yaml"), "--data.data", str(data),
             "--trainer.default_root_dir", str(out / "train"), "--data.text_cache", str(out / "text-cache"),
             "--trainer.max_steps", str(args.steps), "--data.batch_size", str(args.batch_size),
-            "--data.train_batches", str(args.steps))  # fmt: skip
+            "--data.train_batches", str(args.steps), *(("--data.version", args.version) if args.version else ()))  # fmt: skip
         tbd("export", str(out / "train/checkpoints/last.ckpt"), str(out / "model"))
     tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips", "100",
         "--max_frames", str(args.max_frames), "--guidance.steps", str(args.guidance_steps), *GUIDANCE,
