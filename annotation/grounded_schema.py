@@ -14,11 +14,13 @@ narrows it for one `ThinkRequest`, so the decoder (vLLM's structured outputs, an
   region are fixed to its id, its movement is one of the registry's clauses; intensity letters lie within
   one letter of the measured peak (measured AUs) or of the level's intensity; sides: one for a unilateral
   prototype (contempt), the measured side for an AU measured on one side only, else both.
-- free text (reasoning, descriptions, movements): no digits except in AU names of the candidates ("AU12"),
-  no braces or angle brackets (a penalised model wrote "}}" and "<br>" into descriptions),
-  so a measurement can neither be misquoted nor a placeholder number written; the global sentence names
-  the emotion (or a word for it), a region without candidate AUs is at rest (""), a moving region's
-  sentence names the region (`annotation.faithfulness.off_topic_text`, the same rule in the validator).
+- the texts Draw reads are filled-in templates of the registry's phrases for the candidate AUs: the global
+  sentence ("A severe happy expression: cheeks lifted, lips parted.", the level's intensity word, at most
+  two clauses), one sentence per moving region ("Strongly: lips parted."), "" for a region at rest. A
+  135M model wrote fluent text about something else into free fields (the validator's `off_topic_text`).
+- the reasoning steps are free text without digits except the candidates' AU names ("AU12"), braces or
+  angle brackets: nothing to misquote, no placeholder numbers ("}}" and "<br>" came from a penalised model).
+- contradictory pairs: the weaker AU stays at C or below, so the two are never both D or E.
 
 The validator still judges every answer (schemas are narrowing, not trust). Field order is the record's
 (reasoning first). `SCHEMA_RULES` enters the schema hash, so a change gives new annotation versions.
@@ -69,16 +71,11 @@ def allowed_emotions(request: ThinkRequest, kb: KnowledgeBase) -> list[str]:
     return sorted({*supported, "neutral"})
 
 
-def _free_text(max_length: int, aus: list[int], naming: tuple[str, ...] = ()) -> dict:
-    """Text without digits (but AU names), braces or angle brackets; with `naming`, text that contains one
-    of those words (first letter in either case) or is empty."""
+def _free_text(max_length: int, aus: list[int]) -> dict:
+    """Text without digits (but the names of `aus`: "AU12"), braces or angle brackets."""
     names = "|".join(str(au) for au in sorted(aus, key=lambda a: -a))  # longest first: AU12 before AU1
     char = f"(?:[^0-9{{}}<>]|AU(?:{names}))" if names else "[^0-9{}<>]"
-    pattern = f"^{char}*$"
-    if naming:
-        words = "|".join(f"[{w[0].upper()}{w[0]}]{re.escape(w[1:])}" for w in naming)
-        pattern = f"^(?:{char}*(?:{words}){char}*)?$"
-    return {"type": "string", "maxLength": max_length, "pattern": pattern}
+    return {"type": "string", "maxLength": max_length, "pattern": f"^{char}*$"}
 
 
 def _escape(phrase: str) -> str:
@@ -116,16 +113,16 @@ def _band(letter: str) -> list[str]:
     return list(INTENSITY_LETTERS[max(0, i - 1) : i + 2])
 
 
-def _unit(au: int, kb: KnowledgeBase, letters: list[str], sides: list[str], movement: dict) -> dict:
+def _unit(au: int, kb: KnowledgeBase, letters: list[str], sides: list[str]) -> dict:
+    """One AU's item: its registry facts fixed, its intensity and side among `letters` and `sides`."""
     ref = kb.au(au)
-    fixed = {"au": au, "name": ref.name, "region": ref.region, "muscle": ", ".join(ref.muscles)}
     props = {
         "au": {"type": "integer", "enum": [au]},
-        "name": {"type": "string", "enum": [fixed["name"]]},
+        "name": {"type": "string", "enum": [ref.name]},
         "intensity": {"type": "string", "enum": letters},
         "side": {"type": "string", "enum": sides},
-        "region": {"type": "string", "enum": [fixed["region"]]},
-        "muscle": {"type": "string", "enum": [fixed["muscle"]]},
+        "region": {"type": "string", "enum": [ref.region]},
+        "muscle": {"type": "string", "enum": [", ".join(ref.muscles)]},
         "movement": {"type": "string", "enum": sorted({ref.movement, *_clauses([au], kb)})},
     }
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
@@ -174,18 +171,13 @@ def request_schema(request: ThinkRequest, kb: KnowledgeBase | None = None) -> di
         gone = absent_sides(request, au)  # a side measured absent is no choice (both: when one side acts)
         if len(gone) == 1:  # measured on one side only: that side
             sides = [s for s in ("left", "right") if s not in gone]
-        return _unit(au, kb, letters, sides, text(props_unit["movement"]["maxLength"]))  # fmt: skip
+        return _unit(au, kb, letters, sides)
 
     aus = sorted({*must, *may})
-    props_unit = props["action_units"]["items"]["properties"]
-
-    def text(max_length: int) -> dict:
-        return _free_text(max_length, aus)
-
     props["emotion"] = {"type": "string", "enum": emotions}
     if request.level is not None:
         props["intensity_level"] = {"type": "integer", "enum": [request.level]}
-    props["reasoning"]["items"] = text(props["reasoning"]["items"]["maxLength"])
+    props["reasoning"]["items"] = _free_text(props["reasoning"]["items"]["maxLength"], aus)
     templates = _templates(emotions, aus, kb, level_letter)
     props["global_description"] = {"type": "string", "maxLength": props["global_description"]["maxLength"],
                                    "pattern": templates["global"]}  # fmt: skip
