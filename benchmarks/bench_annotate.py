@@ -5,8 +5,10 @@ examples, the request with its measured AU evidence), the CoT's JSON schema enfo
 generated to its full length (until the JSON closes, at most `--max-tokens`, the job's limit).
 - vLLM: the job's own engine (`VLLMEngine`: guidance backend, compact JSON, its CPU dtype), with
   prefix caching on (the job's setting) and off, each started and warmed up before it is timed.
-- transformers: `generate` on all requests in one left-padded batch, the same schema enforced by
-  xgrammar's logits processor (compact JSON too), in the engine's CPU dtype (`--hf-dtype` to change).
+- transformers: `generate` on all requests in one left-padded batch, each request's own schema
+  (`annotation.grounded_schema`, compiled once per distinct schema) enforced by xgrammar's logits processor
+  (compact JSON too), the engine's repetition penalty, in its CPU dtype (`--hf-dtype` to change).
+Also the cost of building the schemas and how many are distinct (what a cache by schema would save).
 Model: the `instruct_llm` asset (SmolLM2-135M-Instruct, built by `make setup`) unless `--model`.
 Requests: `--data DIR` reads the real requests of a preprocessed data folder; otherwise the job's
 request shape is synthesised (MEAD labels and levels, evidence for every AU a landmark proxy measures).
@@ -83,7 +85,7 @@ def run_transformers(model: str, requests, max_tokens: int, dtype: str) -> tuple
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from xgrammar.contrib.hf import LogitsProcessor
 
-    from annotation.schema import decoding_schema
+    from annotation.grounded_schema import request_schema
 
     template = load_template()
     tok = AutoTokenizer.from_pretrained(model, padding_side="left")
@@ -91,20 +93,25 @@ def run_transformers(model: str, requests, max_tokens: int, dtype: str) -> tuple
         tok.pad_token = tok.eos_token
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
     info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=AutoConfig.from_pretrained(model).vocab_size)
-    grammar = xgr.GrammarCompiler(info).compile_json_schema(
-        json.dumps(decoding_schema()), any_whitespace=False
-    )
+    compiler, compiled = xgr.GrammarCompiler(info), {}  # one grammar per distinct schema (cached by text)
+    schemas = [json.dumps(request_schema(r), sort_keys=True) for r in requests]
+    for text in schemas:
+        if text not in compiled:
+            compiled[text] = compiler.compile_json_schema(text, any_whitespace=False)
+    grammars = [compiled[text] for text in schemas]
     prompts = [
         tok.apply_chat_template(template.messages(r), tokenize=False, add_generation_prompt=True)
         for r in requests
     ]
 
     def generate(batch: list[str], limit: int = max_tokens) -> list[str]:
+        grammar = grammars[: len(batch)]  # each request under its own schema, as the vLLM engine runs
         enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             out = lm.generate(
                 **enc,
                 do_sample=False,
+                repetition_penalty=VLLMConfig.model_fields["repetition_penalty"].default,
                 max_new_tokens=limit,
                 logits_processor=[LogitsProcessor(grammar)],  # one per call (it keeps matcher state)
                 pad_token_id=tok.pad_token_id,
@@ -145,6 +152,15 @@ def main() -> None:
     ]
     prompt_tokens = tokens(prompts) / len(prompts)
 
+    from annotation.grounded_schema import request_schema
+
+    start = time.perf_counter()
+    schemas = [json.dumps(request_schema(r), sort_keys=True) for r in requests]
+    schema_ms = (time.perf_counter() - start) * 1000 / len(requests)
+    distinct = len(set(schemas))
+    print(f"schema per request: {schema_ms:.2f} ms to build; {distinct} distinct of {len(requests)} "
+          f"(a cache by schema text would hit {1 - distinct / len(requests):.0%})")  # fmt: skip
+
     rows = {}
     for name, run in (
         ("vllm", lambda: run_vllm(args.model, requests, args.max_tokens, True)),
@@ -181,6 +197,9 @@ def main() -> None:
         "vllm_outcomes": outcome_counts(judge_engine, requests, rows["vllm"]["texts"]),
         "transformers_outcomes": outcome_counts(judge_engine, requests, rows["transformers"]["texts"]),
         "transformers_dtype": args.hf_dtype,
+        "schema_build_ms": round(schema_ms, 2),
+        "distinct_schemas": distinct,
+        "schema_cache_hit_rate": round(1 - distinct / len(requests), 3),
     }
     print(
         f"vLLM / transformers = {result['ratio']}x requests/s ({result['tokens_ratio']}x tokens/s); "

@@ -142,7 +142,7 @@ def test_ray_llm_runner_carries_the_vllm_engines_settings_and_validates_offline(
         "temperature": 0.0,
         "max_tokens": 900,
         "seed": 0,
-        "repetition_penalty": 1.1,
+        "repetition_penalty": 1.3,
         "structured_outputs": {"json": decoding_schema()},
     }
     from annotation.grounded_schema import request_schema
