@@ -29,7 +29,8 @@ from annotation.schema import ChainOfThought
 NUMBER_TOLERANCE = 0.3  # a quoted measurement may differ from the evidence by this much (rounding)
 COPY_SIMILARITY = 0.9  # text similarity to a few-shot answer at or above this is a copy
 
-# Words a sentence about a region names (substring, case-insensitive): the decoder's schema and this rule agree.
+# Words a sentence about a region names (substring, case-insensitive). Every registry movement clause names
+# one (tested), so the region sentences the per-request schema builds from them pass this rule.
 REGION_WORDS: dict[str, tuple[str, ...]] = {
     "brows": ("brow", "forehead"),
     "eyes": ("eye", "lid", "gaze", "sclera", "iris"),
@@ -61,15 +62,21 @@ def measured_peaks(request: ThinkRequest) -> dict[int, tuple[float, float]]:
     return out
 
 
+def measured_support(emotion: str, request: ThinkRequest, kb: KnowledgeBase) -> tuple[list[int], list[int]]:
+    """(the prototype's core AUs, those measured present): an unlabelled clip may be called `emotion` when
+    at least half are present."""
+    core, peaks = list(kb.prototype(emotion).core), measured_peaks(request)
+    return core, [au for au in core if peaks.get(au, (0.0, 0.0))[0] >= PRESENT_PEAK]
+
+
 def unsupported_label(cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeBase) -> list[str]:
     if cot.emotion not in kb.emotions and cot.emotion != UNKNOWN:
         return [f"emotion {cot.emotion!r} is not one of the knowledge base's ({', '.join(kb.emotions)})"]
     if request.emotion != UNKNOWN or cot.emotion in ("neutral", UNKNOWN):
         return []
     if request.evidence:
-        core = kb.prototype(cot.emotion).core
+        core, present = measured_support(cot.emotion, request, kb)
         peaks = measured_peaks(request)
-        present = [au for au in core if peaks.get(au, (0.0, 0.0))[0] >= PRESENT_PEAK]
         if core and len(present) < len(core) / 2:
             measured = (
                 ", ".join(f"AU{au} {peaks[au][0]:.1f}" for au in core if au in peaks) or "none measured"

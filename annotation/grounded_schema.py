@@ -34,6 +34,7 @@ import json
 import re
 
 from annotation.facs import INTENSITY_LETTERS, KnowledgeBase, intensity_letter, load_kb
+from annotation.faithfulness import measured_peaks, measured_support
 from annotation.reasoner import ABSENT_PEAK, ADVERB, CLEAR_PEAK, PRESENT_PEAK, text_cues
 from annotation.records import UNKNOWN, ThinkRequest
 from annotation.schema import MAX_AUS, decoding_schema
@@ -43,10 +44,7 @@ SCHEMA_RULES = "grounded-7"  # bump when the rules below change
 
 def measured(request: ThinkRequest) -> dict[int, float]:
     """AU -> highest measured peak over sides."""
-    peaks: dict[int, float] = {}
-    for ev in request.evidence:
-        peaks[ev.au] = max(peaks.get(ev.au, 0.0), ev.peak)
-    return peaks
+    return {au: peak for au, (peak, _) in measured_peaks(request).items()}
 
 
 def absent_sides(request: ThinkRequest, au: int) -> set[str]:
@@ -65,9 +63,11 @@ def allowed_emotions(request: ThinkRequest, kb: KnowledgeBase) -> list[str]:
     if request.text:
         weights, _ = text_cues(request.text, kb)
         return sorted(weights) or sorted(kb.emotions)
-    peaks = measured(request)
-    supported = [e for e, p in kb.emotions.items()
-                 if p.core and sum(peaks.get(au, 0.0) >= PRESENT_PEAK for au in p.core) >= len(p.core) / 2]  # fmt: skip
+    supported = []
+    for emotion in kb.emotions:
+        core, present = measured_support(emotion, request, kb)
+        if core and len(present) >= len(core) / 2:  # what `unsupported_label` accepts
+            supported.append(emotion)
     return sorted({*supported, "neutral"})
 
 

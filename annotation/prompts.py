@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from annotation.facs import KnowledgeBase, load_kb
 from annotation.records import UNKNOWN, ThinkRequest
+from annotation.schema import ChainOfThought
 from tbd_core.errors import UserError
 
 
@@ -104,7 +105,7 @@ _DIGIT = re.compile(r"(?<![AU0-9])\d+")
 _WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three"}
 
 
-def without_numbers(cot):
+def without_numbers(cot: ChainOfThought) -> ChainOfThought:
     """A few-shot answer as the per-request schema lets a model write it: free text without numbers
     (measurements dropped, levels in words), AU names ("AU12") kept."""
 
