@@ -13,7 +13,8 @@ narrows it for one `ThinkRequest`, so the decoder (vLLM's structured outputs, an
   prototypes' AUs and the AUs measured present), never an AU measured absent. Each AU's name, muscle and
   region are fixed to its id, its movement is one of the registry's clauses; intensity letters lie within
   one letter of the measured peak (measured AUs) or of the level's intensity; sides: one for a unilateral
-  prototype (contempt), the measured side for an AU measured on one side only, else both.
+  prototype (contempt), the same for all its AUs (where AU12 peaks higher, else the subject's right, as the
+  rule reasoner chooses), the measured side for an AU measured on one side only, else both.
 - the texts Draw reads are filled-in templates of the registry's phrases for the candidate AUs: the global
   sentence ("A severe happy expression: cheeks lifted, lips parted.", the level's intensity word, at most
   two clauses), one sentence per moving region ("Strongly: lips parted."), "" for a region at rest. A
@@ -35,11 +36,19 @@ import re
 
 from annotation.facs import INTENSITY_LETTERS, KnowledgeBase, intensity_letter, load_kb
 from annotation.faithfulness import measured_peaks, measured_support
-from annotation.reasoner import ABSENT_PEAK, ADVERB, CLEAR_PEAK, PRESENT_PEAK, text_cues
+from annotation.reasoner import (
+    ABSENT_PEAK,
+    ADVERB,
+    CLEAR_PEAK,
+    PRESENT_PEAK,
+    peaks_by_side,
+    text_cues,
+    unilateral_side,
+)
 from annotation.records import UNKNOWN, ThinkRequest
 from annotation.schema import MAX_AUS, decoding_schema
 
-SCHEMA_RULES = "grounded-7"  # bump when the rules below change
+SCHEMA_RULES = "grounded-8"  # bump when the rules below change
 
 
 def measured(request: ThinkRequest) -> dict[int, float]:
@@ -152,6 +161,7 @@ def request_schema(request: ThinkRequest, kb: KnowledgeBase | None = None) -> di
     )
     level_letter = kb.level_intensity(request.level) if request.level is not None else None
     unilateral = {au for p in protos if p.unilateral for au in p.core}
+    one_side = unilateral_side(peaks_by_side(request.evidence))  # all of them on the rule reasoner's side
 
     # Of a contradictory pair among the AUs, the weaker (by measurement, then not required) stays at C or
     # below, so the two can never both be D or E (the validator's rule).
@@ -167,7 +177,7 @@ def request_schema(request: ThinkRequest, kb: KnowledgeBase | None = None) -> di
             letters = _band(level_letter) if level_letter else list(INTENSITY_LETTERS)
         if au in capped:
             letters = [x for x in letters if x <= "C"] or ["C"]
-        sides = ["left", "right"] if au in unilateral and request.emotion != UNKNOWN else ["both"]
+        sides = [one_side] if au in unilateral and request.emotion != UNKNOWN else ["both"]
         gone = absent_sides(request, au)  # a side measured absent is no choice (both: when one side acts)
         if len(gone) == 1:  # measured on one side only: that side
             sides = [s for s in ("left", "right") if s not in gone]

@@ -23,7 +23,7 @@ DEFAULT_SIDE = "right"  # unilateral AUs without side evidence: the subject's ri
 ADVERB = {"A": "barely", "B": "slightly", "C": "clearly", "D": "strongly", "E": "maximally"}
 
 
-def _peaks(evidence: tuple[AUEvidence, ...]) -> dict[int, dict[str, float]]:
+def peaks_by_side(evidence: tuple[AUEvidence, ...]) -> dict[int, dict[str, float]]:
     """AU -> {side: peak}, 'both' holding the maximum over sides."""
     out: dict[int, dict[str, float]] = defaultdict(dict)
     for ev in evidence:
@@ -61,7 +61,7 @@ def _closest_emotion(peaks: dict[int, dict[str, float]], kb: KnowledgeBase) -> s
 def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThought:
     """Reason from the request to a Chain-of-Thought by the knowledge base's rules."""
     kb = kb or load_kb()
-    peaks = _peaks(request.evidence)
+    peaks = peaks_by_side(request.evidence)
     steps: list[str] = []
 
     # 1. Appraise the emotion and its intensity.
@@ -143,7 +143,7 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
 
     letters = {au: intensity_letter(v) for au, v in chosen.items()}
     _soften_contradictions(letters, kb)
-    side = _unilateral_side(peaks)
+    side = unilateral_side(peaks)
     units = [
         AUDescription(
             au=au,
@@ -188,7 +188,8 @@ def _unilateral_core(weights: dict[str, float], kb: KnowledgeBase) -> set[int]:
     return {au for e in weights if kb.prototype(e).unilateral for au in kb.prototype(e).core}
 
 
-def _unilateral_side(peaks: dict[int, dict[str, float]]) -> str:
+def unilateral_side(peaks: dict[int, dict[str, float]]) -> str:
+    """The side a unilateral expression (contempt) acts on: where AU12 peaks higher, else DEFAULT_SIDE."""
     sides = peaks.get(12, {})
     left, right = sides.get("left"), sides.get("right")
     if left is not None and right is not None and left > right:

@@ -109,10 +109,13 @@ def test_contempt_is_one_sided_and_unlabelled_clips_choose_among_supported_emoti
         "one lip corner",
         [unit(12, "C"), unit(14, "C")],
         "A marked contempt expression.",
-        "Clearly: lip corners tightened and drawn in on the left side only.",
+        "Clearly: lip corners tightened and drawn in on the right side only.",
     )
     assert not matcher(contempt, both)
-    assert matcher(contempt, both.replace('"side":"both"', '"side":"left"'))
+    assert matcher(contempt, both.replace('"side":"both"', '"side":"right"'))  # no evidence: the right side
+    assert not matcher(
+        contempt, both.replace('"side":"both"', '"side":"left"', 1).replace('"side":"both"', '"side":"right"')
+    )
 
     clip = ThinkRequest(evidence=(AUEvidence(au=1, mean=2, peak=3.0), AUEvidence(au=4, mean=2, peak=3.0),
                                   AUEvidence(au=15, mean=1, peak=2.0)))  # fmt: skip
