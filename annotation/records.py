@@ -121,7 +121,13 @@ class Validation(BaseModel):
 
 
 class Provenance(BaseModel):
-    """Everything that determines an annotation; `annotation_version` hashes it (outcome excluded)."""
+    """Everything that determines an annotation; `annotation_version` hashes it (outcome excluded).
+
+    `engine` is the decoder (`vllm`, `facs`, or `openai` for an endpoint that is not a vLLM server);
+    `route` says how requests reached it (`vllm` in-process, `ray-llm`, `openai` endpoint) and is kept
+    out of the version: the same weights, prompt, schema and sampling decode the same annotations
+    whichever way they are sent.
+    """
 
     annotation_version: str
     engine: str
@@ -131,9 +137,11 @@ class Provenance(BaseModel):
     sampling: dict
     kb_version: str
     validator_version: str
+    route: str = ""
 
     @staticmethod
     def version_of(**fields) -> str:
+        fields.pop("route", None)
         return "ann-" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 

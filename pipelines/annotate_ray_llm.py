@@ -28,6 +28,12 @@ ERROR_COLUMN = "__inference_error__"
 class RayLLMEngine(VLLMEngine):
     """`generate` is one Ray Data LLM pass over the requests; provenance is the `vllm` engine's."""
 
+    name = "ray-llm"
+
+    @property
+    def decoder(self) -> str:
+        return "vllm"
+
     def __init__(
         self,
         config: VLLMConfig,

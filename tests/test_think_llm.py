@@ -28,13 +28,14 @@ REQUESTS = [ThinkRequest(key=f"{e}_{lvl}", emotion=e, level=lvl) for e in MEAD_E
 ]
 
 
-def check_annotations(anns, engine: str) -> None:
+def check_annotations(anns, route: str) -> None:
     assert [a.key for a in anns] == [r.key for r in REQUESTS]
     versions = {a.provenance.annotation_version for a in anns}
     assert len(versions) == 1 and versions.pop().startswith("ann-")
     for ann in anns:
         prov = ann.provenance
-        assert prov.engine == engine and prov.model_id and prov.template_hash and prov.schema_hash
+        assert prov.engine == "vllm" and prov.route == route
+        assert prov.model_id and prov.template_hash and prov.schema_hash
         assert prov.kb_version.startswith("facs-") and prov.sampling["max_tokens"] == MAX_TOKENS
         assert ann.finish_reason in ("stop", "length"), ann.finish_reason
         if ann.finish_reason == "stop":
@@ -85,7 +86,9 @@ def test_think_cli_with_vllm_offline(tiny_llm, tmp_path):
     assert not log.exists() or not log.read_text().strip(), log.read_text()
 
 
-def test_openai_engine_against_a_local_vllm_server(tiny_llm, tmp_path):
+def test_openai_engine_against_a_local_vllm_server(tiny_llm, vllm_engine, tmp_path):
+    """The openai route to a vLLM server serving the same folder is the same decoder: same model id,
+    sampling and annotation version as the in-process engine, and (greedy) the same answers."""
     from annotation.engines import make_engine
     from annotation.engines.local_server import vllm_server
 
@@ -100,7 +103,12 @@ def test_openai_engine_against_a_local_vllm_server(tiny_llm, tmp_path):
             anns = engine.annotate(REQUESTS)
         port = urllib.parse.urlparse(server.base_url).port
     check_annotations(anns, "openai")
-    assert anns[0].provenance.model_id == "tiny"
+    assert anns[0].provenance.model_id == vllm_engine.model_id and vllm_engine.model_id.startswith("tiny@")
+    assert anns[0].provenance.annotation_version == vllm_engine.version
+    direct = vllm_engine.annotate(REQUESTS)
+    same = sum(a.raw == b.raw for a, b in zip(anns, direct, strict=True))
+    print(f"{same}/{len(anns)} answers identical to the in-process engine's")
+    assert same >= len(anns) * 3 // 4
     print(f"served by {server.entrypoint}")
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass  # the server is gone once the block exits
@@ -124,7 +132,9 @@ def test_ray_llm_runner_carries_the_vllm_engines_settings_and_validates_offline(
     )
     engine = ray_llm_engine(config)
     plain = VLLMEngine(VLLMConfig(model="/models/qwen", max_tokens=900, tensor_parallel_size=2))
-    assert engine.provenance() == plain.provenance()
+    prov = engine.provenance()
+    assert prov == plain.provenance().model_copy(update={"route": "ray-llm"})
+    assert prov.engine == "vllm" and prov.annotation_version == plain.version
     proc = engine.processor_config()
     assert (proc.model_source, proc.concurrency, proc.batch_size, proc.accelerator_type) == (
         "/models/qwen",

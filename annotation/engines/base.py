@@ -33,7 +33,7 @@ RETRY_TEMPERATURE = 0.7  # a retry samples: greedy decoding with another seed re
 class Engine(ABC):
     """Base of the `facs`, `vllm` and `openai` engines."""
 
-    name: str = "engine"
+    name: str = "engine"  # the route: how requests reach the decoder
     retryable: bool = True  # a sampling model; the deterministic rule reasoner would repeat itself
 
     def __init__(self, template: PromptTemplate | None = None):
@@ -42,6 +42,11 @@ class Engine(ABC):
     def schema_for(self, request: ThinkRequest) -> dict:
         """The JSON schema the decoder enforces for this request (`annotation.grounded_schema`)."""
         return request_schema(request)
+
+    @property
+    def decoder(self) -> str:
+        """The decoding engine behind the route (provenance's `engine`, part of the version)."""
+        return self.name
 
     @property
     @abstractmethod
@@ -109,7 +114,7 @@ class Engine(ABC):
 
     def provenance(self) -> Provenance:
         fields = {
-            "engine": self.name,
+            "engine": self.decoder,
             "model_id": self.model_id,
             "template_hash": self.template.hash,
             "schema_hash": schema_rules_hash(),
@@ -117,7 +122,7 @@ class Engine(ABC):
             "kb_version": load_kb().version,
             "validator_version": VALIDATOR_VERSION,
         }
-        return Provenance(annotation_version=Provenance.version_of(**fields), **fields)
+        return Provenance(annotation_version=Provenance.version_of(**fields), route=self.name, **fields)
 
     @property
     def version(self) -> str:

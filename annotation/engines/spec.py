@@ -17,6 +17,7 @@ class EngineSpec(BaseModel):
         None  # vllm: a local model folder (or a hub id your cluster reaches); openai: served name
     )
     base_url: str | None = None  # openai: the endpoint, e.g. http://head:8000/v1
+    model_path: str | None = None  # openai: the folder a vLLM server loaded, if its path differs here
     max_tokens: int | None = None  # generation limit (LLM engines)
     max_model_len: int | None = None  # vllm: context length
     tensor_parallel_size: int | None = None  # vllm: GPUs per engine (replica)
@@ -37,6 +38,8 @@ class EngineSpec(BaseModel):
             config["tensor_parallel_size"] = self.tensor_parallel_size
         if self.engine == "openai" and self.base_url:
             config["base_url"] = self.base_url
+        if self.engine == "openai" and self.model_path:
+            config["model_path"] = self.model_path
         return config
 
     def make(self):

@@ -27,6 +27,18 @@ log = logging.getLogger(__name__)
 STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
 
 
+def vllm_sampling(c) -> dict:
+    """The sampling that, with the weights, prompt and schema, fixes vLLM's output (provenance's
+    `sampling`); `c` has `temperature`, `max_tokens`, `seed`, `repetition_penalty` (any route's config)."""
+    return {
+        "temperature": c.temperature,
+        "max_tokens": c.max_tokens,
+        "seed": c.seed,
+        "repetition_penalty": c.repetition_penalty,
+        **STRUCTURED_OUTPUTS,
+    }
+
+
 class VLLMConfig(BaseModel):
     """Engine and sampling settings; everything that changes outputs enters provenance."""
 
@@ -89,14 +101,7 @@ class VLLMEngine(Engine):
 
     @property
     def sampling(self) -> dict:
-        c = self.config
-        return {
-            "temperature": c.temperature,
-            "max_tokens": c.max_tokens,
-            "seed": c.seed,
-            "repetition_penalty": c.repetition_penalty,
-            **STRUCTURED_OUTPUTS,
-        }
+        return vllm_sampling(self.config)
 
     @property
     def llm(self):
