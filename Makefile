@@ -80,8 +80,8 @@ demo: setup
 	@echo "  conditioning      $(DEMO_OUT)/check-conditioning/conditioning.json, conditioning.png (real, own, speech/text/reference swaps)"
 	@echo "  model             $(DEMO_OUT)/model (tbd export), checkpoints in $(DEMO_OUT)/train/checkpoints"
 	@echo "  shards, ledgers   $(DEMO_OUT)/data/{mead,hdtf}/{media,annotations,ledger}"
-	@echo "  MLflow            $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_OUT))/data/mead/mlflow.db"
-	@echo "                    (hdtf runs: sqlite:///$(abspath $(DEMO_OUT))/data/hdtf/mlflow.db)"
+	@echo "  MLflow            $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_OUT))/data/mlflow.db"
+	@echo "                    (one store, every stage: experiments tbd-preprocess, tbd-annotate, tbd-train, tbd-evaluate, ...)"
 
 test: setup
 	$(BIN)/python -m pytest

@@ -67,7 +67,7 @@ def track_video(frames: np.ndarray, landmarks: np.ndarray | None = None) -> Vide
     import cv2
 
     from media.au_calibration import FEATURES, features
-    from media.face import FaceAnalyzer, FaceMesh, FaceResult
+    from media.face import FaceMesh, FaceResult, shared_analyzer
 
     frames = np.asarray(frames)
     h, w = frames.shape[1:3]
@@ -77,8 +77,7 @@ def track_video(frames: np.ndarray, landmarks: np.ndarray | None = None) -> Vide
     if landmarks is not None and up == 1:
         results = [FaceResult(FaceMesh(np.asarray(lm, np.float32), 1.0)) for lm in landmarks]
     else:
-        with FaceAnalyzer() as fa:
-            results = fa.track(list(seen))
+        results = shared_analyzer().track(list(seen))
     feats = np.full((len(frames), len(FEATURES)), np.nan, np.float32)
     lm = np.full((len(frames), 468, 3), np.nan, np.float32)
     found = [i for i, r in enumerate(results) if r.found]

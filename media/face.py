@@ -354,3 +354,18 @@ def region_masks(
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
         out[name] = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), sigma)
     return out
+
+
+_shared: FaceAnalyzer | None = None
+
+
+def shared_analyzer() -> FaceAnalyzer:
+    """This process's analyzer, built on first use and closed at exit: building one costs ~85 ms and a
+    block of LiteRT start-up lines, and evaluation tracks every clip of every mode. Not thread-safe."""
+    global _shared
+    if _shared is None:
+        import atexit
+
+        _shared = FaceAnalyzer()
+        atexit.register(_shared.close)  # before interpreter teardown, when MediaPipe can still close
+    return _shared

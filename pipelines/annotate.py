@@ -39,9 +39,10 @@ from pipelines.data_folder import DataFolder
 from pipelines.shards import finished, tar_members, write_manifest, write_shard
 from tbd_core.errors import UserError
 from tbd_core.faults import maybe_fail
+from tbd_core.native_log import divert_native_stderr
 from tbd_core.ray_init import init_ray
 from tbd_core.records import Reject
-from tbd_core.tracking import job_run, tracking_uri
+from tbd_core.tracking import job_run, run_ref, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class EngineWorker:
     (retrying rejected generations within the budget)."""
 
     def __init__(self, spec: dict, retry_temperature: float = RETRY_TEMPERATURE):
+        divert_native_stderr()  # native libraries' lines to the worker's native log (tbd_core.native_log)
         self.engine = EngineSpec(**spec).make()
         self.retry_temperature = retry_temperature
 
@@ -225,9 +227,12 @@ def run_annotate(config: AnnotateConfig) -> dict:
         "retry_temperature": config.retry_temperature,
     }
     uri = tracking_uri(config.tracking_uri, config.data)
-    with job_run(
-        "annotate", uri, {**params, "concurrency": config.concurrency}, {"tbd.version": version}
-    ) as mlflow:
+    tags = {
+        "tbd.version": version,
+        "tbd.preprocess_run": run_ref(media),
+        "tbd.data": str(folder.root.resolve()),
+    }
+    with job_run("annotate", uri, {**params, "concurrency": config.concurrency}, tags) as mlflow:
         start = time.perf_counter()
         examples = engine.examples  # the few-shot answers its model is shown (copies are rejected)
         pending = [requests[k] for _, (_, keys) in todo.items() for k in keys]
@@ -263,7 +268,13 @@ def run_annotate(config: AnnotateConfig) -> dict:
         rejects = [r for rec in records for r in rec.rejects]
         ledger = folder.write_ledger(folder.annotate_stage(version), rejects)
         manifest = write_manifest(
-            out_dir, "annotation", params, records, outcomes=outcomes, media_sha256=_media_fingerprint(media)
+            out_dir,
+            "annotation",
+            params,
+            records,
+            outcomes=outcomes,
+            media_sha256=_media_fingerprint(media),
+            mlflow_run={"id": mlflow.active_run().info.run_id, "uri": uri},
         )
         metrics = {
             **{f"n_{k}": v for k, v in outcomes.items()},

@@ -23,6 +23,7 @@ from pipelines.data_folder import DataFolder
 from pipelines.shards import check_params, finished, plan_shards, write_manifest, write_shard
 from tbd_core.errors import UserError
 from tbd_core.faults import maybe_fail
+from tbd_core.native_log import divert_native_stderr
 from tbd_core.ray_init import init_ray
 from tbd_core.records import ClipRef, Reject
 from tbd_core.tracking import job_run, tracking_uri
@@ -55,14 +56,14 @@ class ShardBuilder:
         self.media_dir = Path(media_dir)
         self.config = MediaConfig(**media)
         pin_threads(threads)  # N workers use N cores, not N x every library's default pool
+        divert_native_stderr()  # LiteRT's start-up lines to the worker's native log (tbd_core.native_log)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        # The analyzer lives for one batch: MediaPipe cannot be closed cleanly at actor teardown
-        # (its dispatcher shuts down first), and opening it costs ~50 ms per shard of clips.
-        from media.face import FaceAnalyzer
+        # One analyzer per worker process, closed at exit (`media.face.shared_analyzer`).
+        from media.face import shared_analyzer
 
-        with FaceAnalyzer() as self.analyzer:
-            return self._build(batch)
+        self.analyzer = shared_analyzer()
+        return self._build(batch)
 
     def _build(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         names, frames, seconds = [], [], []
@@ -109,7 +110,10 @@ def run_preprocess(config: PreprocessConfig) -> dict:
 
     uri = tracking_uri(config.tracking_uri, config.data)
     with job_run(
-        "preprocess", uri, {**params, "concurrency": config.concurrency, "data": str(config.data)}
+        "preprocess",
+        uri,
+        {**params, "concurrency": config.concurrency, "data": str(config.data)},
+        {"tbd.data": str(Path(config.data).resolve())},
     ) as mlflow:
         import psutil
 
@@ -142,7 +146,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             records.append(record)
         rejects = [r for rec in records for r in rec.rejects]
         ledger = folder.write_ledger("preprocess", rejects)
-        manifest = write_manifest(media_dir, "media", params, records)
+        run = {"id": mlflow.active_run().info.run_id, "uri": uri}
+        manifest = write_manifest(media_dir, "media", params, records, mlflow_run=run)
         frames = sum(b["frames"] for b in built)
         metrics = {
             "clips": len(clips),

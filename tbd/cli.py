@@ -30,12 +30,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from tbd_core.allocator import keep_freed_memory
     from tbd_core.errors import UserError
+    from tbd_core.native_log import divert_native_stderr
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Parse only the global options and the command name; the command parses the rest.
     split = next((i for i, a in enumerate(argv) if a in COMMANDS), len(argv))
     args = parser.parse_args(argv[: split + 1])
+    if args.command is not None:
+        divert_native_stderr()  # LiteRT, glog, Ray's C++ lines to a log file (tbd_core.native_log)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

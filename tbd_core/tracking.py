@@ -1,8 +1,14 @@
 """MLflow tracking for every job: one run per job invocation, parameters, counts, throughput, artifacts.
 
 The tracking URI is `--tracking-uri`, else `$MLFLOW_TRACKING_URI` (a cluster's server), else the store a
-model recorded at training (generate, evaluate), else a sqlite store beside the data (`DATA/mlflow.db`), so
-a dataset's preprocess and annotation runs stay together by default.
+model recorded at training (generate, evaluate), else one sqlite store for the data folders side by side
+(`DATA/../mlflow.db`: `out/demo/data/mead` and `out/demo/data/hdtf` share `out/demo/data/mlflow.db`), so
+one project's preprocess, annotation, training and evaluation runs are in one store by default.
+
+Each stage has its experiment (`tbd-preprocess`, `tbd-annotate`, `tbd-train`, ...); runs are linked by
+tags: an annotate run names its preprocess run (`tbd.preprocess_run`), a train run its annotate and
+preprocess runs, generate and evaluate their train run (`tbd.train_run`). The shard manifests record the
+run that finished them (`mlflow_run`), which is how a later stage finds it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-EXPERIMENT = "think-before-draw"
+EXPERIMENT_PREFIX = "tbd-"
+
+
+def experiment(stage: str) -> str:
+    """The MLflow experiment of a stage (`train` -> `tbd-train`)."""
+    return EXPERIMENT_PREFIX + stage
 
 
 def tracking_uri(explicit: str | None, data: Path, recorded: str | None = None) -> str:
@@ -22,8 +33,33 @@ def tracking_uri(explicit: str | None, data: Path, recorded: str | None = None) 
         explicit
         or os.environ.get("MLFLOW_TRACKING_URI")
         or recorded
-        or f"sqlite:///{Path(data).resolve() / 'mlflow.db'}"
+        or f"sqlite:///{Path(data).resolve().parent / 'mlflow.db'}"
     )
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside it (`mlartifacts/`), not into the working directory's
+    `mlruns/` (MLflow's default for a new experiment); a server chooses its own (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+
+
+def use_experiment(mlflow, uri: str, stage: str) -> None:
+    """Select the stage's experiment in the store at `uri`, created with its artifact location."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    name = experiment(stage)
+    if mlflow.get_experiment_by_name(name) is None:
+        with contextlib.suppress(MlflowException):  # another job created it meanwhile
+            mlflow.create_experiment(name, artifact_location=artifact_location(uri))
+    mlflow.set_experiment(name)
+
+
+def run_ref(manifest: dict | None) -> str:
+    """The id of the run that finished a shard set (its manifest's `mlflow_run`), or "" if none."""
+    return ((manifest or {}).get("mlflow_run") or {}).get("id", "")
 
 
 def _flat(params: dict, prefix: str = "") -> dict[str, str]:
@@ -38,11 +74,10 @@ def _flat(params: dict, prefix: str = "") -> dict[str, str]:
 
 @contextlib.contextmanager
 def job_run(job: str, uri: str, params: dict, tags: dict | None = None) -> Iterator[object]:
-    """An MLflow run named after the job; yields the `mlflow` module for metrics and artifacts."""
+    """An MLflow run named after the job, in its stage's experiment; yields the `mlflow` module."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(EXPERIMENT)
+    use_experiment(mlflow, uri, job)
     with mlflow.start_run(run_name=job, tags={"tbd.job": job, **(tags or {})}) as run:
         mlflow.log_params(_flat(params))
         log.info("MLflow run %s (%s) at %s", run.info.run_id, job, uri)

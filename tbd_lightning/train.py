@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from tbd_core.errors import UserError
 from tbd_lightning.callbacks import MLflowSaveConfig
 from tbd_lightning.checkpoint_file import load_checkpoint
 from tbd_lightning.data import TBDDataModule
@@ -80,10 +81,12 @@ class TBDCLI(LightningCLI):
         self._checked_ckpt = resume
         for logger in _class_entries(trainer.logger):
             if logger.class_path.endswith("MLFlowLogger"):
-                from tbd_core.tracking import tracking_uri
+                from tbd_core.tracking import artifact_location, tracking_uri
 
                 args = logger.init_args
                 args.tracking_uri = args.tracking_uri or tracking_uri(None, Path(cfg.data.data))
+                args.artifact_location = args.artifact_location or artifact_location(args.tracking_uri)
+                args.tags = {**_lineage_tags(cfg.data.data, cfg.data.version), **(args.tags or {})}
                 if state is not None and not args.run_id:
                     args.run_id = state.get("mlflow_run_id")
                     log.info("resuming %s: MLflow run %s", resume, args.run_id)
@@ -121,8 +124,10 @@ def _ray_loop(config: dict) -> None:
     from lightning.pytorch.utilities import rank_zero_only
 
     from tbd_core.allocator import keep_freed_memory
+    from tbd_core.native_log import divert_native_stderr
 
     keep_freed_memory()  # a Ray worker is a process of its own
+    divert_native_stderr()  # and has its own native log (tbd_core.native_log)
     os.chdir(config["cwd"])
     # Lightning reads the rank from the environment at import; Ray Train sets it later. Rank-zero-only
     # logging (the MLflow run) must know it before the CLI builds the logger.
@@ -182,3 +187,20 @@ def main_argv(argv: list[str]) -> int:
     else:
         TBDCLI(rest).fit()
     return 0
+
+
+def _lineage_tags(data: str, version: str | None) -> dict[str, str]:
+    """Tags that link a train run to the runs that made its data (see `tbd_core.tracking`)."""
+    from pipelines.data_folder import DataFolder
+    from tbd_core.tracking import run_ref
+
+    folder = DataFolder(data)
+    try:
+        version = folder.pick_version(version)
+        return {
+            "tbd.version": version,
+            "tbd.annotate_run": run_ref(folder.annotation_manifest(version)),
+            "tbd.preprocess_run": run_ref(folder.media_manifest()),
+        }
+    except UserError:
+        return {}  # no data yet: the data module says so, with its own message

@@ -19,6 +19,10 @@ import pytest
 NETGUARD = Path(__file__).parent / "netguard"
 
 
+# Native libraries' log files (tbd_core.native_log) of the suite's processes: not the user's cache.
+os.environ.setdefault("TBD_LOG_DIR", tempfile.mkdtemp(prefix="tbd-test-native-logs-"))
+
+
 def offline_env(log: Path) -> dict[str, str]:
     """Environment for a subprocess that must not reach the network (see tests/netguard)."""
     env = dict(os.environ)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from pipelines.shards import read_manifest
 from tests.conftest import offline_env, run_tbd
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "train" / "tiny.yaml")
@@ -63,8 +64,13 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
     assert step_of(last) == 4
 
     client = mlflow.MlflowClient(f"sqlite:///{db}")
-    [run] = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)
+    [run] = client.search_runs(client.get_experiment_by_name("tbd-train").experiment_id)
     params = run.data.params
+    annotation = read_manifest(data / "annotations" / version)
+    assert run.data.tags["tbd.version"] == version  # linked to the runs that made its data
+    assert run.data.tags["tbd.annotate_run"] == annotation["mlflow_run"]["id"]
+    assert run.data.tags["tbd.preprocess_run"] == read_manifest(data / "media")["mlflow_run"]["id"]
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     assert params["model"] == "tiny" and params["prediction_type"] == "sample"
     assert (
         params["annotation_version"] == version and params["frames"] == "4"

@@ -69,7 +69,9 @@ class OpenAIEngine(Engine):
         self.vllm_server = getattr(card, "owned_by", None) == "vllm"
         root = getattr(card, "root", None) if self.vllm_server else None
         self._model_id = model_id(config.model_path or root or config.model)
-        log.info("%s serves %s (%s)", config.base_url, self._model_id, "vLLM" if self.vllm_server else "not vLLM")
+        log.info(
+            "%s serves %s (%s)", config.base_url, self._model_id, "vLLM" if self.vllm_server else "not vLLM"
+        )
 
     @property
     def decoder(self) -> str:

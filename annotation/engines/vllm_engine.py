@@ -60,10 +60,12 @@ class VLLMConfig(BaseModel):
 
 def vllm_env(single_node: bool = True) -> dict[str, str]:
     """Environment defaults for vLLM processes (the user's own settings win):
-    logs on stderr (stdout carries results), no usage-stats telemetry, and on one node the loopback
+    logs on stderr (stdout carries results), warnings and errors only (its INFO start-up lines are library
+    noise; `VLLM_LOGGING_LEVEL=INFO` brings them back), no usage-stats telemetry, and on one node the loopback
     address, so vLLM does not probe a public address to find its own."""
     env = {
         "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+        "VLLM_LOGGING_LEVEL": "WARNING",
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
     }
