@@ -4,7 +4,7 @@
     DATA/ledger/{stage}.parquet           rejects of a stage: ingest, preprocess, annotate-{version}
     DATA/media/                           media shard set (tars + sidecars + manifest.json + params.json)
     DATA/annotations/{version}/           one annotation shard set per version, aligned 1:1 with media/
-    DATA/mlflow.db                        the default MLflow store of the folder's jobs
+    DATA/../mlflow.db                     the default MLflow store, shared with the folders beside it
 
 Media are written once; annotation versions coexist beside them and never touch them.
 """
