@@ -14,7 +14,7 @@ FACS_VERSION = $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO_OU
 # cfg ablation row is at matched strength (it is then single-stage without the region mask).
 DEMO_GUIDANCE ?= --guidance.audio_scale 2 --guidance.global_scale 2 --guidance.local_scale 2
 
-.PHONY: setup assets demo control test test-fast bench lint lock lock-cuda clean \
+.PHONY: setup assets demo control app test test-fast bench lint lock lock-cuda clean \
 	mlflow-server ray-submit infra-check image-cpu image-cuda image-mlflow image-push
 
 # Idempotent: the venv is rebuilt only when pyproject.toml or requirements.lock change.
@@ -80,8 +80,16 @@ demo: setup
 	@echo "  conditioning      $(DEMO_OUT)/check-conditioning/conditioning.json, conditioning.png (real, own, speech/text/reference swaps)"
 	@echo "  model             $(DEMO_OUT)/model (tbd export), checkpoints in $(DEMO_OUT)/train/checkpoints"
 	@echo "  shards, ledgers   $(DEMO_OUT)/data/{mead,hdtf}/{media,annotations,ledger}"
+	@echo "  web app           make app (http://127.0.0.1:$(APP_PORT): think, edit, draw; compare annotation versions)"
 	@echo "  MLflow            $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_OUT))/data/mlflow.db"
 	@echo "                    (one store, every stage: experiments tbd-preprocess, tbd-annotate, tbd-train, tbd-evaluate, ...)"
+
+# The web app on the demo's model and data (after `make demo`), on the loopback address.
+APP_PORT ?= 7860
+app: setup
+	$(BIN)/tbd app --model $(DEMO_OUT)/model --data '[$(DEMO_OUT)/data/mead, $(DEMO_OUT)/data/hdtf]' --port $(APP_PORT) \
+		--portrait $(DEMO_OUT)/corpus/portraits/heldout/Astronaut.png \
+		--speech $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a
 
 test: setup
 	$(BIN)/python -m pytest

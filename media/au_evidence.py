@@ -28,7 +28,7 @@ def speaker_baselines(summaries: dict[str, dict]) -> dict[str, np.ndarray]:
 def clip_evidence(summary: dict, baseline: np.ndarray | None) -> tuple[AUEvidence, ...]:
     """Evidence for every measurable channel (sides kept apart; 'both' for midline AUs)."""
     names, measurable = summary["au_names"], set(summary["au_measurable"])
-    base = np.asarray(summary["au_p10"]) if baseline is None else np.asarray(baseline)
+    base = _baseline(summary, baseline)
     mean, p90 = np.asarray(summary["au_mean"]), np.asarray(summary["au_p90"])
     out = []
     for i, name in enumerate(names):
@@ -38,3 +38,20 @@ def clip_evidence(summary: dict, baseline: np.ndarray | None) -> tuple[AUEvidenc
             avg = float(np.clip(mean[i] - base[i], 0, peak))
             out.append(AUEvidence(au=au, mean=round(avg, 2), peak=round(peak, 2), side=side))
     return tuple(out)
+
+
+def _baseline(summary: dict, baseline: np.ndarray | None) -> np.ndarray:
+    return np.asarray(summary["au_p10"]) if baseline is None else np.asarray(baseline)
+
+
+def clip_timeline(readings: np.ndarray, summary: dict, baseline: np.ndarray | None) -> dict[int, list[float]]:
+    """Per-frame FACS 0-5 of every measurable AU (the stronger side) from a clip's readings (T, C) (its
+    `au.npy`), against the baseline `clip_evidence` uses: what the evidence's mean and peak summarise."""
+    base = _baseline(summary, baseline)
+    out: dict[int, np.ndarray] = {}
+    for i, name in enumerate(summary["au_names"]):
+        if name in set(summary["au_measurable"]):
+            au, _ = channel_au(name)
+            series = np.clip(np.asarray(readings)[:, i] - base[i], 0, 5)
+            out[au] = np.maximum(out[au], series) if au in out else series
+    return {au: [round(float(v), 3) for v in series] for au, series in sorted(out.items())}

@@ -129,7 +129,9 @@ def plot_aus(requested: dict[int, float], measured: dict[int, list], fps: int, p
             ax.axhline(requested[au], color=color, linestyle="--", linewidth=1, label=f"AU{au} requested")
     n = max((len(v) for v in measured.values()), default=0)
     notes = []
-    if not any(v is not None for series in measured.values() for v in series):
+    if not measured:
+        notes.append("no AU is measurable at this face size")
+    elif not any(v is not None for series in measured.values() for v in series):
         notes.append("no face found in the generated frames")
     if unmeasured:
         notes.append(", ".join(f"AU{a}" for a in unmeasured) + ": requested, not measurable at this size")

@@ -170,6 +170,11 @@ COMMANDS: dict[str, Command] = {
             show=lambda r: {k: r[k] for k in ("video", "strip", "au_plot", "frames", "seconds", "emotion", "windows", "seam_ratio")},
         ),
         Command(
+            "app", "a local web app: think, edit, draw; browse and compare annotation versions (Gradio)",
+            "tbd.app:AppConfig", "tbd.app:serve",
+            examples=("tbd app --model out/demo/model --data '[out/demo/data/mead, out/demo/data/hdtf]'",),
+        ),
+        Command(
             "check-conditioning", "overfit a handful of clips, swap speech / text / reference: does each act?",
             "evaluation.conditioning:CheckConfig", "evaluation.conditioning:check",
             show=lambda r: {c: e["effect"] for c, e in r["effects"].items()},

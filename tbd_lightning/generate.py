@@ -60,23 +60,36 @@ def think(config: GenerateConfig):
     return ann
 
 
-def generate(config: GenerateConfig) -> dict:
-    from media.audio_features import audio_features
-    from media.video_io import AUDIO_RATE, write_mp4
+def load_pipeline(config: GenerateConfig):
+    """The exported `TBDPipeline` of `config.model`, on `config.device` (default: cuda when present)."""
     from tbd_lightning.pipeline import TBDPipeline
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = TBDPipeline.from_pretrained(config.model).to(device)
+    return TBDPipeline.from_pretrained(config.model).to(device)
+
+
+def generate(config: GenerateConfig, ann=None, pipe=None, callback_on_step_end=None) -> dict:
+    """The whole of `tbd generate`; returns the report (also written as JSON beside the mp4).
+
+    `ann`: an accepted `Annotation` to draw (the web app's, after the user edited intensities) instead
+    of thinking here; `pipe`: a loaded pipeline (`load_pipeline`); `callback_on_step_end`: called after
+    every denoising step (`TBDPipeline.__call__`). Errors a user can cause are `UserError`s.
+    """
+    from media.audio_features import audio_features
+    from media.video_io import AUDIO_RATE, write_mp4
+
+    pipe = pipe or load_pipeline(config)
     media, size = pipe.media_config, pipe.size
     fps = media.fps
 
     portrait = prepare_portrait(config.image, size, media.crop_margin, config.face_index, media.max_roll_deg)
     audio, n_frames = load_speech(config.audio, fps, config.max_seconds, media.silence_dbfs)
-    ann = think(config)
+    ann = ann or think(config)
     cot = ann.cot.model_dump(mode="json")
     feats = audio_features(audio, n_frames, media.n_mels, fps, media.audio_encoder).astype(np.float32)
     result = pipe(portrait.crop, portrait.landmarks, feats, cot=cot, label_only=config.label_only,
-                  guidance=config.guidance, seed=config.seed, progress_bar=True)  # fmt: skip
+                  guidance=config.guidance, seed=config.seed, progress_bar=True,
+                  callback_on_step_end=callback_on_step_end)  # fmt: skip
     frames = result.frames
 
     out = Path(config.out)
