@@ -14,7 +14,7 @@ FACS_VERSION = $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO_OU
 # cfg ablation row is at matched strength (it is then single-stage without the region mask).
 DEMO_GUIDANCE ?= --guidance.audio_scale 2 --guidance.global_scale 2 --guidance.local_scale 2
 
-.PHONY: setup assets demo control app test test-fast bench lint lock lock-cuda clean \
+.PHONY: setup assets demo demo-steps control app test test-fast bench lint lock lock-cuda clean \
 	mlflow-server ray-submit infra-check image-cpu image-cuda image-mlflow image-push
 
 # Idempotent: the venv is rebuilt only when pyproject.toml or requirements.lock change.
@@ -34,8 +34,15 @@ $(STAMP): pyproject.toml requirements.lock
 assets: $(STAMP)
 	$(BIN)/tbd assets fetch
 
-# The pipeline end to end on the embedded demo corpus (re-runnable: the data folders are rebuilt).
+# The pipeline end to end on the embedded demo corpus (re-runnable: the data folders are rebuilt). Its output
+# is kept in $(DEMO_OUT)/demo.log, which tests/test_demo_output.py then reads: no native-library noise, and
+# one MLflow store with every stage's runs, linked.
 demo: setup
+	@mkdir -p $(DEMO_OUT)
+	@set -o pipefail; $(MAKE) --no-print-directory demo-steps 2>&1 | tee $(DEMO_OUT)/demo.log
+	TBD_DEMO_OUT=$(DEMO_OUT) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_demo_output.py
+
+demo-steps:
 	$(BIN)/tbd demo-corpus --out $(DEMO_OUT)/corpus --force true
 	rm -rf $(DEMO_OUT)/data
 	@set -e; for ds in mead hdtf; do \

@@ -107,6 +107,15 @@ def _pipeline(model: str, device: str | None):
     )
 
 
+class _PageWarnings(logging.Handler):
+    """The input loaders' warnings (several faces, a rolled face) as warnings in the page too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import gradio as gr
+
+        gr.Warning(record.getMessage())
+
+
 def _user_errors(fn):
     """A `UserError` (or a bad setting) becomes a message in the page; the server keeps running."""
 
@@ -114,11 +123,15 @@ def _user_errors(fn):
     def run(*args, **kwargs):
         import gradio as gr
 
+        inputs, shown = logging.getLogger("media.inputs"), _PageWarnings(logging.WARNING)
+        inputs.addHandler(shown)
         try:
             return fn(*args, **kwargs)
         except (UserError, ValueError) as err:
             log.info("app: %s", err)
             raise gr.Error(str(err), print_exception=False) from None
+        finally:
+            inputs.removeHandler(shown)
 
     return run
 

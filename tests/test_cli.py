@@ -48,3 +48,13 @@ def test_tbd_keeps_freed_memory_on_glibc():
 
         pytest.skip("not glibc")
     assert keep_freed_memory() is True
+
+
+def test_app_serves_only_loopback_unless_told_and_lists_its_options():
+    proc = run_tbd("app", "--help")
+    assert proc.returncode == 0
+    for option in ("--model", "--data", "--host", "--port", "--allow_remote", "--think.engine"):
+        assert option in proc.stdout
+    proc = run_tbd("app", "--host", "0.0.0.0")
+    assert proc.returncode == 2 and "--allow_remote true" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,59 @@
+"""What `make demo` left behind, read as a user would: its printed output carries no native-library
+start-up lines and no Ray C++ error lines, and one MLflow store holds every stage's runs, linked.
+
+`make demo` runs this module on its own output (`$(DEMO_OUT)/demo.log`); elsewhere it is skipped unless
+`TBD_DEMO_OUT` names a finished demo folder."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+DEMO = Path(os.environ.get("TBD_DEMO_OUT", "out/demo"))
+LOG = DEMO / "demo.log"
+pytestmark = pytest.mark.skipif(not LOG.is_file(), reason=f"no finished `make demo` output at {DEMO}")
+
+NOISE = {
+    "LiteRT / TFLite start-up": re.compile(r"INFO: \[(environment|accelerator_registry|cpu_registry|compiled_model)\.cc|"
+                                           r"INFO: Created TensorFlow Lite"),  # fmt: skip
+    "Ray C++ error line": re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+ E \d+ \d+\] \w+\.cc"),
+    "glog preamble": re.compile(r"Logging before InitGoogle"),
+}
+
+
+def test_the_demo_prints_no_native_library_noise():
+    text = LOG.read_text(errors="replace")
+    assert "demo done." in text, "the demo did not finish"
+    found = {what: [line for line in text.splitlines() if rx.search(line)][:3] for what, rx in NOISE.items()}
+    assert not any(found.values()), found
+
+
+def test_one_store_holds_every_stage_linked():
+    import mlflow
+
+    stores = sorted(p.relative_to(DEMO) for p in DEMO.rglob("mlflow.db"))
+    assert stores == [Path("data/mlflow.db")], stores
+    client = mlflow.MlflowClient(f"sqlite:///{(DEMO / 'data' / 'mlflow.db').resolve()}")
+    runs = {}
+    for exp in client.search_experiments():
+        runs[exp.name] = client.search_runs([exp.experiment_id])
+    stages = {"tbd-preprocess": 2, "tbd-annotate": 4, "tbd-annotation-report": 2, "tbd-train": 1,
+              "tbd-check-conditioning": 1, "tbd-generate": 1, "tbd-evaluate": 1}  # fmt: skip
+    for stage, n in stages.items():
+        assert len(runs.get(stage, [])) >= n, (stage, {k: len(v) for k, v in runs.items()})
+    by_id = {r.info.run_id: r for rs in runs.values() for r in rs}
+    # The demo's model: its train run -> the annotate run of its version -> that folder's preprocess run.
+    import json
+
+    model = json.loads((DEMO / "model" / "model_index.json").read_text())
+    train = by_id[model["source"]["mlflow_run_id"]]
+    annotate = by_id[train.data.tags["tbd.annotate_run"]]
+    assert annotate.data.tags["tbd.version"] == train.data.tags["tbd.version"]
+    assert annotate.data.params["provenance.engine"] == "vllm"  # Draw trained on the LLM's annotations
+    preprocess = by_id[annotate.data.tags["tbd.preprocess_run"]]
+    assert preprocess.data.tags["tbd.data"].endswith("data/mead")
+    evaluate = max(runs["tbd-evaluate"], key=lambda r: r.info.start_time)
+    assert evaluate.data.tags["tbd.train_run"] == train.info.run_id
