@@ -79,10 +79,17 @@ def browser(tmp_path):
 
 
 def shot(driver, name: str) -> None:
+    """Keep a screenshot (half size, 256 colours: a few hundred kB for the docs) if asked to."""
+    import io
+
+    from PIL import Image
+
     folder = os.environ.get("TBD_APP_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(folder) / name))
+        image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+        image = image.resize((image.width // 2, image.height // 2), Image.LANCZOS).quantize(256)
+        image.save(Path(folder) / name, optimize=True)
 
 
 def wait_for(driver, condition, timeout: float = PAGE_WAIT, what: str = ""):
@@ -226,7 +233,6 @@ def test_generate_tab_thinks_edits_draws_and_survives_user_errors(tiny_model, in
         editor.send_keys(Keys.CONTROL, "a")
         editor.send_keys(edited, Keys.ENTER)
         wait_for(browser, lambda d: cell_text(d, 0, 2) == edited, 10, "the edit did not take")
-        shot(browser, "app-generate-think.png")
         # Draw with 2 steps; the video plays and lasts as long as the speech.
         set_number(browser, "steps", 2)
         set_number(browser, "motion-frames", 0)  # the untrained 4-frame model: all windows in one batch
