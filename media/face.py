@@ -364,8 +364,16 @@ def shared_analyzer() -> FaceAnalyzer:
     block of LiteRT start-up lines, and evaluation tracks every clip of every mode. Not thread-safe."""
     global _shared
     if _shared is None:
-        import atexit
+        import threading
 
         _shared = FaceAnalyzer()
-        atexit.register(_shared.close)  # before interpreter teardown, when MediaPipe can still close
+        # MediaPipe closes through a thread pool, which `atexit` callbacks find shut down already
+        # ("cannot schedule new futures after shutdown"); threading's exit hooks run before that, newest
+        # first. (CPython's hook for exactly this; `atexit` where it is missing.)
+        register = getattr(threading, "_register_atexit", None)
+        if register is None:
+            import atexit
+
+            register = atexit.register
+        register(_shared.close)
     return _shared

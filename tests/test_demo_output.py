@@ -21,10 +21,11 @@ NOISE = {
                                            r"INFO: Created TensorFlow Lite"),  # fmt: skip
     "Ray C++ error line": re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+ E \d+ \d+\] \w+\.cc"),
     "glog preamble": re.compile(r"Logging before InitGoogle"),
+    "a traceback": re.compile(r"Traceback \(most recent call last\)|Exception ignored"),
 }
 
 
-def test_the_demo_prints_no_native_library_noise():
+def test_the_demo_prints_no_native_library_noise_and_no_traceback():
     text = LOG.read_text(errors="replace")
     assert "demo done." in text, "the demo did not finish"
     found = {what: [line for line in text.splitlines() if rx.search(line)][:3] for what, rx in NOISE.items()}

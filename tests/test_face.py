@@ -106,3 +106,21 @@ def test_face_cli_reports_and_fails_clearly(tmp_path, astronaut):
         assert bad.returncode == 2
         lines = bad.stderr.strip().splitlines()
         assert reason in lines[-1] and name in lines[-1] and "Traceback" not in bad.stderr
+
+
+def test_the_shared_analyzer_is_one_per_process_and_closes_cleanly_at_exit():
+    """One analyzer per process (LiteRT's start-up once); at exit it closes before MediaPipe's thread pool
+    shuts down (with `atexit` it printed "cannot schedule new futures after shutdown")."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from media.face import shared_analyzer\n"
+        "a = shared_analyzer(); a.track([np.zeros((64, 64, 3), np.uint8)])\n"
+        "assert shared_analyzer() is a\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
