@@ -17,8 +17,10 @@ LOG = DEMO / "demo.log"
 pytestmark = pytest.mark.skipif(not LOG.is_file(), reason=f"no finished `make demo` output at {DEMO}")
 
 NOISE = {
-    "LiteRT / TFLite start-up": re.compile(r"INFO: \[(environment|accelerator_registry|cpu_registry|compiled_model)\.cc|"
-                                           r"INFO: Created TensorFlow Lite"),  # fmt: skip
+    "LiteRT / TFLite start-up": re.compile(
+        r"INFO: \[(environment|accelerator_registry|cpu_registry|compiled_model)\.cc|"
+        r"INFO: Created TensorFlow Lite"
+    ),  # fmt: skip
     "Ray C++ error line": re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+ E \d+ \d+\] \w+\.cc"),
     "glog preamble": re.compile(r"Logging before InitGoogle"),
     "a traceback": re.compile(r"Traceback \(most recent call last\)|Exception ignored"),
