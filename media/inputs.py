@@ -38,7 +38,7 @@ def prepare_portrait(
     with FaceAnalyzer() as fa:
         faces = fa.detect_all(image)
         if not faces:
-            raise UserError(f"{path}: no face found")
+            raise UserError(f"{path}: no face found (give a photo with one face seen from the front)")
         listing = ", ".join(f"#{i} at x={f.box[0]:.0f}-{f.box[2]:.0f} y={f.box[1]:.0f}-{f.box[3]:.0f}" for i, f in enumerate(faces))  # fmt: skip
         if face_index is not None and not 0 <= face_index < len(faces):
             raise UserError(f"{path}: face_index {face_index}, but {len(faces)} face(s) found ({listing})")
@@ -69,8 +69,12 @@ def load_speech(path: Path, fps: int, max_seconds: float, silence_dbfs: float) -
         raise UserError(f"{path}: no such audio file")
     audio = read_audio(path)[: int(max_seconds * AUDIO_RATE)]
     if len(audio) < AUDIO_RATE // fps:
-        raise UserError(f"{path}: no audio samples")
+        raise UserError(
+            f"{path}: no audio samples (shorter than one video frame, 1/{fps} s): give longer speech"
+        )
     level = dbfs(audio)
     if level < silence_dbfs:
-        raise UserError(f"{path}: silent audio ({level:.1f} dBFS, threshold {silence_dbfs:.0f} dBFS)")
+        raise UserError(
+            f"{path}: silent audio ({level:.1f} dBFS, threshold {silence_dbfs:.0f} dBFS): give a recording of speech"
+        )
     return audio, len(audio) * fps // AUDIO_RATE

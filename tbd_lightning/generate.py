@@ -56,7 +56,10 @@ def think(config: GenerateConfig):
     with config.think.make() as engine:
         (ann,) = engine.annotate([request])
     if not ann.accepted:
-        raise UserError(f"the CoT for {config.emotion!r} was rejected: {'; '.join(ann.validation.reasons)}")
+        raise UserError(
+            f"the CoT for {config.text or config.emotion!r} was rejected: {'; '.join(ann.validation.reasons)} "
+            "(think again with another engine or wording, or use the facs engine)"
+        )
     return ann
 
 
