@@ -42,7 +42,7 @@ from tbd_core.faults import maybe_fail
 from tbd_core.native_log import divert_native_stderr
 from tbd_core.ray_init import init_ray
 from tbd_core.records import Reject
-from tbd_core.tracking import job_run, run_ref, tracking_uri
+from tbd_core.tracking import job_run, record_run, run_ref, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def run_annotate(config: AnnotateConfig) -> dict:
     uri = tracking_uri(config.tracking_uri, config.data)
     tags = {
         "tbd.version": version,
-        "tbd.preprocess_run": run_ref(media),
+        "tbd.preprocess_run": run_ref(folder.media_dir),
         "tbd.data": str(folder.root.resolve()),
     }
     with job_run("annotate", uri, {**params, "concurrency": config.concurrency}, tags) as mlflow:
@@ -274,8 +274,8 @@ def run_annotate(config: AnnotateConfig) -> dict:
             records,
             outcomes=outcomes,
             media_sha256=_media_fingerprint(media),
-            mlflow_run={"id": mlflow.active_run().info.run_id, "uri": uri},
         )
+        record_run(out_dir, uri)
         metrics = {
             **{f"n_{k}": v for k, v in outcomes.items()},
             "requests": len(pending),

@@ -126,7 +126,10 @@ def run_cluster_check(config: ClusterCheckConfig) -> dict:
         "ok": not problems,
         "problems": problems,
     }
-    uri = tracking_uri(config.tracking_uri, config.data or Path.cwd())
+    # Beside the shared volume's data folder, or without one in the working directory.
+    uri = tracking_uri(
+        config.tracking_uri, Path(config.data) if config.data else Path.cwd() / "cluster-check"
+    )
     params = {"data": str(config.data), "require_gpu": config.require_gpu}
     with job_run("cluster-check", uri, params) as mlflow:
         mlflow.log_metrics({"nodes": summary["nodes"], "gpus": summary["gpus"], "ok": int(summary["ok"])})

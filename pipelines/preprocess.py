@@ -26,7 +26,7 @@ from tbd_core.faults import maybe_fail
 from tbd_core.native_log import divert_native_stderr
 from tbd_core.ray_init import init_ray
 from tbd_core.records import ClipRef, Reject
-from tbd_core.tracking import job_run, tracking_uri
+from tbd_core.tracking import job_run, record_run, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             records.append(record)
         rejects = [r for rec in records for r in rec.rejects]
         ledger = folder.write_ledger("preprocess", rejects)
-        run = {"id": mlflow.active_run().info.run_id, "uri": uri}
-        manifest = write_manifest(media_dir, "media", params, records, mlflow_run=run)
+        manifest = write_manifest(media_dir, "media", params, records)
+        record_run(media_dir, uri)
         frames = sum(b["frames"] for b in built)
         metrics = {
             "clips": len(clips),

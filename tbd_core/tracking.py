@@ -7,8 +7,9 @@ one project's preprocess, annotation, training and evaluation runs are in one st
 
 Each stage has its experiment (`tbd-preprocess`, `tbd-annotate`, `tbd-train`, ...); runs are linked by
 tags: an annotate run names its preprocess run (`tbd.preprocess_run`), a train run its annotate and
-preprocess runs, generate and evaluate their train run (`tbd.train_run`). The shard manifests record the
-run that finished them (`mlflow_run`), which is how a later stage finds it.
+preprocess runs, generate and evaluate their train run (`tbd.train_run`). A shard set records the run that
+last finished it in `mlflow_run.json` beside its manifest (not in the manifest: a resumed set's content
+equals a clean one's), which is how a later stage finds it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def experiment(stage: str) -> str:
 
 
 def tracking_uri(explicit: str | None, data: Path, recorded: str | None = None) -> str:
+    """`explicit`, else $MLFLOW_TRACKING_URI, else `recorded`, else a sqlite store beside `data` (a data
+    folder, or a model folder for generation): `data/../mlflow.db`."""
     return (
         explicit
         or os.environ.get("MLFLOW_TRACKING_URI")
@@ -57,9 +60,25 @@ def use_experiment(mlflow, uri: str, stage: str) -> None:
     mlflow.set_experiment(name)
 
 
-def run_ref(manifest: dict | None) -> str:
-    """The id of the run that finished a shard set (its manifest's `mlflow_run`), or "" if none."""
-    return ((manifest or {}).get("mlflow_run") or {}).get("id", "")
+RUN_FILE = "mlflow_run.json"
+
+
+def record_run(folder: Path, uri: str) -> None:
+    """Write the active run's id and store into a shard set's folder (`mlflow_run.json`)."""
+    import json
+
+    import mlflow
+
+    run = {"id": mlflow.active_run().info.run_id, "uri": uri}
+    (Path(folder) / RUN_FILE).write_text(json.dumps(run))
+
+
+def run_ref(folder: Path) -> str:
+    """The id of the run that last finished the shard set in `folder`, or "" if none is recorded."""
+    import json
+
+    path = Path(folder) / RUN_FILE
+    return json.loads(path.read_text())["id"] if path.is_file() else ""
 
 
 def _flat(params: dict, prefix: str = "") -> dict[str, str]:

@@ -125,7 +125,9 @@ def track(config: GenerateConfig, source: dict, report: dict) -> None:
     """One MLflow run per generation (by default in the training run's store), tagged with the training run."""
     from tbd_core.tracking import job_run, tracking_uri
 
-    uri = tracking_uri(config.tracking_uri, Path(config.model).parent, source.get("mlflow_tracking_uri"))
+    uri = tracking_uri(
+        config.tracking_uri, Path(config.model), source.get("mlflow_tracking_uri")
+    )  # beside it
     params = {
         k: report[k] for k in ("emotion", "level", "frames", "seed", "model", "annotation_version", "windows")
     }

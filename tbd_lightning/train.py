@@ -199,8 +199,8 @@ def _lineage_tags(data: str, version: str | None) -> dict[str, str]:
         version = folder.pick_version(version)
         return {
             "tbd.version": version,
-            "tbd.annotate_run": run_ref(folder.annotation_manifest(version)),
-            "tbd.preprocess_run": run_ref(folder.media_manifest()),
+            "tbd.annotate_run": run_ref(folder.annotation_dir(version)),
+            "tbd.preprocess_run": run_ref(folder.media_dir),
         }
     except UserError:
         return {}  # no data yet: the data module says so, with its own message

@@ -23,6 +23,18 @@ NETGUARD = Path(__file__).parent / "netguard"
 os.environ.setdefault("TBD_LOG_DIR", tempfile.mkdtemp(prefix="tbd-test-native-logs-"))
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_put():
+    """`mlflow.set_tracking_uri` (in a test, or a job run in-process) also sets $MLFLOW_TRACKING_URI, which
+    every later `tbd` subprocess would inherit: runs would land in another test's store. Restore it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def offline_env(log: Path) -> dict[str, str]:
     """Environment for a subprocess that must not reach the network (see tests/netguard)."""
     env = dict(os.environ)

@@ -151,7 +151,7 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
     )  # fmt: skip
     assert len({tuple(c["key"] for c in rows) for rows in report["per_clip"].values()}) == 1  # same clips
     client = mlflow.MlflowClient(f"sqlite:///{db}")
-    [run] = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)
+    [run] = client.search_runs(client.get_experiment_by_name("tbd-evaluate").experiment_id)
     assert (
         run.data.tags["tbd.job"] == "evaluate"
         and "psnr" in run.data.metrics

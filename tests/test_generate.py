@@ -61,7 +61,7 @@ def test_generate_writes_mp4_with_audio_strip_and_au_plot(inputs, tiny_model, tm
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tiny_model.parent / 'mlflow.db'}")  # beside the model folder
-    experiment = client.get_experiment_by_name("think-before-draw").experiment_id
+    experiment = client.get_experiment_by_name("tbd-generate").experiment_id
     [run] = client.search_runs(experiment, filter_string="params.emotion = 'contempt'")
     assert run.data.tags["tbd.job"] == "generate" and run.data.params["emotion"] == "contempt"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "generated")} >= {

@@ -422,11 +422,13 @@ def test_cluster_mlflow_server_with_postgres_and_an_s3_store(rendered):
 
 
 def test_jobs_prefer_the_clusters_tracking_server(monkeypatch, tmp_path):
-    """--tracking-uri, then $MLFLOW_TRACKING_URI, then the store a model recorded, then DATA/mlflow.db."""
+    """--tracking-uri, then $MLFLOW_TRACKING_URI, then the store a model recorded, then DATA/../mlflow.db
+    (one store for the data folders side by side)."""
     from tbd_core.tracking import tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking_uri(None, tmp_path / "mead") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking_uri(None, tmp_path / "hdtf") == tracking_uri(None, tmp_path / "mead")
     assert tracking_uri(None, tmp_path, "sqlite:////laptop/mlflow.db") == "sqlite:////laptop/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert tracking_uri(None, tmp_path, "sqlite:////laptop/mlflow.db") == "http://mlflow:5000"

@@ -79,18 +79,14 @@ def test_jobs_are_tracked_in_one_store_with_linked_runs(datasets):
     the preprocess run that made its media; artifacts sit beside the store, not in the working directory."""
     import mlflow
 
-    from tbd_core.tracking import tracking_uri
+    from tbd_core.tracking import run_ref, tracking_uri
 
     [uri] = {tracking_uri(None, d["data"]) for d in datasets.values()}
-    client = mlflow.MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)  # (not mlflow.set_tracking_uri: it sets the variable for later tests)
+    experiments = [client.get_experiment_by_name(n).experiment_id for n in ("tbd-preprocess", "tbd-annotate")]
     for dataset in ("mead", "hdtf"):
         data = datasets[dataset]["data"]
-        runs = mlflow.search_runs(
-            experiment_names=["tbd-preprocess", "tbd-annotate"],
-            filter_string=f"tags.`tbd.data` = '{data.resolve()}'",
-            output_format="list",
-        )
+        runs = client.search_runs(experiments, filter_string=f"tags.`tbd.data` = '{data.resolve()}'")
         by_job = {r.data.tags["tbd.job"]: r for r in runs}
         assert set(by_job) == {"preprocess", "annotate"} and len(runs) == 2
         pre, ann = by_job["preprocess"], by_job["annotate"]
@@ -99,9 +95,9 @@ def test_jobs_are_tracked_in_one_store_with_linked_runs(datasets):
         assert pre.data.metrics["frames_per_s"] > 0
         version = datasets[dataset]["annotate"]["version"]
         assert ann.data.params["version"] == version
-        assert read_manifest(data / "media")["mlflow_run"]["id"] == pre.info.run_id
+        assert run_ref(data / "media") == pre.info.run_id
         assert ann.data.tags["tbd.preprocess_run"] == pre.info.run_id
-        assert read_manifest(data / "annotations" / version)["mlflow_run"]["id"] == ann.info.run_id
+        assert run_ref(data / "annotations" / version) == ann.info.run_id
         artifacts = {a.path for a in client.list_artifacts(pre.info.run_id)}
         assert {"manifest.json", "preprocess.parquet"} <= artifacts
         assert pre.info.artifact_uri.startswith(Path(data.parent.resolve(), "mlartifacts").as_uri())

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.shards import read_manifest
+from tbd_core.tracking import run_ref
 from tests.conftest import offline_env, run_tbd
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "train" / "tiny.yaml")
@@ -66,10 +66,9 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     [run] = client.search_runs(client.get_experiment_by_name("tbd-train").experiment_id)
     params = run.data.params
-    annotation = read_manifest(data / "annotations" / version)
     assert run.data.tags["tbd.version"] == version  # linked to the runs that made its data
-    assert run.data.tags["tbd.annotate_run"] == annotation["mlflow_run"]["id"]
-    assert run.data.tags["tbd.preprocess_run"] == read_manifest(data / "media")["mlflow_run"]["id"]
+    assert run.data.tags["tbd.annotate_run"] == run_ref(data / "annotations" / version) != ""
+    assert run.data.tags["tbd.preprocess_run"] == run_ref(data / "media") != ""
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     assert params["model"] == "tiny" and params["prediction_type"] == "sample"
     assert (
@@ -93,7 +92,7 @@ def test_train_resume_track_and_export(mead, tmp_path, netguard_log):
     )  # fmt: skip
     assert "Restored all states" in proc.stderr
     assert step_of(last) == 7
-    runs = client.search_runs(client.get_experiment_by_name("think-before-draw").experiment_id)
+    runs = client.search_runs(client.get_experiment_by_name("tbd-train").experiment_id)
     assert [r.info.run_id for r in runs] == [run.info.run_id]  # the resumed run continues the same MLflow run
     resumed = client.get_run(run.info.run_id).data
     assert resumed.params["lr"] == "0.001" and resumed.tags["changed_on_resume.lr"] == "0.0005"
