@@ -269,7 +269,8 @@ def test_log_pipeline_puts_the_ema_pipeline_into_the_mlflow_run_and_registers_it
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ema, raw = EMAWeightAveraging(decay=0.5), RawWeights()
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=2, limit_val_batches=0, logger=MLFlowLogger("t", tracking_uri=uri),
+        accelerator="cpu", max_steps=2, limit_val_batches=0,
+        logger=MLFlowLogger("t", tracking_uri=uri, artifact_location=(tmp_path / "mlartifacts").as_uri()),
         callbacks=[LogPipeline(registered_model_name="tbd-test"), raw, ema], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
     )  # fmt: skip
