@@ -139,9 +139,11 @@ def _user_errors(fn):
 def generate_tab(config) -> None:
     import gradio as gr
 
+    from media.clip_media import MediaConfig
     from tbd_lightning.generate import generate, think
 
-    margin = _pipeline(str(config.model), config.device).media_config.crop_margin if config.model else 0.2
+    media = _pipeline(str(config.model), config.device).media_config if config.model else MediaConfig()
+    margin = media.crop_margin  # the regions are drawn on the crop the model sees
 
     @_user_errors
     def on_think(image, audio, emotion, level, text):
