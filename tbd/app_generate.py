@@ -99,6 +99,12 @@ def cot_markdown(ann) -> str:
 
 
 @functools.cache
+def _engine(spec):
+    """One engine per spec for the server's life (an LLM engine starts once, not per click)."""
+    return spec.make()
+
+
+@functools.cache
 def _pipeline(model: str, device: str | None):
     from tbd_lightning.generate import GenerateConfig, load_pipeline
 
@@ -149,7 +155,7 @@ def generate_tab(config) -> None:
     def on_think(image, audio, emotion, level, text):
         if not image:
             raise UserError("upload a portrait first")
-        ann = think(_config(config, image, audio, emotion, level, text))
+        ann = think(_config(config, image, audio, emotion, level, text), engine=_engine(config.think))
         return (
             cot_markdown(ann),
             au_rows(ann.cot),

@@ -49,11 +49,16 @@ class GenerateConfig:
     tracking_uri: str | None = None  # default: the training run's store (recorded by `tbd export`)
 
 
-def think(config: GenerateConfig):
+def think(config: GenerateConfig, engine=None):
+    """The accepted annotation for the config's emotion (a rejected one is a `UserError`). `engine`: a
+    started engine to reuse (the web app keeps one); default: `config.think`'s, started and closed here."""
     from annotation.records import ThinkRequest
 
     request = ThinkRequest(key="generate", emotion=config.emotion, level=config.level, text=config.text)
-    with config.think.make() as engine:
+    if engine is None:
+        with config.think.make() as engine:
+            (ann,) = engine.annotate([request])
+    else:
         (ann,) = engine.annotate([request])
     if not ann.accepted:
         raise UserError(
