@@ -47,11 +47,15 @@ def _baseline(summary: dict, baseline: np.ndarray | None) -> np.ndarray:
 def clip_timeline(readings: np.ndarray, summary: dict, baseline: np.ndarray | None) -> dict[int, list[float]]:
     """Per-frame FACS 0-5 of every measurable AU (the stronger side) from a clip's readings (T, C) (its
     `au.npy`), against the baseline `clip_evidence` uses: what the evidence's mean and peak summarise."""
-    base = _baseline(summary, baseline)
+    base, readings, measurable = (
+        _baseline(summary, baseline),
+        np.asarray(readings),
+        set(summary["au_measurable"]),
+    )
     out: dict[int, np.ndarray] = {}
     for i, name in enumerate(summary["au_names"]):
-        if name in set(summary["au_measurable"]):
+        if name in measurable:
             au, _ = channel_au(name)
-            series = np.clip(np.asarray(readings)[:, i] - base[i], 0, 5)
+            series = np.clip(readings[:, i] - base[i], 0, 5)
             out[au] = np.maximum(out[au], series) if au in out else series
     return {au: [round(float(v), 3) for v in series] for au, series in sorted(out.items())}

@@ -48,24 +48,19 @@ class PreprocessConfig(BaseModel):
 
 
 class ShardBuilder:
-    """Ray Data callable class: builds and writes whole shards (a face analyzer per batch of shards)."""
+    """Ray Data callable class: builds and writes whole shards (one face analyzer per worker process)."""
 
     def __init__(self, media_dir: str, media: dict, threads: int = 1):
+        from media.face import shared_analyzer
         from media.video_io import pin_threads
 
         self.media_dir = Path(media_dir)
         self.config = MediaConfig(**media)
         pin_threads(threads)  # N workers use N cores, not N x every library's default pool
         divert_native_stderr()  # LiteRT's start-up lines to the worker's native log (tbd_core.native_log)
+        self.analyzer = shared_analyzer()  # closed at the process's exit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        # One analyzer per worker process, closed at exit (`media.face.shared_analyzer`).
-        from media.face import shared_analyzer
-
-        self.analyzer = shared_analyzer()
-        return self._build(batch)
-
-    def _build(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         names, frames, seconds = [], [], []
         for name, clips_json in zip(batch["name"], batch["clips"], strict=True):
             start = time.perf_counter()

@@ -55,33 +55,25 @@ def clip_rows(
     return rows
 
 
-def cot_markdown(ann, title: str) -> str:
-    if ann is None:
-        return f"### {title}\n\n(not in this version)"
-    v, p = ann.validation, ann.provenance
-    head = f"### {title}: {v.outcome}\n\n`{p.annotation_version}` · {p.engine} · {p.model_id} · attempt {ann.attempt}"
-    lines = [head]
-    lines += [f"- **rejected**: {r}" for r in v.reasons]
-    lines += [f"- repaired: {c}" for c in v.changes]
-    if ann.cot is not None:
-        cot = ann.cot
-        lines.append(f"\n**{cot.emotion}, level {cot.intensity_level}**: {cot.global_description}\n")
-        lines += [f"{i}. {s}" for i, s in enumerate(cot.reasoning, 1)]
-        lines.append("\n| AU | name | int. | side | region |\n|---|---|---|---|---|")
-        lines += [
-            f"| AU{u.au} | {u.name} | {u.intensity} | {u.side} | {u.region} |" for u in cot.action_units
-        ]
-    else:
-        lines.append(f"\nraw output ({ann.finish_reason}):\n\n```\n{ann.raw[:1500]}\n```")
-    return "\n".join(lines)
+@functools.lru_cache(maxsize=8)
+def _media(data: str) -> dict:
+    """A folder's per-clip summaries, speaker baselines (as annotate's evidence uses) and frame rate."""
+    from media.au_evidence import speaker_baselines
+    from pipelines.data_folder import DataFolder
+
+    folder = DataFolder(data)
+    summaries = folder.media_summaries()
+    return {"summaries": summaries, "baselines": speaker_baselines(summaries),
+            "fps": int(folder.media_params()["media"]["fps"])}  # fmt: skip
 
 
 def clip_view(data: str, a: str, b: str | None, key: str, out_dir: Path) -> tuple[str, str, str, str]:
     """(face-crop mp4 path, AU timeline PNG path, CoT A, CoT B) of one clip."""
-    from media.au_evidence import clip_timeline, speaker_baselines
+    from media.au_evidence import clip_timeline
     from media.au_measure import plot_aus, requested_aus
     from pipelines.data_folder import DataFolder
     from pipelines.shards import tar_members
+    from tbd.app import cot_markdown
 
     found = _annotations(data, a)
     if key not in found["anns"]:
@@ -90,15 +82,16 @@ def clip_view(data: str, a: str, b: str | None, key: str, out_dir: Path) -> tupl
     members = dict(tar_members(folder.media_dir / f"{found['shard_of'][key]}.tar"))[key]
     video = out_dir / f"{key}.mp4"
     video.write_bytes(members["mp4"])
-    summaries = folder.media_summaries()
-    summary = summaries[key]
-    baseline = speaker_baselines(summaries).get(summary["speaker"])
-    timeline = clip_timeline(np.load(io.BytesIO(members["au.npy"])), summary, baseline)
+    media = _media(data)
+    summary = media["summaries"][key]
+    timeline = clip_timeline(
+        np.load(io.BytesIO(members["au.npy"])), summary, media["baselines"].get(summary["speaker"])
+    )
     ann_a = found["anns"][key]
     ann_b = _annotations(data, b)["anns"].get(key) if b else None
     requested = requested_aus(ann_a.cot.model_dump(mode="json")) if ann_a.cot else {}
     plot = out_dir / f"{key}_aus.png"
-    plot_aus(requested, timeline, int(folder.media_params()["media"]["fps"]), plot)
+    plot_aus(requested, timeline, media["fps"], plot)
     return str(video), str(plot), cot_markdown(ann_a, f"A {a}"), cot_markdown(ann_b, f"B {b}") if b else ""
 
 
@@ -126,7 +119,7 @@ def annotations_tab(config) -> None:
 
     from annotation.facs import MEAD_EMOTIONS
     from pipelines.data_folder import DataFolder
-    from tbd.app_generate import _user_errors
+    from tbd.app import user_errors
 
     datas = [str(Path(d)) for d in config.data]
     out_dir = Path(tempfile.mkdtemp(prefix="tbd-app-annotations-"))
@@ -134,7 +127,7 @@ def annotations_tab(config) -> None:
     def versions(data):
         return DataFolder(data).versions() if data else []
 
-    @_user_errors
+    @user_errors
     def on_data(data):
         vs = versions(data)
         a = vs[0] if vs else None
@@ -145,13 +138,13 @@ def annotations_tab(config) -> None:
             report_rows(data) if data else [],
         )
 
-    @_user_errors
+    @user_errors
     def on_filter(data, a, b, emotion, outcome, reason):
         rows = clip_rows(data, a, b, emotion, outcome, reason)
         keys = [r[0] for r in rows]
         return rows, gr.update(choices=keys, value=keys[0] if keys else None)
 
-    @_user_errors
+    @user_errors
     def on_clip(data, a, b, key):
         if not key:
             return None, None, "", ""

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from annotation.facs import MEAD_EMOTIONS
+from annotation.facs import INTENSITY_LETTERS, MEAD_EMOTIONS
 from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 AU_COLUMNS = ["AU", "name", "intensity", "side", "region", "muscle"]
-INTENSITIES = ("A", "B", "C", "D", "E")
 FREE_TEXT = "(free text)"
 OVERLAY_SIZE = 256  # the regions are drawn on a crop of this size (same framing as the model's)
 
@@ -52,8 +51,8 @@ def with_intensities(ann, rows) -> object:
     changed = []
     for u, row in zip(units, rows, strict=True):
         letter = str(row[2]).strip().upper()
-        if letter not in INTENSITIES:
-            raise UserError(f"AU{u.au}: intensity {row[2]!r} is not one of {', '.join(INTENSITIES)}")
+        if letter not in INTENSITY_LETTERS:
+            raise UserError(f"AU{u.au}: intensity {row[2]!r} is not one of {', '.join(INTENSITY_LETTERS)}")
         changed.append(u.model_copy(update={"intensity": letter}))
     cot = ChainOfThought.model_validate(ann.cot.model_copy(update={"action_units": changed}).model_dump())
     return ann.model_copy(update={"cot": cot})
@@ -68,9 +67,9 @@ def regions_image(image: str, cot, margin: float) -> np.ndarray:
 
     portrait = prepare_portrait(Path(image), OVERLAY_SIZE, margin)
     regions = tuple(dict.fromkeys(u.region for u in cot.action_units))
-    out = portrait.crop.astype(np.float32)
     if not regions:
         return portrait.crop
+    out = portrait.crop.astype(np.float32)
     _, masks, _ = token_masks(portrait.landmarks, OVERLAY_SIZE, regions, len(regions))
     for i, mask in enumerate(masks):
         color = np.array(_COLORS[i % len(_COLORS)], np.float32)
@@ -85,17 +84,6 @@ def regions_image(image: str, cot, margin: float) -> np.ndarray:
 
 
 _COLORS = ((230, 60, 60), (60, 160, 230), (60, 200, 90), (230, 180, 40), (180, 80, 220), (40, 200, 200))
-
-
-def cot_markdown(ann) -> str:
-    cot, v = ann.cot, ann.validation
-    steps = "\n".join(f"{i}. {s}" for i, s in enumerate(cot.reasoning, 1))
-    changes = "".join(f"\n- repaired: {c}" for c in v.changes)
-    return (
-        f"**{cot.emotion}, level {cot.intensity_level}** ({v.outcome}, version "
-        f"`{ann.provenance.annotation_version}`, engine {ann.provenance.engine}){changes}\n\n"
-        f"**Reasoning**\n\n{steps}\n\n**Global**: {cot.global_description}"
-    )
 
 
 @functools.cache
@@ -113,57 +101,29 @@ def _pipeline(model: str, device: str | None):
     )
 
 
-class _PageWarnings(logging.Handler):
-    """The input loaders' warnings (several faces, a rolled face) as warnings in the page too."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        import gradio as gr
-
-        gr.Warning(record.getMessage())
-
-
-def _user_errors(fn):
-    """A `UserError` (or a bad setting) becomes a message in the page; the server keeps running."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        import gradio as gr
-
-        inputs, shown = logging.getLogger("media.inputs"), _PageWarnings(logging.WARNING)
-        inputs.addHandler(shown)
-        try:
-            return fn(*args, **kwargs)
-        except (UserError, ValueError) as err:
-            log.info("app: %s", err)
-            raise gr.Error(str(err), print_exception=False) from None
-        finally:
-            inputs.removeHandler(shown)
-
-    return run
-
-
 def generate_tab(config) -> None:
     import gradio as gr
 
     from media.clip_media import MediaConfig
+    from tbd.app import cot_markdown, user_errors
     from tbd_lightning.generate import generate, think
 
     media = _pipeline(str(config.model), config.device).media_config if config.model else MediaConfig()
     margin = media.crop_margin  # the regions are drawn on the crop the model sees
 
-    @_user_errors
+    @user_errors
     def on_think(image, audio, emotion, level, text):
         if not image:
             raise UserError("upload a portrait first")
         ann = think(_config(config, image, audio, emotion, level, text), engine=_engine(config.think))
         return (
-            cot_markdown(ann),
+            cot_markdown(ann, "Chain of thought", au_table=False),  # the AUs are in the editable table
             au_rows(ann.cot),
             regions_image(image, ann.cot, margin),
             ann.model_dump_json(),
         )
 
-    @_user_errors
+    @user_errors
     def on_draw(image, audio, emotion, level, text, state, table, steps, audio_scale, global_scale,
                 local_scale, switch, mode, motion_frames, seed, progress=gr.Progress()):  # noqa: B008 (Gradio's pattern)  # fmt: skip
         from annotation.records import Annotation

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -55,11 +56,8 @@ def think(config: GenerateConfig, engine=None):
     from annotation.records import ThinkRequest
 
     request = ThinkRequest(key="generate", emotion=config.emotion, level=config.level, text=config.text)
-    if engine is None:
-        with config.think.make() as engine:
-            (ann,) = engine.annotate([request])
-    else:
-        (ann,) = engine.annotate([request])
+    with config.think.make() if engine is None else contextlib.nullcontext(engine) as used:
+        (ann,) = used.annotate([request])
     if not ann.accepted:
         raise UserError(
             f"the CoT for {config.text or config.emotion!r} was rejected: {'; '.join(ann.validation.reasons)} "
@@ -130,9 +128,8 @@ def track(config: GenerateConfig, source: dict, report: dict) -> None:
     """One MLflow run per generation (by default in the training run's store), tagged with the training run."""
     from tbd_core.tracking import job_run, tracking_uri
 
-    uri = tracking_uri(
-        config.tracking_uri, Path(config.model), source.get("mlflow_tracking_uri")
-    )  # beside it
+    # Default: the training run's store, else one beside the model folder.
+    uri = tracking_uri(config.tracking_uri, Path(config.model), source.get("mlflow_tracking_uri"))
     params = {
         k: report[k] for k in ("emotion", "level", "frames", "seed", "model", "annotation_version", "windows")
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from annotation.engines.local_server import free_port
 from tests.conftest import offline_env, tbd_ok
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -27,14 +28,6 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
 )
 PAGE_WAIT = 120  # s: a draw on 2 CPU cores, the first one loading the face tracker
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

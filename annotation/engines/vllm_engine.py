@@ -153,13 +153,7 @@ class VLLMEngine(Engine):
     def request_sampling(self, sampling: dict | None = None, request: ThinkRequest | None = None) -> dict:
         """Per-request sampling as plain values: the version's, or a retry's seed and temperature, and the
         request's own decoding schema (`annotation.grounded_schema`; the base schema without a request)."""
-        c = self.config
-        params = dict(
-            temperature=c.temperature,
-            max_tokens=c.max_tokens,
-            seed=c.seed,
-            repetition_penalty=c.repetition_penalty,
-        )
+        params = {k: v for k, v in vllm_sampling(self.config).items() if k not in STRUCTURED_OUTPUTS}
         params.update({k: sampling[k] for k in ("seed", "temperature")} if sampling else {})
         schema = self.schema_for(request) if request is not None else decoding_schema()
         return {**params, "structured_outputs": {"json": schema}}
