@@ -27,13 +27,13 @@ def batch(
     b: int, t: int, s: int, device, text_dim: int = 384, audio_dim: int = 80, max_local: int = 8
 ) -> dict:
     g = torch.Generator().manual_seed(0)
-    masks = (torch.rand(b, t, max_local, s, s, generator=g) > 0.7).half()
+    masks = (torch.rand(b, max_local, s, s, generator=g) > 0.7).half()  # static over the window
     out = {
         "key": [f"clip{i}" for i in range(b)],
         "video": torch.rand(b, t, 3, s, s, generator=g) * 2 - 1,
         "reference": torch.rand(b, 3, s, s, generator=g) * 2 - 1,
         "audio": torch.randn(b, t, audio_dim, generator=g),
-        "mask": masks.float().amax(2, keepdim=True),
+        "mask": masks.float().amax(1, keepdim=True),
         "local_masks": masks,
         "mouth": (torch.rand(b, t, 1, s, s, generator=g) > 0.8).float(),
         "global_text": torch.randn(b, text_dim, generator=g),

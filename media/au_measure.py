@@ -59,34 +59,68 @@ class VideoAUs:
         return np.nanmedian(self.features[self.found], 0)
 
 
+class AUStream:
+    """`track_video` one frame at a time, for videos too long to hold: frames of (height, width) are
+    upscaled by max(1, 256 // min(H, W)) with bicubic interpolation as the calibration saw them, meshed
+    (tracked frame to frame, or by the caller: `tracked=True` with frames that need no upscaling), and
+    reduced to their features at once; only the features (F,) and landmarks (468, 3) of each frame are kept."""
+
+    def __init__(self, height: int, width: int, tracked: bool = False):
+        from media.face import FaceTracker, shared_analyzer
+
+        self.h, self.w = height, width
+        self.up = max(1, TRACK_SIZE // min(height, width))
+        self.tracked = tracked and self.up == 1
+        self.tracker = None if self.tracked else FaceTracker(shared_analyzer())
+        self.features: list[np.ndarray | None] = []
+        self.landmarks: list[np.ndarray | None] = []
+        self.iods: list[float] = []
+
+    def add(self, frame: np.ndarray, landmarks: np.ndarray | None = None) -> None:
+        """One frame (H, W, 3) uint8; with `tracked`, its landmarks (468, 3) in pixels, None: no face."""
+        import cv2
+
+        from media.au_calibration import features
+        from media.face import FaceMesh
+
+        up = self.up
+        seen = (
+            cv2.resize(frame, (self.w * up, self.h * up), interpolation=cv2.INTER_CUBIC) if up > 1 else frame
+        )
+        if self.tracked:
+            mesh = FaceMesh(np.asarray(landmarks, np.float32), 1.0) if landmarks is not None else None
+        else:
+            mesh = self.tracker(seen).mesh
+        if mesh is None:
+            self.features.append(None)
+            self.landmarks.append(None)
+            return
+        self.features.append(features(seen[None], mesh.landmarks[None])[0])
+        self.landmarks.append(
+            mesh.landmarks / (self.w * up)
+        )  # normalised by the width (square crops: the side)
+        self.iods.append(mesh.interocular / up)
+
+    def result(self) -> VideoAUs:
+        from media.au_calibration import FEATURES
+
+        feats = np.full((len(self.features), len(FEATURES)), np.nan, np.float32)
+        lm = np.full((len(self.features), 468, 3), np.nan, np.float32)
+        for i, (f, m) in enumerate(zip(self.features, self.landmarks, strict=True)):
+            if f is not None:
+                feats[i], lm[i] = f, m
+        return VideoAUs(feats, lm, float(np.median(self.iods)) if self.iods else float("nan"))
+
+
 def track_video(frames: np.ndarray, landmarks: np.ndarray | None = None) -> VideoAUs:
-    """Track frames (T, H, W, 3) uint8 as the calibration saw them: upscaled by max(1, 256 // min(H, W))
-    with bicubic interpolation, then MediaPipe's mesh (tracked frame to frame); features on the upscaled
-    frames. Frames that need no upscaling may come with their `landmarks` (T, 468, 3) in pixels, tracked
-    already (preprocess), and are not tracked again."""
-    import cv2
-
-    from media.au_calibration import FEATURES, features
-    from media.face import FaceMesh, FaceResult, shared_analyzer
-
+    """Track frames (T, H, W, 3) uint8 as the calibration saw them (`AUStream`). Frames that need no
+    upscaling may come with their `landmarks` (T, 468, 3) in pixels, tracked already, and are not tracked
+    again."""
     frames = np.asarray(frames)
-    h, w = frames.shape[1:3]
-    up = max(1, TRACK_SIZE // min(h, w))
-    seen = np.stack([cv2.resize(f, (w * up, h * up), interpolation=cv2.INTER_CUBIC) for f in frames]) if up > 1 else frames  # fmt: skip
-    size = w  # landmarks are normalised by the frame width (square crops: the crop side)
-    if landmarks is not None and up == 1:
-        results = [FaceResult(FaceMesh(np.asarray(lm, np.float32), 1.0)) for lm in landmarks]
-    else:
-        results = shared_analyzer().track(list(seen))
-    feats = np.full((len(frames), len(FEATURES)), np.nan, np.float32)
-    lm = np.full((len(frames), 468, 3), np.nan, np.float32)
-    found = [i for i, r in enumerate(results) if r.found]
-    if found:
-        px = np.stack([results[i].mesh.landmarks for i in found])
-        feats[found] = features(seen[found], px)
-        lm[found] = px / (size * up)
-    iods = [results[i].mesh.interocular / up for i in found]
-    return VideoAUs(feats, lm, float(np.median(iods)) if iods else float("nan"))
+    stream = AUStream(*frames.shape[1:3], tracked=landmarks is not None)
+    for i, frame in enumerate(frames):
+        stream.add(frame, landmarks[i] if stream.tracked else None)
+    return stream.result()
 
 
 def track_generated(frames: np.ndarray) -> np.ndarray:

@@ -14,7 +14,13 @@ from tbd_core.errors import UserError
 
 
 def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25) -> np.ndarray:
-    """(T, n_mels) log-mel features, one row per video frame (hop = 16000 / fps samples)."""
+    """(T, n_mels) log-mel features, one row per video frame (hop = 16000 / fps samples). A rate that does
+    not divide 16 kHz (30 fps: 533.3 samples) is computed on a 10 ms grid and row k taken at k / fps s, so
+    the features stay on the video's clock over any length."""
+    if AUDIO_RATE % fps:
+        fine_hop = AUDIO_RATE // 100
+        fine = log_mel(audio, int(np.ceil(n_frames * 100 / fps)) + 1, n_mels, 100)
+        return fine[np.minimum(np.round(np.arange(n_frames) * AUDIO_RATE / fps / fine_hop).astype(int), len(fine) - 1)]
     from threadpoolctl import threadpool_limits
     from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 

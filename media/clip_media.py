@@ -1,9 +1,16 @@
-"""Preprocess one clip into a media sample, or a reject with its stage and reason.
+"""Preprocess one clip into media samples, or rejects with their stage, reason and span.
 
-decode (PyAV, resampled to 25 fps) → audio (16 kHz mono; silent → reject) → face (detect + track the
-468-point mesh; too few frames with a face → reject) → stable crop → crop-normalised landmarks →
-calibrated AU readings (`media.au_calibration`, uncentred: annotate subtracts the speaker's neutral) → audio features aligned to frames (log-mel, or a local pretrained encoder) → encode (H.264 mp4 + wav).
-Region masks are not stored: they are a function of `landmarks.npy` (`media.face.region_masks`).
+A video is cut into consecutive segments of `segment_seconds` (one segment keeps the clip's key; more are
+`{key}_seg000`, `{key}_seg001`, ...); every segment ends as a sample or a reject, so every second of the
+input is accounted for. Per segment, streamed (memory bounded by the segment's small per-frame records,
+never by its pixels):
+audio (16 kHz mono of the segment's time span; silent → reject) → pass 1 over the frames, resampled to
+`fps` by their timestamps (`media.video_io.iter_frames`; broken timestamps → reject): face (detect + track
+the 468-point mesh; too few frames with a face, a second person → reject) and calibrated AU features
+(`media.au_measure.AUStream`, uncentred: annotate subtracts the speaker's neutral) → stable crop → pass 2
+over the same frames: crop, crop-normalised landmarks, H.264 encode as they come → audio features aligned
+to frames (log-mel, or a local pretrained encoder) and the wav. Region masks are not stored: they are a
+function of `landmarks.npy` (`media.face.region_masks`).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -22,7 +30,7 @@ from scipy.io import wavfile
 from media.au_calibration import load as load_calibration
 from media.audio_features import audio_features
 from media.face import FaceAnalyzer, stable_crop
-from media.video_io import AUDIO_RATE, read_audio, read_frames, write_mp4
+from media.video_io import AUDIO_RATE, VideoProbe, iter_frames, probe_video, read_audio, write_mp4
 from tbd_core.errors import UserError
 from tbd_core.records import ClipRef, Reject
 
@@ -41,8 +49,11 @@ class MediaConfig(BaseModel):
     n_mels: int = 80
     audio_encoder: str | None = None  # local folder of a pretrained speech encoder; None: log-mel
     crf: int = 20
-    max_seconds: float = 60.0
-    min_frames: int = 12  # shorter clips are rejected as too short (a training window needs frames)
+    # Videos longer than this are cut into consecutive segments of this length (keys `{key}_segNNN`),
+    # each a sample or a ledger row; nothing is dropped. It bounds a worker's per-segment records.
+    segment_seconds: float = 60.0
+    min_frames: int = 16  # shorter clips and segments are rejected as too short (the training window)
+    max_gap_frames: int = 5  # a gap between source frames over this many output frames: broken timestamps
     # One identity per clip: a second face at least this fraction of the first's width in a sampled frame
     # rejects the clip (its tracks could swap identities); smaller background faces are ignored.
     max_second_face: float = 0.5
@@ -94,12 +105,11 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def resample_indices(n_in: int, fps_in: float, fps: int) -> np.ndarray:
-    """Frame indices that resample a clip from `fps_in` to `fps` (nearest frame in time)."""
-    if not fps_in or abs(fps_in - fps) < 0.01:
-        return np.arange(n_in)
-    times = np.arange(0, n_in / fps_in, 1 / fps)
-    return np.minimum(np.round(times * fps_in).astype(int), n_in - 1)
+def segment_spans(duration: float, config: MediaConfig) -> list[tuple[float, float]]:
+    """Consecutive [start, end) spans (s) of at most `segment_seconds` that cover `duration` exactly."""
+    length = config.segment_seconds
+    n = max(1, math.ceil(duration / length - 1e-6))
+    return [(i * length, min((i + 1) * length, duration)) for i in range(n)]
 
 
 def dbfs(audio: np.ndarray) -> float:
@@ -113,40 +123,89 @@ def _wav(audio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _mp4(frames: np.ndarray, fps: int, crf: int) -> bytes:
+def _mp4(frames, fps: int, crf: int, expected: int | None = None) -> bytes:
+    """H.264 bytes of frames (an array or an iterable, encoded as they come)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
-        write_mp4(path, frames, fps=fps, crf=crf)
+        n = write_mp4(path, frames, fps=fps, crf=crf, keyframe_every=fps)  # a training window seeks: 1 s GOPs
+        if expected is not None and n != expected:
+            raise ValueError(f"the second decode gave {n} frames, the first {expected}")
         return path.read_bytes()
+
+
+def crop_frame(frame: np.ndarray, crop, size: int) -> np.ndarray:
+    """(H, W, 3) frame -> its (size, size, 3) crop."""
+    flags = cv2.INTER_AREA | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(frame, crop.affine(size), (size, size), flags=flags)
+
+
+def crop_landmarks(landmarks: np.ndarray, crop, size: int) -> np.ndarray:
+    """(..., 468, 3) image-pixel landmarks -> normalised to the crop (x, y in [0, 1]; z in the same scale)."""
+    to_crop = cv2.invertAffineTransform(crop.affine(size))
+    xy = landmarks[..., :2] @ to_crop[:, :2].T + to_crop[:, 2]
+    scale = np.linalg.norm(to_crop[0, :2])
+    return np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float32)
 
 
 def crop_to(frames: np.ndarray, landmarks: np.ndarray, crop, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(T, H, W, 3) frames and (T, 468, 3) image-pixel landmarks -> (T, size, size, 3) crops and landmarks
     normalised to the crop (x, y in [0, 1]; z in the same scale)."""
-    to_image = crop.affine(size)  # crop pixels -> image pixels
-    flags = cv2.INTER_AREA | cv2.WARP_INVERSE_MAP
-    cropped = np.stack([cv2.warpAffine(f, to_image, (size, size), flags=flags) for f in frames])
-    to_crop = cv2.invertAffineTransform(to_image)
-    xy = landmarks[..., :2] @ to_crop[:, :2].T + to_crop[:, 2]
-    scale = np.linalg.norm(to_crop[0, :2])
-    return cropped, np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float32)
+    return np.stack([crop_frame(f, crop, size) for f in frames]), crop_landmarks(landmarks, crop, size)
 
 
-def identity_problem(frames: np.ndarray, meshes: list, analyzer: FaceAnalyzer, config: MediaConfig) -> str:
-    """Why the clip cannot be one upright speaker, or "". Policy: a second face at least `max_second_face`
-    of the first's width in the first, middle or last frame rejects the clip (the tracker could swap to it
-    and mix identities); a face rolled beyond `max_roll_deg` (a video on its side without rotation
-    metadata) rejects it too."""
+IDENTITY_EVERY = 125  # frames between the second-face checks (and the first and last frame)
+
+
+def second_face(image: np.ndarray, index: int, analyzer: FaceAnalyzer, config: MediaConfig) -> str:
+    """Why frame `index` shows more than one speaker, or "". Policy: a second face at least
+    `max_second_face` of the first's width rejects the clip (the tracker could swap to it and mix
+    identities); smaller background faces are ignored."""
+    faces = analyzer.detect_all(image)
+    if len(faces) > 1:
+        widths = [f.box[2] - f.box[0] for f in faces]
+        if widths[1] >= config.max_second_face * widths[0]:
+            return (f"{len(faces)} faces in frame {index} (the second {widths[1] / widths[0]:.0%} the width of "
+                    f"the first): one speaker per clip, identities could mix")  # fmt: skip
+    return ""
+
+
+class _Scan:
+    """Pass 1 over a segment's frames: face tracking, AU features, second-face checks, timestamps."""
+
+    def __init__(self, analyzer: FaceAnalyzer, config: MediaConfig):
+        self.analyzer, self.config = analyzer, config
+        self.meshes, self.times, self.sources, self.identity = [], [], [], ""
+        self.au = None
+        self.last = None
+
+    def add(self, frame) -> None:
+        from media.au_measure import AUStream
+        from media.face import FaceTracker
+
+        i, image = len(self.meshes), frame.image
+        if self.au is None:
+            self.tracker = FaceTracker(self.analyzer)
+            self.au = AUStream(*image.shape[:2], tracked=True)
+        mesh = self.tracker(image).mesh
+        self.meshes.append(mesh)
+        self.au.add(image, mesh.landmarks if mesh is not None else None)
+        self.times.append(frame.time)
+        self.sources.append(frame.source)
+        if i % IDENTITY_EVERY == 0 and not self.identity:
+            self.identity = second_face(image, i, self.analyzer, self.config)
+        self.last = image
+
+    def finish(self) -> None:
+        n = len(self.meshes)
+        if n and (n - 1) % IDENTITY_EVERY and not self.identity:
+            self.identity = second_face(self.last, n - 1, self.analyzer, self.config)
+        self.last = None
+
+
+def _roll_problem(meshes: list, config: MediaConfig) -> str:
+    """A face rolled beyond `max_roll_deg` (a video on its side without rotation metadata), or ""."""
     from media.face import roll_degrees
 
-    n = len(frames)
-    for i in sorted({0, n // 2, n - 1}):
-        faces = analyzer.detect_all(frames[i])
-        if len(faces) > 1:
-            widths = [f.box[2] - f.box[0] for f in faces]
-            if widths[1] >= config.max_second_face * widths[0]:
-                return (f"{len(faces)} faces in frame {i} (the second {widths[1] / widths[0]:.0%} the width of "
-                        f"the first): one speaker per clip, identities could mix")  # fmt: skip
     roll = float(np.median([roll_degrees(m.landmarks) for m in meshes]))
     if abs(roll) > config.max_roll_deg:
         return (f"face rolled by {roll:.0f} degrees (limit {config.max_roll_deg:.0f}): a video on its side "
@@ -154,89 +213,114 @@ def identity_problem(frames: np.ndarray, meshes: list, analyzer: FaceAnalyzer, c
     return ""
 
 
-def au_readings(frames: np.ndarray, landmarks: np.ndarray):
-    """(channel names, uncentred calibrated readings (T, C) float32, the calibration's view) of a clip, or
-    why not. Frames without a face take the nearest frame's readings (as their landmarks do)."""
-    from media.au_measure import track_video
-
-    video = track_video(frames, landmarks)
-    if not video.found.any():
-        return "the face model lost the face in every frame seen at the AU measure's size"
-    have = np.flatnonzero(video.found)
-    nearest = have[np.abs(np.arange(len(frames))[:, None] - have[None]).argmin(1)]
-    cal = load_calibration()
-    names, values = cal.linear(video.features[nearest], video.iod_px)
-    return names, values.astype(np.float32), cal.view(video.iod_px)
-
-
-def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> MediaSample | Reject:
-    """Run every stage; the first that fails names the reject."""
-    source = ref.video
+def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> list[MediaSample | Reject]:
+    """Every segment of the clip's video as a sample or a reject (a video that cannot be read at all: one
+    reject for the whole file)."""
     try:
-        raw, fps_in = read_frames(ref.video)
+        probe = probe_video(ref.video)
     except UserError as err:
-        return Reject(key=ref.key, stage="decode", reason=str(err).split(": ", 1)[-1], source=source)
-    frames = raw[resample_indices(len(raw), fps_in, config.fps)][: int(config.max_seconds * config.fps)]
-    n = len(frames)
-    if n < config.min_frames:
-        return Reject(
-            key=ref.key, stage="decode", source=source,
-            reason=f"too short: {n} frames at {config.fps} fps ({n / config.fps:.2f} s); needs at least "
-            f"{config.min_frames} ({config.min_frames / config.fps:.2f} s)",
-        )  # fmt: skip
-
-    try:
-        audio = read_audio(ref.audio or ref.video)
-    except UserError as err:
-        return Reject(
-            key=ref.key, stage="audio", reason=str(err).split(": ", 1)[-1], source=ref.audio or source
+        return [Reject(key=ref.key, stage="decode", reason=str(err).split(": ", 1)[-1], source=ref.video)]
+    spans = segment_spans(probe.duration, config)
+    if len(spans) > 1:
+        log.info(
+            "%s: %.1f s, cut into %d segments of %.0f s",
+            ref.key,
+            probe.duration,
+            len(spans),
+            config.segment_seconds,
         )
-    hop = AUDIO_RATE // config.fps
-    audio = np.pad(audio, (0, max(0, n * hop - len(audio))))[: n * hop]
+    return [
+        process_segment(
+            ref.model_copy(
+                update={"key": f"{ref.key}_seg{i:03d}" if len(spans) > 1 else ref.key, "start": s, "end": e}
+            ),
+            analyzer,
+            config,
+            probe,
+        )  # fmt: skip
+        for i, (s, e) in enumerate(spans)
+    ]
+
+
+def process_segment(
+    ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig, probe: VideoProbe
+) -> MediaSample | Reject:
+    """Run every stage on the span [ref.start, ref.end) of the video; the first that fails names the reject."""
+    source, fps = ref.video, config.fps
+
+    def reject(stage: str, reason: str, source: str = source) -> Reject:
+        return Reject(key=ref.key, stage=stage, reason=reason, source=source, start=ref.start, end=ref.end)
+
+    def too_short(n: int) -> Reject:
+        whole = (
+            f" (the last {ref.end - ref.start:.2f} s of a {probe.duration:.2f} s video)"
+            if ref.start > 0
+            else ""
+        )
+        return reject("decode", f"too short: {n} frames at {fps} fps ({n / fps:.2f} s){whole}; needs at "
+                      f"least {config.min_frames} ({config.min_frames / fps:.2f} s)")  # fmt: skip
+
+    expected = math.ceil((ref.end - ref.start) * fps - 1e-6)
+    if expected < config.min_frames:
+        return too_short(expected)
+    audio_path = ref.audio or ref.video
+    try:  # the same clock as the video: presentation times from the video's first frame
+        audio = read_audio(audio_path, start=probe.start + ref.start, end=probe.start + ref.end)
+    except UserError as err:
+        return reject("audio", str(err).split(": ", 1)[-1], audio_path)
     level = dbfs(audio)
     if level < config.silence_dbfs:
-        return Reject(
-            key=ref.key, stage="audio", source=ref.audio or source,
-            reason=f"silent audio ({level:.1f} dBFS, threshold {config.silence_dbfs:.0f} dBFS)",
-        )  # fmt: skip
+        return reject(
+            "audio", f"silent audio ({level:.1f} dBFS, threshold {config.silence_dbfs:.0f} dBFS)", audio_path
+        )
 
-    results = analyzer.track(frames)
-    found = [r.mesh is not None for r in results]
+    def frames():
+        return iter_frames(source, fps, ref.start, ref.end, max_gap=config.max_gap_frames / fps)
+
+    scan = _Scan(analyzer, config)
+    try:
+        for frame in frames():
+            scan.add(frame)
+    except UserError as err:
+        return reject("decode", str(err).split(": ", 1)[-1])
+    scan.finish()
+    meshes, n = scan.meshes, len(scan.meshes)
+    if n < config.min_frames:
+        return too_short(n)
+    found = [m is not None for m in meshes]
     fraction = sum(found) / n
     if fraction < config.min_face_fraction:
-        return Reject(
-            key=ref.key, stage="face", source=source,
-            reason=f"no face in {n - sum(found)}/{n} frames (needs a face in {config.min_face_fraction:.0%})",
-        )  # fmt: skip
-    meshes = [r.mesh for r in results]
-    refused = identity_problem(frames, [m for m in meshes if m is not None], analyzer, config)
+        return reject(
+            "face", f"no face in {n - sum(found)}/{n} frames (needs a face in {config.min_face_fraction:.0%})"
+        )
+    refused = scan.identity or _roll_problem([m for m in meshes if m is not None], config)
     if refused:
-        return Reject(key=ref.key, stage="face", reason=refused, source=source)
+        return reject("face", refused)
     crop = stable_crop(meshes, margin=config.crop_margin)
-    # Frames without a face take the landmarks of the nearest frame with one.
+    # Frames without a face take the landmarks (and AU readings) of the nearest frame with one.
     have = np.flatnonzero(found)
     nearest = have[np.abs(np.arange(n)[:, None] - have[None]).argmin(1)]
     landmarks = np.stack([meshes[i].landmarks for i in nearest]).astype(np.float64)  # (T, 468, 3) image px
-
-    seen = au_readings(frames, landmarks)
-    if isinstance(seen, str):
-        return Reject(key=ref.key, stage="face", reason=seen, source=source)
-    au_names, au, view = seen
+    video = scan.au.result()
+    cal = load_calibration()
+    au_names, au = cal.linear(video.features[nearest], video.iod_px)
+    view = cal.view(video.iod_px)
 
     size = config.crop_size
-    cropped, crop_lm = crop_to(frames, landmarks, crop, size)
-    crop_lm = crop_lm.astype(np.float16)
-
+    crop_lm = crop_landmarks(landmarks, crop, size).astype(np.float16)
+    hop = AUDIO_RATE / fps
+    audio = np.pad(audio, (0, max(0, round(n * hop) - len(audio))))[: round(n * hop)]
     meta = {
         **ref.model_dump(),
         "frames": n,
-        "fps": config.fps,
-        "fps_in": round(float(fps_in), 3),
+        "fps": fps,
+        "fps_in": round(probe.fps, 3),
+        "source_times": [round(t, 4) for t in scan.sources],  # the source frame shown at each output frame
         "crop_box": {"cx": crop.cx, "cy": crop.cy, "size": crop.size, "out": size},
         "face_fraction": round(fraction, 4),
         "audio_dbfs": round(level, 2),
         "au_names": au_names,
-        "au_calibration": load_calibration().id,
+        "au_calibration": cal.id,
         "au_view": view.name,
         "au_measurable": view.measurable(),
         "audio_features": f"encoder:{Path(config.audio_encoder).name}"
@@ -250,17 +334,19 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> M
             [[meshes[i].blendshapes.get(b, 0.0) for b in names] for i in nearest], np.float16
         )
         meta["blendshape_names"] = names
-    try:
-        mp4 = _mp4(cropped, config.fps, config.crf)
+    try:  # pass 2: the same frames again, cropped and encoded as they come
+        mp4 = _mp4((crop_frame(f.image, crop, size) for f in frames()), fps, config.crf, n)
+    except UserError as err:
+        return reject("decode", str(err).split(": ", 1)[-1])
     except (OSError, ValueError) as err:
-        return Reject(key=ref.key, stage="encode", reason=f"H.264 encoding failed: {err}", source=source)
+        return reject("encode", f"H.264 encoding failed: {err}")
     return MediaSample(
         key=ref.key,
         mp4=mp4,
         wav=_wav(audio),
         landmarks=crop_lm,
-        au=au,
-        audio=audio_features(audio, n, config.n_mels, config.fps, config.audio_encoder),
+        au=au.astype(np.float32),
+        audio=audio_features(audio, n, config.n_mels, fps, config.audio_encoder),
         meta=meta,
         blendshapes=blendshapes,
     )

@@ -249,31 +249,41 @@ class FaceAnalyzer:
         return FaceResult(FaceMesh(landmarks=lms, presence=1.0, blendshapes=shapes))
 
     def analyze(self, image: np.ndarray) -> FaceResult:
-        """Detect + mesh one image. No face is a result with a reason, not an exception."""
+        """Detect + mesh one image (the largest face, searched as `detect_all` searches). No face is a result
+        with a reason, not an exception."""
         image = _rgb_uint8(image)
         if self._landmarker is not None:
             return self._landmarker_result(image)
-        det = self.detect(image)
-        if det is None:
+        faces = self.detect_all(image)  # the whole image and, in a wide or tall one, its square tiles
+        if not faces:
             return FaceResult(None, NO_FACE)
+        det = faces[0]  # the largest
         mesh = self.mesh_from_detection(image, det)
         return FaceResult(mesh, "" if mesh else FACE_LOST, detection=det)
 
     def track(self, frames) -> list[FaceResult]:
         """Mesh every frame of a clip; detection only on the first frame and whenever tracking is lost."""
-        results: list[FaceResult] = []
-        prev: FaceMesh | None = None
-        for frame in frames:
-            frame = _rgb_uint8(frame)
-            mesh = (
-                self.mesh_from_previous(frame, prev)
-                if (prev is not None and self._landmarker is None)
-                else None
-            )
-            result = FaceResult(mesh) if mesh is not None else self.analyze(frame)
-            results.append(result)
-            prev = result.mesh
-        return results
+        tracker = FaceTracker(self)
+        return [tracker(frame) for frame in frames]
+
+
+class FaceTracker:
+    """`FaceAnalyzer.track` one frame at a time (for streams): each call meshes a frame from the previous
+    frame's mesh, detecting again on the first frame and whenever tracking is lost."""
+
+    def __init__(self, analyzer: FaceAnalyzer):
+        self.analyzer, self.prev = analyzer, None
+
+    def __call__(self, frame: np.ndarray) -> FaceResult:
+        fa, frame = self.analyzer, _rgb_uint8(frame)
+        mesh = (
+            fa.mesh_from_previous(frame, self.prev)
+            if self.prev is not None and fa._landmarker is None
+            else None
+        )
+        result = FaceResult(mesh) if mesh is not None else fa.analyze(frame)
+        self.prev = result.mesh
+        return result
 
 
 # -- clip-level crop --------------------------------------------------------------------------------

@@ -9,29 +9,35 @@ from pathlib import Path
 import numpy as np
 
 from media.images import read_image, write_image
-from tbd_core.errors import UserError
 
 
 @dataclass(frozen=True)
 class FaceConfig:
-    image: Path  # a portrait image (png/jpg)
-    draw: Path | None = None  # write the image with landmarks and region masks drawn (PNG)
-    json: Path | None = None  # write landmarks and box as JSON
+    image: Path
+    """A portrait image (read as `tbd generate` reads it: 16-bit, grayscale, palette, CMYK, alpha, EXIF)."""
+    face_index: int | None = None
+    """Several faces: which one to mesh (largest first). Default: the largest."""
+    draw: Path | None = None
+    """Write the image with landmarks and region masks drawn (PNG)."""
+    json: Path | None = None
+    """Write landmarks, box and every face found as JSON."""
 
 
 def describe_face(config: FaceConfig) -> str:
-    from media.face import FaceAnalyzer, region_masks
+    from media.face import region_masks
+    from media.inputs import face_listing, find_face
 
     image = read_image(config.image)
-    with FaceAnalyzer() as fa:
-        result = fa.analyze(image)
-    if not result.found:
-        raise UserError(f"{config.image}: {result.reason}")
-    mesh = result.mesh
+    mesh, faces = find_face(image, config.image, config.face_index)
     if config.json:
         Path(config.json).write_text(
             json.dumps(
-                {"box": mesh.box, "presence": mesh.presence, "landmarks": mesh.landmarks.round(2).tolist()}
+                {
+                    "box": mesh.box,
+                    "presence": mesh.presence,
+                    "landmarks": mesh.landmarks.round(2).tolist(),
+                    "faces": [{"box": list(f.box), "score": f.score} for f in faces],
+                }  # fmt: skip
             )
         )
     if config.draw:
@@ -45,7 +51,13 @@ def describe_face(config: FaceConfig) -> str:
         for x, y in mesh.landmarks[:, :2].astype(int):
             canvas[max(0, y - 1) : y + 1, max(0, x - 1) : x + 1] = (255, 255, 255)
         write_image(config.draw, canvas.clip(0, 255).astype(np.uint8))
+    chosen = config.face_index or 0
+    found = (
+        f"{len(faces)} faces found ({face_listing(faces)}), #{chosen} meshed"
+        if len(faces) > 1
+        else "face found"
+    )
     return (
-        f"{config.image}: face found, presence {mesh.presence:.3f}, box {[round(v, 1) for v in mesh.box]}, "
+        f"{config.image}: {found}, presence {mesh.presence:.3f}, box {[round(v, 1) for v in mesh.box]}, "
         f"inter-ocular {mesh.interocular:.1f}px, {len(mesh.landmarks)} landmarks"
     )

@@ -29,7 +29,8 @@ MEAD_PATTERN = (
     "{speaker}/video/front/{emotion}/level_{n}/{clip}.mp4 (+ {speaker}/audio/{emotion}/level_{n}/{clip}.m4a)"
 )
 HDTF_PATTERN = "{WRA|WDA|RD}_{Name}_{nnn}.mp4"
-_HDTF_NAME = re.compile(r"^(WRA|WDA|RD)_(.+)_(\d+)\.mp4$")
+_HDTF_NAME = re.compile(r"^(WRA|WDA|RD)_(.+)_(\d+)\.mp4$", re.IGNORECASE)
+VIDEO_SUFFIX, AUDIO_SUFFIX = ".mp4", ".m4a"  # matched in any case (`002.MP4`)
 _LEVEL = re.compile(r"^level_(\d+)$")
 
 
@@ -63,21 +64,41 @@ def _layout_error(config: IngestConfig, expected: str) -> UserError:
     )
 
 
+def _files(folder: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
+
+
+def _not_a_clip(key: str, path: Path, wanted: str) -> Reject:
+    return Reject(key=key, stage="ingest", source=str(path),
+                  reason=f"not a clip: {path.suffix or 'no extension'} file where {wanted} files are expected")  # fmt: skip
+
+
 def discover_mead(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
     clips, rejects = [], []
-    for video in sorted(config.root.glob("*/video/front/*/*/*.mp4")):
+    for video in _files(config.root, "*/video/front/*/*/*"):
         rel = video.relative_to(config.root)
         speaker, _, _, emotion, level_dir, _ = rel.parts
         level_match = _LEVEL.match(level_dir)
         key = clip_key("mead", speaker, emotion, int(level_match.group(1)) if level_match else 0, video.stem)
-        audio = config.root / speaker / "audio" / emotion / level_dir / f"{video.stem}.m4a"
+        if video.suffix.lower() != VIDEO_SUFFIX:
+            rejects.append(_not_a_clip(key, video, VIDEO_SUFFIX))
+            continue
+        audio_dir = config.root / speaker / "audio" / emotion / level_dir
+        audio = next(
+            (
+                a
+                for a in _files(audio_dir, f"{glob_escape(video.stem)}.*")
+                if a.suffix.lower() == AUDIO_SUFFIX
+            ),
+            None,
+        )
         reason = (
             f"unknown emotion folder {emotion!r} (MEAD emotions: {', '.join(MEAD_EMOTIONS)})"
             if emotion not in MEAD_EMOTIONS
             else f"level folder {level_dir!r} is not level_1..level_3"
             if not level_match or int(level_match.group(1)) not in (1, 2, 3)
-            else f"missing audio file {audio.relative_to(config.root)}"
-            if not audio.is_file()
+            else f"missing audio file {(audio_dir / (video.stem + AUDIO_SUFFIX)).relative_to(config.root)}"
+            if audio is None
             else ""
         )
         if reason:
@@ -94,10 +115,17 @@ def discover_mead(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
     return clips, rejects
 
 
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 def discover_hdtf(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
     clips, rejects = [], []
-    videos = sorted(config.root.glob("*.mp4"))
-    for video in videos:
+    files = _files(config.root, "*")
+    for video in files:
+        if video.suffix.lower() != VIDEO_SUFFIX:
+            rejects.append(_not_a_clip(clip_key("hdtf", video.stem, "unknown", 0, "x"), video, VIDEO_SUFFIX))
+            continue
         m = _HDTF_NAME.match(video.name)
         if not m:
             key = clip_key("hdtf", video.stem, "unknown", 0, "x")
@@ -107,7 +135,7 @@ def discover_hdtf(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
                 )
             )
             continue
-        speaker = f"{m.group(1)}_{m.group(2)}"
+        speaker = f"{m.group(1).upper()}_{m.group(2)}"
         clips.append(
             ClipRef(
                 key=clip_key("hdtf", speaker, "unknown", 0, m.group(3)), dataset="hdtf", speaker=speaker,
@@ -115,7 +143,7 @@ def discover_hdtf(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
                 split=split_of(speaker, config),
             )
         )  # fmt: skip
-    if not videos:
+    if not any(f.suffix.lower() == VIDEO_SUFFIX for f in files):
         raise _layout_error(config, HDTF_PATTERN)
     return clips, rejects
 
@@ -125,9 +153,16 @@ def ingest(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
     if not config.root.is_dir():
         raise UserError(f"dataset root {config.root} is not a folder")
     clips, rejects = (discover_mead if config.dataset == "mead" else discover_hdtf)(config)
-    keys = [c.key for c in clips]
-    if len(set(keys)) != len(keys):
-        raise UserError(f"{config.root}: clip keys are not unique after sanitising names")
+    by_key: dict[str, list[str]] = {}
+    for c in clips:
+        by_key.setdefault(c.key, []).append(c.video)
+    same = {k: v for k, v in by_key.items() if len(v) > 1}
+    if same:
+        key, videos = next(iter(same.items()))
+        raise UserError(
+            f"{config.root}: {len(same)} clip key(s) name more than one file, e.g. {key}: {', '.join(videos)} "
+            f"(rename one; keys ignore the case of the extension)"
+        )
     clips.sort(key=lambda c: c.key)
     folder = DataFolder(config.out)
     folder.write_clips(clips)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tbd_core.records import ClipRef, Reject
 from tbd_core.tracking import job_run, record_run, tracking_uri
 
 log = logging.getLogger(__name__)
+SEGMENT = re.compile(r"_seg\d{3,}$")  # a segment's key suffix (`media.clip_media.process_clip`)
 
 
 class PreprocessConfig(BaseModel):
@@ -68,13 +70,13 @@ class ShardBuilder:
             samples, rejects, summaries, n_frames = [], [], {}, 0
             for ref in clips:
                 maybe_fail("preprocess", ref.key)
-                result = process_clip(ref, self.analyzer, self.config)
-                if isinstance(result, Reject):
-                    rejects.append(result)
-                    continue
-                samples.append((ref.key, result.members()))
-                summaries[ref.key] = result.summary()
-                n_frames += result.meta["frames"]
+                for result in process_clip(ref, self.analyzer, self.config):  # one per segment
+                    if isinstance(result, Reject):
+                        rejects.append(result)
+                        continue
+                    samples.append((result.key, result.members()))
+                    summaries[result.key] = result.summary()
+                    n_frames += result.meta["frames"]
             write_shard(self.media_dir, str(name), samples, rejects, summaries)
             names.append(str(name))
             frames.append(n_frames)
@@ -167,5 +169,13 @@ def run_preprocess(config: PreprocessConfig) -> dict:
         mlflow.log_artifact(str(media_dir / "manifest.json"))
         mlflow.log_artifact(str(ledger))
     log.info("preprocess: %s", metrics)
-    assert manifest["samples"] + len(rejects) == len(clips), "a clip is neither in the shards nor the ledger"
+    unaccounted = set(clips) - {
+        source_key(k) for r in records for k in (*r.keys, *(j.key for j in r.rejects))
+    }
+    assert not unaccounted, f"clips neither in the shards nor the ledger: {sorted(unaccounted)[:5]}"
     return {"manifest": manifest, "metrics": metrics}
+
+
+def source_key(key: str) -> str:
+    """The ingest key of a sample or reject key (`{key}_seg003` -> `{key}`)."""
+    return SEGMENT.sub("", key)

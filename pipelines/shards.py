@@ -140,3 +140,35 @@ def tar_members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
         sample.pop("__local_path__", None)
         out.append((key, {k: v for k, v in sample.items() if isinstance(v, bytes)}))
     return out
+
+
+class ShardIndex:
+    """Random access to one shard's samples without reading the tar: member offsets from its headers
+    (`tarfile` seeks past the data), then only the members asked for are read. For training loaders that
+    serve a window of a clip at a time; `tar_members` reads everything in order."""
+
+    def __init__(self, path: Path):
+        import tarfile
+
+        self.path = Path(path)
+        self._tar = tarfile.open(self.path)  # noqa: SIM115 - closed in `close`
+        self.members: dict[str, dict[str, tarfile.TarInfo]] = {}
+        for info in self._tar.getmembers():
+            if info.isfile():
+                key, _, ext = info.name.partition(".")
+                self.members.setdefault(key, {})[ext] = info
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.members)
+
+    def read(self, key: str, ext: str) -> bytes:
+        """One member's bytes (`mp4`, `landmarks.npy`, `json`, ...). KeyError names what is missing."""
+        try:
+            info = self.members[key][ext]
+        except KeyError:
+            raise KeyError(f"{self.path}: no member {key}.{ext}") from None
+        return self._tar.extractfile(info).read()
+
+    def close(self) -> None:
+        self._tar.close()

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError as ConfigArgumentError
+    from jsonargparse import set_parsing_settings
 
     from tbd_core.allocator import keep_freed_memory
     from tbd_core.errors import UserError
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     keep_freed_memory()  # CPU forward passes without page faults (tbd_core.allocator)
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # a field's docstring is its --help
     if args.command is None:
         parser.print_help()
         return 0

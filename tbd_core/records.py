@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Literal
 
@@ -14,9 +15,17 @@ _KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def clip_key(dataset: str, speaker: str, emotion: str, level: int, clip: str) -> str:
-    """`{dataset}_{speaker}_{emotion}_{level}_{clip}` with no dots (WebDataset splits names at dots)."""
-    parts = [dataset, speaker, emotion, str(level), clip]
-    return "_".join(_KEY_SAFE.sub("-", p) for p in parts)
+    """`{dataset}_{speaker}_{emotion}_{level}_{clip}` with no dots (WebDataset splits names at dots). A part
+    with other characters (dots, spaces, non-ASCII letters) keeps a trace of its original spelling, so
+    `Zoë` and `Zoé` stay two keys: `Zo-1a2b`, `Zo-3c4d` (4 hex digits of the name's sha1)."""
+
+    def safe(part: str) -> str:
+        clean = _KEY_SAFE.sub("-", part)
+        if clean == part:
+            return part
+        return f"{clean}-{hashlib.sha1(part.encode()).hexdigest()[:4]}"
+
+    return "_".join(safe(p) for p in (dataset, speaker, emotion, str(level), clip))
 
 
 class ClipRef(BaseModel):
@@ -32,6 +41,10 @@ class ClipRef(BaseModel):
     video: str
     audio: str | None  # None: the audio is muxed in the video
     split: Split
+    # The span of the video this sample covers, seconds from its first frame (a segment of a long video;
+    # ingest's refs cover the whole video: 0, None).
+    start: float = 0.0
+    end: float | None = None
 
 
 class Reject(BaseModel):
@@ -42,6 +55,9 @@ class Reject(BaseModel):
     stage: Stage
     reason: str
     source: str = ""  # the input file (or annotation version) concerned
+    # The span of the source refused, seconds from its first frame (a segment of a video); None: all of it.
+    start: float | None = None
+    end: float | None = None
 
 
 class ShardRecord(BaseModel):

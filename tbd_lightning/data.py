@@ -7,9 +7,14 @@ epoch: training resamples shards (seeded by rank, worker and epoch), evaluation 
 in order, so every rank runs the same number of batches and uneven shard counts cannot hang DDP.
 Each item: a window of `frames` crop frames, a reference frame of another clip of the same speaker
 (`ReferenceBank`), the window's audio features and landmarks, the annotated AUs' region masks drawn on the
-reference's landmarks (static over the window, as at sampling), the mouth of each target frame (a loss
-weight only), and the CoT text (global sentence + one sentence per AU) as embeddings from `TextEmbedder`.
+reference's landmarks (static over the window, as at sampling: one (1, H, W) union and (L, H, W) per
+token, expanded over frames by the module as views), the mouth of each target frame (a loss weight only),
+and the CoT text (global sentence + one sentence per AU) as embeddings from `TextEmbedder`.
 Rejected annotations are skipped.
+
+Cost follows the window, not the clip: a shard is opened by its tar headers (`ShardIndex`) and only the
+members of the clip being served are read; the clip's mp4 is decoded from the keyframe before the window
+(preprocess writes one per second), not from its start.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.data_folder import AlignedShard, DataFolder
-from pipelines.shards import tar_members
+from pipelines.shards import ShardIndex
 from tbd_core.errors import UserError
 from tbd_lightning.model import MAX_LOCAL
 from tbd_lightning.text import cot_sentences, cot_token_regions
@@ -36,6 +41,13 @@ def decode_mp4(data: bytes) -> np.ndarray:
 
     with av.open(io.BytesIO(data)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def decode_frames(data: bytes, start: int, count: int, fps: float) -> np.ndarray:
+    """Frames [start, start + count) of a shard's mp4 bytes, decoded from the keyframe before `start`."""
+    from media.video_io import decode_window
+
+    return decode_window(io.BytesIO(data), start, count, fps)
 
 
 def _npy(data: bytes) -> np.ndarray:
@@ -76,10 +88,11 @@ class ReferenceBank:
         found: dict[str, Reference] = {}
         for shard in shards:
             if wanted & set(shard.keys):
-                for key, members in tar_members(shard.media_tar):
-                    if key in wanted:
-                        lm = _npy(members["landmarks.npy"]).astype(np.float32)[0]
-                        found[key] = Reference(key, first_frame(members["mp4"]), lm)
+                index = ShardIndex(shard.media_tar)  # only the chosen clips' members are read
+                for key in sorted(wanted & set(shard.keys)):
+                    lm = _npy(index.read(key, "landmarks.npy")).astype(np.float32)[0]
+                    found[key] = Reference(key, first_frame(index.read(key, "mp4")), lm)
+                index.close()
         neutral = {k for k, v in summaries.items() if v["emotion"] == "neutral"}
         return cls({sp: [found[k] for k in keys if k in found] for sp, keys in chosen.items()}, neutral)
 
@@ -163,17 +176,22 @@ class ClipWindows(IterableDataset):
 
     def _shard_items(self, index: int, rng: random.Random) -> Iterator[dict]:
         shard = self.shards[index]
-        media, anns = dict(tar_members(shard.media_tar)), dict(tar_members(shard.annotation_tar))
-        keys = list(shard.keys)
-        if self.resample:
-            rng.shuffle(keys)  # clips of a shard in a new order every epoch
-        for key in keys:
-            meta = json.loads(media[key]["json"])
-            ann = json.loads(anns[key]["cot.json"])
-            wanted = meta["split"] in self.splits if self.keys is None else key in self.keys
-            if not wanted or ann["validation"]["outcome"] == "rejected":
-                continue
-            yield self._window(key, media[key], meta, ann["cot"], rng)
+        media, anns = ShardIndex(shard.media_tar), ShardIndex(shard.annotation_tar)
+        try:
+            keys = list(shard.keys)
+            if self.resample:
+                rng.shuffle(keys)  # clips of a shard in a new order every epoch
+            for key in keys:
+                meta = json.loads(media.read(key, "json"))
+                ann = json.loads(anns.read(key, "cot.json"))
+                wanted = meta["split"] in self.splits if self.keys is None else key in self.keys
+                if not wanted or ann["validation"]["outcome"] == "rejected":
+                    continue
+                members = {ext: media.read(key, ext) for ext in ("mp4", "landmarks.npy", "audio.npy")}
+                yield self._window(key, members, meta, ann["cot"], rng)
+        finally:
+            media.close()
+            anns.close()
 
     @property
     def embedder(self):
@@ -186,13 +204,13 @@ class ClipWindows(IterableDataset):
     def _window(self, key: str, members: dict, meta: dict, cot: dict, rng: random.Random) -> dict:
         from media.au_measure import token_masks
 
-        video = decode_mp4(members["mp4"])
-        t_all = len(video)
+        t_all = int(meta["frames"])
         if t_all < self.frames:
             raise UserError(f"{key}: {t_all} frames, fewer than the window of {self.frames}")
         start = rng.randrange(t_all - self.frames + 1) if self.resample else 0
+        video = decode_frames(members["mp4"], start, self.frames, meta["fps"])  # only the window
         landmarks = _npy(members["landmarks.npy"]).astype(np.float32)
-        reference, reference_key, reference_lm = self._reference(key, meta, video, landmarks, start, rng)
+        reference, reference_key, reference_lm = self._reference(key, meta, members, landmarks, start, rng)
         audio = _npy(members["audio.npy"]).astype(np.float32)
         size = self.size or video.shape[1]
         # The regions the text acts in come from the reference, as at sampling (`TBDPipeline` has nothing
@@ -209,7 +227,7 @@ class ClipWindows(IterableDataset):
         local_emb[: len(local)] = texts[2:]
         window = slice(start, start + self.frames)
         to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-        frames = self._pixels(to_tensor(video[window]).permute(0, 3, 1, 2))  # (T, 3, H, W) in [-1, 1]
+        frames = self._pixels(to_tensor(video).permute(0, 3, 1, 2))  # (T, 3, H, W) in [-1, 1]
         item = {
             "key": key,
             "reference_key": reference_key,  # the clip the reference frame comes from
@@ -217,8 +235,9 @@ class ClipWindows(IterableDataset):
             "reference": self._pixels(to_tensor(reference).permute(2, 0, 1)[None])[0],
             "audio": to_tensor(audio[window]),
             "landmarks": to_tensor(landmarks[window]),
-            # (T, 1, H, W) union of the AUs' regions (and below, (T, L, H, W) each local token's): the reference's
-            "mask": to_tensor(union)[None, None].expand(self.frames, 1, size, size).contiguous(),
+            # (1, H, W) union of the AUs' regions (and below, (L, H, W) each local token's): the reference's,
+            # the same for every frame of the window (the module expands them over frames as views)
+            "mask": to_tensor(union)[None],
             "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, H, W)
             "global_text": to_tensor(texts[0]),
             "label_text": to_tensor(texts[1]),  # "contempt, level 2": the label-only caption
@@ -226,25 +245,24 @@ class ClipWindows(IterableDataset):
             "local_valid": torch.arange(self.max_local) < len(local),
         }
         if self.region_masks:  # without: each local token acts everywhere (the `no-masks` guidance mode)
-            item["local_masks"] = (
-                to_tensor(per_token).half()[None].expand(self.frames, -1, -1, -1).contiguous()
-            )
+            item["local_masks"] = to_tensor(per_token).half()
         return item
 
-    def _reference(self, key: str, meta: dict, video: np.ndarray, landmarks: np.ndarray, start: int,
+    def _reference(self, key: str, meta: dict, members: dict, landmarks: np.ndarray, start: int,
                    rng: random.Random):  # fmt: skip
         """(frame, key, landmarks): a frame of another clip of the same speaker (neutral first: see
         `ReferenceBank`), so the model cannot copy the target's expression; only a speaker with a single clip
         falls back to a frame of the target clip outside the window (named `{key}@same-clip`)."""
+        side = meta["crop_box"]["out"]
         if self.references is not None:
             picked = self.references.pick(meta["speaker"], key, rng if self.resample else None)
             if picked is not None:
                 frame = picked.frame
-                if frame.shape[:2] != video.shape[1:3]:
+                if frame.shape[:2] != (side, side):
                     frame = np.asarray(
                         torch.nn.functional.interpolate(
                             torch.from_numpy(frame).permute(2, 0, 1)[None].float(),
-                            size=video.shape[1:3],
+                            size=(side, side),
                             mode="area",
                         )[0]
                         .permute(1, 2, 0)
@@ -252,9 +270,11 @@ class ClipWindows(IterableDataset):
                         .byte()
                     )
                 return frame, picked.key, picked.landmarks
-        outside = [t for t in range(len(video)) if t < start or t >= start + self.frames]
+        t_all = int(meta["frames"])
+        outside = [t for t in range(t_all) if t < start or t >= start + self.frames]
         ref_t = rng.choice(outside) if (outside and self.resample) else (outside[0] if outside else start)
-        return video[ref_t], f"{key}@same-clip", landmarks[ref_t]
+        frame = decode_frames(members["mp4"], ref_t, 1, meta["fps"])[0]
+        return frame, f"{key}@same-clip", landmarks[ref_t]
 
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float in [-1, 1], resized to `size` (area filter) when asked."""

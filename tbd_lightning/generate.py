@@ -27,27 +27,49 @@ from media.au_measure import measured_aus, plot_aus, requested_aus, track_video
 from media.inputs import load_speech, prepare_portrait
 from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
+from tbd_lightning.windows import seam_ratio_of_changes
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GenerateConfig:
-    image: Path  # the portrait (any image PIL reads; EXIF orientation applied)
-    audio: Path  # the speech (wav, mp3, m4a, or a video's audio)
-    model: Path  # a folder written by `tbd export` (TBDPipeline)
-    out: Path  # the mp4 to write (.png strip, _aus.png, .json beside it)
-    face_index: int | None = None  # several faces in the portrait: which (largest first); default the largest
-    emotion: str = "unknown"  # a MEAD emotion label (or give `text`)
-    level: int | None = None  # MEAD intensity level 1..3
-    text: str | None = None  # free-text emotion, e.g. "a bittersweet smile"
-    label_only: bool = False  # ablation: the global text is the label, no CoT
-    think: EngineSpec = field(default_factory=EngineSpec)  # the engine that thinks (facs by default)
+    """`tbd generate`: a talking-head video of the portrait saying the speech with the emotion."""
+
+    image: Path
+    """The portrait (png, jpg, webp, ...; 16-bit, grayscale, palette, CMYK, alpha and EXIF-rotated images are read as shown)."""
+    audio: Path
+    """The speech (wav, mp3, m4a, or a video's audio)."""
+    model: Path
+    """A folder written by `tbd export` (TBDPipeline)."""
+    out: Path
+    """The mp4 to write (.png strip, _aus.png and .json beside it)."""
+    face_index: int | None = None
+    """Several faces in the portrait: which one (largest first; all are listed in the log). Default: the largest."""
+    emotion: str = "unknown"
+    """A MEAD emotion label (or give `text`)."""
+    level: int | None = None
+    """MEAD intensity level 1..3."""
+    text: str | None = None
+    """Free-text emotion, e.g. "a bittersweet smile"."""
+    label_only: bool = False
+    """Ablation: the global text is the label, no CoT."""
+    think: EngineSpec = field(default_factory=EngineSpec)
+    """The engine that thinks (facs by default)."""
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    """Progressive guidance settings."""
     seed: int = 0
-    max_seconds: float = 20.0
+    """Seed of the sampling noise."""
+    max_seconds: float | None = None
+    """Cut the speech after this many seconds (the cut is logged as a warning and reported in the JSON's
+    `cut`). Default: the whole speech, however long (memory does not grow with it)."""
+    max_frames_per_batch: int = 256
+    """Frames denoised per batch (times the guidance branches per forward pass): bounds GPU/CPU memory,
+    does not change the video."""
     device: str | None = None
-    tracking_uri: str | None = None  # default: the training run's store (recorded by `tbd export`)
+    """cuda or cpu (default: cuda when present)."""
+    tracking_uri: str | None = None
+    """MLflow store (default: the training run's store, recorded by `tbd export`)."""
 
 
 def think(config: GenerateConfig, engine=None):
@@ -89,24 +111,25 @@ def generate(config: GenerateConfig, ann=None, pipe=None, callback_on_step_end=N
     fps = media.fps
 
     portrait = prepare_portrait(config.image, size, media.crop_margin, config.face_index, media.max_roll_deg)
-    audio, n_frames = load_speech(config.audio, fps, config.max_seconds, media.silence_dbfs)
+    speech = load_speech(config.audio, fps, config.max_seconds, media.silence_dbfs)
+    audio, n_frames = speech.audio, speech.frames
     ann = ann or think(config)
     cot = ann.cot.model_dump(mode="json")
     feats = audio_features(audio, n_frames, media.n_mels, fps, media.audio_encoder).astype(np.float32)
     result = pipe(portrait.crop, portrait.landmarks, feats, cot=cot, label_only=config.label_only,
                   guidance=config.guidance, seed=config.seed, progress_bar=True,
-                  callback_on_step_end=callback_on_step_end)  # fmt: skip
-    frames = result.frames
+                  callback_on_step_end=callback_on_step_end, output_type="latent",
+                  max_frames_per_batch=config.max_frames_per_batch)  # fmt: skip
 
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_mp4(out, frames, fps=fps, audio=audio[: n_frames * AUDIO_RATE // fps])
+    drawn = DrawnVideo(pipe, result.frames, portrait.crop)
+    write_mp4(out, drawn.frames(), fps=fps, audio=audio[: round(n_frames * AUDIO_RATE / fps)])
     from PIL import Image
 
-    picks = np.linspace(0, n_frames - 1, min(8, n_frames)).round().astype(int)
-    Image.fromarray(np.concatenate([portrait.crop, *frames[picks]], axis=1)).save(out.with_suffix(".png"))
+    Image.fromarray(np.concatenate([portrait.crop, *drawn.strip], axis=1)).save(out.with_suffix(".png"))
     requested = requested_aus(cot)
-    measured = measured_aus(track_video(frames), track_video(portrait.crop[None]).baseline())
+    measured = measured_aus(drawn.au.result(), track_video(portrait.crop[None]).baseline())
     plot_aus(requested, measured, fps, out.with_name(out.stem + "_aus.png"))
     report = {
         "video": str(out), "strip": str(out.with_suffix(".png")), "au_plot": str(out.with_name(out.stem + "_aus.png")),
@@ -116,12 +139,44 @@ def generate(config: GenerateConfig, ann=None, pipe=None, callback_on_step_end=N
         "measured_aus": {str(k): v for k, v in measured.items() if k in requested},
         "annotation_version": ann.provenance.annotation_version, "guidance": asdict(config.guidance),
         "model": str(config.model), "seed": config.seed, "windows": result.windows,
-        "window": pipe.frames, "motion_frames": result.motion_frames, "seam_ratio": result.seam_ratio,
+        "window": pipe.frames, "motion_frames": result.motion_frames,
+        "seam_ratio": seam_ratio_of_changes(np.array(drawn.changes), pipe.frames, result.motion_frames),
+        "speech_seconds": round(speech.seconds, 3), "cut": speech.cut,
     }  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     log.info("wrote %s (%d frames, %.2f s)", out, n_frames, n_frames / fps)
     track(config, pipe.config.source or {}, report)
     return report
+
+
+class DrawnVideo:
+    """Sampled latents (T, C, h, w) decoded 16 frames at a time as the mp4 writer asks for them, so a long
+    video never sits in memory as pixels; on the way each frame feeds the AU measure (`AUStream`), the
+    8-frame strip and the frame-to-frame change (the seam ratio's input)."""
+
+    def __init__(self, pipe, latents: torch.Tensor, reference: np.ndarray, chunk: int = 16):
+        from media.au_measure import AUStream
+
+        self.pipe, self.latents, self.chunk = pipe, latents, chunk
+        n = len(latents)
+        self.picks = set(np.linspace(0, n - 1, min(8, n)).round().astype(int).tolist())
+        self.au = AUStream(*reference.shape[:2])
+        self.strip: list[np.ndarray] = []
+        self.changes: list[float] = []
+
+    def frames(self):
+        from tbd_lightning.pipeline import to_uint8
+
+        prev, i = None, 0
+        for part in self.latents.split(self.chunk):
+            for frame in to_uint8(self.pipe.decode(part)):
+                self.au.add(frame)
+                if i in self.picks:
+                    self.strip.append(frame)
+                if prev is not None:
+                    self.changes.append(float(np.abs(frame.astype(np.float32) - prev).mean()))
+                prev, i = frame.astype(np.float32), i + 1
+                yield frame
 
 
 def track(config: GenerateConfig, source: dict, report: dict) -> None:

@@ -153,11 +153,16 @@ class TBDModule(pl.LightningModule):
         global_text = batch["global_text"]
         if label is not None and label.any():
             global_text = torch.where(label[:, None].to(global_text.device), batch["label_text"], global_text)
-        masks = batch.get("local_masks")
+        frames = batch["audio"].shape[1]
+        masks, union = batch.get("local_masks"), batch.get("mask")
+
+        def over_frames(m):  # the loader's static (B, C, H, W) masks as (B, T, C, H, W) views
+            return None if m is None else m.float()[:, None].expand(-1, frames, -1, -1, -1)
+
         return Conditions(
             reference=self.encode(batch["reference"]), audio=batch["audio"], global_text=global_text,
-            local_text=batch["local_text"], local_valid=batch["local_valid"], region_mask=batch.get("mask"),
-            keep=keep, local_masks=None if masks is None else masks.float(),
+            local_text=batch["local_text"], local_valid=batch["local_valid"], region_mask=over_frames(union),
+            keep=keep, local_masks=over_frames(masks),
         )  # fmt: skip
 
     def draw_branches(self, b: int, generator: torch.Generator | None, device) -> tuple[dict, torch.Tensor]:

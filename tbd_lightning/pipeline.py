@@ -185,19 +185,23 @@ class TBDPipeline(DiffusionPipeline):
         return (latents * self.vae.config.scaling_factor)[0].float()
 
     def prepare_conditions(self, reference, audio_features, emb, n_local, mask, tokens, device,
-                           starts: list[int] | None = None) -> Conditions:  # fmt: skip
+                           starts: list[int] | None = None, encoded: torch.Tensor | None = None) -> Conditions:  # fmt: skip
         """One batch row per window of the training length starting at `starts` (default: back to back),
-        the audio padded with the last frame's."""
+        the audio padded with the last frame's. `encoded`: the reference as `encode_reference` gave it
+        (encoded here when None). Memory grows with len(starts): callers pass bounded chunks."""
         den, window = self.denoiser, self.frames
         starts = window_starts(len(audio_features), window) if starts is None else starts
         n_windows = len(starts)
-        feats = np.pad(audio_features, ((0, starts[-1] + window - len(audio_features)), (0, 0)), mode="edge")
-        ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
-        ref = self.encode_reference(ref.to(device))
+        feats = np.pad(
+            audio_features, ((0, max(0, starts[-1] + window - len(audio_features))), (0, 0)), mode="edge"
+        )
+        if encoded is None:
+            ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
+            encoded = self.encode_reference(ref.to(device))
         local_text = torch.zeros(den.config.max_local, emb.shape[1])
         local_text[:n_local] = torch.from_numpy(emb[1:])
         return Conditions(
-            reference=ref[None].expand(n_windows, -1, -1, -1),
+            reference=encoded[None].expand(n_windows, -1, -1, -1),
             audio=torch.from_numpy(np.stack([feats[s : s + window] for s in starts])),
             global_text=torch.from_numpy(emb[0])[None].expand(n_windows, -1),
             local_text=local_text[None].expand(n_windows, -1, -1),
@@ -234,6 +238,7 @@ class TBDPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         output_type: str = "np",
         return_dict: bool = True,
+        max_frames_per_batch: int | None = 256,
     ) -> TBDPipelineOutput | tuple:
         """A video of len(audio_features) frames from a portrait crop, its speech and an emotion.
 
@@ -245,8 +250,11 @@ class TBDPipeline(DiffusionPipeline):
         sentence acts only inside its own region); label_only: the CoT's label only;
         guidance: steps, scheduler, scales, switch point, mode (default `GuidanceConfig()`);
         generator: on the execution device (default: seeded with `seed`);
-        callback_on_step_end(pipe, step, timestep, {"latents": x}): after each step; may return a dict
-        with replaced "latents".
+        callback_on_step_end(pipe, step, timestep, {"latents": x}): after each step (of each batch of
+        windows); may return a dict with replaced "latents";
+        max_frames_per_batch: independent windows are denoised in batches of at most this many frames (times
+        the guidance branches per forward pass), so memory does not grow with the speech; None: all at once.
+        The result does not depend on it.
         """
         from media.au_measure import token_masks
         from tbd_lightning.text import cot_sentences, cot_token_regions
@@ -271,35 +279,45 @@ class TBDPipeline(DiffusionPipeline):
         union, tokens, _ = token_masks(np.asarray(reference_landmarks), size, regions, den.config.max_local)
         mask, tokens = torch.from_numpy(union), torch.from_numpy(tokens)
 
-        # 4. Conditions, in windows of the training length (overlapping by the motion frames)
+        # 4. Windows of the training length (overlapping by the motion frames); conditions are built per
+        # chunk of at most `max_frames_per_batch` frames, so memory does not grow with the speech
         motion = min(guidance.motion_frames, self.frames - 1)
         starts = window_starts(n_frames, self.frames, motion)
-        cond = self.prepare_conditions(
-            reference, audio_features, emb, len(local), mask, tokens, device, starts
-        )
+        ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
+        encoded = self.encode_reference(ref.to(device))
 
-        # 5. Sample with progressive guidance: independent windows as one batch; with motion frames, each
-        # window after the first continues from the last frames of the one before
+        def conditions(chunk: list[int]) -> Conditions:
+            return self.prepare_conditions(reference, audio_features, emb, len(local), mask, tokens, device,
+                                           chunk, encoded)  # fmt: skip
+
+        # 5. Sample with progressive guidance: independent windows in batches (the noise of every window
+        # drawn first, so the batching does not change the result); with motion frames, each window after
+        # the first continues from the last frames of the one before
         sampler = ProgressiveSampler(den, self.scheduler.config, guidance)
         if generator is None:
             generator = torch.Generator(device).manual_seed(seed)
         h = size // self.vae_scale_factor
-        shape = (cond.audio.shape[0], self.frames, den.config.in_channels, h, h)
+        shape = (len(starts), self.frames, den.config.in_channels, h, h)
         step_end = None
         if callback_on_step_end is not None:
 
             def step_end(i, t, latents):
                 return (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents")
 
-        sample = lambda shape, cond, known=None: sampler.sample(shape, cond, generator=generator, known=known,  # noqa: E731
-                                                                progress_bar=progress_bar, callback=step_end)  # fmt: skip
+        sample = lambda shape, cond, known=None, noise=None: sampler.sample(  # noqa: E731
+            shape, cond, generator=generator, known=known, noise=noise, progress_bar=progress_bar,
+            callback=step_end)  # fmt: skip
         if motion == 0 or len(starts) == 1:
-            x = sample(shape, cond).flatten(0, 1)[:n_frames]
+            noise = torch.randn(shape, generator=generator, device=device)
+            per = max(1, (max_frames_per_batch or len(starts) * self.frames) // self.frames)
+            parts = [sample((len(c), *shape[1:]), conditions(starts[i : i + per]), noise=noise[i : i + per])
+                     for i in range(0, len(starts), per) for c in [starts[i : i + per]]]  # fmt: skip
+            x = torch.cat(parts).flatten(0, 1)[:n_frames]
         else:
-            parts = [sample((1, *shape[1:]), cond.map(lambda t: t[:1]))[0]]
+            parts = [sample((1, *shape[1:]), conditions(starts[:1]))[0]]
             for w in range(1, len(starts)):
                 window = sample(
-                    (1, *shape[1:]), cond.map(lambda t, w=w: t[w : w + 1]), known=parts[-1][None, -motion:]
+                    (1, *shape[1:]), conditions(starts[w : w + 1]), known=parts[-1][None, -motion:]
                 )
                 parts.append(window[0])
             x = torch.cat([parts[0], *(p[motion:] for p in parts[1:])])[:n_frames]

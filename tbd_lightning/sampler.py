@@ -172,14 +172,18 @@ class ProgressiveSampler:
     def sample(
         self, shape: tuple[int, ...], cond: Conditions, generator: torch.Generator | None = None,
         batched: bool = True, progress_bar: bool = False, callback=None, known: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:  # fmt: skip
         """Denoise from seeded noise. `callback(step, t, x)` runs after each step and may return a new x.
         `known` (B, k, C, h, w): the first k frames are these (motion frames of the previous window): at every
-        step they are replaced by `known` noised to the step's level, so the rest is sampled around them."""
+        step they are replaced by `known` noised to the step's level, so the rest is sampled around them.
+        `noise` (`shape`): the starting noise (default: drawn from `generator`)."""
         device = cond.audio.device
         sched = self.scheduler
         sched.set_timesteps(self.config.steps, device=device)
-        x = torch.randn(shape, generator=generator, device=device) * sched.init_noise_sigma
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=device)
+        x = noise.to(device) * sched.init_noise_sigma
         total, timesteps = sched.config.num_train_timesteps, sched.timesteps
         if known is not None:
             k = known.shape[1]

@@ -35,9 +35,15 @@ def seam_ratio(frames: np.ndarray, window: int, motion: int = 0) -> float | None
     if len(frames) < 3:
         return None
     x = np.asarray(frames, np.float32)
-    change = np.abs(np.diff(x, axis=0)).reshape(len(x) - 1, -1).mean(1)
+    return seam_ratio_of_changes(np.abs(np.diff(x, axis=0)).reshape(len(x) - 1, -1).mean(1), window, motion)
+
+
+def seam_ratio_of_changes(change: np.ndarray, window: int, motion: int = 0) -> float | None:
+    """`seam_ratio` from the (T - 1,) mean frame-to-frame changes (a video streamed frame by frame)."""
+    if len(change) < 2:
+        return None
     at = np.zeros(len(change), bool)
-    at[boundaries(len(frames), window, motion)] = True
+    at[boundaries(len(change) + 1, window, motion)] = True
     if not at.any() or at.all():
         return None
     inside = float(change[~at].mean())

@@ -29,7 +29,7 @@ def test_batches_hold_aligned_windows_masks_and_text(mead, tmp_path):
     b = batches[0]
     assert b["video"].shape == (2, 8, 3, 64, 64) and -1 <= b["video"].min() and b["video"].max() <= 1
     assert b["reference"].shape == (2, 3, 64, 64) and b["audio"].shape == (2, 8, 80)
-    assert b["mask"].shape == (2, 8, 1, 64, 64) and b["landmarks"].shape == (2, 8, 468, 3)
+    assert b["mask"].shape == (2, 1, 64, 64) and b["landmarks"].shape == (2, 8, 468, 3)  # static: no T copies
     assert b["global_text"].shape == (2, 384) and b["local_text"].shape == (2, MAX_LOCAL, 384)
     keys = [k for batch in batches for k in batch["key"]]
     assert all("_W003_" not in k for k in keys)  # W003 is the validation identity
@@ -41,9 +41,9 @@ def test_batches_hold_aligned_windows_masks_and_text(mead, tmp_path):
             assert (batch["mask"][i].amax() > 0.5) == (n_local > 0)  # AU regions are masked in
             assert torch.allclose(batch["local_text"][i, n_local:], torch.zeros(1))
             # Each local token has its own region mask (inside the union), unused slots none.
-            tokens = batch["local_masks"][i].float()  # (T, L, H, W)
-            assert tokens.shape == (8, MAX_LOCAL, 64, 64) and not tokens[:, n_local:].any()
-            assert (tokens.amax(1) <= batch["mask"][i, :, 0] + 1e-3).all()
+            tokens = batch["local_masks"][i].float()  # (L, H, W), the same for every frame
+            assert tokens.shape == (MAX_LOCAL, 64, 64) and not tokens[n_local:].any()
+            assert (tokens.amax(0) <= batch["mask"][i, 0] + 1e-3).all()
             assert batch["label_text"][i].abs().sum() > 0
     val_keys = [k for batch in dm.val_dataloader() for k in batch["key"]]
     assert val_keys and all("_W003_" in k for k in val_keys)
@@ -157,8 +157,8 @@ def test_region_masks_come_from_the_reference_not_the_target_frames(mead, tmp_pa
         union, tokens, _ = token_masks(
             ref.landmarks, 64, cot_token_regions(cots[item["key"]], MAX_LOCAL), MAX_LOCAL
         )
-        assert torch.equal(item["mask"][:, 0], torch.from_numpy(union)[None].expand(8, -1, -1))
-        assert torch.equal(item["local_masks"], torch.from_numpy(tokens).half()[None].expand(8, -1, -1, -1))
+        assert torch.equal(item["mask"][0], torch.from_numpy(union))
+        assert torch.equal(item["local_masks"], torch.from_numpy(tokens).half())
         target = token_masks(
             item["landmarks"][0].numpy(), 64, cot_token_regions(cots[item["key"]], MAX_LOCAL), MAX_LOCAL
         )[0]

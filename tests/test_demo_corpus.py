@@ -170,7 +170,7 @@ def test_unknown_emotion(tmp_path):
     _assert_clean_failure(proc, out, "unknown emotion", "joyful")
 
 
-@pytest.mark.parametrize("content,reason", [(b"garbage", "unreadable image"), (None, "no face detected")])
+@pytest.mark.parametrize("content,reason", [(b"garbage", "not a readable image"), (None, "no face detected")])
 def test_bad_portrait(tmp_path, content, reason):
     from media.images import write_image
 

@@ -107,3 +107,81 @@ def test_bad_inputs_are_clear_errors(
     )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.fixture(scope="module")
+def portraits(tmp_path_factory) -> dict[str, Path]:
+    """The astronaut as a 16-bit grayscale PNG (Pillow's plain RGB conversion clips it to white) and as
+    an RGBA PNG whose background is transparent."""
+    from PIL import Image
+    from skimage import data
+
+    tmp = tmp_path_factory.mktemp("portraits")
+    rgb = data.astronaut()
+    gray = (rgb.astype(np.float64) @ [0.299, 0.587, 0.114] * 257).round().astype(np.uint16)
+    Image.fromarray(gray).save(tmp / "gray16.png")
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :60] = alpha[:, -60:] = 0
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp / "rgba.png")
+    assert Image.open(tmp / "gray16.png").mode.startswith("I")
+    return {"gray16": tmp / "gray16.png", "rgba": tmp / "rgba.png"}
+
+
+@pytest.mark.parametrize("kind", ["gray16", "rgba"])
+def test_both_commands_find_the_face_in_16_bit_and_rgba_portraits(
+    kind, portraits, inputs, tiny_model, tmp_path, netguard_log
+):
+    env = offline_env(netguard_log)
+    face = run_tbd("face", str(portraits[kind]), env=env)
+    assert face.returncode == 0 and "face found" in face.stdout, face.stderr[-2000:]
+    proc = generate({**inputs, kind: portraits[kind]}, tiny_model, tmp_path / "x.mp4", "--emotion", "happy",
+                    "--guidance.steps", "1", image=kind, log=netguard_log)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def peak_rss_mb(*args: str, env: dict) -> tuple[float, object]:
+    """Peak RSS (MB) of `tbd ARGS` in a fresh parent, so no earlier child counts."""
+    import subprocess
+    import sys
+
+    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "sys.stderr.write(p.stderr); print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
+    tbd = str(Path(sys.executable).with_name("tbd"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, tbd, *args], capture_output=True, text=True, env=env, timeout=900
+    )
+    rc, rss_kb = proc.stdout.split()
+    return int(rss_kb) / 1024, (int(rc), proc.stderr)
+
+
+def test_long_speech_is_drawn_whole_in_bounded_memory(inputs, tiny_model, tmp_path, netguard_log):
+    """2 minutes of speech give a 2-minute video (+-1 frame), with the peak memory of 20 s (within 20 %);
+    an explicit `--max_seconds` cut is reported."""
+    import av
+
+    rate, t = 16000, np.arange(16000 * 120) / 16000
+    speech = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    env = offline_env(netguard_log)
+    rss, seconds = {}, {"20s": 20.0, "120s": 120.0}
+    for name, length in seconds.items():
+        wav = tmp_path / f"{name}.wav"
+        wavfile.write(wav, rate, (speech[: int(rate * length)] * 32767).astype(np.int16))
+        out = tmp_path / f"{name}.mp4"
+        rss[name], (rc, err) = peak_rss_mb(
+            "generate", "--image", str(inputs["face"]), "--audio", str(wav), "--model", str(tiny_model),
+            "--out", str(out), "--emotion", "happy", "--guidance.steps", "1", "--max_frames_per_batch", "64", env=env,
+        )  # fmt: skip
+        assert rc == 0, err[-2000:]
+        with av.open(str(out)) as c:
+            frames = sum(1 for _ in c.decode(video=0))
+        assert abs(frames - length * 25) <= 1
+        report = json.loads(out.with_suffix(".json").read_text())
+        assert report["cut"] is None and report["speech_seconds"] == length
+    assert rss["120s"] <= 1.2 * rss["20s"], rss
+
+    out = tmp_path / "cut.mp4"
+    proc = generate({**inputs, "long": tmp_path / "120s.wav"}, tiny_model, out, "--emotion", "happy", "--max_seconds", "30",
+                    "--guidance.steps", "1", audio="long", log=netguard_log)  # fmt: skip
+    assert proc.returncode == 0 and "cut at --max_seconds 30.00" in proc.stderr, proc.stderr[-2000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["cut"] == {"at_seconds": 30.0, "dropped_seconds": 90.0} and report["seconds"] == 30.0

@@ -70,7 +70,14 @@ def two_people(astronaut, hopper) -> np.ndarray:
     return np.concatenate([a, g], 1)
 
 
-def rejected(result) -> str:
+def only(results: list):
+    """The one result of a clip that is not cut into segments."""
+    assert len(results) == 1, [r.key for r in results]
+    return results[0]
+
+
+def rejected(results: list) -> str:
+    result = only(results)
     assert isinstance(result, Reject), f"expected a reject, got a sample ({result.key})"
     return f"{result.stage}: {result.reason}"
 
@@ -87,7 +94,7 @@ def test_audio_only_mp4_is_no_video_stream(tmp_path, analyzer):
 
 def test_two_frames_are_too_short_not_silent(tmp_path, analyzer, astronaut):
     reason = rejected(process_clip(clip(tmp_path, still(astronaut, 2), "short"), analyzer, MediaConfig()))
-    assert reason == "decode: too short: 2 frames at 25 fps (0.08 s); needs at least 12 (0.48 s)"
+    assert reason == "decode: too short: 2 frames at 25 fps (0.08 s); needs at least 16 (0.64 s)"
 
 
 def test_two_people_in_a_clip_are_refused(tmp_path, analyzer, two_people):
@@ -96,7 +103,7 @@ def test_two_people_in_a_clip_are_refused(tmp_path, analyzer, two_people):
 
 
 def test_one_person_clip_is_accepted(tmp_path, analyzer, hopper):
-    sample = process_clip(clip(tmp_path, still(hopper), "one"), analyzer, MediaConfig(crop_size=64))
+    sample = only(process_clip(clip(tmp_path, still(hopper), "one"), analyzer, MediaConfig(crop_size=64)))
     assert not isinstance(sample, Reject), sample
 
 
@@ -109,7 +116,7 @@ def test_rotation_metadata_is_applied(tmp_path, analyzer, hopper):
     frames, _ = read_frames(ref.video)
     assert frames.shape[1:3] == still(hopper).shape[1:3]
     assert abs(roll_degrees(analyzer.analyze(frames[0]).mesh.landmarks)) < 15
-    assert not isinstance(process_clip(ref, analyzer, MediaConfig(crop_size=64)), Reject)
+    assert not isinstance(only(process_clip(ref, analyzer, MediaConfig(crop_size=64))), Reject)
 
 
 def test_a_clip_on_its_side_without_metadata_is_refused(tmp_path, analyzer, hopper):
@@ -136,6 +143,12 @@ def test_portrait_with_two_people_takes_the_largest_and_says_so(tmp_path, two_pe
     assert diff(largest, only) < diff(other, only)  # #0 is Grace Hopper, #1 the astronaut
     with pytest.raises(UserError, match="face_index 2, but 2 face"):
         prepare_portrait(path, 64, 1.8, face_index=2)
+    # `tbd face` finds the same faces the same way and lists them.
+    from media.face_tool import FaceConfig, describe_face
+
+    said = describe_face(FaceConfig(image=path))
+    assert "2 faces found (#0 at" in said and "#1 at" in said and "#0 meshed" in said
+    assert "#1 meshed" in describe_face(FaceConfig(image=path, face_index=1))
 
 
 def test_portrait_exif_orientation_and_roll_warning(tmp_path, hopper, caplog):

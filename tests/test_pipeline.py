@@ -257,7 +257,7 @@ def test_log_pipeline_puts_the_ema_pipeline_into_the_mlflow_run_and_registers_it
                 "reference": torch.rand(3, SIZE, SIZE, generator=g) * 2 - 1,
                 "audio": torch.randn(WINDOW, 80, generator=g), "global_text": torch.randn(384, generator=g),
                 "local_text": torch.randn(8, 384, generator=g), "local_valid": torch.arange(8) < 2,
-                "mask": torch.rand(WINDOW, 1, SIZE, SIZE, generator=g),
+                "mask": torch.rand(1, SIZE, SIZE, generator=g),  # static over the window, as the loader gives it
             }  # fmt: skip
             return torch.utils.data.DataLoader([sample(i) for i in range(4)], batch_size=2)
 

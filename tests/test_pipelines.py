@@ -295,6 +295,35 @@ def test_ingest_splits_by_speaker_deterministically_with_overrides(demo_corpus, 
     assert [c.split for c in pinned if c.speaker != "W003"] == [c.split for c in first if c.speaker != "W003"]
 
 
+def test_ingest_finds_every_clip_whatever_the_case_and_lists_the_rest(demo_corpus, tmp_path):
+    """`002.MP4` with `002.M4A` is a clip; a stray file is in the ledger; `Zoë` and `Zoé` keep two keys."""
+    from pipelines.ingest import IngestConfig, discover_hdtf, ingest
+
+    src = demo_corpus / "mead" / "W001"
+    root = tmp_path / "mead"
+    level = root / "W001" / "video" / "front" / "happy" / "level_1"
+    audio = root / "W001" / "audio" / "happy" / "level_1"
+    level.mkdir(parents=True)
+    audio.mkdir(parents=True)
+    shutil.copy(src / "video/front/happy/level_1/000.mp4", level / "001.mp4")
+    shutil.copy(src / "audio/happy/level_1/000.m4a", audio / "001.m4a")
+    shutil.copy(src / "video/front/happy/level_1/000.mp4", level / "002.MP4")
+    shutil.copy(src / "audio/happy/level_1/000.m4a", audio / "002.M4A")
+    (level / "notes.txt").write_text("not a clip")
+    clips, rejects = ingest(IngestConfig(dataset="mead", root=root, out=tmp_path / "data"))
+    assert [c.clip for c in clips] == ["001", "002"] and clips[1].audio.endswith("002.M4A")
+    assert [(r.stage, r.reason) for r in rejects] == [
+        ("ingest", "not a clip: .txt file where .mp4 files are expected")
+    ]
+
+    hdtf = tmp_path / "hdtf"
+    hdtf.mkdir()
+    for name in ("WRA_Zoë_000.mp4", "WRA_Zoé_000.MP4"):
+        shutil.copy(src / "video/front/happy/level_1/000.mp4", hdtf / name)
+    found, _ = discover_hdtf(IngestConfig(dataset="hdtf", root=hdtf, out=tmp_path / "h"))
+    assert len({c.key for c in found}) == 2 and all(c.key.startswith("hdtf_WRA_Zo-") for c in found)
+
+
 def test_ingest_and_preprocess_errors_are_clear(tmp_path, netguard_log):
     env = offline_env(netguard_log)
     (tmp_path / "empty").mkdir()

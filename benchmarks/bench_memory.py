@@ -1,0 +1,153 @@
+"""Peak memory against input length: preprocess of one 640x480 25 fps talking-head video and `tbd generate`
+of one speech, each at 1, 2 and 4 minutes (`--minutes`), every run in a fresh process (peak RSS of that
+process). Flat means the per-clip work holds a bounded window: preprocess cuts videos into
+`segment_seconds` segments and streams frames; generate samples in batches of windows and streams the
+decoded frames into the encoder. Also checks that every second of the video is accounted for (segments in
+the shards + ledger spans). `ratio` = peak RSS at the longest input / at the shortest; prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CHILD_PREPROCESS = """
+import json, sys
+from media.clip_media import MediaConfig, process_clip
+from media.face import FaceAnalyzer
+from tbd_core.records import ClipRef, Reject
+ref = ClipRef(key="long", dataset="mead", speaker="S001", emotion="neutral", level=1, clip="001",
+              split="train", video=sys.argv[1], audio=sys.argv[2])
+with FaceAnalyzer() as fa:
+    results = process_clip(ref, fa, MediaConfig())
+seconds = sum(r.meta["frames"] / 25 for r in results if not isinstance(r, Reject))
+seconds += sum(r.end - r.start for r in results if isinstance(r, Reject))
+print(json.dumps({"segments": len(results), "rejects": sum(isinstance(r, Reject) for r in results),
+                  "accounted_s": round(seconds, 3)}))
+"""
+
+
+def run_child(args: list[str]) -> tuple[float, str, float]:
+    """(peak RSS MB, stdout, seconds) of a child run in a fresh parent (RUSAGE_CHILDREN is per parent)."""
+    code = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stderr.write(p.stderr[-3000:] if p.returncode else ''); "
+        "print(json.dumps([p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+        "time.perf_counter() - t, p.stdout]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", "import json; " + code, *args], capture_output=True, text=True, check=True
+    )
+    rc, rss_kb, seconds, out = json.loads(proc.stdout)
+    if rc:
+        raise SystemExit(f"{' '.join(args[:3])} failed:\n{proc.stderr}")
+    return rss_kb / 1024, out, seconds
+
+
+def talking_video(folder: Path, minutes: float) -> tuple[Path, Path]:
+    """A 640x480 25 fps video of the astronaut nodding slowly, and 48 kHz speech-like audio."""
+    import cv2
+    from skimage import data
+
+    from media.video_io import AUDIO_RATE, write_m4a, write_mp4
+
+    face = cv2.resize(data.astronaut(), (320, 320))
+    n = int(minutes * 60 * 25)
+
+    def frames():
+        for i in range(n):
+            canvas = np.full((480, 640, 3), 90, np.uint8)
+            dy = int(8 * np.sin(i / 25))
+            canvas[80 + dy : 400 + dy, 160:480] = face
+            yield canvas
+
+    video, audio = folder / f"{minutes}min.mp4", folder / f"{minutes}min.m4a"
+    write_mp4(video, frames(), fps=25, crf=23)
+    t = np.arange(int(minutes * 60 * AUDIO_RATE)) / AUDIO_RATE
+    write_m4a(
+        audio,
+        (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32),
+    )
+    return video, audio
+
+
+def untrained_model(folder: Path) -> Path:
+    """An exported tiny model with untrained weights (memory, not quality, is measured)."""
+    import torch
+
+    from tbd_lightning.export import export
+    from tbd_lightning.module import TBDModule
+
+    torch.manual_seed(0)
+    module = TBDModule()
+    media = {
+        "fps": 25,
+        "crop_margin": 1.8,
+        "crop_size": 64,
+        "n_mels": 80,
+        "audio_encoder": None,
+        "silence_dbfs": -50.0,
+    }
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0,
+         "datamodule_hyper_parameters": {"frames": 8, "size": 48, "media": media, "text_encoder": None}},
+        folder / "untrained.ckpt",
+    )  # fmt: skip
+    export(folder / "untrained.ckpt", folder / "model")
+    return folder / "model"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--skip-generate", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
+    result = {"benchmark": "memory", "minutes": args.minutes, "preprocess": [], "generate": []}
+    tbd = str(Path(sys.executable).with_name("tbd"))
+    model = None if args.skip_generate else untrained_model(tmp)
+    for minutes in args.minutes:
+        video, audio = talking_video(tmp, minutes)
+        rss, out, seconds = run_child([sys.executable, "-c", CHILD_PREPROCESS, str(video), str(audio)])
+        counts = json.loads(out.strip().splitlines()[-1])
+        row = {"minutes": minutes, "peak_rss_mb": round(rss), "wall_s": round(seconds, 1), **counts}
+        result["preprocess"].append(row)
+        print(f"preprocess {minutes} min: peak RSS {rss:.0f} MB, {seconds:.0f} s, {counts}")
+        if model is not None:
+            out_mp4 = tmp / f"gen-{minutes}.mp4"
+            rss, _, seconds = run_child([tbd, "generate", "--image", _portrait(tmp),
+                                         "--audio", str(audio), "--model", str(model), "--out", str(out_mp4),
+                                         "--guidance.steps", "1", "--emotion", "happy"])  # fmt: skip
+            report = json.loads(out_mp4.with_suffix(".json").read_text())
+            result["generate"].append({"minutes": minutes, "peak_rss_mb": round(rss), "wall_s": round(seconds, 1),
+                                       "video_seconds": report["seconds"], "speech_seconds": report["speech_seconds"]})  # fmt: skip
+            print(
+                f"generate   {minutes} min: peak RSS {rss:.0f} MB, {seconds:.0f} s, video {report['seconds']} s"
+            )
+    for stage in ("preprocess", "generate"):
+        rows = result[stage]
+        if rows:
+            result[f"{stage}_ratio"] = round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)
+    result["ratio"] = result["preprocess_ratio"]
+    print(json.dumps(result))
+
+
+def _portrait(tmp: Path) -> str:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp / "face.png"
+    if not path.is_file():
+        Image.fromarray(data.astronaut()).save(path)
+    return str(path)
+
+
+if __name__ == "__main__":
+    main()
