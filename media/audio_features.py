@@ -20,7 +20,9 @@ def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25) -> np.
     if AUDIO_RATE % fps:
         fine_hop = AUDIO_RATE // 100
         fine = log_mel(audio, int(np.ceil(n_frames * 100 / fps)) + 1, n_mels, 100)
-        return fine[np.minimum(np.round(np.arange(n_frames) * AUDIO_RATE / fps / fine_hop).astype(int), len(fine) - 1)]
+        return fine[
+            np.minimum(np.round(np.arange(n_frames) * AUDIO_RATE / fps / fine_hop).astype(int), len(fine) - 1)
+        ]
     from threadpoolctl import threadpool_limits
     from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 

@@ -101,7 +101,10 @@ def test_face_cli_reports_and_fails_clearly(tmp_path, astronaut):
     (tmp_path / "junk.png").write_bytes(b"not an image")
     ok = run_tbd("face", str(tmp_path / "a.png"), "--draw", str(tmp_path / "drawn.png"))
     assert ok.returncode == 0 and "face found" in ok.stdout and (tmp_path / "drawn.png").exists()
-    for name, reason in (("blank.png", "no face found"), ("junk.png", "not a readable image")):  # as generate says
+    for name, reason in (
+        ("blank.png", "no face found"),
+        ("junk.png", "not a readable image"),
+    ):  # as generate says
         bad = run_tbd("face", str(tmp_path / name))
         assert bad.returncode == 2
         lines = bad.stderr.strip().splitlines()
