@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tbd_lightning.export import export_untrained
+
 CHILD_PREPROCESS = """
 import json, sys
 from media.clip_media import MediaConfig, process_clip
@@ -78,32 +80,6 @@ def talking_video(folder: Path, minutes: float) -> tuple[Path, Path]:
     return video, audio
 
 
-def untrained_model(folder: Path) -> Path:
-    """An exported tiny model with untrained weights (memory, not quality, is measured)."""
-    import torch
-
-    from tbd_lightning.export import export
-    from tbd_lightning.module import TBDModule
-
-    torch.manual_seed(0)
-    module = TBDModule()
-    media = {
-        "fps": 25,
-        "crop_margin": 1.8,
-        "crop_size": 64,
-        "n_mels": 80,
-        "audio_encoder": None,
-        "silence_dbfs": -50.0,
-    }
-    torch.save(
-        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0,
-         "datamodule_hyper_parameters": {"frames": 8, "size": 48, "media": media, "text_encoder": None}},
-        folder / "untrained.ckpt",
-    )  # fmt: skip
-    export(folder / "untrained.ckpt", folder / "model")
-    return folder / "model"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 4])
@@ -112,7 +88,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     result = {"benchmark": "memory", "minutes": args.minutes, "preprocess": [], "generate": []}
     tbd = str(Path(sys.executable).with_name("tbd"))
-    model = None if args.skip_generate else untrained_model(tmp)
+    model = None if args.skip_generate else export_untrained(tmp, frames=8, size=48)
     for minutes in args.minutes:
         video, audio = talking_video(tmp, minutes)
         rss, out, seconds = run_child([sys.executable, "-c", CHILD_PREPROCESS, str(video), str(audio)])

@@ -91,13 +91,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--trainable", default="all", help="sd model: all | spatial | motion")
+    ap.add_argument(
+        "--checkpointing", choices=("on", "off"), help="gradient checkpointing (default: on with a GPU)"
+    )
     args = ap.parse_args()
     keep_freed_memory()  # as `tbd` does (tbd_core.allocator)
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     size, frames = args.size or (512 if gpu else 32), args.frames or (16 if gpu else 8)
     data = batch(args.batch, frames, size, device)
-    common = dict(gradient_checkpointing=gpu, optimizer="adamw-fused" if gpu else "adamw", warmup_steps=0)
+    checkpointing = gpu if args.checkpointing is None else args.checkpointing == "on"
+    common = dict(
+        gradient_checkpointing=checkpointing, optimizer="adamw-fused" if gpu else "adamw", warmup_steps=0
+    )
     results = {}
     torch.manual_seed(0)
     pixel = TBDModule(
@@ -121,7 +127,8 @@ def main() -> None:
         print(f"{r['model']:8s} " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "model"))
     print(f"latent / pixel samples/s = {None if ratio is None else round(ratio, 3)} on {card}")
     print(json.dumps({"benchmark": "train", "device": card, "size": size, "frames": frames, "batch": args.batch,
-                      "bf16": gpu, "ratio": None if ratio is None else round(ratio, 3), **results}))  # fmt: skip
+                      "bf16": gpu, "gradient_checkpointing": checkpointing, "trainable": args.trainable,
+                      "ratio": None if ratio is None else round(ratio, 3), **results}))  # fmt: skip
 
 
 if __name__ == "__main__":

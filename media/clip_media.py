@@ -301,9 +301,13 @@ def process_segment(
     have = np.flatnonzero(found)
     nearest = have[np.abs(np.arange(n)[:, None] - have[None]).argmin(1)]
     landmarks = np.stack([meshes[i].landmarks for i in nearest]).astype(np.float64)  # (T, 468, 3) image px
-    video = scan.au.result()
+    video = scan.au.result()  # small sources are tracked again upscaled, as the calibration saw them
+    if not video.found.any():
+        return reject("face", "the face model lost the face in every frame seen at the AU measure's size")
+    seen = np.flatnonzero(video.found)
+    seen_nearest = seen[np.abs(np.arange(n)[:, None] - seen[None]).argmin(1)]
     cal = load_calibration()
-    au_names, au = cal.linear(video.features[nearest], video.iod_px)
+    au_names, au = cal.linear(video.features[seen_nearest], video.iod_px)
     view = cal.view(video.iod_px)
 
     size = config.crop_size

@@ -67,6 +67,28 @@ def export(ckpt: str | Path, out: str | Path):
     return pipe
 
 
+def export_untrained(folder: str | Path, frames: int, size: int, crop_size: int = 64, seed: int = 0) -> Path:
+    """An exported `tiny` model with untrained weights, through the real checkpoint and `export`
+    (`folder/model`): a stand-in of the trained model's architecture for tests and benchmarks that measure
+    plumbing, memory or time, not quality."""
+    import torch
+
+    from tbd_lightning.module import TBDModule
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    module = TBDModule()
+    media = {"fps": 25, "crop_margin": 1.8, "crop_size": crop_size, "n_mels": 80, "audio_encoder": None,
+             "silence_dbfs": -50.0}  # fmt: skip
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0,
+         "datamodule_hyper_parameters": {"frames": frames, "size": size, "media": media, "text_encoder": None}},
+        folder / "untrained.ckpt",
+    )  # fmt: skip
+    export(folder / "untrained.ckpt", folder / "model")
+    return folder / "model"
+
+
 def describe(pipe, out: str | Path) -> dict:
     """What an exported folder holds, as printed by `tbd export`."""
     keys = ("annotation_version", "text_encoder", "media", "conditioning", "source")

@@ -85,6 +85,12 @@ class TBDModule(pl.LightningModule):
         its own (0: the reference is in every branch)."""
         super().__init__()
         self.save_hyperparameters()
+        if rescale_zero_snr and prediction_type == "epsilon":
+            raise UserError(
+                "prediction_type epsilon with rescale_zero_snr: at t = T the input is pure noise, so predicting "
+                "the noise is trivial there and x0 = (x - sqrt(1 - a) eps) / sqrt(a) divides by sqrt(a) = 0 "
+                "(Lin et al. 2024, sec. 3.2): use v_prediction (the default), or rescale_zero_snr false"
+            )
         self.branches = chain.check_probabilities(
             chain.DEFAULT_TRAIN_BRANCHES if branches is None else branches
         )

@@ -110,7 +110,7 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         dim = int(self.unet.config.cross_attention_dim)
         self._init_condition_tokens(text_dim, audio_dim, audio_context, global_tokens, dim)
         self._install_processors()
-        self._cache: tuple | None = None  # (the distinct reference rows, their features)
+        self._cache: tuple | None = None  # (the distinct reference rows, their features, the weights' key)
         self.cache_reference = True  # False: a write pass over every row in every forward (benchmarks)
         self.reference_passes = 0
 
@@ -164,6 +164,13 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
     def _null_text(self, b: int) -> torch.Tensor:
         return self.null["global"].to(self.dtype).expand(b, -1, -1)
 
+    @torch.no_grad()
+    def _weights_fingerprint(self) -> torch.Tensor:
+        """Each UNet parameter's L2 norm (one fused kernel): the reference cache's key on the weights.
+        Swapping weights under `no_grad` (Lightning's EMA swap uses `param.data.copy_`, which leaves the
+        tensor's version counter alone; `load_state_dict`) changes it, so stale features are never reused."""
+        return torch.stack(torch._foreach_norm([p.detach() for p in self.unet.parameters()])).float()
+
     def _write_reference(self, reference: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the UNet over the reference latents (t = 0, no text): every attn1 keeps its input.
 
@@ -172,15 +179,16 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         (by value: branch sets before and after the switch point stack it anew) the features are reused."""
         grad = torch.is_grad_enabled()
         unique = reference if grad or not self.cache_reference else reference[: _period(reference)]
-        cache = self._cache
-        hit = cache is not None and cache[0].shape == unique.shape and torch.equal(cache[0], unique)
+        cache, weights = self._cache, None if grad else self._weights_fingerprint()
+        hit = (cache is not None and cache[0].shape == unique.shape and torch.equal(cache[0], unique)
+               and torch.equal(cache[2], weights))  # fmt: skip
         if not (hit and not grad and self.cache_reference):
             b, bank = unique.shape[0], {}
             zero = torch.zeros(b, dtype=torch.long, device=unique.device)
             self.unet(unique.to(self.dtype)[:, :, None], zero, encoder_hidden_states=self._null_text(b),
                       cross_attention_kwargs={"tbd": {"mode": "write", "bank": bank}})  # fmt: skip
             self.reference_passes += 1
-            self._cache = None if grad else (unique.detach().clone(), bank)
+            self._cache = None if grad else (unique.detach().clone(), bank, weights)
         else:
             bank = cache[1]
         repeats = reference.shape[0] // unique.shape[0]

@@ -130,29 +130,9 @@ def datasets(demo_corpus, tmp_path_factory, netguard_log):
 def tiny_model(tmp_path_factory) -> Path:
     """An exported tiny model: a checkpoint with untrained weights (training is covered by test_train.py)
     put through the real `export`."""
-    import torch
+    from tbd_lightning.export import export_untrained
 
-    from tbd_lightning.export import export
-    from tbd_lightning.module import TBDModule
-
-    torch.manual_seed(0)
-    tmp = tmp_path_factory.mktemp("model")
-    module = TBDModule()
-    media = {
-        "fps": 25,
-        "crop_margin": 1.8,
-        "crop_size": 64,
-        "n_mels": 80,
-        "audio_encoder": None,
-        "silence_dbfs": -50.0,
-    }
-    torch.save(
-        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0,
-         "datamodule_hyper_parameters": {"frames": 4, "size": 32, "media": media, "text_encoder": None}},
-        tmp / "untrained.ckpt",
-    )  # fmt: skip
-    export(tmp / "untrained.ckpt", tmp / "model")
-    return tmp / "model"
+    return export_untrained(tmp_path_factory.mktemp("model"), frames=4, size=32)
 
 
 @contextlib.contextmanager

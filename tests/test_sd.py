@@ -135,6 +135,41 @@ def test_reference_attention_and_its_cache(denoiser):
         assert torch.allclose(denoiser(x, torch.tensor(600), cond), again, atol=1e-6)
 
 
+def test_the_reference_cache_follows_the_weights(denoiser):
+    """Weights swapped under no_grad as Lightning's EMA swap does it (`WeightAveraging` copies with
+    `param.data.copy_`, which leaves the version counter alone), then a forward pass: the swapped model's
+    output, not the one of features cached from the weights before."""
+    cond = conditions()
+    x = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    saved = [p.detach().clone() for p in denoiser.parameters()]
+    g = torch.Generator().manual_seed(4)
+    averaged = [p + 0.02 * torch.randn(p.shape, generator=g) for p in saved]
+    denoiser._cache = None
+    try:
+        with torch.no_grad():
+            before = denoiser(x, torch.tensor(300), cond)  # caches these weights' reference features
+            for p, a in zip(denoiser.parameters(), averaged, strict=True):
+                p.data.copy_(a)
+            swapped = denoiser(x, torch.tensor(300), cond)
+            denoiser._cache = None
+            fresh = denoiser(x, torch.tensor(300), cond)
+        assert torch.allclose(swapped, fresh, atol=1e-6) and not torch.allclose(swapped, before, atol=1e-4)
+    finally:
+        with torch.no_grad():
+            for p, a in zip(denoiser.parameters(), saved, strict=True):
+                p.data.copy_(a)
+        denoiser._cache = None
+
+
+def test_epsilon_prediction_with_zero_terminal_snr_is_refused():
+    from tbd_core.errors import UserError
+    from tbd_lightning.module import TBDModule
+
+    with pytest.raises(UserError, match="epsilon with rescale_zero_snr"):
+        TBDModule(prediction_type="epsilon", rescale_zero_snr=True)
+    TBDModule(prediction_type="epsilon", rescale_zero_snr=False)  # the classic pairing stays allowed
+
+
 def test_progressive_sampling_computes_the_reference_once_per_video(denoiser):
     from diffusers import DDPMScheduler
 
