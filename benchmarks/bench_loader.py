@@ -7,9 +7,9 @@ same batch size, window and frame size as `configs/train/tiny.yaml`:
 - training: samples/s of `TBDModule` training steps (forward, backward, AdamW) on batches already in memory.
 ratio = loader / training: above 1 the loader keeps up (with this many loader workers); prints one JSON line.
 
-Then window decode against clip length (`--long`, also alone with `--window-only`): 16-frame windows at
+Then window decode against clip length (alone with `--window-only`): 16-frame windows at
 random starts of a 4 s and a 60 s crop video (256 px, 25 fps, written as preprocess writes them: a keyframe
-per second), decoded as the loader does (`decode_frames`: seek, then the window) and as it did before (the
+every 2 s), decoded as the loader does (`decode_frames`: seek, then the window) and as it did before (the
 whole clip, then the window). `window_cost_ratio` = ms per window on the long clip / on the short one: 1
 when decode cost follows the window; the whole-clip way grows with the clip (15x here).
 """
@@ -53,7 +53,7 @@ def window_decode(seconds: tuple[float, float] = (4.0, 60.0), windows: int = 12,
         video = (np.indices((256, 256)).sum(0)[None, ..., None] + 3 * t).astype(np.uint8).repeat(3, -1)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "clip.mp4"
-            write_mp4(path, video, fps=25, crf=20, keyframe_every=25)
+            write_mp4(path, video, fps=25, crf=20, keyframe_every=50)
             data = path.read_bytes()
         starts = [rng.randrange(n - frames) for _ in range(windows)]
         start = time.perf_counter()

@@ -14,7 +14,7 @@ Rejected annotations are skipped.
 
 Cost follows the window, not the clip: a shard is opened by its tar headers (`ShardIndex`) and only the
 members of the clip being served are read; the clip's mp4 is decoded from the keyframe before the window
-(preprocess writes one per second), not from its start.
+(preprocess writes one every 2 s), not from its start.
 """
 
 from __future__ import annotations
