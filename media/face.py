@@ -105,6 +105,22 @@ def crop_transform(center: np.ndarray, size: float, angle: float, out: int = MES
     return np.hstack([rot, offset[:, None]]).astype(np.float64)
 
 
+def _sigprof_cannot_kill() -> None:
+    """Keep a stray SIGPROF from killing the process. libmediapipe.so is the one native library here that
+    imports `setitimer`/`timer_create`; a SIGPROF with the default disposition terminates a process, and
+    the 24-minute test process was killed by one twice ("Profiling timer expired"), always deep into a
+    MediaPipe-heavy test, never in a short run, with no Python-level ITIMER_PROF armed. A profiler that
+    wants SIGPROF installs its own handler, which this leaves alone; only the default (kill) is replaced by
+    ignore. Outside the main thread (where signal handlers cannot be set) nothing changes."""
+    import signal
+
+    try:
+        if signal.getsignal(signal.SIGPROF) == signal.SIG_DFL:
+            signal.signal(signal.SIGPROF, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 class FaceAnalyzer:
     """Detects a face and its mesh. Use as a context manager (or call `close`)."""
 
@@ -117,6 +133,8 @@ class FaceAnalyzer:
     ):
         from ai_edge_litert.interpreter import Interpreter
         from mediapipe.tasks.python import BaseOptions, vision
+
+        _sigprof_cannot_kill()
 
         self.min_presence = min_presence
         self._detector = vision.FaceDetector.create_from_options(

@@ -169,13 +169,14 @@ class DrawnVideo:
 
         prev, i = None, 0
         for part in self.latents.split(self.chunk):
-            for frame in to_uint8(self.pipe.decode(part)):
+            pixels = self.pipe.decode(part).float()  # (N, 3, S, S) in [-1, 1]
+            for pixel, frame in zip(pixels, to_uint8(pixels), strict=True):
                 self.au.add(frame)
                 if i in self.picks:
                     self.strip.append(frame)
-                if prev is not None:
-                    self.changes.append(float(np.abs(frame.astype(np.float32) - prev).mean()))
-                prev, i = frame.astype(np.float32), i + 1
+                if prev is not None:  # the change as sampled, before rounding to 8 bits
+                    self.changes.append(float((pixel - prev).abs().mean()))
+                prev, i = pixel, i + 1
                 yield frame
 
 
