@@ -37,7 +37,7 @@ def sections(dry: bool, sd: Path, data: Path, llm: str) -> list[tuple[str, list[
         tiny = ["--size", "32", "--steps", "2"]
         runs = [
             ("train stage 1 (spatial, 1 frame, batch 2)", [*train, *tiny, "--trainable", "spatial", "--frames", "1", "--batch", "2"]),
-            ("train stage 2 (motion, 4 frames)", [*train, *tiny, "--trainable", "motion", "--frames", "4"]),
+            ("train stage 2 (motion, 4 frames)", [*train, *tiny, "--trainable", "motion", "--frames", "4", "--checkpointing", "on"]),
             ("train stage 2, no checkpointing", [*train, *tiny, "--trainable", "motion", "--frames", "4", "--checkpointing", "off"]),
             ("sampler (8x8 latents, 4 frames)", [PY, str(HERE / "bench_sampler.py"), "--sd", str(sd), "--latent_size", "8", "--frames", "4", "--steps", "2"]),
         ]  # fmt: skip
@@ -45,7 +45,7 @@ def sections(dry: bool, sd: Path, data: Path, llm: str) -> list[tuple[str, list[
     else:
         runs = [
             ("train stage 1 (spatial, 1 frame, batch 8)", [*train, "--trainable", "spatial", "--frames", "1", "--batch", "8"]),
-            ("train stage 2 (motion, 16 frames)", [*train, "--trainable", "motion", "--frames", "16"]),
+            ("train stage 2 (motion, 16 frames)", [*train, "--trainable", "motion", "--frames", "16", "--checkpointing", "on"]),
             ("train stage 2, no checkpointing", [*train, "--trainable", "motion", "--frames", "16", "--checkpointing", "off"]),
             ("sampler (64x64 latents, 16 frames)", [PY, str(HERE / "bench_sampler.py"), "--sd", str(sd), "--latent_size", "64", "--frames", "16", "--steps", "10"]),
         ]  # fmt: skip

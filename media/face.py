@@ -106,19 +106,13 @@ def crop_transform(center: np.ndarray, size: float, angle: float, out: int = MES
 
 
 def _sigprof_cannot_kill() -> None:
-    """Keep a stray SIGPROF from killing the process. libmediapipe.so is the one native library here that
-    imports `setitimer`/`timer_create`; a SIGPROF with the default disposition terminates a process, and
-    the 24-minute test process was killed by one twice ("Profiling timer expired"), always deep into a
-    MediaPipe-heavy test, never in a short run, with no Python-level ITIMER_PROF armed. A profiler that
-    wants SIGPROF installs its own handler, which this leaves alone; only the default (kill) is replaced by
-    ignore. Outside the main thread (where signal handlers cannot be set) nothing changes."""
+    """SIGPROF's default (kill) -> ignore (libmediapipe.so sets timers; our 24-min test process died of it)."""
+    import contextlib
     import signal
 
-    try:
+    with contextlib.suppress(ValueError):  # outside the main thread handlers cannot be set
         if signal.getsignal(signal.SIGPROF) == signal.SIG_DFL:
             signal.signal(signal.SIGPROF, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        pass
 
 
 class FaceAnalyzer:
@@ -135,7 +129,6 @@ class FaceAnalyzer:
         from mediapipe.tasks.python import BaseOptions, vision
 
         _sigprof_cannot_kill()
-
         self.min_presence = min_presence
         self._detector = vision.FaceDetector.create_from_options(
             vision.FaceDetectorOptions(

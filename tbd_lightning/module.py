@@ -163,7 +163,9 @@ class TBDModule(pl.LightningModule):
         masks, union = batch.get("local_masks"), batch.get("mask")
 
         def over_frames(m):  # the loader's static (B, C, H, W) masks as (B, T, C, H, W) views
-            return None if m is None else m.float()[:, None].expand(-1, frames, -1, -1, -1)
+            if m is None or m.dim() == 5:  # absent, or per frame already
+                return None if m is None else m.float()
+            return m.float()[:, None].expand(-1, frames, -1, -1, -1)
 
         return Conditions(
             reference=self.encode(batch["reference"]), audio=batch["audio"], global_text=global_text,

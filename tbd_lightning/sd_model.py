@@ -180,8 +180,8 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         grad = torch.is_grad_enabled()
         unique = reference if grad or not self.cache_reference else reference[: _period(reference)]
         cache, weights = self._cache, None if grad else self._weights_fingerprint()
-        hit = (cache is not None and cache[0].shape == unique.shape and torch.equal(cache[0], unique)
-               and torch.equal(cache[2], weights))  # fmt: skip
+        hit = (not grad and cache is not None and cache[0].shape == unique.shape
+               and torch.equal(cache[0], unique) and torch.equal(cache[2], weights))  # fmt: skip
         if not (hit and not grad and self.cache_reference):
             b, bank = unique.shape[0], {}
             zero = torch.zeros(b, dtype=torch.long, device=unique.device)

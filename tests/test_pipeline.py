@@ -130,6 +130,16 @@ def test_the_call_is_the_progressive_sampler(pipe):
     assert out.global_text == TEXTS["global_text"] and out.local_text == TEXTS["local_text"]
 
 
+def test_batches_of_windows_give_the_video_of_one_batch(pipe):
+    """`max_frames_per_batch` bounds memory, not the result: 4 windows in batches of one window give the
+    frames of all 4 in one batch (every window's noise is drawn before the first batch)."""
+    reference, landmarks, feats = inputs(frames=4 * WINDOW - 1)
+    run = lambda per: pipe(reference, landmarks, feats, guidance=GUIDANCE, seed=5, output_type="latent",  # noqa: E731
+                           max_frames_per_batch=per, **TEXTS).frames  # fmt: skip
+    whole, one_by_one = run(None), run(WINDOW)
+    assert whole.shape[0] == len(feats) and torch.allclose(whole, one_by_one, atol=1e-5)
+
+
 def test_a_cot_conditions_as_in_training_and_label_only_drops_it(pipe):
     from tbd_lightning.text import cot_sentences, cot_token_regions
 
