@@ -105,6 +105,12 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def nearest_with(found: np.ndarray) -> np.ndarray:
+    """For each frame, the index of the nearest frame where `found` (T,) bool is true (itself when it is)."""
+    have = np.flatnonzero(found)
+    return have[np.abs(np.arange(len(found))[:, None] - have[None]).argmin(1)]
+
+
 def segment_spans(duration: float, config: MediaConfig) -> list[tuple[float, float]]:
     """Consecutive [start, end) spans (s) of at most `segment_seconds` that cover `duration` exactly."""
     length = config.segment_seconds
@@ -300,14 +306,12 @@ def process_segment(
         return reject("face", refused)
     crop = stable_crop(meshes, margin=config.crop_margin)
     # Frames without a face take the landmarks (and AU readings) of the nearest frame with one.
-    have = np.flatnonzero(found)
-    nearest = have[np.abs(np.arange(n)[:, None] - have[None]).argmin(1)]
+    nearest = nearest_with(np.asarray(found))
     landmarks = np.stack([meshes[i].landmarks for i in nearest]).astype(np.float64)  # (T, 468, 3) image px
     video = scan.au.result()  # small sources are tracked again upscaled, as the calibration saw them
     if not video.found.any():
         return reject("face", "the face model lost the face in every frame seen at the AU measure's size")
-    seen = np.flatnonzero(video.found)
-    seen_nearest = seen[np.abs(np.arange(n)[:, None] - seen[None]).argmin(1)]
+    seen_nearest = nearest_with(video.found)
     cal = load_calibration()
     au_names, au = cal.linear(video.features[seen_nearest], video.iod_px)
     view = cal.view(video.iod_px)

@@ -184,11 +184,6 @@ class FaceAnalyzer:
             )
         return boxes
 
-    def detect(self, image: np.ndarray) -> FaceBox | None:
-        """The most confident face of the whole image, or None (one detector call: tracking's fallback)."""
-        boxes = self._detect_in(_rgb_uint8(image))
-        return max(boxes, key=lambda b: b.score) if boxes else None
-
     def detect_all(self, image: np.ndarray) -> list[FaceBox]:
         """Every face, largest first. The short-range detector sees the whole image squeezed into its square
         input, so in a wide or tall image (two people side by side) small faces go unseen: overlapping square

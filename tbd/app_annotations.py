@@ -72,14 +72,16 @@ def clip_view(data: str, a: str, b: str | None, key: str, out_dir: Path) -> tupl
     from media.au_evidence import clip_timeline
     from media.au_measure import plot_aus, requested_aus
     from pipelines.data_folder import DataFolder
-    from pipelines.shards import tar_members
+    from pipelines.shards import ShardIndex
     from tbd.app import cot_markdown
 
     found = _annotations(data, a)
     if key not in found["anns"]:
         raise UserError(f"clip {key} is not in version {a}")
     folder = DataFolder(data)
-    members = dict(tar_members(folder.media_dir / f"{found['shard_of'][key]}.tar"))[key]
+    shard = ShardIndex(folder.media_dir / f"{found['shard_of'][key]}.tar")  # this clip's members only
+    members = {ext: shard.read(key, ext) for ext in ("mp4", "au.npy")}
+    shard.close()
     video = out_dir / f"{key}.mp4"
     video.write_bytes(members["mp4"])
     media = _media(data)
