@@ -21,21 +21,37 @@ def requested_aus(cot: dict) -> dict[int, int]:
 
 
 def token_masks(
-    landmarks: np.ndarray, size: int, token_regions: tuple[str, ...], slots: int, extra: tuple[str, ...] = ()
+    landmarks: np.ndarray, size: int, token_regions: tuple[str, ...], slots: int, extra: tuple[str, ...] = (),
+    out: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """For crop-normalised landmarks (468, 3) at `size` pixels: the union (S, S) of `token_regions`, one
-    mask per local token (slots, S, S; token i inside `token_regions[i]`, zeros in unused slots), and the
-    `extra` regions' masks (e.g. the mouth for the loss weight), all rasterised in one pass."""
+    """For crop-normalised landmarks (468, 3) of a `size`-pixel frame: the union (S, S) of `token_regions`,
+    one mask per local token (slots, S, S; token i inside `token_regions[i]`, zeros in unused slots), and the
+    `extra` regions' masks (e.g. the mouth for the loss weight), all rasterised in one pass. S = `out` (the
+    latent size, e.g. 64 for 512 px through SD's VAE), else `size`: a smaller `out` is rasterised at 4x (at
+    least 128 px, where the regions' dilation and blur are resolved; never above `size`) and area-averaged,
+    so each cell holds the region's coverage of it."""
+    import cv2
+
     from media.face import region_masks
 
+    out = size if out is None else out
+    raster = min(size, max(4 * out, 128))
     wanted = tuple(dict.fromkeys((*token_regions, *extra)))
-    masks = region_masks(landmarks[:, :2] * size, size, size, wanted) if wanted else {}
-    zero = np.zeros((size, size), np.float32)
+    masks = region_masks(landmarks[:, :2] * raster, raster, raster, wanted) if wanted else {}
+    zero = np.zeros((raster, raster), np.float32)
     union = np.max(np.stack([masks[r] for r in token_regions]), 0) if token_regions else zero
-    per_token = np.zeros((slots, size, size), np.float32)
+    per_token = np.zeros((slots, raster, raster), np.float32)
     for i, region in enumerate(token_regions[:slots]):
         per_token[i] = masks[region]
-    return union, per_token, {r: masks[r] for r in extra}
+    extras = {r: masks[r] for r in extra}
+    if raster != out:  # the union is taken before averaging: coverage of the union, not the largest region's
+
+        def cells(m: np.ndarray) -> np.ndarray:
+            return cv2.resize(m, (out, out), interpolation=cv2.INTER_AREA)
+
+        union, extras = cells(union), {r: cells(m) for r, m in extras.items()}
+        per_token = np.stack([cells(m) for m in per_token]) if slots else per_token[:, :out, :out]
+    return union, per_token, extras
 
 
 TRACK_SIZE = 256  # frames smaller than this are upscaled by a whole factor before the face model

@@ -130,8 +130,10 @@ class ClipWindows(IterableDataset):
         references: ReferenceBank | None = None,
         region_masks: bool = True,
         keys: set[str] | None = None,
+        latent_scale: int = 1,
     ):
         self.max_local, self.references, self.region_masks = max_local, references, region_masks
+        self.latent_scale = latent_scale  # masks at the latent size: (size / latent_scale)^2 cells
         self.keys = keys  # only these clips (a handful to overfit), whatever their split
         self.shards, self.splits, self.frames, self.size = shards, splits, frames, size
         self.text_encoder = text_encoder
@@ -216,9 +218,10 @@ class ClipWindows(IterableDataset):
         # The regions the text acts in come from the reference, as at sampling (`TBDPipeline` has nothing
         # else): masks from the target's frames would tell the model the target's jaw drop and lip opening.
         token_regions = cot_token_regions(cot, self.max_local)
-        union, per_token, _ = token_masks(reference_lm, size, token_regions, self.max_local)
+        cells = size // self.latent_scale  # masks at the latent size: the model reads them no finer
+        union, per_token, _ = token_masks(reference_lm, size, token_regions, self.max_local, out=cells)
         # The mouth of each target frame only weights the loss (`mouth_weight`): never an input.
-        mouth = [token_masks(landmarks[t], size, (), self.max_local, ("mouth",))[2]["mouth"]
+        mouth = [token_masks(landmarks[t], size, (), self.max_local, ("mouth",), out=cells)[2]["mouth"]
                  for t in range(start, start + self.frames)]  # fmt: skip
         global_text, local = cot_sentences(cot, self.max_local)
         label_text, _ = cot_sentences(cot, self.max_local, label_only=True)
@@ -235,10 +238,10 @@ class ClipWindows(IterableDataset):
             "reference": self._pixels(to_tensor(reference).permute(2, 0, 1)[None])[0],
             "audio": to_tensor(audio[window]),
             "landmarks": to_tensor(landmarks[window]),
-            # (1, H, W) union of the AUs' regions (and below, (L, H, W) each local token's): the reference's,
-            # the same for every frame of the window (the module expands them over frames as views)
+            # (1, h, w) union of the AUs' regions (and below, (L, h, w) each local token's) at the latent size:
+            # the reference's, the same for every frame of the window (the module expands them as views)
             "mask": to_tensor(union)[None],
-            "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, H, W)
+            "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, h, w)
             "global_text": to_tensor(texts[0]),
             "label_text": to_tensor(texts[1]),  # "contempt, level 2": the label-only caption
             "local_text": to_tensor(local_emb),
@@ -316,14 +319,17 @@ class TBDDataModule(pl.LightningDataModule):
         max_local: int = MAX_LOCAL,
         region_masks: bool = True,
         clips: list[str] | None = None,
+        latent_scale: int = 1,
     ):
-        """`size` resizes frames (and rasterises masks) to size x size; None keeps the shards' crop size.
+        """`size` resizes frames to size x size; None keeps the shards' crop size.
         `text_encoder`: a local sentence-transformers or CLIP folder; None = the offline MiniLM package.
         `max_local`: local sentences per sample; `tbd train` links it to the model's `max_local`.
         `region_masks`: False trains without per-token regions (each local sentence acts everywhere): the model
         that the `no-masks` guidance mode is for (recorded in the exported pipeline's `conditioning`).
         `clips`: train and validate on these clip keys only, whatever their split (overfitting a handful, as
-        `tbd check-conditioning` does); references still come from every clip of their speakers."""
+        `tbd check-conditioning` does); references still come from every clip of their speakers.
+        `latent_scale`: pixels per latent cell (1 in pixel space, 8 through SD's VAE); masks are made at the
+        latent size. `tbd train` links it to the model's."""
         super().__init__()
         self.save_hyperparameters()
         self.folder = DataFolder(data)
@@ -354,6 +360,7 @@ class TBDDataModule(pl.LightningDataModule):
             shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
             resample=resample, seed=seed, text_cache=h.text_cache, size=h.size,
             text_encoder=h.text_encoder, max_local=h.max_local, region_masks=h.region_masks, keys=keys,
+            latent_scale=h.latent_scale,
             references=ReferenceBank.build(self.folder, bank_shards, bank_splits),
         )  # fmt: skip
 

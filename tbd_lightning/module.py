@@ -128,6 +128,11 @@ class TBDModule(pl.LightningModule):
     def vae(self):
         return self._vae[0]
 
+    @property
+    def latent_scale(self) -> int:
+        """Pixels per latent cell along a side: 1 in pixel space, 8 through SD's VAE."""
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(..., 3, H, W) pixels in [-1, 1] -> what the denoiser works on (pixels, or scaled latents)."""

@@ -48,6 +48,10 @@ def _max_local(module: TBDModule) -> int:
     return int(module.model.config.max_local)
 
 
+def _latent_scale(module: TBDModule) -> int:
+    return module.latent_scale
+
+
 class TBDCLI(LightningCLI):
     def __init__(self, args: list[str], ray_mode: bool = False):
         self.ray_mode = ray_mode
@@ -63,6 +67,7 @@ class TBDCLI(LightningCLI):
         )
         # One truth for the number of local (per-AU) sentences: the model's.
         parser.link_arguments("model", "data.max_local", compute_fn=_max_local, apply_on="instantiate")
+        parser.link_arguments("model", "data.latent_scale", compute_fn=_latent_scale, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config

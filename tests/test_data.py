@@ -49,6 +49,27 @@ def test_batches_hold_aligned_windows_masks_and_text(mead, tmp_path):
     assert val_keys and all("_W003_" in k for k in val_keys)
 
 
+def test_masks_come_at_the_latent_size(mead, tmp_path):
+    """Through a VAE (8 px per latent cell) the loader makes every mask at the latent size (what the model
+    and the sampler read), each cell the region's coverage of that cell, not a full-size raster per frame."""
+    import torch.nn.functional as F
+
+    data, version = mead
+    kw = dict(frames=8, batch_size=2, train_batches=2, text_cache=str(tmp_path / "text"))
+    full = next(iter(TBDDataModule(str(data), version, **kw).train_dataloader()))
+    small = next(iter(TBDDataModule(str(data), version, latent_scale=8, **kw).train_dataloader()))
+    assert full["key"] == small["key"]
+    assert small["video"].shape == (2, 8, 3, 64, 64)  # frames stay at the pixel size
+    assert small["mask"].shape == (2, 1, 8, 8) and small["mouth"].shape == (2, 8, 1, 8, 8)
+    assert small["local_masks"].shape == (2, MAX_LOCAL, 8, 8)
+    for name in ("mask", "local_masks"):
+        pooled = F.adaptive_avg_pool2d(full[name].float(), 8)
+        assert (pooled - small[name].float()).abs().max() < 0.1, name
+    pooled = F.adaptive_avg_pool2d(full["mouth"].flatten(0, 1), 8)
+    assert (pooled - small["mouth"].flatten(0, 1)).abs().max() < 0.1
+    assert small["mouth"].amax() > 0.5
+
+
 def test_every_rank_and_worker_gets_the_same_count_from_uneven_shards(mead, monkeypatch):
     data, version = mead
     shards = DataFolder(data).aligned_shards(version)  # 6 shards over 4 ranks: 2, 2, 1, 1
