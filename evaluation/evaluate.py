@@ -6,8 +6,9 @@ clip, whose first frame may already show the emotion), the audio features and Co
 and the same seed is used for every guidance mode. Metrics (`evaluation.metrics`): PSNR (mean of per-frame
 PSNR), SSIM, LMD (full, mouth), lip-sync proxy (offset-0 correlation, the best offset beside it),
 AU-control error against the CoT, emotion accuracy of an AU classifier fitted on the training split,
-face rate (with the real clips' face rate at the same size beside it), FID / FVD / a perceptual feature
-distance with user-supplied networks (flagged when too few samples make the estimate rank-deficient), and
+face rate (with the real clips' face rate at the same size beside it), FID with a user-supplied network and
+the standard Sync-C/D, LPIPS, FVD and CSIM from the user's weights (`evaluation.standard`; Fréchet distances
+flagged when too few samples make the estimate rank-deficient), and
 on the demo corpus the AU error against the ground-truth sidecar. With `ablations`, modes progressive /
 single-stage / label-only / cfg (or no-masks, for a model trained without region masks) run on the same
 clips and seeds and form one table, with a spread per row (`evaluation.report`). `cfg` is compared at
@@ -36,6 +37,7 @@ from evaluation.measures import (
     groundtruth_aus,
     groundtruth_index,
 )
+from evaluation.standard import StandardMetrics
 from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
 
@@ -59,10 +61,11 @@ class EvaluateConfig(BaseModel):
     ablations: bool = False
     out: Path | None = None
     fid_net: Path | None = None  # a TorchScript feature network (e.g. a local InceptionV3), for FID
-    fvd_net: Path | None = None  # a TorchScript video network (e.g. a local I3D), for FVD
-    feature_net: Path | None = (
-        None  # a TorchScript network returning feature maps: a perceptual distance (not LPIPS)
-    )
+    # The standard metrics, each from the user's weights (`evaluation.standard`; protocols in the report):
+    syncnet: Path | None = None  # syncnet_python's syncnet_v2.model: Sync-C / Sync-D
+    lpips_backbone: Path | None = None  # torchvision AlexNet weights (alexnet-owt-7be5be79.pth): LPIPS
+    fvd_net: Path | None = None  # I3D as TorchScript (StyleGAN-V's i3d_torchscript.pt): FVD
+    arcface: Path | None = None  # an ArcFace ONNX model (insightface's w600k_r50.onnx): CSIM
     groundtruth: Path | None = None  # the demo corpus folder (its corpus.json and groundtruth/)
     tracking_uri: str | None = None
     device: str | None = None
@@ -77,6 +80,8 @@ def score_clip(
     reference,
     judges=None,
     templates: dict | None = None,
+    standard: StandardMetrics | None = None,
+    fps: float = 25.0,
 ) -> tuple[dict, dict[int, list]]:
     """The metric row of `frames` (generated, the real clip itself, or the still reference) and their
     measured AU series. Every video is measured the same way: `track_video` at the model's size, AUs
@@ -84,7 +89,8 @@ def score_clip(
     Procrustes alignment. Speech AUs (25, 26, 27) are left to the lip-sync metric. With `judges`
     (`evaluation.judges.Judges`): the FER2013 verdict and the identity similarity to the reference. With
     `templates` (the speaker's ground-truth renders per emotion, `emotion_templates`): the counterfactual
-    test, `counterfactual_correct` (the video is nearest to the render of its own emotion)."""
+    test, `counterfactual_correct` (the video is nearest to the render of its own emotion). With `standard`:
+    the standard metrics whose weights were given (Sync-C/D, LPIPS, CSIM; `fps` the video's rate)."""
     from evaluation import metrics
     from media.au_measure import measured_aus, track_video
     from media.video_io import frame_envelope
@@ -120,6 +126,10 @@ def score_clip(
             row["counterfactual_correct"] = float(nearest == clip.meta["emotion"])
     if judges is not None:
         row.update(judges.score(frames, video.landmarks, clip.meta["emotion"], clip.reference_identity))
+    if standard is not None:
+        ref = clip.reference_video
+        ref_lm = ref.landmarks[0] if ref is not None and ref.found[0] else None
+        row.update(standard.score_clip(frames, clip.frames, fps, clip.wav, video, clip.reference, ref_lm))
     return row, measured
 
 
@@ -208,11 +218,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     clf = emotion_classifier(Path(config.data))
     gt_index = groundtruth_index(config.groundtruth)
     templates = emotion_templates(config.groundtruth)
-    nets = {
-        name: torch.jit.load(str(path), map_location="cpu").eval()
-        for name, path in (("fid", config.fid_net), ("fvd", config.fvd_net), ("features", config.feature_net))
-        if path
-    }
+    nets = {"fid": torch.jit.load(str(config.fid_net), map_location="cpu").eval()} if config.fid_net else {}
+    standard = StandardMetrics.load(config.syncnet, config.lpips_backbone, config.fvd_net, config.arcface)
     runs = guidance_runs(config, (pipe.config.conditioning or {}).get("region_masks", True))
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
@@ -245,15 +252,13 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 clip.reference_video,
                 judges,
                 templates.get((clip.meta["speaker"], clip.meta["level"] or 1)),
+                standard,
+                pipe.fps,
             )
             row["seam_ratio"] = seams
             rows.append({"key": clip.key, "reference": clip.reference_key, **row})
             if clip is clips[0] and mode == runs[0][0]:
                 first_measured = measured  # the AU timeline plot: first clip, first mode
-            if "features" in nets:
-                rows[-1]["feature_distance"] = metrics.feature_distance(
-                    clip.frames[: len(frames)], frames, nets["features"]
-                )
             generated.setdefault(mode, []).append((clip, frames))
             log.info(
                 "evaluate %s %s: %s",
@@ -272,10 +277,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             results[mode]["fid"] = metrics.fid(real_frames, np.concatenate(fakes), nets["fid"])
             dims = metrics.feature_dims(nets["fid"], (1, 3, 299, 299))
             results[mode]["fid_note"] = metrics.frechet_note(len(real_frames), dims)
-        if "fvd" in nets and len(reals) > 1:
-            results[mode]["fvd"] = metrics.fvd(reals, fakes, nets["fvd"])
-            dims = metrics.feature_dims(nets["fvd"], (1, 3, len(reals[0]), 224, 224))
-            results[mode]["fvd_note"] = metrics.frechet_note(len(reals), dims)
+        results[mode].update(standard.fvd(reals, fakes))
     real_acc = results[REAL].get("emotion_correct")
     emotion_of = {c.key: c.meta["emotion"] for c in clips}
     real_found = [r["face_rate"] for r in per_clip[REAL]]
@@ -289,7 +291,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
               "identity_similarity": {m: r["identity_similarity"] for m, r in results.items()},
               "fer_confusion": {m: confusion(rows, [emotion_of[r["key"]] for r in rows]) for m, rows in per_clip.items()},
               "judges": {"emotion": "FER2013 mini-Xception (fer 25.10.3), 7 classes, contempt not judged",
-                         "identity": "dlib face-recognition ResNet v1, cosine similarity to the reference"}}  # fmt: skip
+                         "identity": "dlib face-recognition ResNet v1, cosine similarity to the reference"},
+              "standard_metrics": standard.protocols}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     strips = {mode: pairs[0][1] for mode, pairs in generated.items() if mode != REAL}
     plots(

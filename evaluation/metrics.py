@@ -10,8 +10,8 @@
   (requested 0 when not requested) and frames with a face; `au_series_error` against true timelines.
 - `AUEmotionClassifier`: nearest-centroid emotion classifier over standardised calibrated AU statistics,
   fitted on the training shards; `accuracy` of generated clips against the requested emotion.
-- `fid` (torchmetrics), `fvd`, `lpips`: only with user-supplied networks (e.g. local InceptionV3, I3D,
-  AlexNet/VGG as TorchScript); nothing is downloaded.
+- `fid` (torchmetrics): only with a user-supplied network (e.g. a local InceptionV3 as TorchScript); nothing
+  is downloaded. The standard Sync-C/D, LPIPS, FVD and CSIM: `evaluation.standard`.
 """
 
 from __future__ import annotations
@@ -180,39 +180,3 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     root = linalg.sqrtm(cov_a @ cov_b)
     root = root.real if np.iscomplexobj(root) else root
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
-
-
-def fvd(
-    real: list[np.ndarray], fake: list[np.ndarray], video_net: torch.nn.Module, input_size: int = 224
-) -> float:
-    """Fréchet video distance: one feature row per video from a user-supplied video network (e.g. a local
-    I3D as TorchScript) taking (N, 3, T, S, S) floats in [0, 1]."""
-
-    def features(videos):
-        rows = []
-        with torch.no_grad():
-            for v in videos:
-                x = torch.nn.functional.interpolate(
-                    _float_video(v), size=(input_size, input_size), mode="bilinear"
-                )
-                rows.append(video_net(x.permute(1, 0, 2, 3)[None]).reshape(-1).numpy())
-        return np.stack(rows)
-
-    return frechet_distance(features(real), features(fake))
-
-
-def feature_distance(a: np.ndarray, b: np.ndarray, feature_net: torch.nn.Module) -> float:
-    """A perceptual feature distance with a user-supplied network returning a list of feature maps: mean
-    over frames of the sum over layers of the spatial mean of squared differences of channel-normalised
-    features. Not LPIPS: LPIPS weighs each channel with learned linear heads, which this does not have
-    (bake them into the network's outputs to get the published metric)."""
-    with torch.no_grad():
-        fa, fb = feature_net(_float_video(a) * 2 - 1), feature_net(_float_video(b) * 2 - 1)
-        if torch.is_tensor(fa):  # a network with one output: one feature map
-            fa, fb = [fa], [fb]
-        total = torch.zeros(len(a))
-        for x, y in zip(fa, fb, strict=True):
-            x = x / (x.norm(dim=1, keepdim=True) + 1e-10)
-            y = y / (y.norm(dim=1, keepdim=True) + 1e-10)
-            total += ((x - y) ** 2).sum(1).mean((1, 2))
-    return float(total.mean())

@@ -10,7 +10,8 @@ import numpy as np
 METRICS = ("psnr", "ssim", "lmd_full", "lmd_mouth", "sync_corr", "sync_corr_best", "sync_offset",
            "au_control_error", "au_gt_error", "emotion_correct", "counterfactual_correct", "fer_accuracy",
            "identity_similarity",
-           "identity_distance", "face_rate", "feature_distance", "seam_ratio")  # fmt: skip
+           "identity_distance", "face_rate", "seam_ratio",
+           "sync_c", "sync_d", "syncnet_offset", "lpips", "csim")  # the last five: `evaluation.standard`  # fmt: skip
 
 
 def bootstrap_interval(values: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:

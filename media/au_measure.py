@@ -21,7 +21,11 @@ def requested_aus(cot: dict) -> dict[int, int]:
 
 
 def token_masks(
-    landmarks: np.ndarray, size: int, token_regions: tuple[str, ...], slots: int, extra: tuple[str, ...] = (),
+    landmarks: np.ndarray,
+    size: int,
+    token_regions: tuple[str, ...],
+    slots: int,
+    extra: tuple[str, ...] = (),
     out: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """For crop-normalised landmarks (468, 3) of a `size`-pixel frame: the union (S, S) of `token_regions`,

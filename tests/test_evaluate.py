@@ -11,6 +11,7 @@ import pytest
 from evaluation.clips import load_clips
 from evaluation.evaluate import EvaluateConfig, score_clip
 from evaluation.measures import emotion_classifier, groundtruth_index
+from tests import standins
 from tests.conftest import offline_env, run_tbd
 
 
@@ -94,22 +95,20 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
 
     data, version = mead
     db = tmp_path / "mlflow.db"
-    # Small local stand-ins for user-supplied InceptionV3 / I3D / AlexNet weights, as TorchScript files.
+    # Small local stand-ins for the user's InceptionV3 (TorchScript) and the standard metrics' weight files
     torch.manual_seed(0)
     pool = [torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
     torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=8), *pool)).save(tmp_path / "fid.pt")
-    video_net = torch.nn.Sequential(
-        torch.nn.Conv3d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten()
-    )
-    torch.jit.script(video_net).save(tmp_path / "fvd.pt")
-    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))).save(
-        tmp_path / "feat.pt"
-    )  # one feature map
+    standard_args = (
+        "--syncnet", standins.save_syncnet(tmp_path / "syncnet_v2.model"),
+        "--lpips_backbone", standins.save_alexnet(tmp_path / "alexnet.pth"),
+        "--fvd_net", standins.save_i3d(tmp_path / "i3d.pt"), "--arcface", standins.save_arcface(tmp_path / "arcface.onnx"),
+    )  # fmt: skip
     proc = run_tbd(
         "evaluate", "--model", str(tiny_model), "--data", str(data), "--version", version, "--split", "val",
-        "--max_clips", "2", "--max_frames", "8", "--guidance.steps", "2", "--ablations", "true", "--out", str(tmp_path / "eval"),
+        "--max_clips", "2", "--max_frames", "16", "--guidance.steps", "2", "--ablations", "true", "--out", str(tmp_path / "eval"),
         "--groundtruth", str(demo_corpus), "--tracking_uri", f"sqlite:///{db}", "--fid_net", str(tmp_path / "fid.pt"),
-        "--fvd_net", str(tmp_path / "fvd.pt"), "--feature_net", str(tmp_path / "feat.pt"),
+        *map(str, standard_args),
         env=offline_env(netguard_log), timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -140,13 +139,16 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
     )
     assert all(ref != key for key, ref in report["references"].items())
     assert all(
-        "rank-deficient" in r["fvd_note"] for r in report["results"].values()
-    )  # 2 videos, 4-d features
+        "rank-deficient" in r["fvd_note"] and r["fvd_clips"] == 2 for r in report["results"].values()
+    )  # 2 videos of 16 frames, 400-d logits
+    assert set(report["standard_metrics"]) == {"sync", "lpips", "fvd", "csim"}
+    assert all(r[m] is not None for r in report["results"].values() for m in ("sync_c", "sync_d", "lpips"))
+    assert report["results"]["real"]["lpips"] == 0 and report["results"]["real"]["csim"] is not None
     assert report["guidance"]["steps"] == 2 and report["version"] == version
     assert all(r["clips"] == 2 and 0 < r["psnr"] < 100 for m, r in report["results"].items() if m != "real")
     assert report["results"]["real"]["psnr"] == 100 and report["skipped"] == {}
     assert all(
-        r["fid"] >= 0 and r["fvd"] >= 0 and r["feature_distance"] > 0
+        r["fid"] >= 0 and r["fvd"] >= 0 and r["lpips"] > 0
         for m, r in report["results"].items() if m != "real"
     )  # fmt: skip
     assert len({tuple(c["key"] for c in rows) for rows in report["per_clip"].values()}) == 1  # same clips
