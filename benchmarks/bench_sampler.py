@@ -60,7 +60,7 @@ def bench(model, train_config, s: int, args, device: str, kept: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     cond = Conditions(
         torch.randn(1, model.config.ref_channels, s, s, generator=g), torch.randn(1, t, model.config.audio_dim, generator=g),
-        torch.randn(1, model.config.text_dim, generator=g), torch.randn(1, 8, model.config.text_dim, generator=g),
+        torch.randn(1, *model.global_text_shape, generator=g), torch.randn(1, 8, model.config.text_dim, generator=g),
         torch.arange(8)[None] < 3, torch.rand(1, t, 1, s, s, generator=g),
         local_masks=(torch.rand(1, t, 8, s, s, generator=g) > 0.5).float() * (torch.arange(8) < 3)[:, None, None],
     ).map(lambda x: x.to(device=device, dtype=model.dtype) if x.is_floating_point() else x.to(device))  # fmt: skip

@@ -119,7 +119,12 @@ def main() -> None:
                            rescale_zero_snr=False, model_overrides={"max_frames": max(32, frames)}, **common)  # fmt: skip
         if gpu:
             latent.vae.to(device, torch.bfloat16)
-        results["latent"] = run("sd15" if gpu else "sd-tiny", latent, data, args.steps, device, gpu)
+        # SD takes the global and label texts as its text encoder's token states (77 x cross_attention_dim)
+        states = torch.randn(
+            args.batch, *latent.model.global_text_shape, generator=torch.Generator().manual_seed(1)
+        )
+        sd_data = {**data, "global_text": states.to(device), "label_text": states.flip(0).to(device)}
+        results["latent"] = run("sd15" if gpu else "sd-tiny", latent, sd_data, args.steps, device, gpu)
     ok = all("error" not in r for r in results.values())
     ratio = results["latent"]["samples_per_s"] / results["pixel"]["samples_per_s"] if ok else None
     card = torch.cuda.get_device_name() if gpu else "cpu (tiny configurations: not the 512 px setting)"

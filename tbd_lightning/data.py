@@ -33,7 +33,7 @@ from pipelines.data_folder import AlignedShard, DataFolder
 from pipelines.shards import ShardIndex
 from tbd_core.errors import UserError
 from tbd_lightning.model import MAX_LOCAL
-from tbd_lightning.text import cot_sentences, cot_token_regions
+from tbd_lightning.text import CotTexts, cot_token_regions
 
 
 def decode_mp4(data: bytes) -> np.ndarray:
@@ -131,16 +131,16 @@ class ClipWindows(IterableDataset):
         region_masks: bool = True,
         keys: set[str] | None = None,
         latent_scale: int = 1,
+        prompt_encoder: str | None = None,
+        text_chunks: int = 1,
     ):
         self.max_local, self.references, self.region_masks = max_local, references, region_masks
         self.latent_scale = latent_scale  # masks at the latent size: (size / latent_scale)^2 cells
         self.keys = keys  # only these clips (a handful to overfit), whatever their split
         self.shards, self.splits, self.frames, self.size = shards, splits, frames, size
-        self.text_encoder = text_encoder
+        self.texts = CotTexts(text_encoder, text_cache, max_local, prompt_encoder, text_chunks)
         self.samples_per_rank, self.resample, self.seed = samples_per_rank, resample, seed
-        self.text_cache = text_cache
         self.epoch = 0
-        self._embedder = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -195,14 +195,6 @@ class ClipWindows(IterableDataset):
             media.close()
             anns.close()
 
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            from tbd_lightning.text import TextEmbedder
-
-            self._embedder = TextEmbedder(self.text_encoder, cache_dir=self.text_cache)
-        return self._embedder
-
     def _window(self, key: str, members: dict, meta: dict, cot: dict, rng: random.Random) -> dict:
         from media.au_measure import token_masks
 
@@ -223,11 +215,6 @@ class ClipWindows(IterableDataset):
         # The mouth of each target frame only weights the loss (`mouth_weight`): never an input.
         mouth = [token_masks(landmarks[t], size, (), self.max_local, ("mouth",), out=cells)[2]["mouth"]
                  for t in range(start, start + self.frames)]  # fmt: skip
-        global_text, local = cot_sentences(cot, self.max_local)
-        label_text, _ = cot_sentences(cot, self.max_local, label_only=True)
-        texts = self.embedder.embed([global_text, label_text, *local])
-        local_emb = np.zeros((self.max_local, texts.shape[1]), np.float32)
-        local_emb[: len(local)] = texts[2:]
         window = slice(start, start + self.frames)
         to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         frames = self._pixels(to_tensor(video).permute(0, 3, 1, 2))  # (T, 3, H, W) in [-1, 1]
@@ -242,10 +229,8 @@ class ClipWindows(IterableDataset):
             # the reference's, the same for every frame of the window (the module expands them as views)
             "mask": to_tensor(union)[None],
             "mouth": to_tensor(np.stack(mouth))[:, None],  # (T, 1, h, w)
-            "global_text": to_tensor(texts[0]),
-            "label_text": to_tensor(texts[1]),  # "contempt, level 2": the label-only caption
-            "local_text": to_tensor(local_emb),
-            "local_valid": torch.arange(self.max_local) < len(local),
+            # global_text, label_text ("contempt, level 2": the label-only caption), local_text, local_valid
+            **self.texts(cot),
         }
         if self.region_masks:  # without: each local token acts everywhere (the `no-masks` guidance mode)
             item["local_masks"] = to_tensor(per_token).half()
@@ -320,6 +305,8 @@ class TBDDataModule(pl.LightningDataModule):
         region_masks: bool = True,
         clips: list[str] | None = None,
         latent_scale: int = 1,
+        prompt_encoder: str | None = None,
+        text_chunks: int = 1,
     ):
         """`size` resizes frames to size x size; None keeps the shards' crop size.
         `text_encoder`: a local sentence-transformers or CLIP folder; None = the offline MiniLM package.
@@ -329,7 +316,8 @@ class TBDDataModule(pl.LightningDataModule):
         `clips`: train and validate on these clip keys only, whatever their split (overfitting a handful, as
         `tbd check-conditioning` does); references still come from every clip of their speakers.
         `latent_scale`: pixels per latent cell (1 in pixel space, 8 through SD's VAE); masks are made at the
-        latent size. `tbd train` links it to the model's."""
+        latent size. `prompt_encoder` (an SD folder) with `text_chunks`: the global and label texts as its text
+        encoder's token states (`tbd_lightning.sd_text`). `tbd train` links these three to the model's."""
         super().__init__()
         self.save_hyperparameters()
         self.folder = DataFolder(data)
@@ -339,6 +327,17 @@ class TBDDataModule(pl.LightningDataModule):
         # How the media were made (fps, crop, audio features): generation must make its inputs the same way.
         self.hparams["media"] = params["media"] if params else None
         self.shards = self.folder.aligned_shards(self.version)
+
+    def setup(self, stage: str | None = None) -> None:
+        """With SD's text encoder: every annotated global and label sentence fits its windows (checked on
+        the tokenizer once, so a long sentence stops training before it starts, not hours in)."""
+        if self.hparams.prompt_encoder:
+            from tbd_lightning.sd_text import PromptEncoder
+            from tbd_lightning.text import cot_sentences
+
+            texts = [t for s in self.shards for a in self.folder.annotation_members(self.version, s.name).values()
+                     if a["validation"]["outcome"] != "rejected" for t in (cot_sentences(a["cot"], 0)[0], cot_sentences(a["cot"], 0, True)[0])]  # fmt: skip
+            PromptEncoder.check_lengths(self.hparams.prompt_encoder, texts, self.hparams.text_chunks)
 
     def _dataset(self, splits: set[str], batches: int, resample: bool, seed: int) -> ClipWindows:
         """Only shards holding clips of `splits` are dealt to ranks and workers: a split that lives in a few
@@ -360,7 +359,7 @@ class TBDDataModule(pl.LightningDataModule):
             shards, splits, frames=h.frames, samples_per_rank=batches * h.batch_size,
             resample=resample, seed=seed, text_cache=h.text_cache, size=h.size,
             text_encoder=h.text_encoder, max_local=h.max_local, region_masks=h.region_masks, keys=keys,
-            latent_scale=h.latent_scale,
+            latent_scale=h.latent_scale, prompt_encoder=h.prompt_encoder, text_chunks=h.text_chunks,
             references=ReferenceBank.build(self.folder, bank_shards, bank_splits),
         )  # fmt: skip
 

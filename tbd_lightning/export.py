@@ -38,9 +38,23 @@ def pipeline_from_module(module, data_hparams: dict, source: dict):
         "frames": data_hparams.get("frames"), "size": data_hparams.get("size"),
         "prediction_type": module.hparams["prediction_type"], "branches": dict(module.branches),
         "region_masks": data_hparams.get("region_masks", True),  # False: sample with guidance mode no-masks
+        "motion_frames": module.hparams.get("motion_frames", 0),  # trained: known first frames given clean
     }  # fmt: skip
+    prompts = {}
+    if getattr(module.model.config, "text_chunks", 0):  # SD: the global text through its own text encoder
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        folder = module.hparams["pretrained"]
+        prompts = dict(
+            prompt_encoder=CLIPTextModel.from_pretrained(
+                folder, subfolder="text_encoder", local_files_only=True
+            ),
+            prompt_tokenizer=CLIPTokenizer.from_pretrained(
+                folder, subfolder="tokenizer", local_files_only=True
+            ),
+        )
     return TBDPipeline(
-        denoiser=module.model, scheduler=module.scheduler, vae=module.vae,
+        denoiser=module.model, scheduler=module.scheduler, vae=module.vae, **prompts,
         text_encoder=data_hparams.get("text_encoder"),  # None: the offline sentence-transformers package
         media=data_hparams.get("media"),  # fps, crop margin, audio features of the training shards
         conditioning=conditioning, annotation_version=data_hparams.get("version"), source=source,

@@ -52,7 +52,7 @@ class Conditions:
 
     reference: torch.Tensor  # (B, C_ref, H, W)
     audio: torch.Tensor  # (B, T, A) per-frame audio features
-    global_text: torch.Tensor  # (B, D_text)
+    global_text: torch.Tensor  # (B, D_text) a sentence vector, or (B, S, D) token states (SD's text encoder)
     local_text: torch.Tensor  # (B, L, D_text)
     local_valid: torch.Tensor  # (B, L) bool
     region_mask: torch.Tensor | None = None  # (B, T, 1, H, W) union of the AU regions (the sampler's M)
@@ -76,18 +76,26 @@ class Conditions:
 class ConditionTokens:
     """Condition projections and null tokens shared by the denoisers (a mixin of `nn.Module`s): speech as
     each frame's features with `audio_context` neighbours, the global sentence as `global_tokens` tokens,
-    one token per local sentence after a null token that is always attendable."""
+    one token per local sentence after a null token that is always attendable. With `project_global`
+    False the global text comes as token states already (B, `global_tokens`, D: SD's own text encoder's)."""
 
     def _init_condition_tokens(
-        self, text_dim: int, audio_dim: int, audio_context: int, global_tokens: int, dim: int
-    ):
+        self, text_dim: int, audio_dim: int, audio_context: int, global_tokens: int, dim: int,
+        project_global: bool = True,
+    ):  # fmt: skip
         self.audio_proj = nn.Sequential(nn.Linear(audio_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.audio_pos = nn.Parameter(torch.zeros(2 * audio_context + 1, dim))
-        self.global_proj = nn.Sequential(
-            nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim * global_tokens)
-        )
+        if project_global:
+            self.global_proj = nn.Sequential(
+                nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim * global_tokens)
+            )
         self.local_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.null = nn.ParameterDict({n: nn.Parameter(torch.randn(k, dim) * 0.02) for n, k in (("audio", 1), ("global", global_tokens), ("local", 1))})  # fmt: skip
+
+    @property
+    def global_text_shape(self) -> tuple[int, ...]:
+        """One sample's global text as the model takes it: (text_dim,) sentence vector, or (S, D) states."""
+        return (self.config.text_dim,) if hasattr(self, "global_proj") else tuple(self.null["global"].shape)
 
     def condition_tokens(self, cond: Conditions, frames: int, dtype: torch.dtype):
         """Per frame (BT first): audio (BT, 2k+1, D), global (BT, G, D), local (BT, 1+L, D), the local
@@ -98,7 +106,14 @@ class ConditionTokens:
         a = a.unfold(1, 2 * k + 1, 1).transpose(2, 3)  # (B, T, 2k+1, A): each frame with its neighbours
         a = self.audio_proj(a) + self.audio_pos
         a = torch.where(cond.kept("audio")[:, None, None, None], a, self.null["audio"].to(dtype))
-        g = self.global_proj(cond.global_text.to(dtype)).reshape(b, self.config.global_tokens, -1)
+        if cond.global_text.dim() == 3:  # token states (SD's text encoder): its cross-attention's own input
+            g = cond.global_text.to(dtype)
+            if g.shape[1] != self.null["global"].shape[0]:
+                raise ValueError(
+                    f"{g.shape[1]} global text tokens; the model takes {self.null['global'].shape[0]}"
+                )
+        else:
+            g = self.global_proj(cond.global_text.to(dtype)).reshape(b, self.config.global_tokens, -1)
         g = torch.where(cond.kept("global")[:, None, None], g, self.null["global"].to(dtype))
         loc = torch.cat(
             [self.null["local"].to(dtype).expand(b, 1, -1), self.local_proj(cond.local_text.to(dtype))], 1

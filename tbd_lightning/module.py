@@ -73,6 +73,8 @@ class TBDModule(pl.LightningModule):
         motion_adapter: str | None = None,
         trainable: str = "all",
         optimizer: str = "adamw",
+        motion_frames: int = 2,
+        motion_prob: float = 0.5,
     ):
         """`model` names a preset of `TBDVideoDenoiser` (tiny | base | full) or `sd`: the latent
         `SDVideoDenoiser` built from `pretrained` (a local Stable-Diffusion-1.5 folder in diffusers layout:
@@ -80,6 +82,9 @@ class TBDModule(pl.LightningModule):
         an AnimateDiff `motion_adapter` folder; `trainable` (sd): all | spatial (image stage) | motion
         (video stage); `optimizer`: adamw | adamw-fused (CUDA) | adamw-8bit (bitsandbytes);
         `model_overrides` the denoiser's fields;
+        `motion_frames`, `motion_prob`: that share of training windows gets its first `motion_frames` frames
+        clean (no noise, no loss there), as sampling gives a long video's windows the last frames of the
+        window before (`ProgressiveSampler.sample(known=)`); 0 trains independent windows only;
         `branches` how often each guidance branch is trained (`tbd_lightning.branches`: none, a, ag, label; the
         rest trains the full branch); `reference_drop` drops the reference on top, for an identity scale of
         its own (0: the reference is in every branch)."""
@@ -155,7 +160,8 @@ class TBDModule(pl.LightningModule):
         self, batch: dict, keep: dict[str, torch.Tensor] | None = None, label: torch.Tensor | None = None
     ) -> Conditions:
         """The batch's conditions; `label` (B,) bool: those samples get the label caption as global text."""
-        for name, dim in (("global_text", "text_dim"), ("audio", "audio_dim")):
+        text = "local_text" if batch["global_text"].dim() == 3 else "global_text"  # 3-dim: SD token states
+        for name, dim in ((text, "text_dim"), ("audio", "audio_dim")):
             if batch[name].shape[-1] != self.model.config[dim]:
                 raise ValueError(
                     f"{name} features are {batch[name].shape[-1]}-d but the model expects {dim}="
@@ -163,7 +169,8 @@ class TBDModule(pl.LightningModule):
                 )
         global_text = batch["global_text"]
         if label is not None and label.any():
-            global_text = torch.where(label[:, None].to(global_text.device), batch["label_text"], global_text)
+            pick = label.to(global_text.device).view(-1, *[1] * (global_text.dim() - 1))
+            global_text = torch.where(pick, batch["label_text"], global_text)
         frames = batch["audio"].shape[1]
         masks, union = batch.get("local_masks"), batch.get("mask")
 
@@ -205,6 +212,15 @@ class TBDModule(pl.LightningModule):
         if keep is not None:
             keep, label = {c: k.to(x0.device) for c, k in keep.items()}, label.to(x0.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
+        weight = torch.ones(*x0.shape[:2], 1, 1, 1, device=x0.device)  # (B, T, 1, 1, 1)
+        k = self.hparams.get("motion_frames", 0)
+        if dropout and k and x0.shape[1] > k:  # motion frames: the first k frames given clean, not scored
+            given = (torch.rand(b, generator=generator, device=device) < self.hparams.motion_prob).to(
+                x0.device
+            )
+            clean = given[:, None] & (torch.arange(x0.shape[1], device=x0.device) < k)  # (B, T)
+            noisy = torch.where(clean[..., None, None, None], x0, noisy)
+            weight = weight * (~clean).float()[..., None, None, None]
         target = {"epsilon": noise, "sample": x0}.get(self.hparams.prediction_type)
         if target is None:
             target = self.scheduler.get_velocity(x0, noise, t)
@@ -214,9 +230,8 @@ class TBDModule(pl.LightningModule):
             mouth = F.adaptive_avg_pool2d(batch["mouth"].flatten(0, 1), x0.shape[-2:]).reshape(
                 *x0.shape[:2], 1, *x0.shape[-2:]
             )
-            weight = 1 + (self.hparams.mouth_weight - 1) * mouth.float()
-            return (err * weight).sum() / (weight.expand_as(err).sum())
-        return err.mean()
+            weight = weight * (1 + (self.hparams.mouth_weight - 1) * mouth.float())
+        return (err * weight).sum() / weight.expand_as(err).sum()
 
     def training_step(self, batch, batch_idx):
         loss = self.diffusion_loss(batch)

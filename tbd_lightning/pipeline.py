@@ -19,6 +19,7 @@ mask of the CoT's AUs -> conditions in windows of the training length (all windo
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
 from tbd_lightning.windows import seam_ratio, window_starts
 
 OUTPUT_TYPES = ("np", "pt", "latent")
+log = logging.getLogger(__name__)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -55,8 +57,8 @@ class TBDPipelineOutput(BaseOutput):
 
 
 class TBDPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "denoiser"
-    _optional_components = ["vae"]
+    model_cpu_offload_seq = "prompt_encoder->denoiser"
+    _optional_components = ["vae", "prompt_encoder", "prompt_tokenizer"]
 
     def __init__(
         self,
@@ -68,14 +70,20 @@ class TBDPipeline(DiffusionPipeline):
         conditioning: dict | None = None,
         annotation_version: str | None = None,
         source: dict | None = None,
+        prompt_encoder=None,
+        prompt_tokenizer=None,
     ):
+        """`prompt_encoder`, `prompt_tokenizer`: the SD folder's CLIP text encoder and tokenizer, for a
+        denoiser taking the global text as their token states (`text_chunks`; `tbd_lightning.sd_text`)."""
         super().__init__()
-        self.register_modules(denoiser=denoiser, scheduler=scheduler, vae=vae)
+        self.register_modules(denoiser=denoiser, scheduler=scheduler, vae=vae, prompt_encoder=prompt_encoder,
+                              prompt_tokenizer=prompt_tokenizer)  # fmt: skip
         self.register_to_config(
             text_encoder=None if text_encoder is None else str(text_encoder), media=media,
             conditioning=conditioning, annotation_version=annotation_version, source=source,
         )  # fmt: skip
         self._embedder = None  # built on the first call (the text encoder is a reference, not a component)
+        self._prompts = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> TBDPipeline:
@@ -176,6 +184,21 @@ class TBDPipeline(DiffusionPipeline):
             )
         return emb
 
+    def prompt_states(self, sentence: str) -> torch.Tensor | None:
+        """(chunks * 77, D) token states of the global sentence for a denoiser that takes them (None: it
+        takes sentence vectors); a sentence over its windows is refused (`PromptEncoder.windows`)."""
+        chunks = getattr(self.denoiser.config, "text_chunks", 0)
+        if not chunks:
+            return None
+        if self.prompt_encoder is None or self.prompt_tokenizer is None:
+            raise UserError("the denoiser takes SD text-encoder states but the pipeline has no prompt_encoder/: "
+                            "export it again with `tbd export`")  # fmt: skip
+        if self._prompts is None:
+            from tbd_lightning.sd_text import PromptEncoder
+
+            self._prompts = PromptEncoder(self.prompt_tokenizer, self.prompt_encoder, chunks)
+        return self._prompts.encode([sentence])[0]
+
     @torch.no_grad()
     def encode_reference(self, pixels: torch.Tensor) -> torch.Tensor:
         """(3, S, S) in [-1, 1] -> what the denoiser is conditioned on (pixels, or scaled VAE latents)."""
@@ -185,10 +208,12 @@ class TBDPipeline(DiffusionPipeline):
         return (latents * self.vae.config.scaling_factor)[0].float()
 
     def prepare_conditions(self, reference, audio_features, emb, n_local, mask, tokens, device,
-                           starts: list[int] | None = None, encoded: torch.Tensor | None = None) -> Conditions:  # fmt: skip
+                           starts: list[int] | None = None, encoded: torch.Tensor | None = None,
+                           global_states: torch.Tensor | None = None) -> Conditions:  # fmt: skip
         """One batch row per window of the training length starting at `starts` (default: back to back),
         the audio padded with the last frame's. `encoded`: the reference as `encode_reference` gave it
-        (encoded here when None). Memory grows with len(starts): callers pass bounded chunks."""
+        (encoded here when None); `global_states`: the global text as token states (`prompt_states`),
+        instead of `emb[0]`. Memory grows with len(starts): callers pass bounded chunks."""
         den, window = self.denoiser, self.frames
         starts = window_starts(len(audio_features), window) if starts is None else starts
         n_windows = len(starts)
@@ -203,7 +228,11 @@ class TBDPipeline(DiffusionPipeline):
         return Conditions(
             reference=encoded[None].expand(n_windows, -1, -1, -1),
             audio=torch.from_numpy(np.stack([feats[s : s + window] for s in starts])),
-            global_text=torch.from_numpy(emb[0])[None].expand(n_windows, -1),
+            global_text=(
+                torch.from_numpy(emb[0])[None].expand(n_windows, -1)
+                if global_states is None
+                else global_states[None].expand(n_windows, -1, -1)
+            ),  # fmt: skip
             local_text=local_text[None].expand(n_windows, -1, -1),
             local_valid=(torch.arange(den.config.max_local) < n_local)[None].expand(n_windows, -1),
             region_mask=mask[None, None, None].expand(n_windows, window, 1, *mask.shape),
@@ -274,6 +303,7 @@ class TBDPipeline(DiffusionPipeline):
         else:
             local, regions = list(local_text or []), tuple(regions or ())
         emb = self.encode_text([global_text, *local], device)
+        states = self.prompt_states(global_text)  # SD's text-encoder states, for a denoiser that takes them
 
         # 3. Each local sentence's region mask, and their union (the sampler's M; zero without local sentences)
         union, tokens, _ = token_masks(
@@ -287,14 +317,19 @@ class TBDPipeline(DiffusionPipeline):
 
         # 4. Windows of the training length (overlapping by the motion frames); conditions are built per
         # chunk of at most `max_frames_per_batch` frames, so memory does not grow with the speech
-        motion = min(guidance.motion_frames, self.frames - 1)
+        trained = int((self.config.conditioning or {}).get("motion_frames") or 0)  # given clean in training
+        motion = min(trained if guidance.motion_frames is None else guidance.motion_frames, self.frames - 1)
+        if trained and motion not in (0, trained):
+            log.warning(
+                "motion_frames %d: the model was trained with %d clean motion frames", motion, trained
+            )
         starts = window_starts(n_frames, self.frames, motion)
         ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
         encoded = self.encode_reference(ref.to(device))
 
         def conditions(chunk: list[int]) -> Conditions:
             return self.prepare_conditions(reference, audio_features, emb, len(local), mask, tokens, device,
-                                           chunk, encoded)  # fmt: skip
+                                           chunk, encoded, states)  # fmt: skip
 
         # 5. Sample with progressive guidance: independent windows in batches (the noise of every window
         # drawn first, so the batching does not change the result); with motion frames, each window after
@@ -312,7 +347,7 @@ class TBDPipeline(DiffusionPipeline):
 
         sample = lambda shape, cond, known=None, noise=None: sampler.sample(  # noqa: E731
             shape, cond, generator=generator, known=known, noise=noise, progress_bar=progress_bar,
-            callback=step_end)  # fmt: skip
+            callback=step_end, known_clean=trained > 0)  # fmt: skip
         if motion == 0 or len(starts) == 1:
             noise = torch.randn(shape, generator=generator, device=device)
             per = max(1, (max_frames_per_batch or len(starts) * self.frames) // self.frames)

@@ -49,7 +49,9 @@ class GuidanceConfig:
     guidance_rescale: float = (
         0.0  # Lin et al. 2023 (diffusers' guidance_rescale): 0 off, ~0.7 against oversaturation
     )
-    motion_frames: int = 0  # long videos: frames each window takes from the previous one (0: independent)
+    # long videos: frames each window takes from the previous one (0: independent windows; None: as many as
+    # the model was trained with, `TBDModule(motion_frames=)`, recorded in the pipeline's conditioning)
+    motion_frames: int | None = None
     interval: tuple[float, float] = (0.0, 1.0)  # progress range where guidance applies (outside: 1 branch)
 
     def __post_init__(self):
@@ -60,7 +62,7 @@ class GuidanceConfig:
         lo, hi = self.interval
         if not 0 <= lo < hi <= 1:
             raise ValueError(f"guidance interval {self.interval} must satisfy 0 <= lo < hi <= 1")
-        if self.motion_frames < 0:
+        if self.motion_frames is not None and self.motion_frames < 0:
             raise ValueError(f"motion_frames {self.motion_frames} must be >= 0")
 
     def weights(self, progress: float) -> tuple[float, float]:
@@ -172,11 +174,13 @@ class ProgressiveSampler:
     def sample(
         self, shape: tuple[int, ...], cond: Conditions, generator: torch.Generator | None = None,
         batched: bool = True, progress_bar: bool = False, callback=None, known: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None, known_clean: bool = False,
     ) -> torch.Tensor:  # fmt: skip
         """Denoise from seeded noise. `callback(step, t, x)` runs after each step and may return a new x.
-        `known` (B, k, C, h, w): the first k frames are these (motion frames of the previous window): at every
-        step they are replaced by `known` noised to the step's level, so the rest is sampled around them.
+        `known` (B, k, C, h, w): the first k frames are these (motion frames of the previous window). With
+        `known_clean` (a model trained with motion frames: `TBDModule(motion_frames=)`) the model sees them
+        clean at every step, as in training; otherwise they are replaced by `known` noised to the step's level
+        (RePaint's replacement), so the rest is sampled around them. Either way they are the output's first k.
         `noise` (`shape`): the starting noise (default: drawn from `generator`)."""
         device = cond.audio.device
         sched = self.scheduler
@@ -191,7 +195,10 @@ class ProgressiveSampler:
             x = torch.cat([sched.add_noise(known, known_noise, timesteps[:1]), x[:, k:]], 1)
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress_bar)):
             progress = 1.0 - float(t) / total
-            eps, _ = self.guided(sched.scale_model_input(x, t), t, cond, progress, batched)
+            model_input = sched.scale_model_input(x, t)
+            if known is not None and known_clean:  # in the model's input space, as training gives them
+                model_input = torch.cat([known.to(model_input.dtype), model_input[:, k:]], 1)
+            eps, _ = self.guided(model_input, t, cond, progress, batched)
             x = sched.step(eps, t, x).prev_sample
             if known is not None:
                 last = i == len(timesteps) - 1

@@ -6,7 +6,11 @@ as attention processors (`tbd_lightning.sd_processors`).
                                      the reference latent (t = 0, no text); every attn1 keeps its input,
                                      and in "read" mode concatenates it into its keys and values
                                      (Animate Anyone / Hallo's ReferenceNet, weight-shared)
-    attn2 (cross-attention):         global emotion tokens through SD's own text keys/values; speech
+                                     through a zero-initialised gate per layer (out = own +
+                                     gate * (joint - own)), so a new model is the pretrained UNet
+    attn2 (cross-attention):         the global emotion sentence as SD's own text encoder's per-token
+                                     states (`tbd_lightning.sd_text`; dropped = SD's empty prompt)
+                                     through SD's own text keys/values; speech
                                      (per-frame window of audio features) and each local muscle token
                                      (inside its own face region) through keys/values of their own,
                                      values zero-initialised: the pretrained UNet's output is unchanged
@@ -89,13 +93,16 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         max_local: int = MAX_LOCAL,
         max_frames: int = 32,
         global_tokens: int = 4,
+        text_chunks: int = 1,
         reference_attention: bool = True,
         in_channels: int = 4,
         ref_channels: int = 4,
         unet: UNetMotionModel | None = None,
     ):
         """`unet_config`: a UNetMotionModel config (as `SDVideoDenoiser.from_sd` records it); `unet`: an
-        already built one with weights (not saved in the config)."""
+        already built one with weights (not saved in the config). `text_chunks`: the global sentence comes
+        as SD's text encoder's states, `text_chunks` windows of 77 tokens (`tbd_lightning.sd_text`); 0: as
+        a sentence vector projected to `global_tokens` tokens (the pixel model's way)."""
         super().__init__()
         if unet is None and unet_config is None:
             raise ValueError("give unet_config (or build with SDVideoDenoiser.from_sd(folder))")
@@ -108,7 +115,10 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
             channels = self.unet.config.in_channels
             self.register_to_config(in_channels=channels, ref_channels=channels)
         dim = int(self.unet.config.cross_attention_dim)
-        self._init_condition_tokens(text_dim, audio_dim, audio_context, global_tokens, dim)
+        tokens = 77 * text_chunks if text_chunks else global_tokens
+        self._init_condition_tokens(
+            text_dim, audio_dim, audio_context, tokens, dim, project_global=not text_chunks
+        )
         self._install_processors()
         self._cache: tuple | None = None  # (the distinct reference rows, their features, the weights' key)
         self.cache_reference = True  # False: a write pass over every row in every forward (benchmarks)
@@ -141,7 +151,13 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         log.info(
             "UNet from %s%s", folder, f", motion modules from {motion_adapter}" if motion_adapter else ""
         )
-        return cls(unet=unet, **config)
+        model = cls(unet=unet, **config)
+        if model.config.text_chunks:  # a dropped global text is SD's unconditional: the empty prompt's states
+            from tbd_lightning.sd_text import PromptEncoder
+
+            empty = PromptEncoder.from_sd(folder, model.config.text_chunks).encode([""])[0]
+            model.null["global"].data.copy_(empty)
+        return model
 
     def _install_processors(self) -> None:
         procs = {}

@@ -1,8 +1,11 @@
 """Attention processors of the latent Draw denoiser (`tbd_lightning.sd_model`), the diffusers way.
 
 `ReferenceAttnProcessor` (attn1): in "write" mode keeps its input (the reference's features at this
-layer) in the call's bank; in "read" mode the keys and values are the frame's own tokens plus the
-reference's (repeated per frame); samples whose reference is dropped do not see those tokens.
+layer) in the call's bank; in "read" mode it attends over the frame's own tokens plus the reference's
+(repeated per frame) and blends: out = own + gate * (joint - own), `gate` a learned scalar per layer
+starting at 0 (a new model is exactly the pretrained UNet; at 1 it is Animate Anyone's concatenation);
+samples whose reference is dropped do not see those tokens. The blend costs one more attention over the
+frame's own tokens per layer.
 
 `ConditionCrossAttnProcessor` (attn2): out = to_out(A(q, text) + A(q, audio) + A(q, local)) with SD's
 own keys/values for the (global emotion) text and new ones for audio and local tokens (as IP-Adapter
@@ -32,31 +35,36 @@ def _attend(q, k, v, heads: int, bias=None) -> torch.Tensor:
     return out.transpose(1, 2).flatten(2)
 
 
-class ReferenceAttnProcessor:
-    """attn1 with reference attention; what to do comes in the call's `tbd` conditions (so a gradient-
+class ReferenceAttnProcessor(nn.Module):
+    """attn1 with gated reference attention; what to do comes in the call's `tbd` conditions (so a gradient-
     checkpointed block recomputes exactly what it computed): `mode` write | read, `bank` (layer -> features),
     `frames`, `keep` (B,) bool."""
 
     def __init__(self, name: str, enabled: bool = True):
+        super().__init__()
         self.name, self.enabled = name, enabled
+        self.gate = nn.Parameter(torch.zeros(()))  # 0: the reference changes nothing until it is learned
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  tbd: dict | None = None, **kwargs):  # fmt: skip
         mode = (tbd or {}).get("mode") if self.enabled else None
-        context, bias = hidden_states, None
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        out = _attend(q, k, v, attn.heads)
         if mode == "write":
             tbd["bank"][self.name] = hidden_states
         elif mode == "read":
-            frames, keep = tbd["frames"], tbd["keep"]
+            frames, keep, bias = tbd["frames"], tbd["keep"], None
             ref = tbd["bank"][self.name].repeat_interleave(frames, 0)
-            context = torch.cat([hidden_states, ref], 1)
             if keep is not None and not bool(keep.all()):
                 seen = keep.repeat_interleave(frames, 0)[:, None, None, None]  # (BT, 1, 1, 1)
                 n, m = hidden_states.shape[1], ref.shape[1]
                 floor = torch.finfo(hidden_states.dtype).min
                 ref_bias = torch.where(seen, 0.0, floor).to(hidden_states.dtype).expand(-1, 1, 1, m)
                 bias = torch.cat([torch.zeros_like(ref_bias[..., :1]).expand(-1, 1, 1, n), ref_bias], -1)
-        out = _attend(attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attn.heads, bias)
+            joint = _attend(
+                q, torch.cat([k, attn.to_k(ref)], 1), torch.cat([v, attn.to_v(ref)], 1), attn.heads, bias
+            )
+            out = out + self.gate.to(out.dtype) * (joint - out)
         return attn.to_out[1](attn.to_out[0](out.to(hidden_states.dtype)))
 
 

@@ -128,3 +128,35 @@ def cot_sentences(cot: dict, max_local: int, label_only: bool = False) -> tuple[
 def cot_token_regions(cot: dict, max_local: int) -> tuple[str, ...]:
     """The face region of each local sentence of `cot_sentences` (one per AU, same order)."""
     return tuple(u["region"] for u in cot["action_units"])[:max_local]
+
+
+class CotTexts:
+    """A CoT's text conditions, as the loader serves them: `global_text` and `label_text` (sentence vectors
+    (D,), or SD's text encoder's token states (chunks * 77, D_cross) when `prompt_encoder` names an SD
+    folder: `tbd_lightning.sd_text`), `local_text` (max_local, D) zero-padded and `local_valid` (max_local,)."""
+
+    def __init__(self, text_encoder=None, cache_dir=None, max_local: int = 8, prompt_encoder=None,
+                 text_chunks: int = 1):  # fmt: skip
+        self.args = (text_encoder, cache_dir, max_local, prompt_encoder, text_chunks)
+        self._sentences = self._prompts = None
+
+    def __call__(self, cot: dict) -> dict:
+        import torch
+
+        text_encoder, cache_dir, max_local, prompt_encoder, chunks = self.args
+        if self._sentences is None:  # built in the worker that uses them
+            self._sentences = TextEmbedder(text_encoder, cache_dir=cache_dir)
+            if prompt_encoder:
+                from tbd_lightning.sd_text import PromptEncoder
+
+                self._prompts = PromptEncoder.from_sd(prompt_encoder, chunks, cache_dir)
+        global_text, local = cot_sentences(cot, max_local)
+        label_text, _ = cot_sentences(cot, max_local, label_only=True)
+        texts = torch.from_numpy(self._sentences.embed([global_text, label_text, *local]))
+        local_emb = torch.zeros(max_local, texts.shape[1])
+        local_emb[: len(local)] = texts[2:]
+        out = {"global_text": texts[0], "label_text": texts[1], "local_text": local_emb,
+               "local_valid": torch.arange(max_local) < len(local)}  # fmt: skip
+        if self._prompts is not None:
+            out["global_text"], out["label_text"] = self._prompts.encode([global_text, label_text]).half()
+        return out

@@ -52,6 +52,15 @@ def _latent_scale(module: TBDModule) -> int:
     return module.latent_scale
 
 
+def _prompt_encoder(module: TBDModule) -> str | None:
+    """The SD folder whose text encoder makes the global text's token states (None: sentence vectors)."""
+    return module.hparams.pretrained if getattr(module.model.config, "text_chunks", 0) else None
+
+
+def _text_chunks(module: TBDModule) -> int:
+    return int(getattr(module.model.config, "text_chunks", 0) or 1)
+
+
 class TBDCLI(LightningCLI):
     def __init__(self, args: list[str], ray_mode: bool = False):
         self.ray_mode = ray_mode
@@ -68,6 +77,10 @@ class TBDCLI(LightningCLI):
         # One truth for the number of local (per-AU) sentences: the model's.
         parser.link_arguments("model", "data.max_local", compute_fn=_max_local, apply_on="instantiate")
         parser.link_arguments("model", "data.latent_scale", compute_fn=_latent_scale, apply_on="instantiate")
+        parser.link_arguments(
+            "model", "data.prompt_encoder", compute_fn=_prompt_encoder, apply_on="instantiate"
+        )
+        parser.link_arguments("model", "data.text_chunks", compute_fn=_text_chunks, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config

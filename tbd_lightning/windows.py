@@ -1,7 +1,8 @@
 """Long videos in windows of the training length, and the seam they may leave.
 
 With `motion` frames (> 0) every window after the first starts with the last `motion` frames of the one
-before (Hallo's motion frames; here they are imposed while sampling: `ProgressiveSampler.sample(known=)`),
+before (motion frames: trained as clean leading frames, `TBDModule(motion_frames=)`, and given clean while
+sampling, `ProgressiveSampler.sample(known=, known_clean=)`),
 so consecutive windows share frames and are sampled one after another. Without, windows are independent
 and sampled as one batch.
 

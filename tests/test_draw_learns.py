@@ -14,19 +14,19 @@ def mead(datasets):
     return datasets["mead"]["data"], datasets["mead"]["annotate"]["version"]
 
 
-@pytest.mark.slow
-def test_a_briefly_trained_model_draws_faces(mead, tmp_path):
-    from media.au_measure import track_generated
+@pytest.fixture(scope="module")
+def trained(mead, tmp_path_factory):
+    """150 steps on 4-frame windows at 32 px, half of them with the first 2 frames given clean (the motion
+    frames, `TBDModule(motion_frames=2)`); the pipeline records that, so long videos continue from them."""
     from tbd_lightning.data import TBDDataModule
     from tbd_lightning.module import TBDModule
     from tbd_lightning.pipeline import TBDPipeline
-    from tbd_lightning.sampler import GuidanceConfig
 
     data, version = mead
     torch.manual_seed(0)
     dm = TBDDataModule(str(data), version, frames=4, batch_size=4, train_batches=STEPS, size=32,
-                       text_cache=str(tmp_path / "text"))  # fmt: skip
-    module = TBDModule(prediction_type="sample", lr=2e-3, warmup_steps=10)  # as configs/train/tiny.yaml
+                       text_cache=str(tmp_path_factory.mktemp("text")))  # fmt: skip
+    module = TBDModule(prediction_type="sample", lr=2e-3, warmup_steps=10, motion_frames=2)  # as tiny.yaml
     opt = torch.optim.AdamW(module.model.parameters(), lr=2e-3)
     for batch in dm.train_dataloader():
         loss = module.diffusion_loss(batch)
@@ -34,8 +34,16 @@ def test_a_briefly_trained_model_draws_faces(mead, tmp_path):
         opt.step()
         opt.zero_grad()
     pipe = TBDPipeline(module.model.eval(), module.scheduler, media={"fps": 25, "crop_size": 64},
-                       conditioning={"frames": 4, "size": 32})  # fmt: skip
-    val = next(iter(dm.val_dataloader()))
+                       conditioning={"frames": 4, "size": 32, "motion_frames": 2})  # fmt: skip
+    return pipe, next(iter(dm.val_dataloader()))
+
+
+@pytest.mark.slow
+def test_a_briefly_trained_model_draws_faces(trained):
+    from media.au_measure import track_generated
+    from tbd_lightning.sampler import GuidanceConfig
+
+    pipe, val = trained
     reference = ((val["reference"][0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
     landmarks = val["landmarks"][0, 0].numpy()
     frames = pipe(reference, landmarks, val["audio"][0].numpy(), global_text="a face, speaking",
@@ -46,6 +54,26 @@ def test_a_briefly_trained_model_draws_faces(mead, tmp_path):
     ).any(axis=(1, 2))
     assert real.mean() == 1.0
     assert found.mean() >= 0.9, f"faces in {found.mean():.0%} of generated frames"
+
+
+@pytest.mark.slow
+def test_motion_frames_learned_in_training_close_the_seams(trained):
+    """A 20-frame video in 4-frame windows: continuing each window from the last 2 frames of the one before
+    (given clean, as trained) leaves a smaller jump at window boundaries than independent windows do, and
+    no larger than a plain frame-to-frame change allows (seam ratio, `tbd_lightning.windows`)."""
+    from tbd_lightning.sampler import GuidanceConfig
+
+    pipe, val = trained
+    reference = ((val["reference"][0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    landmarks, audio = val["landmarks"][0, 0].numpy(), np.tile(val["audio"][0].numpy(), (5, 1))
+    ratios = {}
+    for motion in (0, 2):
+        out = pipe(reference, landmarks, audio, global_text="a face, speaking", seed=3,
+                   guidance=GuidanceConfig(steps=10, audio_scale=1.5, global_scale=1.0, local_scale=1.0,
+                                           motion_frames=motion))  # fmt: skip
+        assert out.motion_frames == motion and len(out.frames) == 20
+        ratios[motion] = out.seam_ratio
+    assert ratios[2] < ratios[0] and ratios[2] < 1.5, ratios
 
 
 STEPS = 150

@@ -6,6 +6,7 @@ same commands as the pixel model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,9 +33,13 @@ def denoiser(tiny_sd):
 
     torch.manual_seed(0)
     model = SDVideoDenoiser.from_sd(tiny_sd, tiny_sd / "motion_adapter", max_frames=8).eval()
-    for p in model.parameters():  # the zero-initialised values and motion outputs would hide every effect
+    for (
+        p
+    ) in model.parameters():  # the zero-initialised values, motion outputs and gates would hide every effect
         if p.dim() > 1 and p.abs().max() == 0:
             torch.nn.init.normal_(p, std=0.05)
+        elif p.dim() == 0:  # the reference gates: 1 = Animate Anyone's concatenation
+            p.data.fill_(1.0)
     return model
 
 
@@ -44,7 +49,7 @@ def conditions(b: int = 1, t: int = 4, s: int = 8, g: torch.Generator | None = N
     masks[:, :, 0, : s // 2] = 1.0  # token 1: top rows
     masks[:, :, 1, s + s // 2 :] = 1.0  # token 2: bottom rows
     return Conditions(
-        torch.randn(b, 4, s, s, generator=g), torch.randn(b, t, 80, generator=g), torch.randn(b, 384, generator=g),
+        torch.randn(b, 4, s, s, generator=g), torch.randn(b, t, 80, generator=g), torch.randn(b, 77, 32, generator=g),
         torch.randn(b, 8, 384, generator=g), (torch.arange(8) < 2)[None].expand(b, -1), masks.amax(2, keepdim=True),
         None, masks,
     )  # fmt: skip
@@ -78,21 +83,59 @@ def test_every_unet_and_motion_weight_lands_by_name(tiny_sd):
 
 
 def test_a_new_denoiser_is_the_pretrained_unet_until_its_new_parts_learn(tiny_sd):
-    """Zero-initialised audio/local values and motion outputs: without a reference, the video model's output
-    for each frame is the image UNet's for that frame with the global tokens as text."""
+    """Reference attention on (the default): zero-initialised reference gates, audio/local values and motion
+    outputs make a new video model's output for each frame the image UNet's for that frame, with the global
+    sentence as SD's own text encoder's states (what its cross-attention was trained on)."""
     from diffusers import UNet2DConditionModel
 
     from tbd_lightning.sd_model import SDVideoDenoiser
+    from tbd_lightning.sd_text import PromptEncoder
 
-    model = SDVideoDenoiser.from_sd(tiny_sd, reference_attention=False).eval()
+    model = SDVideoDenoiser.from_sd(tiny_sd).eval()
+    assert model.config.reference_attention and model.config.text_chunks == 1
     unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet").eval()
-    cond = conditions(t=2)
+    states = PromptEncoder.from_sd(tiny_sd).encode(["a slight, one-sided smile of contempt"])
+    cond = dataclasses.replace(conditions(t=2), global_text=states)
     x = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ours = model(x, torch.tensor(400), cond)
-        tokens = model.global_proj(cond.global_text).reshape(1, model.config.global_tokens, -1)
-        theirs = unet(x[0], torch.tensor(400), encoder_hidden_states=tokens.expand(2, -1, -1)).sample
-    assert torch.allclose(ours[0], theirs, atol=1e-4)
+        theirs = unet(x[0], torch.tensor(400), encoder_hidden_states=states.expand(2, -1, -1)).sample
+        assert model.reference_passes == 1  # the reference was written and read, through gates at 0
+        for p in model.parameters():
+            if p.dim() == 0:
+                p.data.fill_(0.5)
+        gated = model(x, torch.tensor(400), cond)
+    assert torch.allclose(ours[0], theirs, atol=1e-5)
+    assert (gated[0] - theirs).abs().max() > 1e-4  # open gates: the reference acts
+
+
+def test_sd_text_states_are_encode_prompt_and_long_texts_split_or_refused(tiny_sd):
+    """The global text's states are `StableDiffusionPipeline.encode_prompt`'s; a text over one 77-token
+    window is split into windows (`text_chunks`) or refused with its token count, never cut."""
+    from diffusers import StableDiffusionPipeline
+
+    from tbd_core.errors import UserError
+    from tbd_lightning.sd_text import PromptEncoder
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_sd, safety_checker=None, requires_safety_checker=False
+    )
+    sentence = "the brows draw together"
+    theirs, _ = pipe.encode_prompt(sentence, "cpu", 1, do_classifier_free_guidance=False)
+    one = PromptEncoder.from_sd(tiny_sd)
+    assert torch.allclose(one.encode([sentence]), theirs.half().float())
+    long = " ".join(["smile"] * 20)  # the tiny tokenizer's tokens are bytes: 100 tokens, two windows
+    with pytest.raises(UserError, match="100 CLIP tokens, more than 1 window"):
+        one.encode([long])
+    two = PromptEncoder.from_sd(tiny_sd, chunks=2)
+    states = two.encode([long, sentence])
+    assert states.shape == (2, 154, 32)
+    first, _ = pipe.encode_prompt(" ".join(["smile"] * 15), "cpu", 1, do_classifier_free_guidance=False)
+    assert torch.allclose(states[0, :77], first.half().float()[0])  # window 1: the first 75 tokens
+    empty, _ = pipe.encode_prompt("", "cpu", 1, do_classifier_free_guidance=False)
+    assert torch.allclose(
+        states[1, 77:], empty.half().float()[0]
+    )  # a short text padded with the empty prompt
 
 
 def test_a_local_token_acts_only_inside_its_own_region(denoiser):
@@ -270,3 +313,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(denoiser):
         denoiser.zero_grad()
     assert plain.keys() == checkpointed.keys() and len(plain) > 100
     assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
+
+
+def test_texts_too_long_for_the_windows_stop_training_before_it_starts(tiny_sd, datasets, tmp_path):
+    """The loader serves SD's text-encoder states of the global and label sentences; a corpus whose
+    sentences need more windows than the model has is refused at setup, with the count to set."""
+    from tbd_core.errors import UserError
+    from tbd_lightning.data import TBDDataModule
+
+    kw = dict(
+        data=str(datasets["mead"]["data"]), prompt_encoder=str(tiny_sd), text_cache=str(tmp_path), frames=4
+    )
+    with pytest.raises(UserError, match=r"distinct texts need more than 1 window.*text_chunks 2"):
+        TBDDataModule(text_chunks=1, **kw).setup("fit")
+    dm = TBDDataModule(text_chunks=2, **kw)
+    dm.setup("fit")
+    item = next(iter(dm.train_dataloader().dataset))
+    assert item["global_text"].shape == item["label_text"].shape == (154, 32)
+    assert item["local_text"].shape[-1] == 384  # local sentences stay sentence vectors

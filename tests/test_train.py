@@ -445,3 +445,47 @@ def test_ema_export_after_a_short_run_is_the_trained_weights(callback, tmp_path)
         assert EMADecay(0.9999, use_warmup=False).at(10) == 11 / 20
     else:
         assert share_initial > 0.2, share_initial  # the old path fails the bound the new one passes
+
+
+def test_motion_frames_are_given_clean_and_not_scored():
+    """With motion frames (as sampling continues a long video) the first k frames enter the model clean
+    and carry no loss: the loss is the same whatever the model predicts there."""
+    from tbd_lightning.module import TBDModule
+
+    torch.manual_seed(0)
+    module = TBDModule(prediction_type="sample", motion_frames=2, motion_prob=1.0)
+    b, t = 2, 4
+    g = torch.Generator().manual_seed(0)
+    batch = dict(
+        video=torch.rand(b, t, 3, 16, 16, generator=g) * 2 - 1, reference=torch.rand(b, 3, 16, 16, generator=g) * 2 - 1,
+        audio=torch.randn(b, t, 80, generator=g), global_text=torch.randn(b, 384, generator=g),
+        local_text=torch.randn(b, 8, 384, generator=g), local_valid=torch.arange(8)[None].expand(b, 8) < 2,
+        label_text=torch.randn(b, 384, generator=g), mouth=torch.rand(b, t, 1, 16, 16, generator=g), key=["a", "b"],
+    )  # fmt: skip
+    module.model = spy = Spy(module.model)
+    loss = module.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(spy.seen[:, :2], batch["video"][:, :2])  # clean (pixel space: x0 is the video)
+    assert not torch.allclose(spy.seen[:, 2:], batch["video"][:, 2:])  # the rest noised
+    spy.first = 99.0  # whatever the model says about the given frames
+    assert torch.allclose(module.diffusion_loss(batch, generator=torch.Generator().manual_seed(1)), loss)
+    plain = TBDModule(prediction_type="sample", motion_frames=0)
+    plain.model = spy = Spy(plain.model)
+    plain.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(spy.seen[:, :2], batch["video"][:, :2])  # without: every frame noised
+
+
+class Spy(torch.nn.Module):
+    """The real denoiser, recording its input; `first` replaces its output on the first two frames."""
+
+    def __init__(self, inner, first: float | None = None):
+        super().__init__()
+        self.inner, self.first, self.seen = inner, first, None
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    def forward(self, x, t, cond):
+        self.seen = x
+        out = self.inner(x, t, cond)
+        return out if self.first is None else torch.cat([out[:, :2] * 0 + self.first, out[:, 2:]], 1)
