@@ -66,17 +66,31 @@ class TextEmbedder:
         self._memory: dict[str, np.ndarray] = {}
         self.computed = 0
 
+    def _check_lengths(self, sentences: list[str]) -> None:
+        """Refuse a sentence longer than the encoder reads (CLIP: 77 tokens; sentence-transformers: its
+        `max_seq_length`), which it would otherwise cut without a word."""
+        tokenizer = self.tokenizer or self.model.tokenizer
+        limit = (
+            min(self.model.config.max_position_embeddings, 77)
+            if self.tokenizer
+            else self.model.max_seq_length
+        )
+        for s, ids in zip(sentences, tokenizer(sentences, verbose=False)["input_ids"], strict=True):
+            if len(ids) > limit:
+                from tbd_core.errors import UserError
+
+                raise UserError(f"a text of {len(ids)} tokens, over the {limit} the text encoder {self.path} reads "
+                                f"(it would be cut): shorten it: {s[:80]!r}...")  # fmt: skip
+
     def _encode(self, sentences: list[str]) -> np.ndarray:
+        self._check_lengths(sentences)
         if self.tokenizer is None:
             return self.model.encode(
                 sentences, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
             )
         import torch
 
-        limit = min(self.model.config.max_position_embeddings, 77)
-        inputs = self.tokenizer(
-            sentences, padding=True, truncation=True, max_length=limit, return_tensors="pt"
-        )
+        inputs = self.tokenizer(sentences, padding=True, return_tensors="pt")
         with torch.no_grad():
             emb = self.model(**inputs.to(self.device)).text_embeds
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from tbd_core.errors import UserError
 from tbd_core.tracking import run_ref
 from tests.conftest import offline_env, run_tbd
 
@@ -323,6 +324,10 @@ def test_clip_text_encoder_from_a_local_folder(tiny_llm, tmp_path):
     assert (tmp_path / "cache" / emb.encoder_id).is_dir()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TextEmbedder(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="over the 77 the text encoder .* reads"):  # CLIP's context: never cut
+        emb.embed(["the brows draw together " * 20])
+    with pytest.raises(UserError, match="over the 256 the text encoder"):  # the default MiniLM's limit
+        TextEmbedder().embed(["the brows draw together " * 80])
 
 
 def test_latent_training_with_a_local_vae_and_init_from_weights(tmp_path):
