@@ -46,7 +46,7 @@ def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[st
 
     from pipelines.data_folder import DataFolder
     from pipelines.shards import tar_members
-    from tbd_lightning.data import ReferenceBank, decode_mp4
+    from tbd_lightning.data import ReferenceBank, decode_frames
 
     folder = DataFolder(config.data)
     shards = folder.aligned_shards(version)
@@ -74,25 +74,26 @@ def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[st
         for key, members in tar_members(shards[index].media_tar):
             if key not in wanted:
                 continue
-            full = decode_mp4(members["mp4"])
-            video = full[: config.max_frames]
+            meta = json.loads(members["json"])
+            total = int(meta["frames"])  # only the scored frames are decoded (and a reference frame, below)
+            video = decode_frames(members["mp4"], 0, min(config.max_frames, total), meta["fps"])
             t = len(video)
             frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in video])
             _, wav = wavfile.read(io.BytesIO(members["wav"]))
             wav = wav.astype(np.float32) / (32768.0 if wav.dtype == np.int16 else 1.0)
             lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)[:t]
             feats = np.load(io.BytesIO(members["audio.npy"])).astype(np.float32)[:t]
-            meta = json.loads(members["json"])
             ref = references.pick(meta["speaker"], key, None)
-            if ref is None and len(full) <= t:  # one clip, no frame outside the scored window: skipped
+            if ref is None and total <= t:  # one clip, no frame outside the scored window: skipped
                 skipped[key] = (
                     f"speaker {meta['speaker']} has no other clip and no frame outside the scored {t}"
                 )
                 continue
             if ref is None:  # one clip: its last frame, outside the scored window, said so in the key
                 full_lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)
-                ref_frame = cv2.resize(full[-1], (size, size), interpolation=cv2.INTER_AREA)
-                ref_lm, ref_key = full_lm[len(full) - 1], f"{key}@frame{len(full) - 1}"
+                last = decode_frames(members["mp4"], total - 1, 1, meta["fps"])[0]
+                ref_frame = cv2.resize(last, (size, size), interpolation=cv2.INTER_AREA)
+                ref_lm, ref_key = full_lm[total - 1], f"{key}@frame{total - 1}"
             else:
                 ref_frame = cv2.resize(ref.frame, (size, size), interpolation=cv2.INTER_AREA)
                 ref_lm, ref_key = ref.landmarks, ref.key
