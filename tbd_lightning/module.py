@@ -73,7 +73,7 @@ class TBDModule(pl.LightningModule):
         motion_adapter: str | None = None,
         trainable: str = "all",
         optimizer: str = "adamw",
-        motion_frames: int = 2,
+        motion_frames: int = 0,
         motion_prob: float = 0.5,
     ):
         """`model` names a preset of `TBDVideoDenoiser` (tiny | base | full) or `sd`: the latent
@@ -84,7 +84,8 @@ class TBDModule(pl.LightningModule):
         `model_overrides` the denoiser's fields;
         `motion_frames`, `motion_prob`: that share of training windows gets its first `motion_frames` frames
         clean (no noise, no loss there), as sampling gives a long video's windows the last frames of the
-        window before (`ProgressiveSampler.sample(known=)`); 0 trains independent windows only;
+        window before (`ProgressiveSampler.sample(known=)`); 0 (the default) trains independent windows only:
+        on the demo's conditioning check 2 clean frames cut the speech effect from 0.374 to 0.140;
         `branches` how often each guidance branch is trained (`tbd_lightning.branches`: none, a, ag, label; the
         rest trains the full branch); `reference_drop` drops the reference on top, for an identity scale of
         its own (0: the reference is in every branch)."""

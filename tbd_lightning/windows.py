@@ -1,8 +1,8 @@
 """Long videos in windows of the training length, and the seam they may leave.
 
 With `motion` frames (> 0) every window after the first starts with the last `motion` frames of the one
-before (motion frames: trained as clean leading frames, `TBDModule(motion_frames=)`, and given clean while
-sampling, `ProgressiveSampler.sample(known=, known_clean=)`),
+before (motion frames: imposed at each step's noise level, or, for a model trained with clean leading
+frames, `TBDModule(motion_frames=)`, given clean as trained: `ProgressiveSampler.sample(known=, known_clean=)`),
 so consecutive windows share frames and are sampled one after another. Without, windows are independent
 and sampled as one batch.
 

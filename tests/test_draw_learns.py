@@ -26,7 +26,9 @@ def trained(mead, tmp_path_factory):
     torch.manual_seed(0)
     dm = TBDDataModule(str(data), version, frames=4, batch_size=4, train_batches=STEPS, size=32,
                        text_cache=str(tmp_path_factory.mktemp("text")))  # fmt: skip
-    module = TBDModule(prediction_type="sample", lr=2e-3, warmup_steps=10, motion_frames=2)  # as tiny.yaml
+    module = TBDModule(
+        prediction_type="sample", lr=2e-3, warmup_steps=10, motion_frames=2
+    )  # tiny.yaml + motion
     opt = torch.optim.AdamW(module.model.parameters(), lr=2e-3)
     for batch in dm.train_dataloader():
         loss = module.diffusion_loss(batch)

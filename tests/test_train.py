@@ -345,13 +345,7 @@ def test_latent_training_with_a_local_vae_and_init_from_weights(tmp_path):
     latent = dict(in_channels=4, out_channels=4, ref_channels=4)
     module = TBDModule(vae_path=str(tmp_path / "vae"), model_overrides=latent)
     b, t = 2, 4
-    g = torch.Generator().manual_seed(0)
-    batch = dict(
-        video=torch.rand(b, t, 3, 32, 32, generator=g) * 2 - 1, reference=torch.rand(b, 3, 32, 32, generator=g) * 2 - 1,
-        audio=torch.randn(b, t, 80, generator=g), global_text=torch.randn(b, 384, generator=g),
-        local_text=torch.randn(b, 8, 384, generator=g), local_valid=torch.arange(8)[None].expand(b, 8) < 2,
-        mask=torch.rand(b, t, 1, 32, 32, generator=g), mouth=torch.rand(b, t, 1, 32, 32, generator=g), key=["a", "b"],
-    )  # fmt: skip
+    batch = synthetic_batch(b, t, 32)
     assert module.encode(batch["video"]).shape == (b, t, 4, 16, 16)
     module.diffusion_loss(batch).backward()
     assert all(p.grad is None for p in module.vae.parameters())
@@ -459,14 +453,7 @@ def test_motion_frames_are_given_clean_and_not_scored():
 
     torch.manual_seed(0)
     module = TBDModule(prediction_type="sample", motion_frames=2, motion_prob=1.0)
-    b, t = 2, 4
-    g = torch.Generator().manual_seed(0)
-    batch = dict(
-        video=torch.rand(b, t, 3, 16, 16, generator=g) * 2 - 1, reference=torch.rand(b, 3, 16, 16, generator=g) * 2 - 1,
-        audio=torch.randn(b, t, 80, generator=g), global_text=torch.randn(b, 384, generator=g),
-        local_text=torch.randn(b, 8, 384, generator=g), local_valid=torch.arange(8)[None].expand(b, 8) < 2,
-        label_text=torch.randn(b, 384, generator=g), mouth=torch.rand(b, t, 1, 16, 16, generator=g), key=["a", "b"],
-    )  # fmt: skip
+    batch = synthetic_batch(2, 4, 16)
     module.model = spy = Spy(module.model)
     loss = module.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))
     assert torch.equal(spy.seen[:, :2], batch["video"][:, :2])  # clean (pixel space: x0 is the video)
@@ -494,3 +481,15 @@ class Spy(torch.nn.Module):
         self.seen = x
         out = self.inner(x, t, cond)
         return out if self.first is None else torch.cat([out[:, :2] * 0 + self.first, out[:, 2:]], 1)
+
+
+def synthetic_batch(b: int, t: int, s: int) -> dict:
+    """A batch as the loader serves it (random values): frames, reference, audio, texts, masks."""
+    g = torch.Generator().manual_seed(0)
+    return dict(
+        video=torch.rand(b, t, 3, s, s, generator=g) * 2 - 1, reference=torch.rand(b, 3, s, s, generator=g) * 2 - 1,
+        audio=torch.randn(b, t, 80, generator=g), global_text=torch.randn(b, 384, generator=g),
+        label_text=torch.randn(b, 384, generator=g), local_text=torch.randn(b, 8, 384, generator=g),
+        local_valid=torch.arange(8)[None].expand(b, 8) < 2, mask=torch.rand(b, t, 1, s, s, generator=g),
+        mouth=torch.rand(b, t, 1, s, s, generator=g), key=[str(i) for i in range(b)],
+    )  # fmt: skip
