@@ -4,8 +4,9 @@
     video = pipe(crop, landmarks, audio_features, cot=cot, guidance=GuidanceConfig(steps=20)).frames
 
 `save_pretrained` writes `model_index.json` (components and the plain values below), `denoiser/`,
-`scheduler/` (the training `DDPMScheduler`; the sampler derives DDIM/Euler/DPM from it) and `vae/` for
-latent models. Plain values, restored by `from_pretrained`: `text_encoder` (a local sentence-transformers
+`scheduler/` (the training `DDPMScheduler`; the sampler derives DDIM/Euler/DPM from it), `vae/` for
+latent models and, for an SD denoiser taking the global text as token states, `prompt_encoder/` and
+`prompt_tokenizer/` (the SD folder's CLIP text encoder and tokenizer). Plain values, restored by `from_pretrained`: `text_encoder` (a local sentence-transformers
 or CLIP folder; None = the offline default asset), `media` (the `MediaConfig` the training shards were
 made with: generation inputs must be made the same way), `conditioning` (window `frames`, pixel `size`,
 prediction type, condition dropout), `annotation_version` (of the training CoTs) and `source` (checkpoint,
