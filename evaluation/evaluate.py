@@ -60,12 +60,17 @@ class EvaluateConfig(BaseModel):
     seed: int = 0
     ablations: bool = False
     out: Path | None = None
-    fid_net: Path | None = None  # a TorchScript feature network (e.g. a local InceptionV3), for FID
+    fid_net: Path | None = None
+    """A TorchScript feature network (e.g. a local InceptionV3), for FID."""
     # The standard metrics, each from the user's weights (`evaluation.standard`; protocols in the report):
-    syncnet: Path | None = None  # syncnet_python's syncnet_v2.model: Sync-C / Sync-D
-    lpips_backbone: Path | None = None  # torchvision AlexNet weights (alexnet-owt-7be5be79.pth): LPIPS
-    fvd_net: Path | None = None  # I3D as TorchScript (StyleGAN-V's i3d_torchscript.pt): FVD
-    arcface: Path | None = None  # an ArcFace ONNX model (insightface's w600k_r50.onnx): CSIM
+    syncnet: Path | None = None
+    """syncnet_python's syncnet_v2.model: Sync-C / Sync-D."""
+    lpips_backbone: Path | None = None
+    """torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth): LPIPS v0.1 with lpips' heads."""
+    fvd_net: Path | None = None
+    """I3D as TorchScript (StyleGAN-V's i3d_torchscript.pt): FVD on 16-frame clips at 224 px."""
+    arcface: Path | None = None
+    """An ArcFace ONNX model (insightface's w600k_r50.onnx): CSIM to the reference portrait."""
     groundtruth: Path | None = None  # the demo corpus folder (its corpus.json and groundtruth/)
     tracking_uri: str | None = None
     device: str | None = None
