@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from evaluation.syncnet import PROTOCOL as SYNC_PROTOCOL
+from evaluation.syncnet import load_state
 from tbd_core.errors import UserError
 
 FVD_FRAMES, FVD_SIZE = 16, 224
@@ -68,9 +69,9 @@ class LPIPS(nn.Module):
         """`backbone`: torchvision AlexNet state dict (keys `features.N.*`, `classifier.*` ignored);
         `heads`: lpips' `weights/v0.1/alex.pth` (keys `lin{k}.model.1.weight`)."""
         net = cls()
-        sd = _state(backbone, "a torchvision AlexNet state dict (alexnet-owt-7be5be79.pth)")
+        sd = load_state(backbone, "a torchvision AlexNet state dict (alexnet-owt-7be5be79.pth)")
         feats = {k[len("features.") :]: v for k, v in sd.items() if k.startswith("features.")}
-        lins = _state(heads, "lpips' weights/v0.1/alex.pth")
+        lins = load_state(heads, "lpips' weights/v0.1/alex.pth")
         try:
             net.features.load_state_dict(feats)
             for k, lin in enumerate(net.lins):
@@ -94,15 +95,6 @@ class LPIPS(nn.Module):
             if i in self.taps:
                 out.append(x)
         return out
-
-
-def _state(path: Path, what: str) -> dict:
-    if not Path(path).is_file():
-        raise UserError(f"{path} not found: give {what}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise UserError(f"{path} is not {what}: {e}") from e
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -68,13 +68,20 @@ class SyncNet(nn.Module):
         return self.netfclip(self.netcnnlip(x).flatten(1))
 
 
+def load_state(path: Path | str, what: str):
+    """A user's weight file read safely (`weights_only`); UserError naming `what` when missing or unreadable."""
+    if not Path(path).is_file():
+        raise UserError(f"{path} not found: give {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise UserError(f"{path} is not {what}: {e}") from e
+
+
 def load_syncnet(path: Path | str) -> SyncNet:
     """The user's `syncnet_v2.model` (a state dict with the keys of `SyncNet`; `num_batches_tracked` may be
     absent, as in files saved by old torch). Raises `UserError` for a missing file or other keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"syncnet weights {path} not found: give the syncnet_v2.model file of syncnet_python")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state(path, "the syncnet_v2.model file of syncnet_python")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     net = SyncNet()
     try:

@@ -133,9 +133,8 @@ def _mp4(frames, fps: int, crf: int, expected: int | None = None) -> bytes:
     """H.264 bytes of frames (an array or an iterable, encoded as they come)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
-        n = write_mp4(
-            path, frames, fps=fps, crf=crf, keyframe_every=2 * fps
-        )  # a training window seeks: 2 s GOPs
+        # a training window seeks: 2 s GOPs
+        n = write_mp4(path, frames, fps=fps, crf=crf, keyframe_every=2 * fps)
         if expected is not None and n != expected:
             raise ValueError(f"the second decode gave {n} frames, the first {expected}")
         return path.read_bytes()

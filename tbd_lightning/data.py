@@ -335,8 +335,11 @@ class TBDDataModule(pl.LightningDataModule):
             from tbd_lightning.sd_text import PromptEncoder
             from tbd_lightning.text import cot_sentences
 
-            texts = [t for s in self.shards for a in self.folder.annotation_members(self.version, s.name).values()
-                     if a["validation"]["outcome"] != "rejected" for t in (cot_sentences(a["cot"], 0)[0], cot_sentences(a["cot"], 0, True)[0])]  # fmt: skip
+            texts = []
+            for shard in self.shards:
+                for ann in self.folder.annotation_members(self.version, shard.name).values():
+                    if ann["validation"]["outcome"] != "rejected":  # the global and the label-only sentence
+                        texts += [cot_sentences(ann["cot"], 0)[0], cot_sentences(ann["cot"], 0, True)[0]]
             PromptEncoder.check_lengths(self.hparams.prompt_encoder, texts, self.hparams.text_chunks)
 
     def _dataset(self, splits: set[str], batches: int, resample: bool, seed: int) -> ClipWindows:

@@ -42,17 +42,10 @@ def pipeline_from_module(module, data_hparams: dict, source: dict):
     }  # fmt: skip
     prompts = {}
     if getattr(module.model.config, "text_chunks", 0):  # SD: the global text through its own text encoder
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from tbd_lightning.sd_text import load_clip_text
 
-        folder = module.hparams["pretrained"]
-        prompts = dict(
-            prompt_encoder=CLIPTextModel.from_pretrained(
-                folder, subfolder="text_encoder", local_files_only=True
-            ),
-            prompt_tokenizer=CLIPTokenizer.from_pretrained(
-                folder, subfolder="tokenizer", local_files_only=True
-            ),
-        )
+        tokenizer, encoder = load_clip_text(module.hparams["pretrained"])
+        prompts = dict(prompt_encoder=encoder, prompt_tokenizer=tokenizer)
     return TBDPipeline(
         denoiser=module.model, scheduler=module.scheduler, vae=module.vae, **prompts,
         text_encoder=data_hparams.get("text_encoder"),  # None: the offline sentence-transformers package

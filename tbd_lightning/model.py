@@ -73,6 +73,11 @@ class Conditions:
         return Conditions(*(fn(x) for x in fields), opt(self.region_mask), keep, opt(self.local_masks))
 
 
+def latent_scale(vae) -> int:
+    """Pixels per latent cell along a side of a diffusers `AutoencoderKL` (None: pixel space, 1)."""
+    return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 class ConditionTokens:
     """Condition projections and null tokens shared by the denoisers (a mixin of `nn.Module`s): speech as
     each frame's features with `audio_context` neighbours, the global sentence as `global_tokens` tokens,

@@ -18,7 +18,7 @@ from diffusers import DDPMScheduler
 
 from tbd_core.errors import UserError
 from tbd_lightning import branches as chain
-from tbd_lightning.model import Conditions, TBDVideoDenoiser
+from tbd_lightning.model import Conditions, TBDVideoDenoiser, latent_scale
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "adamw-fused", "adamw-8bit")
@@ -137,7 +137,7 @@ class TBDModule(pl.LightningModule):
     @property
     def latent_scale(self) -> int:
         """Pixels per latent cell along a side: 1 in pixel space, 8 through SD's VAE."""
-        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return latent_scale(self.vae)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:

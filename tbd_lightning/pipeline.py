@@ -31,7 +31,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from tbd_core.errors import UserError
-from tbd_lightning.model import Conditions, TBDVideoDenoiser
+from tbd_lightning.model import Conditions, TBDVideoDenoiser, latent_scale
 from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
 from tbd_lightning.windows import seam_ratio, window_starts
 
@@ -127,7 +127,7 @@ class TBDPipeline(DiffusionPipeline):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return latent_scale(self.vae)
 
     # -- steps ----------------------------------------------------------------------------------------------
     def check_inputs(self, reference, reference_landmarks, audio_features, cot, global_text, local_text,

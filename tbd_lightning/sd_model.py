@@ -37,6 +37,7 @@ from torch import nn
 
 from tbd_lightning.model import MAX_LOCAL, Conditions, ConditionTokens
 from tbd_lightning.sd_processors import ConditionCrossAttnProcessor, ReferenceAttnProcessor
+from tbd_lightning.sd_text import WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
             channels = self.unet.config.in_channels
             self.register_to_config(in_channels=channels, ref_channels=channels)
         dim = int(self.unet.config.cross_attention_dim)
-        tokens = 77 * text_chunks if text_chunks else global_tokens
+        tokens = WINDOW * text_chunks if text_chunks else global_tokens
         self._init_condition_tokens(
             text_dim, audio_dim, audio_context, tokens, dim, project_global=not text_chunks
         )
@@ -198,7 +199,7 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         cache, weights = self._cache, None if grad else self._weights_fingerprint()
         hit = (not grad and cache is not None and cache[0].shape == unique.shape
                and torch.equal(cache[0], unique) and torch.equal(cache[2], weights))  # fmt: skip
-        if not (hit and not grad and self.cache_reference):
+        if not (hit and self.cache_reference):
             b, bank = unique.shape[0], {}
             zero = torch.zeros(b, dtype=torch.long, device=unique.device)
             self.unet(unique.to(self.dtype)[:, :, None], zero, encoder_hidden_states=self._null_text(b),

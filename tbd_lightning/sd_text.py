@@ -23,6 +23,19 @@ from tbd_core.errors import UserError
 WINDOW = 77  # CLIP's context: BOS + 75 tokens + EOS
 
 
+def load_clip_text(folder: str | Path, tokenizer_only: bool = False):
+    """(CLIPTokenizer, CLIPTextModel or None) of a Stable-Diffusion folder's `tokenizer/`, `text_encoder/`."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    if not (folder / "text_encoder" / "config.json").is_file():
+        raise UserError(f"{folder} has no text_encoder/ (a Stable-Diffusion folder in diffusers layout)")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+    if tokenizer_only:
+        return tokenizer, None
+    return tokenizer, CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
+
+
 class PromptEncoder:
     """`encode(sentences) -> (N, chunks * 77, D)` float32 tensor; each distinct sentence encoded once
     (memory, and `cache_dir` across processes)."""
@@ -40,13 +53,7 @@ class PromptEncoder:
         cls, folder: str | Path, chunks: int = 1, cache_dir=None, device: str = "cpu"
     ) -> PromptEncoder:
         """From a Stable-Diffusion folder in diffusers layout (its `tokenizer/` and `text_encoder/`)."""
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        folder = Path(folder)
-        if not (folder / "text_encoder" / "config.json").is_file():
-            raise UserError(f"{folder} has no text_encoder/ (a Stable-Diffusion folder in diffusers layout)")
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-        model = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
+        tokenizer, model = load_clip_text(folder)
         return cls(tokenizer, model.to(device), chunks, cache_dir)
 
     def _id(self) -> str:
@@ -73,9 +80,7 @@ class PromptEncoder:
     def check_lengths(folder: str | Path, sentences: list[str], chunks: int) -> None:
         """Refuse, before training starts, when any of `sentences` needs more than `chunks` windows: how
         many do and how many windows the longest needs (the SD folder's tokenizer only, nothing encoded)."""
-        from transformers import CLIPTokenizer
-
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+        tokenizer, _ = load_clip_text(folder, tokenizer_only=True)
         unique = sorted(set(sentences))
         lengths = [
             len(ids) for ids in tokenizer(unique, add_special_tokens=False, verbose=False)["input_ids"]

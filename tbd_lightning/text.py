@@ -151,26 +151,28 @@ class CotTexts:
 
     def __init__(self, text_encoder=None, cache_dir=None, max_local: int = 8, prompt_encoder=None,
                  text_chunks: int = 1):  # fmt: skip
-        self.args = (text_encoder, cache_dir, max_local, prompt_encoder, text_chunks)
+        self.text_encoder, self.cache_dir, self.max_local = text_encoder, cache_dir, max_local
+        self.prompt_encoder, self.text_chunks = prompt_encoder, text_chunks
         self._sentences = self._prompts = None
 
     def __call__(self, cot: dict) -> dict:
         import torch
 
-        text_encoder, cache_dir, max_local, prompt_encoder, chunks = self.args
         if self._sentences is None:  # built in the worker that uses them
-            self._sentences = TextEmbedder(text_encoder, cache_dir=cache_dir)
-            if prompt_encoder:
+            self._sentences = TextEmbedder(self.text_encoder, cache_dir=self.cache_dir)
+            if self.prompt_encoder:
                 from tbd_lightning.sd_text import PromptEncoder
 
-                self._prompts = PromptEncoder.from_sd(prompt_encoder, chunks, cache_dir)
-        global_text, local = cot_sentences(cot, max_local)
-        label_text, _ = cot_sentences(cot, max_local, label_only=True)
-        texts = torch.from_numpy(self._sentences.embed([global_text, label_text, *local]))
-        local_emb = torch.zeros(max_local, texts.shape[1])
-        local_emb[: len(local)] = texts[2:]
-        out = {"global_text": texts[0], "label_text": texts[1], "local_text": local_emb,
-               "local_valid": torch.arange(max_local) < len(local)}  # fmt: skip
-        if self._prompts is not None:
-            out["global_text"], out["label_text"] = self._prompts.encode([global_text, label_text]).half()
-        return out
+                self._prompts = PromptEncoder.from_sd(self.prompt_encoder, self.text_chunks, self.cache_dir)
+        global_text, local = cot_sentences(cot, self.max_local)
+        label_text, _ = cot_sentences(cot, self.max_local, label_only=True)
+        if self._prompts is None:
+            texts = torch.from_numpy(self._sentences.embed([global_text, label_text, *local]))
+            g, label, vectors = texts[0], texts[1], texts[2:]
+        else:  # SD's token states for the global and label sentences; sentence vectors for the local ones
+            g, label = self._prompts.encode([global_text, label_text]).half()
+            vectors = torch.from_numpy(self._sentences.embed(local))
+        local_emb = torch.zeros(self.max_local, self._sentences.dim)
+        local_emb[: len(local)] = vectors
+        return {"global_text": g, "label_text": label, "local_text": local_emb,
+                "local_valid": torch.arange(self.max_local) < len(local)}  # fmt: skip
