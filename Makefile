@@ -70,8 +70,10 @@ demo-steps:
 	$(BIN)/tbd train --config configs/train/tiny.yaml --data.data $(DEMO_OUT)/data/mead --data.version $(LLM_VERSION) \
 		--trainer.default_root_dir $(DEMO_OUT)/train --data.text_cache $(DEMO_OUT)/text-cache --trainer.max_steps $(DEMO_STEPS)
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
-	@echo "== conditioning check: overfit 4 clips (happy/sad x 2 speakers, 300 steps), then swap speech, emotion text and reference one at a time: does each act?"
-	$(BIN)/tbd check-conditioning --data $(DEMO_OUT)/data/mead --version $(LLM_VERSION) --steps 300 --max_frames 24 --out $(DEMO_OUT)/check-conditioning \
+	@echo "== the measures on the real validation clips, whose answers are known: emotion classifier, FER2013 judge, AU error"
+	$(BIN)/tbd check-measures --data $(DEMO_OUT)/data/mead --corpus $(DEMO_OUT)/corpus --out $(DEMO_OUT)/measures.json
+	@echo "== conditioning check: overfit 4 clips (happy/sad x 2 speakers, 500 steps), then swap speech, emotion text and reference one at a time: does each act?"
+	$(BIN)/tbd check-conditioning --data $(DEMO_OUT)/data/mead --version $(LLM_VERSION) --steps 500 --max_frames 24 --out $(DEMO_OUT)/check-conditioning \
 		--clips '[mead_W001_happy_3_000, mead_W001_sad_3_000, mead_W002_happy_3_000, mead_W002_sad_3_000]' > /dev/null
 	@echo "== generate: a held-out person (the astronaut's portrait; every training identity is Grace Hopper's photo, varied) speaking a validation speaker's line, contempt level 2"
 	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/Astronaut.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \

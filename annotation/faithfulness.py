@@ -119,7 +119,7 @@ def omitted_aus(cot: ChainOfThought, request: ThinkRequest) -> list[str]:
 def degenerate_text(cot: ChainOfThought) -> list[str]:
     reasons = []
     for field, text in texts(cot).items():
-        words = re.findall(r"[a-z']+", text.lower())
+        words = re.findall(r"[a-z0-9']+", text.lower())  # "AU1 AU2 AU4 AU5" is four AUs, not "au" x4
         grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
         if grams:
             gram, n = grams.most_common(1)[0]

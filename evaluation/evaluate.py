@@ -5,7 +5,7 @@ the reference is the first frame of a neutral clip of the same speaker (`Referen
 clip, whose first frame may already show the emotion), the audio features and CoT come from the shards,
 and the same seed is used for every guidance mode. Metrics (`evaluation.metrics`): PSNR (mean of per-frame
 PSNR), SSIM, LMD (full, mouth), lip-sync proxy (offset-0 correlation, the best offset beside it),
-AU-control error against the CoT, emotion accuracy of an AU classifier fitted on the training split,
+AU-control error against the CoT, emotion accuracy of the nearest FACS prototype to the measured AUs,
 face rate (with the real clips' face rate at the same size beside it), FID with a user-supplied network and
 the standard Sync-C/D, LPIPS, FVD and CSIM from the user's weights (`evaluation.standard`; Fréchet distances
 flagged when too few samples make the estimate rank-deficient), and
@@ -30,9 +30,8 @@ from pydantic import BaseModel, ConfigDict
 
 from evaluation.clips import Clip, load_clips
 from evaluation.measures import (
-    classifier_row,
+    classify_emotion,
     counterfactual_emotion,
-    emotion_classifier,
     emotion_templates,
     groundtruth_aus,
     groundtruth_index,
@@ -56,6 +55,9 @@ class EvaluateConfig(BaseModel):
     split: str = "test"
     max_clips: int = 8
     max_frames: int = 50
+    max_frames_per_batch: int | None = None
+    """The clips of a row are sampled together, at most this many frames per denoiser call. None: 16 on CPU
+    (larger batches were slower on 2 cores: `benchmarks/bench_evaluate.py`), 512 on a GPU."""
     guidance: GuidanceConfig = GuidanceConfig(steps=20)  # ablations override only its mode
     seed: int = 0
     ablations: bool = False
@@ -81,7 +83,6 @@ def score_clip(
     frames: np.ndarray,
     requested: dict,
     gt: Path | None,
-    clf,
     reference,
     judges=None,
     templates: dict | None = None,
@@ -91,7 +92,8 @@ def score_clip(
     """The metric row of `frames` (generated, the real clip itself, or the still reference) and their
     measured AU series. Every video is measured the same way: `track_video` at the model's size, AUs
     against the reference frame's features (`reference`: its tracked `VideoAUs`), landmarks compared after a
-    Procrustes alignment. Speech AUs (25, 26, 27) are left to the lip-sync metric. With `judges`
+    Procrustes alignment. Speech AUs (25, 26, 27) are left to the lip-sync metric. `emotion_correct`: the
+    nearest FACS prototype to the measured AUs is the clip's emotion (`classify_emotion`). With `judges`
     (`evaluation.judges.Judges`): the FER2013 verdict and the identity similarity to the reference. With
     `templates` (the speaker's ground-truth renders per emotion, `emotion_templates`): the counterfactual
     test, `counterfactual_correct` (the video is nearest to the render of its own emotion). With `standard`:
@@ -121,10 +123,9 @@ def score_clip(
     if gt is not None:
         truth = groundtruth_aus(gt, t)
         row["au_gt_error"] = metrics.au_series_error(truth, measured)
-    if clf is not None:
-        features = classifier_row(clf, video, base)
-        if features is not None:
-            row["emotion_correct"] = float(clf.predict(features)[0] == clip.meta["emotion"])
+    verdict = classify_emotion(measured)
+    if verdict is not None:
+        row["emotion_correct"] = float(verdict == clip.meta["emotion"])
     if templates:
         nearest = counterfactual_emotion(templates, measured)
         if nearest is not None:
@@ -136,6 +137,24 @@ def score_clip(
         ref_lm = ref.landmarks[0] if ref is not None and ref.found[0] else None
         row.update(standard.score_clip(frames, clip.frames, fps, clip.wav, video, clip.reference, ref_lm))
     return row, measured
+
+
+def draw(pipe, clips: list[Clip], mode: str, guidance: GuidanceConfig | None, label_only: bool,
+         config: EvaluateConfig) -> list[tuple[np.ndarray, float | None]]:  # fmt: skip
+    """Each clip's frames in a table row, and their seam ratio: the model's, every clip through one batched
+    `TBDPipeline.generate` (the same seed for each, so each is what a lone call gives); the real clip; or
+    the reference frame held still (the floor every mode should beat)."""
+    from tbd_lightning.video_batch import VideoRequest
+
+    if mode == REAL:
+        return [(c.frames, None) for c in clips]
+    if guidance is None:
+        return [(np.repeat(c.reference[None], len(c.audio_features), 0), None) for c in clips]
+    requests = [VideoRequest(c.reference, c.reference_landmarks, c.audio_features,
+                             cot=c.label_cot if mode == THINK else c.cot, label_only=label_only) for c in clips]  # fmt: skip
+    per = config.max_frames_per_batch or (512 if pipe.device.type == "cuda" else 16)
+    outputs = pipe.generate(requests, guidance, config.seed, max_frames_per_batch=per)
+    return [(o.frames, o.seam_ratio) for o in outputs]
 
 
 def think_from_labels(clips: list[Clip]) -> None:
@@ -220,7 +239,6 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             clip.reference_identity = judges.identity.descriptor(
                 clip.reference, clip.reference_video.landmarks[0]
             )
-    clf = emotion_classifier(Path(config.data))
     gt_index = groundtruth_index(config.groundtruth)
     templates = emotion_templates(config.groundtruth)
     nets = {"fid": torch.jit.load(str(config.fid_net), map_location="cpu").eval()} if config.fid_net else {}
@@ -233,27 +251,17 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     per_clip: dict[str, list] = {}
     generated: dict[str, list[tuple[Clip, np.ndarray]]] = {}
     for mode, guidance, label_only in runs:
+        todo = [c for c in clips if mode != THINK or c.label_cot is not None]  # THINK: an accepted CoT
+        drawn = draw(pipe, todo, mode, guidance, label_only, config)
         rows = []
-        for clip in clips:
-            seams = None
+        for clip, (frames, seams) in zip(todo, drawn, strict=True):
             cot = clip.label_cot if mode == THINK else clip.cot
-            if mode == THINK and cot is None:  # no accepted CoT from the label alone (an unlabelled clip)
-                continue
-            if mode == REAL:
-                frames = clip.frames
-            elif guidance is None:  # the floor every mode should beat: the reference frame held still
-                frames = np.repeat(clip.reference[None], len(clip.audio_features), 0)
-            else:
-                result = pipe(clip.reference, clip.reference_landmarks, clip.audio_features, cot=cot,
-                              label_only=label_only, guidance=guidance, seed=config.seed)  # fmt: skip
-                frames, seams = result.frames, result.seam_ratio
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
             row, measured = score_clip(
                 clip,
                 frames,
                 requested_aus(cot),
                 gt,
-                clf,
                 clip.reference_video,
                 judges,
                 templates.get((clip.meta["speaker"], clip.meta["level"] or 1)),

@@ -1,57 +1,41 @@
-"""What evaluation reads besides the generated frames: the emotion classifier on calibrated AU intensities
-(fitted on the training split's sidecars, applied to any tracked video) and the demo corpus's ground-truth
-AU timelines. Shared by `tbd evaluate` and `benchmarks/bench_measure.py`."""
+"""What evaluation reads besides the generated frames: the emotion of a video from its calibrated AU
+intensities (the nearest FACS prototype: a rule classifier fitted on nothing) and the demo corpus's
+ground-truth AU timelines and renders (the counterfactual test). Shared by `tbd evaluate` and
+`tbd check-measures`."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 
 
-def emotion_classifier(data: Path):
-    """Nearest-centroid emotion classifier on calibrated AU intensities (mean and 90th percentile per
-    channel, against each speaker's neutral median) of the training split's clips; `clf.channels` names the
-    channels it reads. None when the training split has fewer than two emotions."""
-    from evaluation.metrics import AUEmotionClassifier
-    from media.au_evidence import speaker_baselines
-    from pipelines.data_folder import DataFolder
+@functools.cache
+def prototype_templates() -> dict[tuple[str, int], dict[int, float]]:
+    """Each emotion's FACS prototype as AU intensities, per MEAD level: (emotion, level) -> {AU: the level's
+    FACS intensity (levels 1, 2, 3 = B, C, D = 2, 3, 4)} over its core AUs; neutral: no AU."""
+    from annotation.facs import MEAD_EMOTIONS, intensity_value, load_kb
 
-    summaries = DataFolder(data).media_summaries()
-    baselines = speaker_baselines(summaries)
-    train = [s for s in summaries.values() if s["split"] == "train"]
-    if len({s["emotion"] for s in train}) < 2:
-        return None
-    names = list(train[0]["au_names"])
-    keep = [names.index(c) for c in train[0]["au_measurable"]]
-
-    def row(s):
-        base = baselines.get(s["speaker"], np.asarray(s["au_p10"]))
-        return np.concatenate(
-            [(np.asarray(s["au_mean"]) - base)[keep], (np.asarray(s["au_p90"]) - base)[keep]]
-        )
-
-    clf = AUEmotionClassifier().fit(np.stack([row(s) for s in train]), [s["emotion"] for s in train])
-    clf.channels = [names[i] for i in keep]
-    return clf
+    kb = load_kb()
+    out = {}
+    for emotion in MEAD_EMOTIONS:
+        for level in (1,) if emotion == "neutral" else sorted(kb.mead_level_intensity):
+            value = float(intensity_value(kb.level_intensity(level)))
+            out[(emotion, level)] = {au: value for au in kb.prototype(emotion).core}
+    return out
 
 
-def intensities(video, baseline: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """Every calibrated channel's centred intensity (T_found, C) of a tracked video against a baseline."""
-    from media.au_calibration import load
-
-    names, values = load().linear(video.features[video.found] - baseline[None], video.iod_px)
-    return names, values
-
-
-def classifier_row(clf, video, baseline: np.ndarray) -> np.ndarray | None:
-    """The classifier's feature row (mean and 90th percentile of its channels) for a tracked video."""
-    if not video.found.any():
-        return None
-    names, values = intensities(video, baseline)
-    cols = values[:, [names.index(c) for c in clf.channels]]
-    return np.concatenate([cols.mean(0), np.percentile(cols, 90, axis=0)])
+def classify_emotion(measured: dict[int, list]) -> str | None:
+    """A video's emotion from its calibrated AU intensities (`media.au_measure.measured_aus`, speech AUs left
+    out): the emotion of the FACS prototype, at any level, nearest to its mean intensities over the AUs
+    measured (`nearest`). EMFACS-style: it was fitted on nothing, so it reads real, generated and still
+    clips alike, and a training split cannot bias it. On the demo's 15 real validation clips at 48 px
+    (whole clips): 15 of 15; the nearest-centroid classifier fitted on the training clips it replaced: 12-13.
+    On the demo corpus the prototypes are what was rendered; on real faces it is a rule, not a fit."""
+    key = nearest(prototype_templates(), measured)
+    return None if key is None else key[0]
 
 
 def groundtruth_index(corpus: Path | None) -> dict[str, Path]:
@@ -101,16 +85,27 @@ def mean_intensities(measured: dict[int, list]) -> dict[int, float]:
 
 
 def counterfactual_emotion(templates: dict[str, dict[int, float]], measured: dict[int, list]) -> str | None:
-    """The emotion whose ground-truth render is nearest (Euclidean, over the measured AUs) to the video's
-    mean measured AU intensities: a generated clip passes the counterfactual test when this is the emotion it
-    was asked for, i.e. it is closer to that render than to the other emotions' renders of its speaker."""
+    """The emotion whose ground-truth render (`emotion_templates`) is nearest to the video's mean measured
+    AU intensities: a generated clip passes the counterfactual test when this is the emotion it was asked
+    for, i.e. it is closer to that render than to the other emotions' renders of its speaker."""
+    return nearest(templates, measured)
+
+
+def nearest(templates: dict, measured: dict[int, list]):
+    """The key of the template ({AU: intensity}) nearest (Euclidean, over the AUs measured; an AU a template
+    does not name counts as 0) to the video's mean measured AU intensities; among templates equally near,
+    the one that asks least of the AUs not measured (nothing unseen is assumed to move). None without
+    measured AUs or with fewer than two templates."""
     means = mean_intensities(measured)
     aus = sorted(means)
     if not aus or len(templates) < 2:
         return None
     video = np.array([means[au] for au in aus])
-    dist = {
-        e: float(np.linalg.norm(video - np.array([t.get(au, 0.0) for au in aus])))
-        for e, t in templates.items()
-    }
-    return min(dist, key=dist.get)
+
+    def distance(key) -> tuple[float, float]:
+        t = templates[key]
+        near = np.linalg.norm(video - np.array([t.get(au, 0.0) for au in aus]))
+        unseen = np.linalg.norm([v for au, v in t.items() if au not in means] or [0.0])
+        return round(float(near), 9), float(unseen)
+
+    return min(templates, key=distance)

@@ -8,8 +8,6 @@
   for SyncNet, which needs user-supplied weights).
 - `au_control_error`: mean |measured - requested| AU intensity (FACS 0-5) over the measurable AUs
   (requested 0 when not requested) and frames with a face; `au_series_error` against true timelines.
-- `AUEmotionClassifier`: nearest-centroid emotion classifier over standardised calibrated AU statistics,
-  fitted on the training shards; `accuracy` of generated clips against the requested emotion.
 - `fid` (torchmetrics): only with a user-supplied network (e.g. a local InceptionV3 as TorchScript); nothing
   is downloaded. The standard Sync-C/D, LPIPS, FVD and CSIM: `evaluation.standard`.
 """
@@ -116,25 +114,6 @@ def au_series_error(
     errors = [abs(m - g) for au in truth.keys() & measured.keys()
               for m, g in zip(measured[au], truth[au], strict=False) if m is not None]  # fmt: skip
     return float(np.mean(errors)) if errors else None
-
-
-class AUEmotionClassifier:
-    """Nearest centroid over standardised AU-proxy statistics (one feature row per clip)."""
-
-    def fit(self, features: np.ndarray, labels: Sequence[str]) -> AUEmotionClassifier:
-        x = np.asarray(features, np.float64)
-        self.mean, self.std = x.mean(0), x.std(0) + 1e-8
-        z = (x - self.mean) / self.std
-        self.labels = sorted(set(labels))
-        self.centroids = np.stack([z[np.asarray(labels) == label].mean(0) for label in self.labels])
-        return self
-
-    def predict(self, features: np.ndarray) -> list[str]:
-        z = (np.atleast_2d(features) - self.mean) / self.std
-        return [self.labels[i] for i in np.linalg.norm(z[:, None] - self.centroids[None], axis=-1).argmin(1)]
-
-    def accuracy(self, features: np.ndarray, labels: Sequence[str]) -> float:
-        return float(np.mean([p == t for p, t in zip(self.predict(features), labels, strict=True)]))
 
 
 def fid(real: np.ndarray, fake: np.ndarray, feature_net: torch.nn.Module, input_size: int = 299) -> float:

@@ -4,9 +4,10 @@ Model, per output channel c (an AU, or an AU on one side: `AU12_R` is the subjec
 
     I_c(frame) = clip(w_c . (x - b), 0, 5)
 
-x: the frame's features (`features`: the landmark proxies of `media.au_proxies`, in IOD units, and HOG
-appearance features of the face aligned by its eyes, as OpenFace's AU intensity models use; the mesh
-alone barely follows brows and lids), b: the same person's neutral features, w_c: one ridge-regression
+x: the frame's features (`features`: the landmark proxies of `media.au_proxies`, in IOD units, and the
+appearance of the face aligned by its eyes: HOG, as OpenFace's AU intensity models use, and its grey
+levels at 20 x 20, as active appearance models use, which carry folds, shading and the mouth's interior;
+the mesh alone barely follows brows and lids), b: the same person's neutral features, w_c: one ridge-regression
 row fitted on frames whose AU intensities are known (renders from the demo
 corpus, or a user's DISFA-style labelled frames: `pipelines.calibrate`, `tbd calibrate`). Linear, so a
 clip's statistics can be taken before the baseline is known: `percentiles(w.x) - w.b` equals the
@@ -43,12 +44,14 @@ SIDES = {"R": "right", "L": "left"}
 
 APPEARANCE_SIZE = 64  # aligned face crop side (pixels) for the appearance features
 APPEARANCE_CELL = 8  # HOG cell side (pixels): 8 x 8 cells x 9 orientations = 576 features
+APPEARANCE_GREY = 20  # grey levels of the aligned crop, area-averaged to 20 x 20 = 400 features
 
 
 def appearance(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """HOG features (T, 576) of the face aligned by its landmarks: a similarity transform puts the eye
-    centres at fixed points of a 64 px grayscale crop (brows to chin), as OpenFace's AU intensity models
-    do (Baltrusaitis et al. 2015). Frames (T, H, W, 3) uint8 RGB; landmarks (T, 468, 2+) in their pixels."""
+    """Appearance features (T, 976) of the face aligned by its landmarks: a similarity transform puts the
+    eye centres at fixed points of a 64 px grayscale crop (brows to chin), as OpenFace's AU intensity
+    models do (Baltrusaitis et al. 2015); its HOG (576) and its grey levels in [0, 1] at 20 x 20 (400).
+    Frames (T, H, W, 3) uint8 RGB; landmarks (T, 468, 2+) in their pixels."""
     import cv2
     from skimage.feature import hog
 
@@ -67,13 +70,22 @@ def appearance(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         m[:, 2] = want_r - m[:, :2] @ eye_r
         gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
         crop = cv2.warpAffine(gray, m, (s, s), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-        out.append(hog(crop, orientations=9, pixels_per_cell=(APPEARANCE_CELL,) * 2, cells_per_block=(1, 1),
-                       feature_vector=True))  # fmt: skip
+        grey = (
+            cv2.resize(crop.astype(np.float32), (APPEARANCE_GREY,) * 2, interpolation=cv2.INTER_AREA).ravel()
+            / 255.0
+        )
+        out.append(np.concatenate([hog(crop, orientations=9, pixels_per_cell=(APPEARANCE_CELL,) * 2,
+                                       cells_per_block=(1, 1), feature_vector=True), grey]))  # fmt: skip
     return np.asarray(out, np.float32)
 
 
-N_APPEARANCE = (APPEARANCE_SIZE // APPEARANCE_CELL) ** 2 * 9
-FEATURES: tuple[str, ...] = (*PROXIES, *(f"hog{i}" for i in range(N_APPEARANCE)))
+N_HOG = (APPEARANCE_SIZE // APPEARANCE_CELL) ** 2 * 9
+N_APPEARANCE = N_HOG + APPEARANCE_GREY**2
+FEATURES: tuple[str, ...] = (
+    *PROXIES,
+    *(f"hog{i}" for i in range(N_HOG)),
+    *(f"grey{i}" for i in range(APPEARANCE_GREY**2)),
+)
 
 
 def features(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -109,6 +121,8 @@ class ViewFit:
     iod_px: float  # median inter-ocular distance (source pixels) of the frames it was fitted on
     channels: dict[str, ChannelFit]
     frames: dict[str, int] = field(default_factory=dict)  # fitted / held-out frame counts
+    # Held-out demo-corpus clips (`pipelines.calibrate.clip_quality`): MAE calibrated vs old proxy scales.
+    clips: dict = field(default_factory=dict)
 
     def matrix(self, channels: list[str] | None = None) -> np.ndarray:
         """(C, K) weights of `channels` (default: all, in order)."""
@@ -172,6 +186,15 @@ class Calibration:
                 det = "-" if not np.isfinite(f.min_detectable) else f"{f.min_detectable:.1f}"
                 lines.append(f"| {c} | {v.name} ({v.iod_px:.0f}) | {f.r:.2f} | {f.mae:.2f} | {old} | {f.floor:.2f} | "
                              f"{det} | {'yes' if f.measurable else 'no'} |")  # fmt: skip
+        for v in self.views:
+            if v.clips:
+                c = v.clips
+                lines.append(
+                    f"\nHeld-out clips at {v.name} ({c['frames']} frames): MAE {c['mae']:.2f} vs the old scales' "
+                    f"{c['mae_old']:.2f} (x{c['mae'] / c['mae_old']:.2f}) over the {c['channels_measured']} "
+                    f"measurable channels both read; {c['mae_all']:.2f} vs {c['mae_old_all']:.2f} "
+                    f"(x{c['mae_all'] / c['mae_old_all']:.2f}) over all {c['channels_all']} the old scales read."
+                )
         return "\n".join(lines)
 
 
@@ -191,12 +214,12 @@ def from_json(body: dict) -> Calibration:
             f = dict(f)
             f["min_detectable"] = float("inf") if f["min_detectable"] is None else f["min_detectable"]
             channels[c] = ChannelFit(**f)
-        views.append(ViewFit(v["name"], v["iod_px"], channels, v.get("frames", {})))
+        views.append(ViewFit(v["name"], v["iod_px"], channels, v.get("frames", {}), v.get("clips", {})))
     cal = Calibration(list(body["features"]), views, body.get("provenance", {}))
     if list(cal.features) != list(FEATURES):
         raise UserError(
             f"the AU calibration's {len(cal.features)} features are not this version's {len(FEATURES)} "
-            f"(proxies {', '.join(PROXIES)} and {N_APPEARANCE} HOG values): fit it again with `tbd calibrate`"
+            f"(proxies {', '.join(PROXIES)}, {N_HOG} HOG values, {APPEARANCE_GREY**2} grey levels): fit it again with `tbd calibrate`"
         )
     return cal
 

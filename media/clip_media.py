@@ -160,14 +160,24 @@ def crop_to(frames: np.ndarray, landmarks: np.ndarray, crop, size: int) -> tuple
     return np.stack([crop_frame(f, crop, size) for f in frames]), crop_landmarks(landmarks, crop, size)
 
 
+def _inside(box, outer) -> float:
+    """The share of `box`'s area (x0, y0, x1, y1) that lies inside `outer`."""
+    w = max(0.0, min(box[2], outer[2]) - max(box[0], outer[0]))
+    h = max(0.0, min(box[3], outer[3]) - max(box[1], outer[1]))
+    return w * h / max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+
+
 IDENTITY_EVERY = 125  # frames between the second-face checks (and the first and last frame)
 
 
 def second_face(image: np.ndarray, index: int, analyzer: FaceAnalyzer, config: MediaConfig) -> str:
     """Why frame `index` shows more than one speaker, or "". Policy: a second face at least
     `max_second_face` of the first's width rejects the clip (the tracker could swap to it and mix
-    identities); smaller background faces are ignored."""
+    identities); smaller background faces are ignored, and so are detections lying mostly (over half their
+    area) inside the first face's box: a part of that face (a spectacle lens with an eye and brow behind it
+    reads as a face to the detector), not another speaker."""
     faces = analyzer.detect_all(image)
+    faces = faces[:1] + [f for f in faces[1:] if _inside(f.box, faces[0].box) <= 0.5]
     if len(faces) > 1:
         widths = [f.box[2] - f.box[0] for f in faces]
         if widths[1] >= config.max_second_face * widths[0]:

@@ -61,8 +61,10 @@ def legacy_reading(channel: str, rel: np.ndarray) -> np.ndarray | None:
     return np.clip(np.max(reads, 0), 0, 5)
 
 
-def fit_view(name: str, iod_px: float, train: tuple, test: tuple, channels: list[str]) -> ViewFit:
-    """Fit every channel on `train` = (relative proxies (N, K), truth (N, C)); score it on `test`."""
+def fit_view(name: str, iod_px: float, train: tuple, test: tuple, channels: list[str],
+             clips: tuple | None = None) -> ViewFit:  # fmt: skip
+    """Fit every channel on `train` = (relative proxies (N, K), truth (N, C)); score it on `test`, and on
+    held-out `clips` (same form) when given (`clip_quality`)."""
     (x, y), (xt, yt) = train, test
     weights = ridge(x, y)
     fits = {}
@@ -70,7 +72,29 @@ def fit_view(name: str, iod_px: float, train: tuple, test: tuple, channels: list
         f = quality(xt @ weights[:, i], yt[:, i], legacy_reading(c, xt))
         f.weights = [float(f"{w:.5g}") for w in weights[:, i]]
         fits[c] = f
-    return ViewFit(name, round(float(iod_px), 2), fits, {"fitted": len(x), "held_out": len(xt)})
+    view = ViewFit(name, round(float(iod_px), 2), fits, {"fitted": len(x), "held_out": len(xt)})
+    if clips is not None:
+        view.clips = clip_quality(view, *clips)
+    return view
+
+
+def clip_quality(view: ViewFit, rel: np.ndarray, truth: np.ndarray) -> dict:
+    """Mean absolute error against the truth of the calibrated measure and of the old proxy scales on
+    held-out clips (relative proxies (N, K), truth (N, C)), over the channels both read (the measurable
+    ones the old scales covered) and over every channel the old scales covered."""
+    both, every = {"cal": [], "old": []}, {"cal": [], "old": []}
+    for i, (c, fit) in enumerate(view.channels.items()):
+        old = legacy_reading(c, rel)
+        if old is None:
+            continue
+        cal = np.clip(rel @ np.asarray(fit.weights), 0, 5)
+        for into in (both, every) if fit.measurable else (every,):
+            into["cal"].append(float(np.abs(cal - truth[:, i]).mean()))
+            into["old"].append(float(np.abs(old - truth[:, i]).mean()))
+    return {"frames": len(rel), "channels_measured": len(both["cal"]),
+            "mae": round(float(np.mean(both["cal"])), 4), "mae_old": round(float(np.mean(both["old"])), 4),
+            "channels_all": len(every["cal"]), "mae_all": round(float(np.mean(every["cal"])), 4),
+            "mae_old_all": round(float(np.mean(every["old"])), 4)}  # fmt: skip
 
 
 # -- renders ------------------------------------------------------------------------------------------
@@ -118,9 +142,21 @@ def _view(frames: np.ndarray, size: int, crf: int) -> tuple[np.ndarray, float]:
     return video.features, video.iod_px
 
 
-def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict]:
-    """view name -> {identity: (proxies relative to its neutral (N, K), truth (N, C))}, the channels, and
-    the views' IODs."""
+def heldout_clips(name: str, people: list[str], renderer) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (N, H, W, 3) and truth (N, C) of every MEAD clip the demo corpus renders for identity `name`
+    (each emotion at levels 1 and 3, with speech, as `tbd demo-corpus` plans them)."""
+    from pipelines.demo_corpus.corpus import CorpusConfig, clip_signals, plan_clips
+
+    corpus = CorpusConfig(out=Path("."), identities=len(people), hdtf_clips=0)
+    truth = [clip_signals(spec, name, corpus.seconds)[2]
+             for spec in plan_clips(corpus, people) if spec.identity == name]  # fmt: skip
+    truth_all = np.concatenate(truth)
+    return renderer.frames(truth_all), truth_all
+
+
+def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict, dict]:
+    """view name -> {identity: (proxies relative to its neutral (N, K), truth (N, C))}, the channels, the
+    views' IODs, and view name -> the held-out (last) identity's demo-corpus clips (relative, truth)."""
     from media.face import FaceAnalyzer
     from pipelines.demo_corpus.au_templates import CHANNELS
     from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
@@ -131,19 +167,28 @@ def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict]:
     rng = np.random.default_rng(cfg.seed)
     sets: dict[str, dict] = {f"{s}px": {} for s in cfg.sizes}
     iods: dict[str, list[float]] = {f"{s}px": [] for s in cfg.sizes}
+    clips: dict[str, tuple] = {}
     with FaceAnalyzer() as fa:
         for person in people:
             crop, lm = _prepare(fa, person, 128)
+            renderer = ExpressionRenderer(crop, lm)
             truth = random_intensities(rng, cfg.frames)
             rest = np.zeros((4, len(CHANNELS)))  # neutral frames: the person's baseline
-            frames = ExpressionRenderer(crop, lm).frames(np.concatenate([rest, truth]))
+            frames = renderer.frames(np.concatenate([rest, truth]))
+            held = person is people[-1]
+            if held:
+                clip_frames, clip_truth = heldout_clips(person.name, [p.name for p in people], renderer)
+                frames = np.concatenate([frames, clip_frames])
             for s in cfg.sizes:
                 proxies, iod = _view(frames, s, cfg.crf)
                 base = np.median(proxies[: len(rest)], 0)
-                sets[f"{s}px"][person.name] = (proxies[len(rest) :] - base, truth)
+                n = len(rest) + len(truth)
+                sets[f"{s}px"][person.name] = (proxies[len(rest) : n] - base, truth)
+                if held:
+                    clips[f"{s}px"] = (proxies[n:] - base, clip_truth)
                 iods[f"{s}px"].append(iod)
             log.info("calibration renders: %s, %d frames x %d views", person.name, cfg.frames, len(cfg.sizes))
-    return sets, list(CHANNELS), {k: float(np.median(v)) for k, v in iods.items()}
+    return sets, list(CHANNELS), {k: float(np.median(v)) for k, v in iods.items()}, clips
 
 
 # -- DISFA-style labels -------------------------------------------------------------------------------
@@ -194,10 +239,10 @@ def run_calibrate(cfg: CalibrateConfig) -> Calibration:
 
     if cfg.labels:
         per, channels, iod = label_sets(Path(cfg.labels))
-        sets, iods = {"labels": per}, {"labels": iod}
+        sets, iods, clips = {"labels": per}, {"labels": iod}, {}
         source = f"DISFA-style labels in {cfg.labels}"
     else:
-        sets, channels, iods = render_sets(cfg)
+        sets, channels, iods, clips = render_sets(cfg)
         source = (f"demo-corpus renders ({cfg.frames} random-AU frames per identity, views {list(cfg.sizes)} px, "
                   f"H.264 crf {cfg.crf}, seed {cfg.seed}, portraits {cfg.portraits or 'built-in'})")  # fmt: skip
     views = []
@@ -207,10 +252,10 @@ def run_calibrate(cfg: CalibrateConfig) -> Calibration:
             raise UserError(f"calibration needs at least 2 subjects (one held out), got {len(subjects)}")
         held = subjects[-1]
         train = tuple(np.concatenate([per[s][i] for s in subjects[:-1]]) for i in (0, 1))
-        views.append(fit_view(name, iods[name], train, per[held], channels))
+        views.append(fit_view(name, iods[name], train, per[held], channels, clips.get(name)))
     cal = Calibration(list(FEATURES), sorted(views, key=lambda v: -v.iod_px),
                       {"fitted_on": source, "held_out": held, "kb_version": load_kb().version,
-                       "model": "ridge on baseline-relative proxies, no intercept, clipped to 0..5"})  # fmt: skip
+                       "model": "ridge on baseline-relative features (proxies, HOG, grey levels), no intercept, clipped to 0..5"})  # fmt: skip
     cal.save(Path(cfg.out))
     print(cal.table())
     print(f"wrote {cfg.out}")

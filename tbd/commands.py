@@ -181,6 +181,12 @@ COMMANDS: dict[str, Command] = {
             examples=("tbd check-conditioning --data data/mead --train_config configs/train/tiny.yaml --steps 600",),
         ),
         Command(
+            "check-measures", "the emotion classifier, FER2013 judge and AU error on real clips (known answers)",
+            "evaluation.check_measures:CheckMeasuresConfig", "evaluation.check_measures:check_measures",
+            show=lambda r: {k: v for k, v in r.items() if k != "rows"},
+            examples=("tbd check-measures --data out/demo/data/mead --corpus out/demo/corpus --size 48",),
+        ),
+        Command(
             "evaluate", "score generated held-out clips (PSNR/SSIM/LMD/sync/AU/emotion)",
             "evaluation.evaluate:EvaluateConfig", "evaluation.evaluate:run_evaluate",
             show=lambda r: {"clips": len(r["clips"]), "results": r["results"]},

@@ -72,6 +72,22 @@ class Conditions:
         fields = (self.reference, self.audio, self.global_text, self.local_text, self.local_valid)
         return Conditions(*(fn(x) for x in fields), opt(self.region_mask), keep, opt(self.local_masks))
 
+    @staticmethod
+    def cat(conds: list[Conditions]) -> Conditions:
+        """The batches of `conds` one after another (optional fields present in all, or in none)."""
+
+        def cat(name):
+            parts = [getattr(c, name) for c in conds]
+            return None if parts[0] is None else torch.cat(parts)
+
+        keep = (
+            None
+            if conds[0].keep is None
+            else {k: torch.cat([c.keep[k] for c in conds]) for k in conds[0].keep}
+        )
+        names = ("reference", "audio", "global_text", "local_text", "local_valid", "region_mask")
+        return Conditions(*(cat(n) for n in names), keep, cat("local_masks"))
+
 
 def latent_scale(vae) -> int:
     """Pixels per latent cell along a side of a diffusers `AutoencoderKL` (None: pixel space, 1)."""

@@ -13,8 +13,9 @@ prediction type, condition dropout), `annotation_version` (of the training CoTs)
 sha256, step, EMA, MLflow run).
 
 A call: check inputs -> encode the texts (a CoT's global and per-AU sentences, as in training) -> region
-mask of the CoT's AUs -> conditions in windows of the training length (all windows one batch) ->
-`ProgressiveSampler` -> decode (VAE when present) -> frames (T, S, S, 3) uint8.
+mask of the CoT's AUs -> conditions in windows of the training length -> `ProgressiveSampler` -> decode
+(VAE when present) -> frames (T, S, S, 3) uint8. `generate` does the same for several videos, their windows
+denoised together (`tbd_lightning.video_batch`), each video as a lone call would give it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from diffusers.utils import BaseOutput
 from tbd_core.errors import UserError
 from tbd_lightning.model import Conditions, TBDVideoDenoiser, latent_scale
 from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
+from tbd_lightning.video_batch import VideoPlan, VideoRequest, sample_videos
 from tbd_lightning.windows import seam_ratio, window_starts
 
 OUTPUT_TYPES = ("np", "pt", "latent")
@@ -286,96 +288,96 @@ class TBDPipeline(DiffusionPipeline):
         the guidance branches per forward pass), so memory does not grow with the speech; None: all at once.
         The result does not depend on it.
         """
-        from media.au_measure import token_masks
-        from tbd_lightning.text import cot_sentences, cot_token_regions
+        request = VideoRequest(reference, reference_landmarks, audio_features, cot, global_text, local_text,
+                               regions, label_only)  # fmt: skip
+        out = self.generate([request], guidance, seed, None if generator is None else [generator], progress_bar,
+                            callback_on_step_end, output_type, max_frames_per_batch)[0]  # fmt: skip
+        return out if return_dict else (out.frames,)
 
+    @torch.no_grad()
+    def generate(
+        self,
+        requests: list[VideoRequest],
+        guidance: GuidanceConfig | None = None,
+        seed: int = 0,
+        generators: list[torch.Generator] | None = None,
+        progress_bar: bool = False,
+        callback_on_step_end: Callable | None = None,
+        output_type: str = "np",
+        max_frames_per_batch: int | None = 256,
+    ) -> list[TBDPipelineOutput]:
+        """Several videos with one guidance, their windows denoised together (`video_batch.sample_videos`:
+        batches of at most `max_frames_per_batch` frames; with motion frames, window w of every video in one
+        batch). Each video's noise comes from its own generator (default: each seeded with `seed`), so each
+        equals what `__call__` gives for it alone. Arguments as `__call__`'s; one output per request."""
         guidance = GuidanceConfig() if guidance is None else guidance
-        # 1. Check inputs
-        self.check_inputs(reference, reference_landmarks, audio_features, cot, global_text, local_text,
-                          regions, label_only, guidance, output_type)  # fmt: skip
-        device, den, size = self._execution_device, self.denoiser, self.size
-        audio_features = np.asarray(audio_features, np.float32)
-        n_frames = len(audio_features)
-
-        # 2. Texts: a CoT's sentences exactly as in training, or the given ones
-        if cot is not None:
-            global_text, local = cot_sentences(cot, den.config.max_local, label_only)
-            regions = cot_token_regions(cot, den.config.max_local) if local else ()
-        else:
-            local, regions = list(local_text or []), tuple(regions or ())
-        emb = self.encode_text([global_text, *local], device)
-        states = self.prompt_states(global_text)  # SD's text-encoder states, for a denoiser that takes them
-
-        # 3. Each local sentence's region mask, and their union (the sampler's M; zero without local sentences)
-        union, tokens, _ = token_masks(
-            np.asarray(reference_landmarks),
-            size,
-            regions,
-            den.config.max_local,
-            out=size // self.vae_scale_factor,
-        )  # at the latent size
-        mask, tokens = torch.from_numpy(union), torch.from_numpy(tokens)
-
-        # 4. Windows of the training length (overlapping by the motion frames); conditions are built per
-        # chunk of at most `max_frames_per_batch` frames, so memory does not grow with the speech
-        trained = int((self.config.conditioning or {}).get("motion_frames") or 0)  # given clean in training
+        for r in requests:  # 1. Check inputs
+            self.check_inputs(r.reference, r.reference_landmarks, r.audio_features, r.cot, r.global_text,
+                              r.local_text, r.regions, r.label_only, guidance, output_type)  # fmt: skip
+        device, den = self._execution_device, self.denoiser
+        if generators is None:
+            generators = [torch.Generator(device).manual_seed(seed) for _ in requests]
+        # Windows of the training length overlap by the motion frames (given clean where trained so)
+        trained = int((self.config.conditioning or {}).get("motion_frames") or 0)
         motion = min(trained if guidance.motion_frames is None else guidance.motion_frames, self.frames - 1)
         if trained and motion not in (0, trained):
             log.warning(
                 "motion_frames %d: the model was trained with %d clean motion frames", motion, trained
             )
-        starts = window_starts(n_frames, self.frames, motion)
-        ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
-        encoded = self.encode_reference(ref.to(device))
-
-        def conditions(chunk: list[int]) -> Conditions:
-            return self.prepare_conditions(reference, audio_features, emb, len(local), mask, tokens, device,
-                                           chunk, encoded, states)  # fmt: skip
-
-        # 5. Sample with progressive guidance: independent windows in batches (the noise of every window
-        # drawn first, so the batching does not change the result); with motion frames, each window after
-        # the first continues from the last frames of the one before
+        # 2-4. Texts, region masks and windows of each video
+        plans = [self.plan(r, device, motion, g) for r, g in zip(requests, generators, strict=True)]
+        # 5. Sample with progressive guidance, the windows of all videos together
         sampler = ProgressiveSampler(den, self.scheduler.config, guidance)
-        if generator is None:
-            generator = torch.Generator(device).manual_seed(seed)
-        h = size // self.vae_scale_factor
-        shape = (len(starts), self.frames, den.config.in_channels, h, h)
         step_end = None
         if callback_on_step_end is not None:
 
             def step_end(i, t, latents):
                 return (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents")
 
-        sample = lambda shape, cond, known=None, noise=None: sampler.sample(  # noqa: E731
-            shape, cond, generator=generator, known=known, noise=noise, progress_bar=progress_bar,
-            callback=step_end, known_clean=trained > 0)  # fmt: skip
-        if motion == 0 or len(starts) == 1:
-            noise = torch.randn(shape, generator=generator, device=device)
-            per = max(1, (max_frames_per_batch or len(starts) * self.frames) // self.frames)
-            parts = [sample((len(c), *shape[1:]), conditions(starts[i : i + per]), noise=noise[i : i + per])
-                     for i in range(0, len(starts), per) for c in [starts[i : i + per]]]  # fmt: skip
-            x = torch.cat(parts).flatten(0, 1)[:n_frames]
-        else:
-            parts = [sample((1, *shape[1:]), conditions(starts[:1]))[0]]
-            for w in range(1, len(starts)):
-                window = sample(
-                    (1, *shape[1:]), conditions(starts[w : w + 1]), known=parts[-1][None, -motion:]
-                )
-                parts.append(window[0])
-            x = torch.cat([parts[0], *(p[motion:] for p in parts[1:])])[:n_frames]
-
-        # 6. Decode
-        if output_type == "latent":
-            frames = x
-        else:
-            pixels = self.decode(x)
-            frames = to_uint8(pixels) if output_type == "np" else pixels
-
-        # 7. Offload, return
+        sample = lambda shape, cond, **kw: sampler.sample(  # noqa: E731
+            shape, cond, progress_bar=progress_bar, callback=step_end, known_clean=trained > 0, **kw
+        )
+        h = self.size // self.vae_scale_factor
+        window = (self.frames, den.config.in_channels, h, h)
+        samples = sample_videos(plans, sample, window, motion, max_frames_per_batch)
+        # 6. Decode; 7. offload, return
+        outputs = []
+        for x, plan in zip(samples, plans, strict=True):
+            pixels = None if output_type == "latent" else self.decode(x)
+            frames = x if pixels is None else (to_uint8(pixels) if output_type == "np" else pixels)
+            shown = x if pixels is None else pixels  # the seam as sampled (latents) or as seen (pixels)
+            seams = seam_ratio(shown.float().cpu().numpy(), self.frames, motion)
+            outputs.append(TBDPipelineOutput(frames=frames, global_text=plan.global_text,
+                                             local_text=plan.local_text, seam_ratio=seams,
+                                             windows=len(plan.starts), motion_frames=motion))  # fmt: skip
         self.maybe_free_model_hooks()
-        shown = x if output_type == "latent" else pixels  # the seam as sampled (latents) or as seen (pixels)
-        seams = seam_ratio(shown.float().cpu().numpy(), self.frames, motion)
-        if not return_dict:
-            return (frames,)
-        return TBDPipelineOutput(frames=frames, global_text=global_text, local_text=local, seam_ratio=seams,
-                                 windows=len(starts), motion_frames=motion)  # fmt: skip
+        return outputs
+
+    def plan(self, request: VideoRequest, device, motion: int, generator: torch.Generator) -> VideoPlan:
+        """One video's texts (a CoT's sentences exactly as in training, or the given ones), region masks at
+        the latent size, windows (overlapping by `motion` frames) and their conditions."""
+        from media.au_measure import token_masks
+        from tbd_lightning.text import cot_sentences, cot_token_regions
+
+        den, r = self.denoiser, request
+        if r.cot is not None:
+            global_text, local = cot_sentences(r.cot, den.config.max_local, r.label_only)
+            regions = cot_token_regions(r.cot, den.config.max_local) if local else ()
+        else:
+            global_text, local, regions = r.global_text, list(r.local_text or []), tuple(r.regions or ())
+        emb = self.encode_text([global_text, *local], device)
+        states = self.prompt_states(global_text)  # SD's text-encoder states, for a denoiser that takes them
+        # Each local sentence's region mask, and their union (the sampler's M; zero without local sentences)
+        union, tokens, _ = token_masks(np.asarray(r.reference_landmarks), self.size, regions,
+                                       den.config.max_local, out=self.size // self.vae_scale_factor)  # fmt: skip
+        mask, tokens = torch.from_numpy(union), torch.from_numpy(tokens)
+        feats = np.asarray(r.audio_features, np.float32)
+        ref = torch.from_numpy(np.ascontiguousarray(r.reference)).permute(2, 0, 1).float().div(127.5).sub(1)
+        encoded = self.encode_reference(ref.to(device))
+
+        def conditions(starts: list[int]) -> Conditions:
+            return self.prepare_conditions(r.reference, feats, emb, len(local), mask, tokens, device, starts,
+                                           encoded, states)  # fmt: skip
+
+        starts = window_starts(len(feats), self.frames, motion)
+        return VideoPlan(len(feats), starts, conditions, generator, global_text, local)

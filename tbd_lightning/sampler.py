@@ -92,16 +92,6 @@ def _with_keep(cond: Conditions, kept: tuple[str, ...], masks: bool = True) -> C
     return dataclasses.replace(cond, keep=keep, local_masks=cond.local_masks if masks else None)
 
 
-def _stack(conds: list[Conditions]) -> Conditions:
-    def cat(name):
-        parts = [getattr(c, name) for c in conds]
-        return None if parts[0] is None else torch.cat(parts)
-
-    fields = ("reference", "audio", "global_text", "local_text", "local_valid", "region_mask", "local_masks")
-    keep = {c: torch.cat([x.keep[c] for x in conds]) for c in CONDITIONS}
-    return Conditions(**{f: cat(f) for f in fields}, keep=keep)
-
-
 class ProgressiveSampler:
     """`sample(shape, cond)` -> denoised samples; `guided(x, t, cond, progress)` -> (ε, terms) for one step."""
 
@@ -131,7 +121,7 @@ class ProgressiveSampler:
         if not batched:
             return {n: self.denoiser(x, t.expand(b), _with_keep(cond, BRANCHES[n], masks)) for n in names}
         out = self.denoiser(torch.cat([x] * len(names)), t.expand(b * len(names)),
-                            _stack([_with_keep(cond, BRANCHES[n], masks) for n in names]))  # fmt: skip
+                            Conditions.cat([_with_keep(cond, BRANCHES[n], masks) for n in names]))  # fmt: skip
         self.forward_passes += 1
         return dict(zip(names, out.chunk(len(names)), strict=True))
 
@@ -174,14 +164,15 @@ class ProgressiveSampler:
     def sample(
         self, shape: tuple[int, ...], cond: Conditions, generator: torch.Generator | None = None,
         batched: bool = True, progress_bar: bool = False, callback=None, known: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None, known_clean: bool = False,
+        noise: torch.Tensor | None = None, known_clean: bool = False, known_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:  # fmt: skip
         """Denoise from seeded noise. `callback(step, t, x)` runs after each step and may return a new x.
         `known` (B, k, C, h, w): the first k frames are these (motion frames of the previous window). With
         `known_clean` (a model trained with motion frames: `TBDModule(motion_frames=)`) the model sees them
         clean at every step, as in training; otherwise they are replaced by `known` noised to the step's level
         (RePaint's replacement), so the rest is sampled around them. Either way they are the output's first k.
-        `noise` (`shape`): the starting noise (default: drawn from `generator`)."""
+        `noise` (`shape`), `known_noise` (`known`'s shape): the starting noise and the noise that brings `known`
+        to each step's level (default: drawn from `generator`, in that order)."""
         device = cond.audio.device
         sched = self.scheduler
         sched.set_timesteps(self.config.steps, device=device)
@@ -191,7 +182,8 @@ class ProgressiveSampler:
         total, timesteps = sched.config.num_train_timesteps, sched.timesteps
         if known is not None:
             k = known.shape[1]
-            known_noise = torch.randn(known.shape, generator=generator, device=device)
+            if known_noise is None:
+                known_noise = torch.randn(known.shape, generator=generator, device=device)
             x = torch.cat([sched.add_noise(known, known_noise, timesteps[:1]), x[:, k:]], 1)
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress_bar)):
             progress = 1.0 - float(t) / total

@@ -10,7 +10,7 @@ import pytest
 
 from evaluation.clips import load_clips
 from evaluation.evaluate import EvaluateConfig, score_clip
-from evaluation.measures import emotion_classifier, groundtruth_index
+from evaluation.measures import groundtruth_index
 from tests import standins
 from tests.conftest import offline_env, run_tbd
 
@@ -33,27 +33,25 @@ def test_a_real_clip_scored_against_itself(mead, demo_corpus):
     or two, lip sync better than with the speech reversed, AU errors computed (against the CoT and the corpus
     ground truth, speech AUs left out), the expression classified from the same calibrated readings the
     classifier was fitted on, and a reference from another clip."""
-    from evaluation.measures import classifier_row
+    from evaluation.measures import classify_emotion
     from evaluation.metrics import SPEECH_AUS
 
     data, version = mead
     config = EvaluateConfig(model=data, data=data, version=version, split="val", max_clips=1, max_frames=40)
     [clip] = load_clips(config, size=64, version=version, skipped={})
     clip = _measured(clip)
-    clf = emotion_classifier(data)
     gt = groundtruth_index(demo_corpus).get(clip.meta["video"])
     assert gt is not None and gt.is_file()
     requested = {u["au"]: 3.0 for u in clip.cot["action_units"]}
-    row, measured = score_clip(clip, clip.frames, requested, gt, clf, clip.reference_video)
+    row, measured = score_clip(clip, clip.frames, requested, gt, clip.reference_video)
     assert row["psnr"] == 100.0 and row["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert row["face_rate"] == 1.0 and row["lmd_full"] < 1e-6 and row["lmd_mouth"] < 1e-6
     reversed_speech, _ = score_clip(dataclasses.replace(clip, wav=clip.wav[::-1].copy()), clip.frames, requested,
-                                    gt, clf, clip.reference_video)  # fmt: skip
+                                    gt, clip.reference_video)  # fmt: skip
     assert row["sync_corr"] > reversed_speech["sync_corr"] + 0.2  # the real pairing is in sync
     assert row["au_control_error"] is not None and row["au_gt_error"] is not None and row["au_gt_error"] < 1.5
     assert not set(measured) & set(SPEECH_AUS) and measured
-    verdict = clf.predict(classifier_row(clf, clip.real_video, clip.reference_video.baseline()))[0]
-    assert row["emotion_correct"] == float(verdict == clip.meta["emotion"])
+    assert row["emotion_correct"] == float(classify_emotion(measured) == clip.meta["emotion"])
     assert clip.reference_key != clip.key and clip.reference_key.split("_")[1] == clip.key.split("_")[1]
     assert all(len(series) == len(clip.frames) for series in measured.values())
 
@@ -213,10 +211,11 @@ def test_paired_differences_tell_apart_a_small_consistent_shift():
 
 def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_corpus, datasets):
     """dlib tells Grace Hopper's identities (one photo, varied) from the astronaut; the FER2013 judge reads
-    the corpus's level-3 happy, sad and neutral clips of the validation speaker as such (after the onset)."""
+    the validation speaker's level-3 clips (after the onset) as their emotion for at least 4 of its 7 classes
+    (issue 23; with the weaker templates before: happy and sad only, and neutral)."""
     import json
 
-    from evaluation.judges import EmotionJudge, IdentityJudge, cosine
+    from evaluation.judges import FER_OF, EmotionJudge, IdentityJudge, cosine
     from media.face import FaceAnalyzer
     from media.images import read_image
 
@@ -247,7 +246,8 @@ def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_
     clips = {c.key: c for c in load_clips(config, size=48, version=version, skipped={})}
     judge = EmotionJudge()
     verdicts = {}
-    for emotion, level in (("happy", 3), ("sad", 3), ("neutral", 1)):
-        frames = clips[f"mead_W003_{emotion}_{level}_000"].frames[12:]
-        verdicts[emotion] = judge.verdict(frames, track_video(frames).landmarks)
-    assert verdicts == {"happy": "happy", "sad": "sad", "neutral": "neutral"}, verdicts
+    for emotion, fer in FER_OF.items():
+        frames = clips[f"mead_W003_{emotion}_{1 if emotion == 'neutral' else 3}_000"].frames[12:]
+        verdicts[fer] = judge.verdict(frames, track_video(frames).landmarks)
+    recognised = {c for c, v in verdicts.items() if c == v}
+    assert len(recognised) >= 4 and {"happy", "sad"} <= recognised, verdicts

@@ -4,6 +4,8 @@ failures seen with SmolLM2 and Gemma on the demo clips), and the rule reasoner's
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
 import pytest
 
@@ -92,6 +94,20 @@ def test_a_repeated_phrase_is_rejected():
     data = answer(HDTF)
     data["global_description"] = "A warm smile with raised cheeks, " * 6
     assert "repeated phrase in global_description: 'a warm smile with'" in reasons(data, HDTF)
+
+
+def test_a_list_of_aus_is_not_a_repeated_phrase():
+    """Fear's seven AUs named in a row ("AU1, AU2, AU4, AU5, AU7, AU20 and AU26") read as the 4-gram
+    'au au au au' three times while digits were dropped: the rule reasoner's own fear answers were rejected
+    on the demo corpus once the calibrated measure saw AU5 and AU7."""
+    evidence = tuple(AUEvidence(au=a, mean=2.0, peak=3.5) for a in (1, 2, 4, 5, 7, 20))
+    request = ThinkRequest(key="fear", emotion="fear", level=3, evidence=evidence)
+    data = answer(request)
+    line = next(r for r in data["reasoning"] if r.startswith("Evidence"))  # "AU1 (3.5), AU2 (3.5), ..."
+    letters = re.findall(r"[a-z']+", line.lower())  # the old tokens: digits dropped
+    assert Counter(zip(*(letters[i:] for i in range(4)), strict=False))[("au",) * 4] >= 3, line
+    _, result = validate(data, request)
+    assert result.outcome != "rejected", result.reasons
 
 
 def test_placeholder_tokens_are_rejected():

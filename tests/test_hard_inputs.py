@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -100,6 +101,35 @@ def test_two_frames_are_too_short_not_silent(tmp_path, analyzer, astronaut):
 def test_two_people_in_a_clip_are_refused(tmp_path, analyzer, two_people):
     reason = rejected(process_clip(clip(tmp_path, still(two_people), "two"), analyzer, MediaConfig()))
     assert reason.startswith("face: 2 faces in frame 0") and "identities could mix" in reason
+
+
+def test_a_detection_inside_the_face_is_part_of_it_not_a_second_speaker(tmp_path, analyzer):
+    """The demo corpus's mirrored Grace Hopper in fear at level 3 (brows and lids raised behind her glasses):
+    the detector also reports a spectacle lens as a face half as wide, inside hers. It is kept (the policy
+    before rejected it as a second speaker and lost the clip)."""
+    from media.clip_media import _inside, second_face
+    from pipelines.demo_corpus.corpus import (
+        CorpusConfig,
+        ExpressionRenderer,
+        _prepare,
+        clip_signals,
+        plan_clips,
+    )
+    from pipelines.demo_corpus.portraits import builtin_portraits, identities
+
+    people = identities(builtin_portraits(), 3)
+    spec = next(s for s in plan_clips(CorpusConfig(out=tmp_path), [p.name for p in people])
+                if s.speaker == "W002" and s.emotion == "fear" and s.level == 3)  # fmt: skip
+    crop, lm = _prepare(analyzer, people[1], 128)
+    aus = clip_signals(spec, people[1].name, 2.0)[2][
+        48:49
+    ]  # a frame where the detector sees a lens as a face
+    frame = cv2.resize(ExpressionRenderer(crop, lm).frames(aus)[0], (128, 128), interpolation=cv2.INTER_AREA)
+    faces = analyzer.detect_all(frame)
+    assert len(faces) > 1 and _inside(faces[1].box, faces[0].box) > 0.5, [f.box for f in faces]
+    assert second_face(frame, 0, analyzer, MediaConfig()) == ""
+    sample = only(process_clip(clip(tmp_path, still(frame), "lens"), analyzer, MediaConfig(crop_size=64)))
+    assert not isinstance(sample, Reject), sample
 
 
 def test_one_person_clip_is_accepted(tmp_path, analyzer, hopper):

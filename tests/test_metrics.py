@@ -74,7 +74,7 @@ def test_frechet_estimates_from_few_samples_say_so():
     assert metrics.feature_dims(net, (1, 3, 16, 16)) == 24
 
 
-def test_au_control_error_and_emotion_classifier():
+def test_au_control_and_series_errors():
     assert metrics.au_control_error({12: 3.0, 6: 2.0}, {12: [3.0, 4.0, None], 6: [2.0]}) == pytest.approx(
         1 / 3
     )
@@ -85,13 +85,24 @@ def test_au_control_error_and_emotion_classifier():
     assert metrics.au_series_error({12: [1.0, 2.0], 9: [5.0]}, {12: [1.5, None], 4: [3.0]}) == pytest.approx(
         0.5
     )
-    rng = np.random.default_rng(4)
-    centres = {"happy": np.array([2.0, 0, 0]), "sad": np.array([0, 2.0, 0]), "angry": np.array([0, 0, 2.0])}
-    x = np.concatenate([c + 0.3 * rng.standard_normal((20, 3)) for c in centres.values()])
-    y = [e for e in centres for _ in range(20)]
-    clf = metrics.AUEmotionClassifier().fit(x, y)
-    assert clf.accuracy(x, y) > 0.95
-    assert clf.predict(centres["sad"]) == ["sad"]
+
+
+def test_the_nearest_facs_prototype_names_the_emotion():
+    """`classify_emotion`: each prototype's own intensities (any level) give its emotion, nothing moving is
+    neutral, contempt (AU12 on its own) is not happy (AU6 + AU12), and AUs the measure did not see do not count
+    against a prototype."""
+    from evaluation.measures import classify_emotion, prototype_templates
+
+    seen = {au for aus in prototype_templates().values() for au in aus} - set(metrics.SPEECH_AUS)
+    for (emotion, _), aus in prototype_templates().items():  # every AU measured, 0 outside the prototype
+        assert classify_emotion({au: [aus.get(au, 0.0)] * 2 for au in seen}) == emotion
+    assert classify_emotion({4: [0.1, 0.0], 12: [0.2, None]}) == "neutral"
+    assert (
+        classify_emotion({6: [3.0], 12: [3.2]}) == "happy"
+        and classify_emotion({6: [0.0], 12: [3.0]}) == "contempt"
+    )
+    assert classify_emotion({1: [4.0], 4: [4.0], 15: [3.8]}) == "sad"  # AU17 and AU43 unseen: still sad
+    assert classify_emotion({}) is None
 
 
 def test_fid_with_a_local_feature_network(video):

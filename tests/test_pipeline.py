@@ -140,6 +140,28 @@ def test_batches_of_windows_give_the_video_of_one_batch(pipe):
     assert whole.shape[0] == len(feats) and torch.allclose(whole, one_by_one, atol=1e-5)
 
 
+@pytest.mark.parametrize("motion", [0, 2])
+def test_videos_generated_together_equal_each_generated_alone(pipe, motion):
+    """`generate` (evaluation's batched sampling) samples the windows of several videos together, yet each
+    video is the one a lone call gives: different lengths, texts and references, in batches that mix videos
+    (max 3 windows per call), and with motion frames, where window w of every video forms a batch."""
+    from tbd_lightning.video_batch import VideoRequest
+
+    guidance = GuidanceConfig(steps=2, switch=0.3, motion_frames=motion)
+    requests = [VideoRequest(*inputs(frames=n, seed=n), **texts)
+                for n, texts in ((7, TEXTS), (13, {"global_text": "a broad smile"}), (4, TEXTS))]  # fmt: skip
+    together = pipe.generate(
+        requests, guidance, seed=3, output_type="latent", max_frames_per_batch=3 * WINDOW
+    )
+    for r, out in zip(requests, together, strict=True):
+        alone = pipe(r.reference, r.reference_landmarks, r.audio_features, global_text=r.global_text,
+                     local_text=r.local_text, regions=r.regions, guidance=guidance, seed=3, output_type="latent")  # fmt: skip
+        assert out.frames.shape == alone.frames.shape and out.windows == alone.windows
+        assert torch.allclose(out.frames, alone.frames, atol=1e-5), (out.frames - alone.frames).abs().max()
+        assert out.global_text == alone.global_text
+        assert (out.seam_ratio is None) == (alone.seam_ratio is None)
+
+
 def test_a_cot_conditions_as_in_training_and_label_only_drops_it(pipe):
     from tbd_lightning.text import cot_sentences, cot_token_regions
 

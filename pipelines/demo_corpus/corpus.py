@@ -44,7 +44,7 @@ from tbd_core.errors import UserError
 log = logging.getLogger(__name__)
 FPS = 25
 HDTF_PREFIXES = ("WRA", "WDA", "RD")
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: stronger AU templates (au_templates.GAINS)
 
 
 @dataclass
@@ -162,6 +162,19 @@ def au_timeline(spec: ClipSpec, n_frames: int, envelope: np.ndarray) -> np.ndarr
     return np.clip(au, 0, 5)
 
 
+def clip_signals(spec: ClipSpec, portrait_name: str, seconds: float):
+    """A clip's speech (audio at `AUDIO_RATE`, its envelope per frame (T,)) and its AU timeline (T, C)."""
+    from media.video_io import AUDIO_RATE
+    from pipelines.demo_corpus.speech import synth_speech
+
+    n_frames = int(round(seconds * FPS))
+    rng = np.random.default_rng(spec.seed)
+    f0 = 150 + 60 * (_seed(portrait_name) % 100) / 100
+    audio, env = synth_speech(seconds, rng, f0=f0)
+    env_frames = env[: n_frames * (AUDIO_RATE // FPS)].reshape(n_frames, -1).mean(1)
+    return audio, env_frames, au_timeline(spec, n_frames, env_frames)
+
+
 @dataclass
 class IdentityJob:
     portrait_name: str
@@ -175,18 +188,13 @@ class IdentityJob:
 
 def render_identity(job: IdentityJob) -> list[dict]:
     """Worker: render, encode and write every clip of one identity. Returns the clip records."""
-    from media.video_io import AUDIO_RATE, write_m4a, write_mp4
-    from pipelines.demo_corpus.speech import synth_speech
+    from media.video_io import write_m4a, write_mp4
 
     renderer = ExpressionRenderer(job.image, job.neutral)
-    n_frames = int(round(job.seconds * FPS))
     records = []
     for spec in job.specs:
-        rng = np.random.default_rng(spec.seed)
-        f0 = 150 + 60 * (_seed(job.portrait_name) % 100) / 100
-        audio, env = synth_speech(job.seconds, rng, f0=f0)
-        env_frames = env[: n_frames * (AUDIO_RATE // FPS)].reshape(n_frames, -1).mean(1)
-        au = au_timeline(spec, n_frames, env_frames)
+        audio, env_frames, au = clip_signals(spec, job.portrait_name, job.seconds)
+        n_frames = len(au)
         frames = np.stack(
             [cv2.resize(f, (job.size, job.size), interpolation=cv2.INTER_AREA) for f in renderer.frames(au)]
         )

@@ -1,0 +1,109 @@
+"""`tbd check-measures`: the measures themselves, on clips whose answer is known, before they grade a model.
+
+Every clip of a split (the demo's: the held-out speaker's 15 clips, whole) is shrunk to the model's size
+(`size`, default the tiny model's 48 px) and measured as `tbd evaluate` measures a generated clip (tracked
+at that size, AUs against the speaker's neutral frame, speech AUs left out):
+- the emotion classifier on calibrated AUs (`classify_emotion`, the nearest FACS prototype): accuracy on
+  the real clips (the ceiling) and on the still reference (the floor: the speaker's neutral frame repeated);
+- the FER2013 judge, which nobody here trained: its verdict on every level-3 clip and the neutral one, after
+  the 0.32 s onset, a confusion matrix, and how many of its 7 classes it recognises;
+- with the demo corpus (`corpus`): the calibrated AU error against the ground-truth timelines.
+Prints a line per clip, then the summary; `out` gets it all as JSON (`make demo`: out/demo/measures.json,
+which `tests/test_demo_output.py` holds to issue 23's bar: classifier >= 0.9, FER2013 >= 4 classes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tbd_core.errors import UserError
+
+ONSET = 12  # frames: the demo corpus's expressions reach their level after 0.32 s (8 frames) + margin
+
+
+class CheckMeasuresConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    data: Path
+    corpus: Path | None = None  # the demo corpus (its corpus.json and groundtruth/), for the AU error
+    split: str = "val"
+    size: int = 48
+    out: Path | None = None
+
+
+def load_split(data: Path, split: str, size: int) -> dict[str, tuple[dict, np.ndarray]]:
+    """key -> (sample metadata, frames (T, size, size, 3) uint8) of every clip of `split`, whole."""
+    import cv2
+
+    from pipelines.data_folder import DataFolder
+    from pipelines.shards import tar_members
+    from tbd_lightning.data import decode_mp4
+
+    folder = DataFolder(data)
+    keys = {k for k, s in folder.media_summaries().items() if s["split"] == split}
+    if not keys:
+        raise UserError(f"no clips of split {split!r} in {data} (clips per split: {folder.split_counts()})")
+    clips = {}
+    for shard in folder.media_manifest()["shards"]:
+        for key, members in tar_members(folder.media_dir / f"{shard['name']}.tar"):
+            if key in keys:
+                frames = [
+                    cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
+                    for f in decode_mp4(members["mp4"])
+                ]
+                clips[key] = (json.loads(members["json"]), np.stack(frames))
+    return clips
+
+
+def check_measures(config: CheckMeasuresConfig) -> dict:
+    from evaluation.judges import FER_CLASSES, FER_OF, EmotionJudge
+    from evaluation.measures import classify_emotion, groundtruth_aus, groundtruth_index
+    from evaluation.metrics import SPEECH_AUS, au_series_error
+    from media.au_measure import measured_aus, track_video
+
+    clips = load_split(config.data, config.split, config.size)
+    neutral = {m["speaker"]: v[0] for m, v in clips.values() if m["emotion"] == "neutral"}
+    judge, gt_index = EmotionJudge(), groundtruth_index(config.corpus)
+    rows = []
+    for key, (meta, frames) in sorted(clips.items()):
+        if meta["speaker"] not in neutral:
+            raise UserError(
+                f"speaker {meta['speaker']} has no neutral clip in split {config.split!r}: no baseline"
+            )
+        still = np.repeat(neutral[meta["speaker"]][None], len(frames), 0)
+        base = track_video(still[:1]).baseline()
+        gt = gt_index.get(str(Path(meta["video"]).resolve()))
+        row = {"key": key, "emotion": meta["emotion"], "level": meta["level"]}
+        for name, video_frames in (("real", frames), ("still", still)):
+            video = track_video(video_frames)
+            measured = {a: v for a, v in measured_aus(video, base).items() if a not in SPEECH_AUS}
+            row[f"{name}_classified"] = classify_emotion(measured)
+            row[f"{name}_fer"] = judge.verdict(video_frames[ONSET:], video.landmarks[ONSET:])
+            if gt is not None:
+                row[f"{name}_au_gt_error"] = au_series_error(groundtruth_aus(gt, len(frames)), measured)
+        rows.append(row)
+        print(f"{key:45s} real: {row['real_classified']!s:9s} fer {row['real_fer']!s:8s}  "
+              f"still: {row['still_classified']!s:9s} fer {row['still_fer']!s:8s}")  # fmt: skip
+    out: dict = {"clips": len(rows), "size": config.size, "split": config.split, "rows": rows}
+    judged = [r for r in rows if FER_OF.get(r["emotion"]) and (r["level"] == 3 or r["emotion"] == "neutral")]
+    for name in ("real", "still"):
+        out[f"classifier_accuracy_{name}"] = float(
+            np.mean([r[f"{name}_classified"] == r["emotion"] for r in rows])
+        )
+        errors = [r[f"{name}_au_gt_error"] for r in rows if r.get(f"{name}_au_gt_error") is not None]
+        out[f"au_gt_error_{name}"] = float(np.mean(errors)) if errors else None
+        confusion: dict = {}
+        for r in judged:
+            cell = confusion.setdefault(FER_OF[r["emotion"]], {})
+            cell[r[f"{name}_fer"]] = cell.get(r[f"{name}_fer"], 0) + 1
+        out[f"fer_confusion_{name}"] = confusion
+        out[f"fer_classes_recognised_{name}"] = sorted(
+            c for c in FER_CLASSES if confusion.get(c, {}).get(c, 0)
+        )
+    if config.out:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        config.out.write_text(json.dumps(out, indent=1))
+    return out
