@@ -1,7 +1,7 @@
 """The conditioning check (`tbd check-conditioning`, run as a user runs it): a model overfit on a handful of
 clips follows each condition it is given (speech moves the mouth with the new audio, the emotion text moves
 the calibrated AUs towards the other emotion, the reference changes the identity), and the check fails for
-each when that path is broken on purpose. Slow: an overfit of 4 clips (~4 min on 2 cores) and four checks."""
+each when that path is broken on purpose. Slow: an overfit of 4 clips (~5 min on 2 cores) and four checks."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def check(data, out, netguard_log, *extra):
 @pytest.fixture(scope="module")
 def overfit(datasets, tmp_path_factory, netguard_log):
     data, out = datasets["mead"]["data"], tmp_path_factory.mktemp("check") / "overfit"
-    proc, report = check(data, out, netguard_log, "--steps", "300")
+    # As `make demo` (SmolLM2's annotations: speech 0.375, text 1.253, reference 0.278). On the stronger corpus
+    # of 2026-11-30 with the rule reasoner's annotations this fails at every count tried: 300 (the new audio
+    # not 0.4 ahead of the old), 400 (speech 0.125), 500 (reference 0.243 < 0.25). Open: see docs/results.md.
+    proc, report = check(data, out, netguard_log, "--steps", "500")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return data, out, report
 
