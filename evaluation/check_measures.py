@@ -59,13 +59,14 @@ def load_split(data: Path, split: str, size: int) -> dict[str, tuple[dict, np.nd
 
 
 def check_measures(config: CheckMeasuresConfig) -> dict:
-    from evaluation.judges import FER_CLASSES, FER_OF, EmotionJudge
+    from evaluation.judges import FER_CLASSES, EmotionJudge, confusion
     from evaluation.measures import classify_emotion, groundtruth_aus, groundtruth_index
     from evaluation.metrics import SPEECH_AUS, au_series_error
     from media.au_measure import measured_aus, track_video
 
     clips = load_split(config.data, config.split, config.size)
     neutral = {m["speaker"]: v[0] for m, v in clips.values() if m["emotion"] == "neutral"}
+    bases = {speaker: track_video(frame[None]).baseline() for speaker, frame in neutral.items()}
     judge, gt_index = EmotionJudge(), groundtruth_index(config.corpus)
     rows = []
     for key, (meta, frames) in sorted(clips.items()):
@@ -73,8 +74,7 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
             raise UserError(
                 f"speaker {meta['speaker']} has no neutral clip in split {config.split!r}: no baseline"
             )
-        still = np.repeat(neutral[meta["speaker"]][None], len(frames), 0)
-        base = track_video(still[:1]).baseline()
+        still, base = np.repeat(neutral[meta["speaker"]][None], len(frames), 0), bases[meta["speaker"]]
         gt = gt_index.get(str(Path(meta["video"]).resolve()))
         row = {"key": key, "emotion": meta["emotion"], "level": meta["level"]}
         for name, video_frames in (("real", frames), ("still", still)):
@@ -88,21 +88,16 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
         print(f"{key:45s} real: {row['real_classified']!s:9s} fer {row['real_fer']!s:8s}  "
               f"still: {row['still_classified']!s:9s} fer {row['still_fer']!s:8s}")  # fmt: skip
     out: dict = {"clips": len(rows), "size": config.size, "split": config.split, "rows": rows}
-    judged = [r for r in rows if FER_OF.get(r["emotion"]) and (r["level"] == 3 or r["emotion"] == "neutral")]
+    judged = [r for r in rows if r["level"] == 3 or r["emotion"] == "neutral"]  # contempt: `confusion` skips
     for name in ("real", "still"):
         out[f"classifier_accuracy_{name}"] = float(
             np.mean([r[f"{name}_classified"] == r["emotion"] for r in rows])
         )
         errors = [r[f"{name}_au_gt_error"] for r in rows if r.get(f"{name}_au_gt_error") is not None]
         out[f"au_gt_error_{name}"] = float(np.mean(errors)) if errors else None
-        confusion: dict = {}
-        for r in judged:
-            cell = confusion.setdefault(FER_OF[r["emotion"]], {})
-            cell[r[f"{name}_fer"]] = cell.get(r[f"{name}_fer"], 0) + 1
-        out[f"fer_confusion_{name}"] = confusion
-        out[f"fer_classes_recognised_{name}"] = sorted(
-            c for c in FER_CLASSES if confusion.get(c, {}).get(c, 0)
-        )
+        counts = confusion([{"fer_label": r[f"{name}_fer"]} for r in judged], [r["emotion"] for r in judged])
+        out[f"fer_confusion_{name}"] = counts
+        out[f"fer_classes_recognised_{name}"] = sorted(c for c in FER_CLASSES if counts.get(c, {}).get(c, 0))
     if config.out:
         config.out.parent.mkdir(parents=True, exist_ok=True)
         config.out.write_text(json.dumps(out, indent=1))

@@ -29,7 +29,7 @@ from scipy.io import wavfile
 
 from media.au_calibration import load as load_calibration
 from media.audio_features import audio_features
-from media.face import FaceAnalyzer, stable_crop
+from media.face import FaceAnalyzer, box_inside, stable_crop
 from media.video_io import AUDIO_RATE, VideoProbe, iter_frames, probe_video, read_audio, write_mp4
 from tbd_core.errors import UserError
 from tbd_core.records import ClipRef, Reject
@@ -160,13 +160,6 @@ def crop_to(frames: np.ndarray, landmarks: np.ndarray, crop, size: int) -> tuple
     return np.stack([crop_frame(f, crop, size) for f in frames]), crop_landmarks(landmarks, crop, size)
 
 
-def _inside(box, outer) -> float:
-    """The share of `box`'s area (x0, y0, x1, y1) that lies inside `outer`."""
-    w = max(0.0, min(box[2], outer[2]) - max(box[0], outer[0]))
-    h = max(0.0, min(box[3], outer[3]) - max(box[1], outer[1]))
-    return w * h / max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
-
-
 IDENTITY_EVERY = 125  # frames between the second-face checks (and the first and last frame)
 
 
@@ -177,7 +170,7 @@ def second_face(image: np.ndarray, index: int, analyzer: FaceAnalyzer, config: M
     area) inside the first face's box: a part of that face (a spectacle lens with an eye and brow behind it
     reads as a face to the detector), not another speaker."""
     faces = analyzer.detect_all(image)
-    faces = faces[:1] + [f for f in faces[1:] if _inside(f.box, faces[0].box) <= 0.5]
+    faces = faces[:1] + [f for f in faces[1:] if box_inside(f.box, faces[0].box) <= 0.5]
     if len(faces) > 1:
         widths = [f.box[2] - f.box[0] for f in faces]
         if widths[1] >= config.max_second_face * widths[0]:

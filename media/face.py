@@ -84,9 +84,14 @@ def _area(box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
-def _iou(a, b) -> float:
+def box_inside(a, b) -> float:
+    """The share of box `a`'s area that lies inside box `b` (boxes x0, y0, x1, y1)."""
     inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
-    return inter / max(1e-9, _area(a) + _area(b) - inter)
+    return inter / max(1e-9, _area(a))
+
+
+def _iou(a, b) -> float:
+    return (inter := box_inside(a, b) * _area(a)) / max(1e-9, _area(a) + _area(b) - inter)
 
 
 def roll_degrees(landmarks: np.ndarray) -> float:

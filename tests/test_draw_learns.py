@@ -78,6 +78,5 @@ def test_motion_frames_learned_in_training_close_the_seams(trained):
     assert ratios[2] < ratios[0] and ratios[2] < 1.5, ratios
 
 
-STEPS = (
-    350  # 150 drew faces on the weaker corpus of 2026-11-29; on the stronger one: 0 % (250: 50 %, 350: 100 %)
-)
+# 150 drew faces on the weaker corpus of 2026-11-29; on the stronger one: 0 % (250: 50 %, 350: 100 %).
+STEPS = 350

@@ -107,7 +107,8 @@ def test_a_detection_inside_the_face_is_part_of_it_not_a_second_speaker(tmp_path
     """The demo corpus's mirrored Grace Hopper in fear at level 3 (brows and lids raised behind her glasses):
     the detector also reports a spectacle lens as a face half as wide, inside hers. It is kept (the policy
     before rejected it as a second speaker and lost the clip)."""
-    from media.clip_media import _inside, second_face
+    from media.clip_media import second_face
+    from media.face import box_inside
     from pipelines.demo_corpus.corpus import (
         CorpusConfig,
         ExpressionRenderer,
@@ -121,12 +122,11 @@ def test_a_detection_inside_the_face_is_part_of_it_not_a_second_speaker(tmp_path
     spec = next(s for s in plan_clips(CorpusConfig(out=tmp_path), [p.name for p in people])
                 if s.speaker == "W002" and s.emotion == "fear" and s.level == 3)  # fmt: skip
     crop, lm = _prepare(analyzer, people[1], 128)
-    aus = clip_signals(spec, people[1].name, 2.0)[2][
-        48:49
-    ]  # a frame where the detector sees a lens as a face
+    # Frame 48: one where the detector sees a lens as a face.
+    aus = clip_signals(spec, people[1].name, 2.0)[2][48:49]
     frame = cv2.resize(ExpressionRenderer(crop, lm).frames(aus)[0], (128, 128), interpolation=cv2.INTER_AREA)
     faces = analyzer.detect_all(frame)
-    assert len(faces) > 1 and _inside(faces[1].box, faces[0].box) > 0.5, [f.box for f in faces]
+    assert len(faces) > 1 and box_inside(faces[1].box, faces[0].box) > 0.5, [f.box for f in faces]
     assert second_face(frame, 0, analyzer, MediaConfig()) == ""
     sample = only(process_clip(clip(tmp_path, still(frame), "lens"), analyzer, MediaConfig(crop_size=64)))
     assert not isinstance(sample, Reject), sample
