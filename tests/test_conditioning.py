@@ -3,9 +3,10 @@ region, and the global emotion text can act differently in different places."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tbd_lightning.model import ConditionedTransformer, RegionMasks, TBDVideoDenoiser
+from tbd_lightning.model import ConditionedTransformer, Conditions, RegionMasks, TBDVideoDenoiser
 
 
 def _layer_inputs(g: torch.Generator, masks: torch.Tensor, local: torch.Tensor):
@@ -53,3 +54,32 @@ def test_global_text_can_act_differently_in_different_places():
         added = layer.global_attn(layer.norms["global"](y), encoder_hidden_states=tokens)
     assert model.config.global_tokens > 1
     assert added.std(dim=1).mean() > 1e-3  # varies over positions
+
+
+@pytest.mark.parametrize("path", ["speech", "text", "reference"])
+def test_a_path_broken_on_purpose_carries_nothing_and_the_others_still_act(path):
+    """`tbd check-conditioning --break_path`: the condition is dropped in every branch (its null tokens, as
+    classifier-free training knows them), so changing it changes nothing; the other conditions still act."""
+    import dataclasses
+
+    from evaluation.conditioning import BrokenPath
+
+    torch.manual_seed(0)
+    model = TBDVideoDenoiser.from_preset(
+        "tiny", block_channels=(16, 32), attention_levels=(True, True)
+    ).eval()
+    g = torch.Generator().manual_seed(3)
+    cond = Conditions(torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 2, 80, generator=g),
+                      torch.randn(1, 384, generator=g), torch.randn(1, 8, 384, generator=g),
+                      torch.arange(8)[None] < 3)  # fmt: skip
+    fields = {"speech": ["audio"], "text": ["global_text", "local_text"], "reference": ["reference"]}
+    swapped = {c: dataclasses.replace(cond, **{f: torch.randn_like(getattr(cond, f)) for f in fs})
+               for c, fs in fields.items()}  # fmt: skip
+    x, t = torch.randn(1, 2, 3, 16, 16, generator=g), torch.tensor([500])
+    with torch.no_grad(), BrokenPath(model, path):
+        own = model(x, t, cond)
+        change = {c: (model(x, t, s) - own).abs().max().item() for c, s in swapped.items()}
+    assert change.pop(path) == 0
+    assert all(v > 1e-4 for v in change.values()), change
+    with torch.no_grad():  # after the check the model is whole again
+        assert (model(x, t, swapped[path]) - model(x, t, cond)).abs().max() > 1e-4
