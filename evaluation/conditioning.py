@@ -165,11 +165,7 @@ class BrokenPath:
             import torch
 
             def broken(sample, timestep, cond):
-                b = cond.audio.shape[0]
-                cut = {
-                    c: torch.zeros(b, dtype=torch.bool, device=cond.audio.device)
-                    for c in BREAKABLE[self.condition]
-                }
+                cut = {c: torch.zeros_like(cond.kept(c)) for c in BREAKABLE[self.condition]}
                 return self.forward(
                     sample, timestep, dataclasses.replace(cond, keep={**(cond.keep or {}), **cut})
                 )
@@ -256,7 +252,7 @@ def reference_effect(judge, swapped: np.ndarray, own: np.ndarray, own_video, par
     from media.au_measure import track_video
 
     mean = lambda v: v.astype(np.float32).mean(0).ravel()  # noqa: E731
-    target = partner.reference.astype(np.float32).ravel() - clip.reference.astype(np.float32).ravel()
+    target = mean(partner.reference[None]) - mean(clip.reference[None])
     d_new = judge.video_descriptor(swapped, track_video(swapped).landmarks)
     d_own = judge.video_descriptor(own, own_video.landmarks)
     refs = [judge.descriptor(c.reference, c.reference_video.landmarks[0]) for c in (partner, clip)]

@@ -54,6 +54,20 @@ def offline_env(log: Path) -> dict[str, str]:
     return env
 
 
+def tiny_conditions(mask=None):
+    """`Conditions` for the tiny denoiser (one sample, 2 frames, 16 px, log-mel 80, MiniLM 384-d, 3 of 8
+    local sentences valid), seeded: the same every call; `mask` the region mask (1, 2, 1, 16, 16) or None."""
+    import torch
+
+    from tbd_lightning.model import Conditions
+
+    g = torch.Generator().manual_seed(3)
+    return Conditions(
+        torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 2, 80, generator=g), torch.randn(1, 384, generator=g),
+        torch.randn(1, 8, 384, generator=g), torch.arange(8)[None] < 3, mask,
+    )  # fmt: skip
+
+
 def run_tbd(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tbd", *args], capture_output=True, text=True, env=env, timeout=timeout

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tbd_lightning.model import ConditionedTransformer, Conditions, RegionMasks, TBDVideoDenoiser
+from tbd_lightning.model import ConditionedTransformer, RegionMasks, TBDVideoDenoiser
+from tests.conftest import tiny_conditions
 
 
 def _layer_inputs(g: torch.Generator, masks: torch.Tensor, local: torch.Tensor):
@@ -68,14 +69,11 @@ def test_a_path_broken_on_purpose_carries_nothing_and_the_others_still_act(path)
     model = TBDVideoDenoiser.from_preset(
         "tiny", block_channels=(16, 32), attention_levels=(True, True)
     ).eval()
-    g = torch.Generator().manual_seed(3)
-    cond = Conditions(torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 2, 80, generator=g),
-                      torch.randn(1, 384, generator=g), torch.randn(1, 8, 384, generator=g),
-                      torch.arange(8)[None] < 3)  # fmt: skip
+    cond = tiny_conditions()
     fields = {"speech": ["audio"], "text": ["global_text", "local_text"], "reference": ["reference"]}
     swapped = {c: dataclasses.replace(cond, **{f: torch.randn_like(getattr(cond, f)) for f in fs})
                for c, fs in fields.items()}  # fmt: skip
-    x, t = torch.randn(1, 2, 3, 16, 16, generator=g), torch.tensor([500])
+    x, t = torch.randn(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([500])
     with torch.no_grad(), BrokenPath(model, path):
         own = model(x, t, cond)
         change = {c: (model(x, t, s) - own).abs().max().item() for c, s in swapped.items()}

@@ -9,8 +9,9 @@ import torch
 from diffusers import DDPMScheduler
 
 from tbd_lightning.branches import BRANCHES
-from tbd_lightning.model import CONDITIONS, Conditions, TBDVideoDenoiser
+from tbd_lightning.model import CONDITIONS, TBDVideoDenoiser
 from tbd_lightning.sampler import MODES, GuidanceConfig, ProgressiveSampler, _with_keep
+from tests.conftest import tiny_conditions
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +27,11 @@ def train_config():
     ).config
 
 
-def conditions(mask: torch.Tensor | None = None) -> Conditions:
-    g = torch.Generator().manual_seed(3)
-    return Conditions(
-        torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 2, 80, generator=g), torch.randn(1, 384, generator=g),
-        torch.randn(1, 8, 384, generator=g), torch.arange(8)[None] < 3, mask,
-    )  # fmt: skip
-
-
 SHAPE = (1, 2, 3, 16, 16)
 
 
 def test_zero_scales_equal_the_unguided_sampler(model, train_config):
-    cond = conditions(torch.ones(1, 2, 1, 16, 16))
+    cond = tiny_conditions(torch.ones(1, 2, 1, 16, 16))
     cfg = GuidanceConfig(steps=5, audio_scale=0, global_scale=0, local_scale=0)
     sampler = ProgressiveSampler(model, train_config, cfg)
     guided = sampler.sample(SHAPE, cond, generator=torch.Generator().manual_seed(0))
@@ -59,12 +52,12 @@ def test_local_term_is_exactly_zero_outside_the_mask(model, train_config):
     sampler = ProgressiveSampler(model, train_config, GuidanceConfig(switch=0.4))
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        _, terms = sampler.guided(x, torch.tensor(200), conditions(mask), progress=0.8)
+        _, terms = sampler.guided(x, torch.tensor(200), tiny_conditions(mask), progress=0.8)
     assert torch.count_nonzero(terms["local"][..., :8]) == 0
     assert terms["local"][..., 8:].abs().mean() > 0
     no_masks = ProgressiveSampler(model, train_config, GuidanceConfig(mode="no-masks"))
     with torch.no_grad():
-        _, terms = no_masks.guided(x, torch.tensor(200), conditions(mask), progress=0.8)
+        _, terms = no_masks.guided(x, torch.tensor(200), tiny_conditions(mask), progress=0.8)
     assert terms["local"][..., :8].abs().mean() > 0  # the ablation ignores the mask
 
 
@@ -77,8 +70,8 @@ def test_schedule_global_first_then_local(model, train_config):
     sampler = ProgressiveSampler(model, train_config, cfg)
     x = torch.randn(SHAPE)
     with torch.no_grad():
-        _, early = sampler.guided(x, torch.tensor(900), conditions(), progress=0.1)
-        _, late = sampler.guided(x, torch.tensor(100), conditions(), progress=0.9)
+        _, early = sampler.guided(x, torch.tensor(900), tiny_conditions(), progress=0.1)
+        _, late = sampler.guided(x, torch.tensor(100), tiny_conditions(), progress=0.9)
     assert set(early) == {"base", "audio", "global"}  # the local branch is not even evaluated
     assert set(late) == {"base", "audio", "global", "local"}
     assert sampler.forward_passes == 2  # every branch of a step in one batched call
@@ -88,7 +81,7 @@ def test_schedule_global_first_then_local(model, train_config):
 
 def test_batched_and_unbatched_branches_agree(model, train_config):
     sampler = ProgressiveSampler(model, train_config, GuidanceConfig(steps=4, switch=0.3))
-    cond = conditions(torch.rand(1, 2, 1, 16, 16, generator=torch.Generator().manual_seed(2)))
+    cond = tiny_conditions(torch.rand(1, 2, 1, 16, 16, generator=torch.Generator().manual_seed(2)))
     a = sampler.sample(SHAPE, cond, generator=torch.Generator().manual_seed(5), batched=True)
     b = sampler.sample(SHAPE, cond, generator=torch.Generator().manual_seed(5), batched=False)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -100,7 +93,7 @@ def test_single_stage_without_masks_telescopes_to_plain_cfg(model, train_config)
     s = 2.5
     nested = GuidanceConfig(audio_scale=s, global_scale=s, local_scale=s, mode="single-stage")
     plain = GuidanceConfig(audio_scale=s, mode="cfg")
-    x, cond = torch.randn(SHAPE), conditions(None)
+    x, cond = torch.randn(SHAPE), tiny_conditions(None)
     with torch.no_grad():
         a, _ = ProgressiveSampler(model, train_config, nested).guided(x, torch.tensor(500), cond, 0.5)
         b, _ = ProgressiveSampler(model, train_config, plain).guided(x, torch.tensor(500), cond, 0.5)
@@ -111,7 +104,7 @@ def test_single_stage_without_masks_telescopes_to_plain_cfg(model, train_config)
 def test_diffusers_schedulers(model, train_config, scheduler):
     sampler = ProgressiveSampler(model, train_config, GuidanceConfig(steps=4, scheduler=scheduler))
     out = sampler.sample(
-        SHAPE, conditions(torch.ones(1, 2, 1, 16, 16)), generator=torch.Generator().manual_seed(0)
+        SHAPE, tiny_conditions(torch.ones(1, 2, 1, 16, 16)), generator=torch.Generator().manual_seed(0)
     )
     assert out.shape == SHAPE and torch.isfinite(out).all()
     assert sampler.forward_passes == 4
@@ -125,7 +118,7 @@ def test_every_ablation_mode_gives_a_different_output_from_the_same_seed(model, 
     union[..., 8:, :] = 1  # lower half: the mouth
     per_token = torch.zeros(1, 2, 8, 16, 16)
     per_token[:, :, :3, 8:, :] = 1
-    cond = dataclasses.replace(conditions(union), local_masks=per_token)
+    cond = dataclasses.replace(tiny_conditions(union), local_masks=per_token)
     label = dataclasses.replace(cond, global_text=torch.randn(1, 384, generator=torch.Generator().manual_seed(9)),
                                 local_valid=torch.zeros(1, 8, dtype=torch.bool))  # fmt: skip
     outputs = {}
@@ -142,7 +135,7 @@ def test_every_ablation_mode_gives_a_different_output_from_the_same_seed(model, 
 
 def test_no_masks_mode_takes_the_masks_away_from_the_model_too(model, train_config):
     per_token = torch.zeros(1, 2, 8, 16, 16)
-    cond = dataclasses.replace(conditions(torch.ones(1, 2, 1, 16, 16)), local_masks=per_token)
+    cond = dataclasses.replace(tiny_conditions(torch.ones(1, 2, 1, 16, 16)), local_masks=per_token)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         masked = ProgressiveSampler(model, train_config, GuidanceConfig(switch=0.0))
@@ -154,7 +147,7 @@ def test_no_masks_mode_takes_the_masks_away_from_the_model_too(model, train_conf
 
 
 def test_guidance_rescale_pulls_the_std_back_to_the_conditional_branch(model, train_config):
-    cond = conditions(torch.ones(1, 2, 1, 16, 16))
+    cond = tiny_conditions(torch.ones(1, 2, 1, 16, 16))
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     strong = GuidanceConfig(audio_scale=7, global_scale=7, local_scale=7, switch=0.0)
     with torch.no_grad():
@@ -169,7 +162,7 @@ def test_guidance_rescale_pulls_the_std_back_to_the_conditional_branch(model, tr
 def test_outside_the_guidance_interval_a_step_is_the_unguided_conditional_branch(model, train_config):
     """Guidance limited to p in [0.2, 0.8]: outside, one branch (the conditions the stage admits), unguided;
     inside, the full progressive formula. The cfg baseline gets the same treatment (like with like)."""
-    cond = conditions(torch.ones(1, 2, 1, 16, 16))
+    cond = tiny_conditions(torch.ones(1, 2, 1, 16, 16))
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     t = torch.tensor(500)
     limited = ProgressiveSampler(model, train_config, GuidanceConfig(switch=0.4, interval=(0.2, 0.8)))
