@@ -50,7 +50,7 @@ demo-steps:
 	@set -e; for ds in mead hdtf; do \
 		echo "== $$ds: ingest -> preprocess -> annotate (facs)"; \
 		$(BIN)/tbd ingest --dataset $$ds --root $(DEMO_OUT)/corpus/$$ds --out $(DEMO_OUT)/data/$$ds \
-			--split_overrides '{W003: val, RD_GraceHopperWide: val}'; \
+			--split_overrides '{W003: val, RD_Astronaut: val}'; \
 		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --media.crop_size 64 --clips_per_shard 8; \
 		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds > $(DEMO_OUT)/$$ds-facs.json; \
 		cat $(DEMO_OUT)/$$ds-facs.json; \
@@ -75,16 +75,16 @@ demo-steps:
 	@echo "== conditioning check: overfit 4 clips (happy/sad x 2 speakers, 500 steps), then swap speech, emotion text and reference one at a time: does each act?"
 	$(BIN)/tbd check-conditioning --data $(DEMO_OUT)/data/mead --version $(LLM_VERSION) --steps 500 --max_frames 24 --out $(DEMO_OUT)/check-conditioning \
 		--clips '[mead_W001_happy_3_000, mead_W001_sad_3_000, mead_W002_happy_3_000, mead_W002_sad_3_000]' > /dev/null
-	@echo "== generate: a held-out person (the astronaut's portrait; every training identity is Grace Hopper's photo, varied) speaking a validation speaker's line, contempt level 2"
+	@echo "== generate: the held-out person (the astronaut, the validation speaker W003; every training identity is Grace Hopper's photo, varied) speaking one of her lines, contempt level 2"
 	$(BIN)/tbd generate --image $(DEMO_OUT)/corpus/portraits/heldout/Astronaut.png --audio $(DEMO_OUT)/corpus/mead/W003/audio/contempt/level_3/000.m4a \
 		--emotion contempt --level 2 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/generated/contempt.mp4 --guidance.steps 8 --guidance.motion_frames 2 $(DEMO_GUIDANCE)
 	@echo "== evaluate: 8 held-out (val) clips regenerated from a neutral frame of their speaker, with the ablation table"
 	$(BIN)/tbd evaluate --model $(DEMO_OUT)/model --data $(DEMO_OUT)/data/mead --split val --max_clips 8 \
 		--max_frames 16 --guidance.steps 6 $(DEMO_GUIDANCE) --ablations true --groundtruth $(DEMO_OUT)/corpus --out $(DEMO_OUT)/evaluation > /dev/null
 	@echo ""
-	@echo "Note: the demo's training identities are one real photograph (Grace Hopper) mirrored, stretched and"
-	@echo "recoloured, so its validation speaker is that person too: this shows the pipeline, not zero-shot identity."
-	@echo "The generated video's portrait (the astronaut Eileen Collins, scikit-image's sample data) is a person the model never saw."
+	@echo "Note: the demo's training identities (W001, W002) are one real photograph (Grace Hopper) mirrored, stretched"
+	@echo "and recoloured; its validation speaker W003 is another real person (the astronaut Eileen Collins, scikit-image's"
+	@echo "sample data), never trained on: every held-out number, and the generated video, rests on that one unseen person."
 	@echo "demo done. Under $(DEMO_OUT)/:"
 	@echo "  generated video   $(DEMO_OUT)/generated/contempt.mp4 (+ .png strip, _aus.png AU plot, .json)"
 	@echo "  evaluation        $(DEMO_OUT)/evaluation/evaluation.json, strip.png, au_timeline.png"

@@ -24,7 +24,7 @@ class Clip:
     landmarks: np.ndarray  # (T, 468, 3) crop-normalised
     audio_features: np.ndarray  # (T, A)
     wav: np.ndarray  # 16 kHz mono
-    cot: dict
+    cot: dict  # the shard's annotation (the conditioning check's training clips); evaluation never reads it
     reference: np.ndarray  # (S, S, 3) uint8: a frame of another (neutral) clip of the same speaker
     reference_landmarks: np.ndarray  # (468, 3) crop-normalised
     reference_key: str  # the clip it comes from
@@ -32,6 +32,7 @@ class Clip:
     reference_video: object = None  # the same for the reference frame
     reference_identity: np.ndarray | None = None  # the identity judge's descriptor of the reference
     label_cot: dict | None = None  # the CoT thought from the label alone (the facs engine, no evidence)
+    spec_cot: dict | None = None  # the CoT thought from the label and its AU specification (`requests`)
 
 
 def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[str, str],

@@ -274,7 +274,7 @@ def run_check(config: CheckConfig) -> dict:
     from evaluation.evaluate import EvaluateConfig
     from evaluation.judges import IdentityJudge
     from evaluation.report import strip
-    from media.au_measure import track_video
+    from media.au_measure import track_still, track_video
     from pipelines.data_folder import DataFolder
     from tbd_core.tracking import job_run, tracking_uri
     from tbd_lightning.pipeline import TBDPipeline
@@ -290,7 +290,7 @@ def run_check(config: CheckConfig) -> dict:
     judge = IdentityJudge()
     for clip in clips:
         clip.real_video = track_video(clip.frames)
-        clip.reference_video = track_video(clip.reference[None])
+        clip.reference_video = track_still(clip.reference)
 
     def generate(clip, reference_of=None, audio_of=None, cot_of=None) -> np.ndarray:
         ref, audio, cot = reference_of or clip, audio_of or clip, cot_of or clip

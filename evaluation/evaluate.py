@@ -1,28 +1,32 @@
-"""`tbd evaluate`: generate held-out clips from a reference portrait, their speech and CoT; compare with the real clip.
+"""`tbd evaluate`: generate held-out clips from a reference portrait, their speech and a text; compare with the real clip.
 
-For each clip of the chosen split (annotation accepted or repaired, `max_clips` spread over the split):
-the reference is the first frame of a neutral clip of the same speaker (`ReferenceBank`: never the target
-clip, whose first frame may already show the emotion), the audio features and CoT come from the shards,
-and the same seed is used for every guidance mode. Metrics (`evaluation.metrics`): PSNR (mean of per-frame
-PSNR), SSIM, LMD (full, mouth), lip-sync proxy (offset-0 correlation, the best offset beside it),
-AU-control error against the CoT, emotion accuracy of the nearest FACS prototype to the measured AUs,
-face rate (with the real clips' face rate at the same size beside it), FID with a user-supplied network and
-the standard Sync-C/D, LPIPS, FVD and CSIM from the user's weights (`evaluation.standard`; Fréchet distances
-flagged when too few samples make the estimate rank-deficient), and
-on the demo corpus the AU error against the ground-truth sidecar. With `ablations`, modes progressive /
-single-stage / label-only / cfg (or no-masks, for a model trained without region masks) run on the same
-clips and seeds and form one table, with a spread per row (`evaluation.report`). `cfg` is compared at
-matched strength: with s_a = s_g = s_l it is single-stage without the region mask (a warning otherwise).
-There is no no-masks row for a model trained with masks: removing them at sampling would measure an input
-it never saw, not the value of masks (train with `data.region_masks: false` for that row). Results: a printed table, `OUT/evaluation.json`, an MLflow run
-(metrics per mode, the JSON, a real-vs-generated strip and an AU timeline plot).
+For each clip of the chosen split (`max_clips` spread over the split): the reference is the first frame of
+a neutral clip of the same speaker (`ReferenceBank`: never the target clip, whose first frame may already
+show the emotion), the audio features come from the shards, and the same seed is used for every row. What
+text each row is given is kept apart from how it is guided (`evaluation.requests`): no row sees anything
+computed from its target's frames (the shards' annotations of validation clips, which carry the target's
+measured AUs, are not read). Metrics (`evaluation.metrics`): PSNR (mean of per-frame PSNR), SSIM, LMD (full,
+mouth), lip-sync proxy (offset-0 correlation, the best offset beside it), AU-control error against the
+row's request, emotion accuracy of the nearest FACS prototype to the measured AUs (a clip whose face is
+lost counts as a miss in every accuracy; face rate beside it), face rate (with the real clips' face rate at
+the same size beside it), FID with a user-supplied network and the standard Sync-C/D, LPIPS, FVD and CSIM
+from the user's weights (`evaluation.standard`; Fréchet distances flagged when too few samples make the
+estimate rank-deficient), and on the demo corpus the AU error against the ground-truth sidecar. With
+`ablations`, rows progressive / single-stage / global-only / cfg (or no-masks, for a model trained without
+region masks) on one CoT, and label-only, run on the same clips and seeds and form one table, with a spread
+per row (`evaluation.report`). `cfg` is compared at matched strength: with s_a = s_g = s_l it is
+single-stage without the region mask (a warning otherwise). There is no no-masks row for a model trained
+with masks: removing them at sampling would measure an input it never saw, not the value of masks (train
+with `data.region_masks: false` for that row). Results: a printed table, `OUT/evaluation.json` (with each
+row's information), an MLflow run (metrics per mode, the JSON, a real-vs-generated strip and an AU
+timeline plot).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +40,12 @@ from evaluation.measures import (
     groundtruth_aus,
     groundtruth_index,
 )
+from evaluation.requests import REAL, Row, information, rows, think_requests, video_request
 from evaluation.standard import StandardMetrics
 from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
 
 log = logging.getLogger(__name__)
-ABLATIONS = ("progressive", "single-stage", "label-only", "cfg")  # + no-masks for a model trained without
-STILL = "reference-still"  # the floor: the reference frame repeated (no model)
-THINK = "think-label"  # the deployed setting: the CoT thought from the label alone, as `tbd generate` does
-REAL = "real"  # the ceiling: the real clip scored as if it were generated
 
 
 class EvaluateConfig(BaseModel):
@@ -93,7 +94,8 @@ def score_clip(
     measured AU series. Every video is measured the same way: `track_video` at the model's size, AUs
     against the reference frame's features (`reference`: its tracked `VideoAUs`), landmarks compared after a
     Procrustes alignment. Speech AUs (25, 26, 27) are left to the lip-sync metric. `emotion_correct`: the
-    nearest FACS prototype to the measured AUs is the clip's emotion (`classify_emotion`). With `judges`
+    nearest FACS prototype to the measured AUs is the clip's emotion (`classify_emotion`; 0 when no AU
+    could be measured: a lost face is a miss in every accuracy). With `judges`
     (`evaluation.judges.Judges`): the FER2013 verdict and the identity similarity to the reference. With
     `templates` (the speaker's ground-truth renders per emotion, `emotion_templates`): the counterfactual
     test, `counterfactual_correct` (the video is nearest to the render of its own emotion). With `standard`:
@@ -123,13 +125,12 @@ def score_clip(
     if gt is not None:
         truth = groundtruth_aus(gt, t)
         row["au_gt_error"] = metrics.au_series_error(truth, measured)
-    verdict = classify_emotion(measured)
-    if verdict is not None:
-        row["emotion_correct"] = float(verdict == clip.meta["emotion"])
+    # A video without a verdict (no face, so no AU measured) is a miss, not a clip left out of the mean.
+    row["emotion_correct"] = float(classify_emotion(measured) == clip.meta["emotion"])
     if templates:
-        nearest = counterfactual_emotion(templates, measured)
-        if nearest is not None:
-            row["counterfactual_correct"] = float(nearest == clip.meta["emotion"])
+        row["counterfactual_correct"] = float(
+            counterfactual_emotion(templates, measured) == clip.meta["emotion"]
+        )
     if judges is not None:
         row.update(judges.score(frames, video.landmarks, clip.meta["emotion"], clip.reference_identity))
     if standard is not None:
@@ -139,36 +140,20 @@ def score_clip(
     return row, measured
 
 
-def draw(pipe, clips: list[Clip], mode: str, guidance: GuidanceConfig | None, label_only: bool,
-         config: EvaluateConfig) -> list[tuple[np.ndarray, float | None]]:  # fmt: skip
+def draw(pipe, clips: list[Clip], row: Row, config: EvaluateConfig) -> list[tuple[np.ndarray, float | None]]:
     """Each clip's frames in a table row, and their seam ratio: the model's, every clip through one batched
-    `TBDPipeline.generate` (the same seed for each, so each is what a lone call gives); the real clip; or
-    the reference frame held still (the floor every mode should beat)."""
-    from tbd_lightning.video_batch import VideoRequest
-
-    if mode == REAL:
+    `TBDPipeline.generate` (the same seed for each, so each is what a lone call gives) on the row's request
+    (`requests.video_request`); the real clip; or the reference frame held still (the floor every row
+    should beat)."""
+    if row.name == REAL:
         return [(c.frames, None) for c in clips]
-    if guidance is None:
+    if row.guidance is None:
         return [(np.repeat(c.reference[None], len(c.audio_features), 0), None) for c in clips]
-    requests = [VideoRequest(c.reference, c.reference_landmarks, c.audio_features,
-                             cot=c.label_cot if mode == THINK else c.cot, label_only=label_only) for c in clips]  # fmt: skip
     per = config.max_frames_per_batch or (512 if pipe.device.type == "cuda" else 16)
-    outputs = pipe.generate(requests, guidance, config.seed, max_frames_per_batch=per)
+    outputs = pipe.generate(
+        [video_request(c, row) for c in clips], row.guidance, config.seed, max_frames_per_batch=per
+    )
     return [(o.frames, o.seam_ratio) for o in outputs]
-
-
-def think_from_labels(clips: list[Clip]) -> None:
-    """Each clip's `label_cot`: what the default engine thinks from its emotion label and level alone (no
-    measured evidence), as `tbd generate` thinks for a user; None where that CoT is rejected."""
-    from annotation.engines.spec import EngineSpec
-    from annotation.records import ThinkRequest
-
-    requests = [
-        ThinkRequest(key=c.key, emotion=c.meta["emotion"], level=c.meta["level"] or None) for c in clips
-    ]
-    with EngineSpec().make() as engine:
-        for clip, ann in zip(clips, engine.annotate(requests), strict=True):
-            clip.label_cot = ann.cot.model_dump(mode="json") if ann.accepted else None
 
 
 def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
@@ -187,30 +172,6 @@ def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
     return folder.pick_version(None)
 
 
-def guidance_runs(
-    config: EvaluateConfig, region_masks: bool = True
-) -> list[tuple[str, GuidanceConfig | None, bool]]:
-    """(row name, guidance, label_only) per table row: the configured guidance, or the ablations of it (all
-    on the clip's own annotation; `no-masks` instead of `progressive`'s masks for a model trained without
-    them), then `think-label` (the configured guidance on a CoT thought from the label alone, as deployed),
-    the real clips (the ceiling) and the `reference-still` floor (guidance None: no model)."""
-    g = config.guidance
-    if not region_masks and g.mode != "no-masks":
-        log.warning("the model was trained without region masks: sampling with guidance mode no-masks")
-        g = replace(g, mode="no-masks")
-    bounds = [(THINK, g, False), (REAL, None, False), (STILL, None, False)]
-    if not config.ablations:
-        return [(g.mode, g, False), *bounds]
-    if len({g.audio_scale, g.global_scale, g.local_scale}) > 1:
-        log.warning("cfg is not at matched strength: audio/global/local scales %s/%s/%s differ (cfg uses the "
-                    "audio scale for every condition)", g.audio_scale, g.global_scale, g.local_scale)  # fmt: skip
-    first = "progressive" if region_masks else "no-masks"
-    modes = [first if m == "progressive" else m for m in ABLATIONS]
-    return [
-        (m, replace(g, mode=first if m == "label-only" else m), m == "label-only") for m in modes
-    ] + bounds
-
-
 def run_evaluate(config: EvaluateConfig) -> dict:
     import torch
 
@@ -218,7 +179,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     from evaluation.judges import Judges, confusion
     from evaluation.report import aggregate, plots, print_table, separable
     from media.au_calibration import load as load_calibration
-    from media.au_measure import requested_aus, track_video
+    from media.au_measure import requested_aus, track_still, track_video
     from tbd_core.tracking import job_run, tracking_uri
     from tbd_lightning.pipeline import TBDPipeline
 
@@ -228,39 +189,39 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     version = resolve_version(config, pipe.config.annotation_version)
     skipped: dict[str, str] = {}
     clips = load_clips(config, pipe.size, version, skipped)
+    gt_index = groundtruth_index(config.groundtruth)
+    think_requests(clips, gt_index)
+    for clip in [c for c in clips if c.label_cot is None or c.spec_cot is None]:  # every row, the same clips
+        skipped[clip.key] = "Think rejected the label's or the AU specification's CoT"
+        clips.remove(clip)
     if not clips:
         raise UserError(f"every chosen clip was skipped: {skipped}")
-    think_from_labels(clips)
     judges = Judges()
     for clip in clips:  # measured once, the same way as every generated video
         clip.real_video = track_video(clip.frames)
-        clip.reference_video = track_video(clip.reference[None])
+        clip.reference_video = track_still(clip.reference)
         if clip.reference_video.found[0]:
             clip.reference_identity = judges.identity.descriptor(
                 clip.reference, clip.reference_video.landmarks[0]
             )
-    gt_index = groundtruth_index(config.groundtruth)
     templates = emotion_templates(config.groundtruth)
     nets = {"fid": torch.jit.load(str(config.fid_net), map_location="cpu").eval()} if config.fid_net else {}
     standard = StandardMetrics.load(config.syncnet, config.lpips_backbone, config.fvd_net, config.arcface)
-    runs = guidance_runs(config, (pipe.config.conditioning or {}).get("region_masks", True))
+    runs = rows(config.guidance, config.ablations, (pipe.config.conditioning or {}).get("region_masks", True))
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, dict] = {}
     per_clip: dict[str, list] = {}
     generated: dict[str, list[tuple[Clip, np.ndarray]]] = {}
-    for mode, guidance, label_only in runs:
-        todo = [c for c in clips if mode != THINK or c.label_cot is not None]  # THINK: an accepted CoT
-        drawn = draw(pipe, todo, mode, guidance, label_only, config)
-        rows = []
-        for clip, (frames, seams) in zip(todo, drawn, strict=True):
-            cot = clip.label_cot if mode == THINK else clip.cot
+    for run in runs:
+        mode, scored = run.name, []
+        for clip, (frames, seams) in zip(clips, draw(pipe, clips, run, config), strict=True):
             gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
             row, measured = score_clip(
                 clip,
                 frames,
-                requested_aus(cot),
+                requested_aus(clip.spec_cot),  # every row against the same request
                 gt,
                 clip.reference_video,
                 judges,
@@ -269,20 +230,18 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 pipe.fps,
             )
             row["seam_ratio"] = seams
-            rows.append({"key": clip.key, "reference": clip.reference_key, **row})
-            if clip is clips[0] and mode == runs[0][0]:
+            scored.append({"key": clip.key, "reference": clip.reference_key, **row})
+            if clip is clips[0] and run is runs[0]:
                 first_measured = measured  # the AU timeline plot: first clip, first mode
             generated.setdefault(mode, []).append((clip, frames))
             log.info(
                 "evaluate %s %s: %s",
                 mode,
                 clip.key,
-                {k: v for k, v in rows[-1].items() if k not in ("key", "reference")},
+                {k: v for k, v in scored[-1].items() if k not in ("key", "reference")},
             )
-        results[mode] = aggregate(rows)
-        per_clip[mode] = rows
-        if not rows:
-            continue
+        results[mode] = aggregate(scored)
+        per_clip[mode] = scored
         reals = [c.frames[: len(g)] for c, g in generated[mode]]
         fakes = [g for _, g in generated[mode]]
         if "fid" in nets:
@@ -297,6 +256,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     report = {"model": str(config.model), "data": str(config.data), "version": version, "split": config.split,
               "clips": [c.key for c in clips], "references": {c.key: c.reference_key for c in clips},
               "guidance": asdict(config.guidance), "seed": config.seed, "results": results,
+              "information": {r.name: information(r, bool(gt_index)) for r in runs},
+              "requests": {c.key: requested_aus(c.spec_cot) for c in clips},
               "real_face_rate": float(np.mean(real_found)), "separable": separable(results, per_clip=per_clip),
               "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc, "skipped": skipped,
               "au_calibration": load_calibration().id,
@@ -310,13 +271,13 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     strips = {mode: pairs[0][1] for mode, pairs in generated.items() if mode != REAL}
     plots(
         out,
-        clips[0].frames[: len(strips[runs[0][0]])],
+        clips[0].frames[: len(strips[runs[0].name])],
         strips,
-        requested_aus(clips[0].cot),
+        requested_aus(clips[0].spec_cot),
         first_measured,
         pipe.fps,
     )
-    print_table(results)
+    print_table(results, report["information"])
     log.info("real clips' face rate at %d px: %.3f", pipe.size, report["real_face_rate"])
 
     uri = tracking_uri(config.tracking_uri, Path(config.data), source.get("mlflow_tracking_uri"))
@@ -325,7 +286,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     params |= {"n_clips": len(clips), "annotation_version": version}
     with job_run("evaluate", uri, params, {"tbd.train_run": str(source.get("mlflow_run_id"))}) as mlflow:
         for mode, agg in results.items():
-            prefix = "" if mode == runs[0][0] else f"{mode}/"
+            prefix = "" if mode == runs[0].name else f"{mode}/"
             mlflow.log_metrics(
                 {
                     f"{prefix}{k}": v

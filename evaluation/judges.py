@@ -126,13 +126,14 @@ class Judges:
     def score(
         self, frames: np.ndarray, landmarks: np.ndarray, emotion: str, reference: np.ndarray | None
     ) -> dict:
-        """`fer_label`, `fer_accuracy` (1/0; None for emotions FER2013 has no class for) and
+        """`fer_label`, `fer_accuracy` (1/0, 0 when no frame has a face; None for emotions FER2013 has no
+        class for) and
         `identity_similarity` / `identity_distance` to the `reference` descriptor (128,)."""
         label = self.emotion.verdict(frames, landmarks)
         wanted = FER_OF.get(emotion)
         row: dict = {
             "fer_label": label,
-            "fer_accuracy": None if wanted is None or label is None else float(label == wanted),
+            "fer_accuracy": None if wanted is None else float(label == wanted),  # no face: a miss
         }
         video = self.identity.video_descriptor(frames, landmarks)
         if video is not None and reference is not None:

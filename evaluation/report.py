@@ -58,12 +58,15 @@ def separable(
     return {"metric": metric, "pairs": pairs, "paired": paired, "any": told}
 
 
-def print_table(results: dict[str, dict]) -> None:
+def print_table(results: dict[str, dict], information: dict[str, str] | None = None) -> None:
+    """The table on stderr: one row per mode, with the information it had (`requests.information`)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="evaluation: mean ± std over clips (n = clips with a value)")
     table.add_column("mode")
+    if information:
+        table.add_column("information")
     shown = [m for m in (*METRICS, "fid", "fvd") if any(r.get(m) is not None for r in results.values())]
     for m in shown:
         table.add_column(m, justify="right")
@@ -75,7 +78,7 @@ def print_table(results: dict[str, dict]) -> None:
             cells.append(
                 cell + (f" ({r[f'{m}_n']})" if r.get(f"{m}_n") is not None and v is not None else "")
             )
-        table.add_row(mode, *cells)
+        table.add_row(mode, *([information.get(mode, "")] if information else []), *cells)
     import sys
 
     Console(stderr=True, width=None if sys.stderr.isatty() else 220).print(table)  # logs: never truncated

@@ -15,10 +15,14 @@ percentiles of `w.(x - b)`; preprocess stores the former, annotate subtracts the
 
 What the detector sees depends on how many pixels the face has, so a calibration holds one fit per
 *view* (the inter-ocular distance, in source pixels, it was fitted at) and `view(iod_px)` picks the
-nearest on a log scale. Each channel carries its held-out quality (Pearson r, mean absolute error, the
-error of the uncalibrated proxies it replaces, the noise floor on frames where the truth is 0, and the
-smallest true intensity whose median reading clears that floor); channels below `MIN_R` or that cannot
-tell `MAX_DETECTABLE` from 0 are *unmeasurable*: they are never reported as evidence or scored.
+nearest on a log scale. The subjects play three parts (`pipelines.calibrate`): the weights are fitted
+on the *fit* identities; the ridge penalty and which channels are measurable are chosen on a *selection*
+identity; every published error is on a *test* identity nothing was fitted or chosen on (the provenance
+names all three). Each channel carries its quality on the test identity (Pearson r, mean absolute error,
+the error of the uncalibrated proxies it replaces, the noise floor on frames where the truth is 0, and the
+smallest true intensity whose median reading clears that floor) and, in `selection`, the r and smallest
+detectable intensity on the selection identity that decided it: channels there below `MIN_R` or that
+cannot tell `MAX_DETECTABLE` from 0 are *unmeasurable*: they are never reported as evidence or scored.
 The shipped fit is `media/data/au_calibration.json`, with its provenance.
 """
 
@@ -36,9 +40,11 @@ from media.au_proxies import PROXIES
 from tbd_core.errors import UserError
 
 SHIPPED = Path(__file__).with_name("data") / "au_calibration.json"
-MIN_R = 0.6  # held-out correlation with the truth below this: unmeasurable
+MIN_R = 0.6  # correlation with the truth on the selection identity below this: unmeasurable
 MAX_DETECTABLE = 3.0  # a channel that cannot tell intensity C-D (3) from 0: unmeasurable
-RIDGE = 1000.0  # ridge penalty on standardised features (chosen on held-out renders: 10, 300, 1000 tried)
+# `ridge()`'s default penalty on standardised features, for callers that fit without choosing one;
+# `tbd calibrate` chooses each view's penalty on its selection identity (`ViewFit.penalty`).
+RIDGE = 1000.0
 SIDES = {"R": "right", "L": "left"}
 
 
@@ -104,15 +110,18 @@ def channel_au(channel: str) -> tuple[int, str]:
 
 @dataclass
 class ChannelFit:
-    """One channel's weights over the proxies and its held-out quality."""
+    """One channel's weights over the features and its quality on the test identity; `measurable` was
+    decided on the selection identity (`selection`), not on the test one."""
 
     weights: list[float]
-    r: float  # Pearson correlation with the truth on held-out frames
-    mae: float  # mean |calibrated - truth| on held-out frames (FACS units)
+    r: float  # Pearson correlation with the truth on the test identity's frames
+    mae: float  # mean |calibrated - truth| on the test identity's frames (FACS units)
     mae_proxy: float | None  # the same for the uncalibrated proxy scale it replaces (None: it had none)
-    floor: float  # 95th percentile of the reading on held-out frames whose truth is 0
+    floor: float  # 95th percentile of the reading on test frames whose truth is 0
     min_detectable: float  # the smallest true intensity whose median reading exceeds `floor` (inf: none)
-    measurable: bool
+    measurable: bool  # on the selection identity: r >= MIN_R and min_detectable <= MAX_DETECTABLE
+    # The selection identity's r, mae and min_detectable (None: none) that decided `measurable`.
+    selection: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -120,9 +129,11 @@ class ViewFit:
     name: str
     iod_px: float  # median inter-ocular distance (source pixels) of the frames it was fitted on
     channels: dict[str, ChannelFit]
-    frames: dict[str, int] = field(default_factory=dict)  # fitted / held-out frame counts
-    # Held-out demo-corpus clips (`pipelines.calibrate.clip_quality`): MAE calibrated vs old proxy scales.
+    frames: dict[str, int] = field(default_factory=dict)  # fit / select / test frame counts
+    # The test identity's demo-corpus clips (`pipelines.calibrate.clip_quality`): MAE calibrated vs old scales.
     clips: dict = field(default_factory=dict)
+    penalty: float | None = None  # the ridge penalty, chosen on the selection identity
+    penalties: dict[str, float] = field(default_factory=dict)  # penalty tried -> selection MAE (all channels)
 
     def matrix(self, channels: list[str] | None = None) -> np.ndarray:
         """(C, K) weights of `channels` (default: all, in order)."""
@@ -173,28 +184,36 @@ class Calibration:
 
     def table(self) -> str:
         """The calibration table (Markdown): one row per channel and view."""
+        p = self.provenance
+        fit, select, test = ", ".join(p.get("fit", [])) or "?", p.get("select", "?"), p.get("test", "?")
+        penalties = ", ".join(f"{v.name} {v.penalty:g}" for v in self.views if v.penalty is not None)
         lines = [
-            f"Calibration `{self.id}` ({self.provenance.get('fitted_on', '?')}); held-out: "
-            f"{self.provenance.get('held_out', '?')}.",
+            f"Calibration `{self.id}` ({p.get('fitted_on', '?')}). Weights fitted on {fit}; ridge penalty "
+            f"({penalties or '?'}) and measurable channels chosen on the selection identity {select}; every "
+            f"error below (r, MAE, floor, smallest intensity, clips) is on the test identity {test}, on which "
+            "nothing was fitted or chosen.",
             "",
-            "| channel | view (IOD px) | r | MAE | MAE of the old proxy scale | noise floor | smallest intensity told from 0 | measurable |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| channel | view (IOD px) | r | MAE | MAE of the old proxy scale | noise floor | smallest intensity told from 0 | r on {select} | measurable (on {select}) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for v in self.views:
             for c, f in v.channels.items():
                 old = "-" if f.mae_proxy is None else f"{f.mae_proxy:.2f}"
                 det = "-" if not np.isfinite(f.min_detectable) else f"{f.min_detectable:.1f}"
+                sel = "-" if "r" not in f.selection else f"{f.selection['r']:.2f}"
                 lines.append(f"| {c} | {v.name} ({v.iod_px:.0f}) | {f.r:.2f} | {f.mae:.2f} | {old} | {f.floor:.2f} | "
-                             f"{det} | {'yes' if f.measurable else 'no'} |")  # fmt: skip
+                             f"{det} | {sel} | {'yes' if f.measurable else 'no'} |")  # fmt: skip
         for v in self.views:
             if v.clips:
                 c = v.clips
                 lines.append(
-                    f"\nHeld-out clips at {v.name} ({c['frames']} frames): MAE {c['mae']:.2f} vs the old scales' "
+                    f"\nTest identity's clips at {v.name} ({c['frames']} frames): MAE {c['mae']:.2f} vs the old scales' "
                     f"{c['mae_old']:.2f} (x{c['mae'] / c['mae_old']:.2f}) over the {c['channels_measured']} "
                     f"measurable channels both read; {c['mae_all']:.2f} vs {c['mae_old_all']:.2f} "
                     f"(x{c['mae_all'] / c['mae_old_all']:.2f}) over all {c['channels_all']} the old scales read."
-                )
+                    + (f" A reading of 0 everywhere: {c['mae_zero']:.2f} and {c['mae_zero_all']:.2f}."
+                       if "mae_zero" in c else "")
+                )  # fmt: skip
         return "\n".join(lines)
 
 
@@ -214,7 +233,8 @@ def from_json(body: dict) -> Calibration:
             f = dict(f)
             f["min_detectable"] = float("inf") if f["min_detectable"] is None else f["min_detectable"]
             channels[c] = ChannelFit(**f)
-        views.append(ViewFit(v["name"], v["iod_px"], channels, v.get("frames", {}), v.get("clips", {})))
+        views.append(ViewFit(v["name"], v["iod_px"], channels, v.get("frames", {}), v.get("clips", {}),
+                             v.get("penalty"), v.get("penalties", {})))  # fmt: skip
     cal = Calibration(list(body["features"]), views, body.get("provenance", {}))
     if list(cal.features) != list(FEATURES):
         raise UserError(
@@ -244,7 +264,8 @@ def ridge(x: np.ndarray, y: np.ndarray, penalty: float = RIDGE) -> np.ndarray:
 
 
 def quality(pred: np.ndarray, truth: np.ndarray, legacy: np.ndarray | None) -> ChannelFit:
-    """Held-out quality of one channel's readings `pred` against `truth` (both (N,), FACS 0..5)."""
+    """Quality of one channel's readings `pred` against `truth` (both (N,), FACS 0..5) on frames it was
+    not fitted on; `measurable` by this quality (the caller decides on which identity it counts)."""
     pred, truth = np.clip(pred, 0, 5), np.asarray(truth, np.float64)
     r = float(np.corrcoef(pred, truth)[0, 1]) if pred.std() > 0 and truth.std() > 0 else 0.0
     zero = truth < 0.25

@@ -143,6 +143,17 @@ def track_video(frames: np.ndarray, landmarks: np.ndarray | None = None) -> Vide
     return stream.result()
 
 
+STILL_FRAMES = 8  # a still is tracked as a video of this many copies of itself
+
+
+def track_still(frame: np.ndarray) -> VideoAUs:
+    """A still frame (H, W, 3) seen as a video is: `track_video` of `STILL_FRAMES` copies. Its `baseline()`
+    is then the neutral a tracked video is compared with; from one frame alone (the mesh found by detection,
+    not tracked from a previous frame) it was not, and a still reference read AUs against itself (the
+    astronaut's: every clip's still classified "contempt")."""
+    return track_video(np.repeat(np.asarray(frame)[None], STILL_FRAMES, 0))
+
+
 def track_generated(frames: np.ndarray) -> np.ndarray:
     """Crop-normalised landmarks (T, 468, 3) of generated frames; NaN rows where no face is found."""
     return track_video(frames).landmarks

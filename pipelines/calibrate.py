@@ -1,15 +1,24 @@
 """`tbd calibrate`: fit the AU measure (`media.au_calibration`) against ground truth, and print its table.
 
 Two sources of frames with known AU intensities:
-- renders (default): the demo corpus's renderer warps each training identity with random AU intensities
-  (every channel on its own, prototype combinations and speech mixed in), so every channel's effect can
-  be told apart. Each frame is seen as the pipeline sees it: resized to a view's size, H.264-encoded at
-  the preprocess CRF, decoded, tracked by the face model (upscaled to 256 px below that, as generated
-  frames are). The identities the model is validated on are held out of the fit and score it.
+- renders (default): the demo corpus's renderer warps each of the corpus's speakers (`portraits.speakers`,
+  W001 ... in order) with random AU intensities (every channel on its own, prototype combinations and
+  speech mixed in), so every channel's effect can be told apart. Each frame is seen as the pipeline sees
+  it: resized to a view's size, H.264-encoded at the preprocess CRF, decoded, tracked by the face model
+  (upscaled to 256 px below that, as generated frames are).
 - `--labels DIR` (DISFA-style): videos `DIR/{subject}.mp4|avi` with per-AU intensity files
-  `DIR/{subject}_au{N}.txt` (lines `frame,intensity`, frames counted from 1, intensity 0-5); the last
-  subject (sorted) is held out. One view at the videos' own resolution.
-The fit records what it was fitted on; `--out` writes it (the shipped fit is `media/data/au_calibration.json`).
+  `DIR/{subject}_au{N}.txt` (lines `frame,intensity`, frames counted from 1, intensity 0-5), subjects in
+  sorted order. One view at the videos' own resolution.
+
+Fit, select, test: with the subjects in order, the last is the *test* identity (with the built-in photos the
+demo's validation speaker, the astronaut, another person than every other identity), the second-to-last
+the *selection* identity, the rest the *fit* identities. Per view, ridge weights are fitted on the fit
+identities for each penalty in `PENALTIES`; the one with the lowest mean absolute error on the selection
+identity is kept, and each channel's `measurable` flag is decided by its quality on the selection identity.
+Every published error (each channel's r, MAE, floor, smallest detectable intensity; the demo-corpus clips)
+is on the test identity alone, on which nothing was fitted or chosen. The shipped weights are those fitted on
+the fit identities (no refit). The fit records all this in its provenance; `--out` writes it (the shipped
+fit is `media/data/au_calibration.json`).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from media.au_calibration import FEATURES, SHIPPED, Calibration, ViewFit, quality, ridge
+from media.au_calibration import FEATURES, SHIPPED, Calibration, ChannelFit, ViewFit, quality, ridge
 from media.au_proxies import PROXIES
 from tbd_core.errors import UserError
 
@@ -38,6 +47,8 @@ LEGACY_SCALES: dict[str, list[tuple[str, int, float]]] = {
     "AU20_R": [("au20_r", 1, 0.11)], "AU20_L": [("au20_l", 1, 0.11)], "AU25": [("au25", 1, 0.09)],
     "AU26": [("au26", 1, 0.20)],
 }  # fmt: skip
+# Ridge penalties tried; each view keeps the one with the lowest error on the selection identity.
+PENALTIES = (10.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 
 
 class CalibrateConfig(BaseModel):
@@ -45,7 +56,9 @@ class CalibrateConfig(BaseModel):
     out: Path = SHIPPED
     labels: Path | None = None  # a DISFA-style folder (see the module doc); None: renders
     portraits: Path | None = None  # renders: the demo corpus's identities from these photos
-    identities: int = 3  # renders: the last one is held out (the demo's validation speaker)
+    # renders: the corpus's first speakers; >= 3: the last is the test identity (the demo's validation
+    # speaker), the second-to-last the selection identity, the rest are fitted on
+    identities: int = 3
     frames: int = 400  # renders: random frames per identity
     sizes: tuple[int, ...] = (256, 128, 64, 48)  # renders: views (frame side in pixels)
     crf: int = 20
@@ -61,18 +74,39 @@ def legacy_reading(channel: str, rel: np.ndarray) -> np.ndarray | None:
     return np.clip(np.max(reads, 0), 0, 5)
 
 
-def fit_view(name: str, iod_px: float, train: tuple, test: tuple, channels: list[str],
-             clips: tuple | None = None) -> ViewFit:  # fmt: skip
-    """Fit every channel on `train` = (relative proxies (N, K), truth (N, C)); score it on `test`, and on
-    held-out `clips` (same form) when given (`clip_quality`)."""
-    (x, y), (xt, yt) = train, test
-    weights = ridge(x, y)
-    fits = {}
+def split_subjects(subjects: list[str]) -> tuple[list[str], str, str]:
+    """Subjects in order -> (fit identities, selection identity, test identity): the last is the test one,
+    the second-to-last the selection one."""
+    if len(subjects) < 3:
+        raise UserError(
+            f"calibration needs at least 3 subjects (fit on the first, choose the ridge penalty and the "
+            f"measurable channels on the second-to-last, publish the error on the last), got {len(subjects)}"
+        )
+    return list(subjects[:-2]), subjects[-2], subjects[-1]
+
+
+def fit_view(name: str, iod_px: float, fit: tuple, select: tuple, test: tuple, channels: list[str],
+             clips: tuple | None = None, penalties: tuple[float, ...] = PENALTIES) -> ViewFit:  # fmt: skip
+    """Fit every channel on `fit` = (relative features (N, K), truth (N, C)) for each penalty; keep the one
+    with the lowest mean absolute error on `select` over all channels and decide each channel's
+    measurability there; score it on `test`, and on the test identity's `clips` (same form) when given
+    (`clip_quality`). The weights are the ones fitted on `fit` alone."""
+    (x, y), (xs, ys), (xt, yt) = fit, select, test
+    tried = {p: ridge(x, y, p) for p in penalties}
+    errors = {p: float(np.abs(np.clip(xs @ w, 0, 5) - ys).mean()) for p, w in tried.items()}
+    penalty = min(errors, key=errors.get)
+    weights = tried[penalty]
+    fits: dict[str, ChannelFit] = {}
     for i, c in enumerate(channels):
+        chosen = quality(xs @ weights[:, i], ys[:, i], None)
         f = quality(xt @ weights[:, i], yt[:, i], legacy_reading(c, xt))
         f.weights = [float(f"{w:.5g}") for w in weights[:, i]]
+        f.measurable = chosen.measurable
+        det = chosen.min_detectable
+        f.selection = {"r": chosen.r, "mae": chosen.mae, "min_detectable": det if np.isfinite(det) else None}
         fits[c] = f
-    view = ViewFit(name, round(float(iod_px), 2), fits, {"fitted": len(x), "held_out": len(xt)})
+    view = ViewFit(name, round(float(iod_px), 2), fits, {"fit": len(x), "select": len(xs), "test": len(xt)},
+                   penalty=penalty, penalties={f"{p:g}": round(e, 4) for p, e in errors.items()})  # fmt: skip
     if clips is not None:
         view.clips = clip_quality(view, *clips)
     return view
@@ -80,9 +114,10 @@ def fit_view(name: str, iod_px: float, train: tuple, test: tuple, channels: list
 
 def clip_quality(view: ViewFit, rel: np.ndarray, truth: np.ndarray) -> dict:
     """Mean absolute error against the truth of the calibrated measure and of the old proxy scales on
-    held-out clips (relative proxies (N, K), truth (N, C)), over the channels both read (the measurable
-    ones the old scales covered) and over every channel the old scales covered."""
-    both, every = {"cal": [], "old": []}, {"cal": [], "old": []}
+    the test identity's clips (relative features (N, K), truth (N, C)), over the channels both read (the
+    measurable ones the old scales covered) and over every channel the old scales covered; `mae_zero`:
+    the error of a reading that is 0 everywhere (the floor any measure must beat)."""
+    both, every = {"cal": [], "old": [], "zero": []}, {"cal": [], "old": [], "zero": []}
     for i, (c, fit) in enumerate(view.channels.items()):
         old = legacy_reading(c, rel)
         if old is None:
@@ -91,10 +126,13 @@ def clip_quality(view: ViewFit, rel: np.ndarray, truth: np.ndarray) -> dict:
         for into in (both, every) if fit.measurable else (every,):
             into["cal"].append(float(np.abs(cal - truth[:, i]).mean()))
             into["old"].append(float(np.abs(old - truth[:, i]).mean()))
+            into["zero"].append(float(np.abs(truth[:, i]).mean()))
     return {"frames": len(rel), "channels_measured": len(both["cal"]),
             "mae": round(float(np.mean(both["cal"])), 4), "mae_old": round(float(np.mean(both["old"])), 4),
+            "mae_zero": round(float(np.mean(both["zero"])), 4),
             "channels_all": len(every["cal"]), "mae_all": round(float(np.mean(every["cal"])), 4),
-            "mae_old_all": round(float(np.mean(every["old"])), 4)}  # fmt: skip
+            "mae_old_all": round(float(np.mean(every["old"])), 4),
+            "mae_zero_all": round(float(np.mean(every["zero"])), 4)}  # fmt: skip
 
 
 # -- renders ------------------------------------------------------------------------------------------
@@ -144,7 +182,7 @@ def _view(frames: np.ndarray, size: int, crf: int) -> tuple[np.ndarray, float]:
 
 def heldout_clips(name: str, people: list[str], renderer) -> tuple[np.ndarray, np.ndarray]:
     """Frames (N, H, W, 3) and truth (N, C) of every MEAD clip the demo corpus renders for identity `name`
-    (each emotion at levels 1 and 3, with speech, as `tbd demo-corpus` plans them)."""
+    (each emotion at levels 1 and 3, with speech, as `tbd demo-corpus` plans them): the test identity's."""
     from pipelines.demo_corpus.corpus import CorpusConfig, clip_signals, plan_clips
 
     corpus = CorpusConfig(out=Path("."), identities=len(people), hdtf_clips=0)
@@ -155,15 +193,15 @@ def heldout_clips(name: str, people: list[str], renderer) -> tuple[np.ndarray, n
 
 
 def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict, dict]:
-    """view name -> {identity: (proxies relative to its neutral (N, K), truth (N, C))}, the channels, the
-    views' IODs, and view name -> the held-out (last) identity's demo-corpus clips (relative, truth)."""
+    """view name -> {identity: (features relative to its neutral (N, K), truth (N, C))} in the corpus's
+    speaker order, the channels, the views' IODs, and view name -> the test (last) identity's demo-corpus
+    clips (relative, truth)."""
     from media.face import FaceAnalyzer
     from pipelines.demo_corpus.au_templates import CHANNELS
     from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
-    from pipelines.demo_corpus.portraits import builtin_portraits, identities, load_portraits
+    from pipelines.demo_corpus.portraits import speakers
 
-    photos = load_portraits(cfg.portraits) if cfg.portraits else builtin_portraits()
-    people = identities(photos, cfg.identities)
+    people = speakers(cfg.portraits, cfg.identities)
     rng = np.random.default_rng(cfg.seed)
     sets: dict[str, dict] = {f"{s}px": {} for s in cfg.sizes}
     iods: dict[str, list[float]] = {f"{s}px": [] for s in cfg.sizes}
@@ -175,7 +213,7 @@ def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict, dict]:
             truth = random_intensities(rng, cfg.frames)
             rest = np.zeros((4, len(CHANNELS)))  # neutral frames: the person's baseline
             frames = renderer.frames(np.concatenate([rest, truth]))
-            held = person is people[-1]
+            held = person is people[-1]  # the test identity
             if held:
                 clip_frames, clip_truth = heldout_clips(person.name, [p.name for p in people], renderer)
                 frames = np.concatenate([frames, clip_frames])
@@ -237,6 +275,8 @@ def label_sets(folder: Path) -> tuple[dict, list[str], float]:
 def run_calibrate(cfg: CalibrateConfig) -> Calibration:
     from annotation.facs import load_kb
 
+    if not cfg.labels and cfg.identities < 3:
+        split_subjects([f"W{i + 1:03d}" for i in range(cfg.identities)])  # refuse before rendering
     if cfg.labels:
         per, channels, iod = label_sets(Path(cfg.labels))
         sets, iods, clips = {"labels": per}, {"labels": iod}, {}
@@ -248,14 +288,14 @@ def run_calibrate(cfg: CalibrateConfig) -> Calibration:
     views = []
     for name, per in sets.items():
         subjects = sorted(per) if cfg.labels else list(per)
-        if len(subjects) < 2:
-            raise UserError(f"calibration needs at least 2 subjects (one held out), got {len(subjects)}")
-        held = subjects[-1]
-        train = tuple(np.concatenate([per[s][i] for s in subjects[:-1]]) for i in (0, 1))
-        views.append(fit_view(name, iods[name], train, per[held], channels, clips.get(name)))
+        fit, select, test = split_subjects(subjects)
+        train = tuple(np.concatenate([per[s][i] for s in fit]) for i in (0, 1))
+        views.append(fit_view(name, iods[name], train, per[select], per[test], channels, clips.get(name)))
     cal = Calibration(list(FEATURES), sorted(views, key=lambda v: -v.iod_px),
-                      {"fitted_on": source, "held_out": held, "kb_version": load_kb().version,
-                       "model": "ridge on baseline-relative features (proxies, HOG, grey levels), no intercept, clipped to 0..5"})  # fmt: skip
+                      {"fitted_on": source, "fit": fit, "select": select, "test": test,
+                       "penalties_tried": list(PENALTIES), "kb_version": load_kb().version,
+                       "model": "ridge on baseline-relative features (proxies, HOG, grey levels), no intercept, clipped to 0..5; "
+                                "penalty and measurable channels chosen on the selection identity, errors on the test identity"})  # fmt: skip
     cal.save(Path(cfg.out))
     print(cal.table())
     print(f"wrote {cfg.out}")

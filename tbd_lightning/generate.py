@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from annotation.engines.spec import EngineSpec
-from media.au_measure import measured_aus, plot_aus, requested_aus, track_video
+from media.au_measure import measured_aus, plot_aus, requested_aus, track_still
 from media.inputs import load_speech, prepare_portrait
 from tbd_core.errors import UserError
 from tbd_lightning.sampler import GuidanceConfig
@@ -129,7 +129,7 @@ def generate(config: GenerateConfig, ann=None, pipe=None, callback_on_step_end=N
 
     Image.fromarray(np.concatenate([portrait.crop, *drawn.strip], axis=1)).save(out.with_suffix(".png"))
     requested = requested_aus(cot)
-    measured = measured_aus(drawn.au.result(), track_video(portrait.crop[None]).baseline())
+    measured = measured_aus(drawn.au.result(), track_still(portrait.crop).baseline())
     plot_aus(requested, measured, fps, out.with_name(out.stem + "_aus.png"))
     report = {
         "video": str(out), "strip": str(out.with_suffix(".png")), "au_plot": str(out.with_name(out.stem + "_aus.png")),

@@ -2,7 +2,9 @@
 
 With ε(·) the denoiser under a set of kept conditions (∅ = the reference alone; a = audio + reference;
 g = global emotion text; l = local muscle text: `tbd_lightning.branches`, the chain training drops along) and M the soft union of the annotated AUs' region masks, at progress
-p = 1 - t/T (0 at pure noise):
+p = i/(N - 1) of step i of N (0 at the first step, from pure noise; 1 at the last; one step: p = 0), so the
+switch point and the floor are reached as stated at any step count (1 - t/T with trailing timesteps never
+reaches 1: at 8 steps w_g ended at 0.445, not the floor):
 
     ε = ε(∅) + s_a·(ε(a) − ε(∅)) + w_g(p)·s_g·(ε(a,g) − ε(a)) + w_l(p)·s_l·M⊙(ε(a,g,l) − ε(a,g))
 
@@ -73,6 +75,11 @@ class GuidanceConfig:
             return 1.0, 0.0
         span = max(1e-8, 1 - self.switch)
         return 1.0 - (1.0 - self.global_floor) * (progress - self.switch) / span, 1.0
+
+
+def step_progress(i: int, steps: int) -> float:
+    """Progress p of step i of `steps`: i / (steps - 1), 0 at the first step and 1 at the last (0 with one step)."""
+    return i / (steps - 1) if steps > 1 else 0.0
 
 
 def make_scheduler(name: str, train_config: dict):
@@ -179,14 +186,14 @@ class ProgressiveSampler:
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=device)
         x = noise.to(device) * sched.init_noise_sigma
-        total, timesteps = sched.config.num_train_timesteps, sched.timesteps
+        timesteps = sched.timesteps
         if known is not None:
             k = known.shape[1]
             if known_noise is None:
                 known_noise = torch.randn(known.shape, generator=generator, device=device)
             x = torch.cat([sched.add_noise(known, known_noise, timesteps[:1]), x[:, k:]], 1)
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress_bar)):
-            progress = 1.0 - float(t) / total
+            progress = step_progress(i, len(timesteps))
             model_input = sched.scale_model_input(x, t)
             if known is not None and known_clean:  # in the model's input space, as training gives them
                 model_input = torch.cat([known.to(model_input.dtype), model_input[:, k:]], 1)

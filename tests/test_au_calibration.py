@@ -1,41 +1,117 @@
-"""The calibrated AU measure: the shipped fit beats the old proxy scales on held-out renders, the
-measurability rule fails a channel that carries no signal, a DISFA-style folder refits it, and evidence
-reports only what the measure can see."""
+"""The calibrated AU measure: recomputed on fresh renders of the test identity (a person nothing was fitted
+or chosen on), the shipped fit beats the old proxy scales and matches its published error; the fit records
+its fit / selection / test identities; the measurability rule fails a channel that carries no signal, a
+DISFA-style folder refits it, and evidence reports only what the measure can see."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from media.au_calibration import Calibration, ViewFit, channel_au, load, quality
+from media.au_calibration import MAX_DETECTABLE, MIN_R, Calibration, ViewFit, channel_au, load, quality
 
 VALIDATOR_AUS = {1, 2, 4, 12, 15}  # core AUs of sad / surprise / happy / contempt it must see
 
 
-def test_shipped_fit_beats_the_old_proxy_scales_on_held_out_renders():
+def test_shipped_fit_beats_the_old_proxy_scales_on_fresh_renders_of_the_test_identity():
+    """Recompute the error instead of reading it from the JSON: 200 frames of the test identity (the
+    astronaut) with random AU intensities (a seed the calibration did not draw), seen at 48 px as the
+    pipeline sees them (H.264, tracked upscaled), read by `Calibration.measure` against the person's
+    neutral frames. Measured 2026-12-04 (seeds 1-4): MAE over the measurable channels the old scales read
+    0.77-0.83 vs their 0.88-0.95 (x0.86-0.91); over all measurable channels 0.72-0.76, published 0.72; mean
+    r 0.49-0.51, published 0.51. A reading of 0 everywhere scores 0.78-0.86 on the first: at 48 px the
+    measure is little better than that on a person it was not fitted on."""
+    from media.face import FaceAnalyzer
+    from pipelines.calibrate import _view, legacy_reading, random_intensities
+    from pipelines.demo_corpus.au_templates import CHANNELS
+    from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
+    from pipelines.demo_corpus.portraits import speakers
+
     cal = load()
-    assert cal.provenance["held_out"] and "renders" in cal.provenance["fitted_on"]
-    ratios, clips = {}, {}
-    for view in cal.views:
-        compared = [f for f in view.channels.values() if f.mae_proxy is not None]
-        assert len(compared) >= 10
-        ratios[view.name] = np.mean([f.mae for f in compared]) / np.mean([f.mae_proxy for f in compared])
-        clips[view.name] = max(
-            view.clips["mae"] / view.clips["mae_old"], view.clips["mae_all"] / view.clips["mae_old_all"]
+    person = speakers(None, 3)[-1]
+    assert person.name == cal.provenance["test"]
+    truth = random_intensities(np.random.default_rng(1), 200)
+    with FaceAnalyzer() as fa:
+        crop, lm = _prepare(fa, person, 128)
+    rest = np.zeros((4, len(CHANNELS)))  # neutral frames: the person's baseline, as `render_sets` takes it
+    feats, iod = _view(ExpressionRenderer(crop, lm).frames(np.concatenate([rest, truth])), 48, 20)
+    base, seen = np.median(feats[: len(rest)], 0), feats[len(rest) :]
+    view = cal.view(iod)
+    assert view.name == "48px", (view.name, iod)
+    read = cal.measure(seen, base, iod)
+    assert set(read) == set(view.measurable()) and len(read) >= 6
+    cal_err, old_err, every, r = [], [], [], []
+    for c, values in read.items():
+        want = truth[:, CHANNELS.index(c)]
+        every.append(np.abs(values - want).mean())
+        r.append(np.corrcoef(values, want)[0, 1] if values.std() > 0 else 0.0)
+        old = legacy_reading(c, seen - base)
+        if old is not None:
+            cal_err.append(every[-1])
+            old_err.append(np.abs(old - want).mean())
+    cal_mae, old_mae, mae, mean_r = np.mean(cal_err), np.mean(old_err), np.mean(every), np.mean(r)
+    published = np.mean([view.channels[c].mae for c in read])
+    published_r = np.mean([view.channels[c].r for c in read])
+    assert len(cal_err) >= 5 and cal_mae < 0.93 * old_mae, (cal_mae, old_mae)
+    assert abs(mae - published) < 0.1 and abs(mean_r - published_r) < 0.1, (
+        mae,
+        published,
+        mean_r,
+        published_r,
+    )
+    assert mean_r > 0.35, r
+
+
+def test_the_fit_records_its_fit_selection_and_test_identities():
+    """Fitted on the first speakers, ridge penalty and measurable channels chosen on the second-to-last,
+    errors published on the last: the astronaut, the demo's validation speaker, a person in no fit identity."""
+    from pipelines.calibrate import PENALTIES
+    from pipelines.demo_corpus.portraits import heldout_portrait, speakers
+
+    cal = load()
+    p = cal.provenance
+    names = [s.name for s in speakers(None, 3)]
+    assert "renders" in p["fitted_on"]
+    assert p["fit"] == names[:-2] and p["select"] == names[-2] and p["test"] == names[-1]
+    assert len({*p["fit"], p["select"], p["test"]}) == len(p["fit"]) + 2  # disjoint
+    assert p["test"] == heldout_portrait().name == "Astronaut"
+    for v in cal.views:
+        assert v.penalty in PENALTIES and set(v.penalties) == {f"{x:g}" for x in PENALTIES}
+        assert v.penalties[f"{v.penalty:g}"] == min(v.penalties.values())  # the selection's best
+        assert (
+            v.frames["select"] == v.frames["test"] > 0 and v.frames["fit"] == len(p["fit"]) * v.frames["test"]
         )
-        assert view.clips["channels_measured"] >= 9 and view.clips["frames"] >= 500
-    # Measured on the shipped fit, random-AU frames: 0.48 / 0.49 / 0.58 / 0.64 of the old error at
-    # 256 / 128 / 64 / 48 px; the held-out speaker's demo-corpus clips, over the measurable channels both
-    # read: 0.31 / 0.29 / 0.40 / 0.38, over all 13 the old scales read: 0.35 / 0.34 / 0.47 / 0.46.
-    assert max(ratios.values()) < 0.7 and ratios["128px"] < 0.55, ratios
-    assert max(clips.values()) <= 0.5, clips  # issue 23: at most half the old error, at every size
+        for c, f in v.channels.items():  # measurability was decided on the selection identity
+            det = f.selection["min_detectable"]
+            on_select = f.selection["r"] >= MIN_R and det is not None and det <= MAX_DETECTABLE
+            assert f.measurable == on_select, (v.name, c, f.selection)
+    table = cal.table()
+    assert f"test identity {p['test']}" in table and f"selection identity {p['select']}" in table
+    assert "| AU12_R |" in table and "Test identity's clips at 48px" in table
+
+
+def test_shipped_fit_measures_the_validators_aus():
+    cal = load()
     at_corpus_size = cal.view(30.0)  # the demo corpus's 128 px frames: ~30 px between the eyes
     seen = {channel_au(c)[0] for c in at_corpus_size.measurable()}
     assert VALIDATOR_AUS <= seen, seen
     at_model_size = {channel_au(c)[0] for c in cal.view(12.0).measurable()}  # the tiny model's 48 px
-    assert VALIDATOR_AUS | {6, 9} <= at_model_size, at_model_size
+    assert VALIDATOR_AUS | {9} <= at_model_size, at_model_size
     assert not {25, 26} & seen  # speech AUs are not told apart from each other: left to lip sync
-    assert "| AU12_R |" in cal.table() and "Held-out clips at 48px" in cal.table()
+
+
+@pytest.mark.xfail(strict=True, reason="AU6 at 48 px: r 0.44 on the selection identity (bar 0.6), -0.02 on the "
+                   "test identity (2026-12-04); measurable only while the fit was chosen on its test clips")  # fmt: skip
+def test_the_cheek_raiser_is_measurable_at_the_models_size():
+    assert 6 in {channel_au(c)[0] for c in load().view(12.0).measurable()}
+
+
+def test_calibration_needs_fit_selection_and_test_subjects(tmp_path):
+    from pipelines.calibrate import CalibrateConfig, run_calibrate
+    from tbd_core.errors import UserError
+
+    with pytest.raises(UserError, match="at least 3 subjects"):
+        run_calibrate(CalibrateConfig(identities=2, out=tmp_path / "fit.json"))
 
 
 def test_a_channel_without_signal_is_unmeasurable():
@@ -67,8 +143,8 @@ def test_evidence_only_for_measurable_channels():
 
 
 def test_disfa_style_labels_refit_the_measure(tmp_path):
-    """Two 'subjects' (rendered identities) with DISFA-style per-AU label files: the fit recovers AU2 and
-    AU12 and records what it was fitted on."""
+    """Three 'subjects' (rendered identities: fit, selection, test) with DISFA-style per-AU label files: the
+    fit recovers AU2 and AU12 on the test subject and records what it was fitted on."""
     import cv2
 
     from media.face import FaceAnalyzer
@@ -80,7 +156,7 @@ def test_disfa_style_labels_refit_the_measure(tmp_path):
 
     rng = np.random.default_rng(1)
     with FaceAnalyzer() as fa:
-        for k, person in enumerate(identities(builtin_portraits(), 2)):
+        for k, person in enumerate(identities(builtin_portraits(), 3)):
             crop, lm = _prepare(fa, person, 128)
             n = 60
             au2 = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
@@ -103,6 +179,11 @@ def test_disfa_style_labels_refit_the_measure(tmp_path):
     )
     again = load(str(tmp_path / "fit.json"))
     assert again.id == cal.id and "DISFA-style" in again.provenance["fitted_on"]
+    assert (again.provenance["fit"], again.provenance["select"], again.provenance["test"]) == (
+        ["SN000"],
+        "SN001",
+        "SN002",
+    )
 
 
 def test_a_fit_from_another_feature_set_is_refused(tmp_path):
@@ -115,3 +196,30 @@ def test_a_fit_from_another_feature_set_is_refused(tmp_path):
     cal.save(tmp_path / "old.json")
     with pytest.raises(UserError, match="tbd calibrate"):
         from_json(json.loads((tmp_path / "old.json").read_text()))
+
+
+def test_a_still_reads_no_action_against_its_own_baseline():
+    """The floor: the neutral frame held still (the evaluation's still reference) measured against its own
+    baseline reads no AU. The baseline is taken from the still tracked as a video (`track_still`); from the one
+    frame alone the mesh came from detection rather than tracking and the astronaut's still read AUs against
+    itself (every clip's still classified 'contempt' by check-measures, 2026-12-04)."""
+    import cv2
+
+    from annotation.reasoner import ABSENT_PEAK
+    from media.au_measure import measured_aus, track_still, track_video
+    from media.face import FaceAnalyzer
+    from pipelines.demo_corpus.au_templates import CHANNELS
+    from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
+    from pipelines.demo_corpus.portraits import speakers
+
+    for person in speakers(None, 3)[::-2]:  # the astronaut (test) and Grace Hopper (fit)
+        with FaceAnalyzer() as fa:
+            crop, lm = _prepare(fa, person, 128)
+        neutral = ExpressionRenderer(crop, lm).frames(np.zeros((1, len(CHANNELS))))[0]
+        frame = cv2.resize(neutral, (48, 48), interpolation=cv2.INTER_AREA)
+        still = track_video(np.repeat(frame[None], 16, 0))
+        readings = measured_aus(still, track_still(frame).baseline())
+        peak = max(max(v for v in series if v is not None) for series in readings.values())
+        # Below the level at which Think takes an AU to be absent (the tracker settles over a still's first
+        # frames: 0.47 at most on the astronaut, 2026-12-04; with the one-frame baseline 0.64).
+        assert peak < ABSENT_PEAK, (person.name, {au: max(s) for au, s in readings.items()})

@@ -5,31 +5,11 @@ each when that path is broken on purpose. Slow: an overfit of 4 clips (~5 min on
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.conftest import offline_env, run_tbd
+from tests.conftest import check_conditioning as check
 
-CLIPS = "[mead_W001_happy_3_000, mead_W001_sad_3_000, mead_W002_happy_3_000, mead_W002_sad_3_000]"
-
-
-def check(data, out, netguard_log, *extra):
-    proc = run_tbd("check-conditioning", "--data", str(data), "--clips", CLIPS, "--max_frames", "24",
-                   "--out", str(out), "--tracking_uri", f"sqlite:///{out.parent / 'mlflow.db'}", *extra,
-                   env=offline_env(netguard_log), timeout=900)  # fmt: skip
-    report = out / "conditioning.json"
-    return proc, json.loads(report.read_text()) if report.is_file() else None
-
-
-@pytest.fixture(scope="module")
-def overfit(datasets, tmp_path_factory, netguard_log):
-    data, out = datasets["mead"]["data"], tmp_path_factory.mktemp("check") / "overfit"
-    # As `make demo`. On the rule reasoner's annotations (2026-11-30): speech 0.38, text 1.26, reference 0.91 (the
-    # appearance; the real clips 0.86-0.98; dlib's identity projection 0.23-0.27, which failed 0.25 as the effect).
-    proc, report = check(data, out, netguard_log, "--steps", "500")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return data, out, report
+pytestmark = pytest.mark.timeout(3600)  # the overfit (about 8 min unloaded) runs in the first test's setup
 
 
 @pytest.mark.slow

@@ -182,3 +182,27 @@ def test_outside_the_guidance_interval_a_step_is_the_unguided_conditional_branch
         assert set(terms) == {"conditional"} and cfg.branch_evaluations == 1
     with pytest.raises(ValueError, match="interval"):
         GuidanceConfig(interval=(0.8, 0.2))
+
+
+@pytest.mark.parametrize("steps", [2, 5, 8, 20])
+def test_the_schedule_reaches_the_switch_and_the_floor_at_any_step_count(model, train_config, steps):
+    """Progress comes from the step index: the first step is at 0, the last at 1, so w_g ends at the
+    documented floor and local guidance acts from the first step at or past the switch point (with
+    1 - t/T over trailing timesteps the last step was at 0.876 at 8 steps: w_g ended at 0.445, not 0.3)."""
+    cfg = GuidanceConfig(steps=steps, switch=0.4, global_floor=0.3)
+    sampler = ProgressiveSampler(model, train_config, cfg)
+    seen: list[float] = []
+    guided = sampler.guided
+
+    def record(x, t, cond, progress, batched=True):
+        seen.append(progress)
+        return guided(x, t, cond, progress, batched)
+
+    sampler.guided = record
+    sampler.sample(
+        SHAPE, tiny_conditions(torch.ones(1, 2, 1, 16, 16)), generator=torch.Generator().manual_seed(0)
+    )
+    assert len(seen) == steps and seen[0] == 0.0 and seen[-1] == 1.0
+    weights = [cfg.weights(p) for p in seen]
+    assert weights[-1] == pytest.approx((0.3, 1.0))
+    assert sum(w_l for _, w_l in weights) == sum(i / (steps - 1) >= 0.4 for i in range(steps))

@@ -43,6 +43,21 @@ def test_mfcc_rate_and_energy_coefficient():
     assert np.isclose(m[5, 0], np.log((np.abs(np.fft.rfft(frame, 512)) ** 2 / 512).sum()), atol=0.05)
 
 
+@pytest.mark.parametrize("seconds", [0.02, 1.0, 2.37])
+def test_mfcc_equals_python_speech_features(seconds):
+    """SyncNet's MFCCs are `python_speech_features.mfcc(signal, 16000)` (syncnet_python's own call): the
+    re-implementation equals the reference on speech-like noise, a silent start included (log of eps)."""
+    from python_speech_features import mfcc as reference
+
+    rng = np.random.default_rng(0)
+    n = int(seconds * 16000)
+    wav = (3000 * rng.standard_normal(n) * np.sin(np.linspace(0, 9, n)) ** 2).astype(np.int16)
+    wav[: n // 10] = 0
+    ours, theirs = syncnet.mfcc(wav), reference(wav, 16000)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
 def test_syncnet_scores_a_video_by_the_protocol(weights):
     net = syncnet.load_syncnet(weights["syncnet"])
     rng = np.random.default_rng(1)

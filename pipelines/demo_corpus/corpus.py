@@ -33,10 +33,9 @@ from media.face import FaceAnalyzer, crop_transform
 from pipelines.demo_corpus.au_templates import BILATERAL, CHANNELS
 from pipelines.demo_corpus.portraits import (
     Portrait,
-    builtin_portraits,
     heldout_portrait,
-    identities,
     load_portraits,
+    speakers,
     variant,
 )
 from tbd_core.errors import UserError
@@ -44,7 +43,7 @@ from tbd_core.errors import UserError
 log = logging.getLogger(__name__)
 FPS = 25
 HDTF_PREFIXES = ("WRA", "WDA", "RD")
-CORPUS_VERSION = 2  # 2: stronger AU templates (au_templates.GAINS)
+CORPUS_VERSION = 3  # 2: stronger AU templates (au_templates.GAINS); 3: the last speaker is another person
 
 
 @dataclass
@@ -285,10 +284,12 @@ def build(cfg: CorpusConfig) -> Path:
         raise UserError(f"cannot write to {out.parent}: {err.strerror}") from err
     started = time.time()
     try:
-        photos = load_portraits(cfg.portraits) if cfg.portraits else builtin_portraits()
-        people = identities(photos, cfg.identities)
-        # Another real person when the built-in photo is used; a further variant of the user's photos else.
-        heldout = variant(photos[0], cfg.identities + 1) if cfg.portraits else heldout_portrait()
+        people = speakers(cfg.portraits, cfg.identities)
+        # An unseen face for `tbd generate`: the built-in corpus's last speaker (validation only, never
+        # trained on); with the user's photos a further variant of the first.
+        heldout = (
+            variant(load_portraits(cfg.portraits)[0], cfg.identities + 1) if cfg.portraits else heldout_portrait()
+        )
         specs = plan_clips(cfg, [p.name for p in people])
         jobs = []
         with FaceAnalyzer() as fa:

@@ -2,9 +2,10 @@
 
 When there are fewer photos than identities, further identities are distinct variants of the photos:
 mirrored (a real face is not symmetric), a horizontal stretch, and a colour transform. With the built-in
-photo, every training identity is the same person (one photograph, varied): the demo shows the pipeline,
-not identity generalisation. The held-out portrait is another real person (`heldout_portrait`). Every
-identity is rendered from a closed-mouth neutral base (`corpus.neutral_base`).
+photos (`speakers`), every training identity is one person (Grace Hopper's photograph, varied) and the
+last speaker, the one a demo validates on, is another real person (`heldout_portrait`, the astronaut):
+the result on it rests on one unseen person. Every identity is rendered from a closed-mouth neutral base
+(`corpus.neutral_base`).
 """
 
 from __future__ import annotations
@@ -97,3 +98,15 @@ def variant(p: Portrait, k: int) -> Portrait:
 def identities(portraits: list[Portrait], n: int) -> list[Portrait]:
     """`n` distinct identities: each photo first, then variants of the photos in turn."""
     return [variant(portraits[i % len(portraits)], i // len(portraits)) for i in range(n)]
+
+
+def speakers(folder: str | Path | None, n: int) -> list[Portrait]:
+    """The corpus's `n` speakers (W001 ... in order): `identities` of the user's photos in `folder`; with the
+    built-in photos, `n - 1` identities of Grace Hopper's photograph and, last, the held-out person (the
+    astronaut), so the speaker a demo validates on is not a variant of any training identity (dlib puts
+    them 0.69 apart, above its 0.6 same-person threshold; `tests/test_evaluate.py` asserts it)."""
+    if folder:
+        return identities(load_portraits(folder), n)
+    if n < 2:
+        raise UserError("the built-in corpus needs at least 2 identities (training ones and a held-out person)")
+    return [*identities(builtin_portraits(), n - 1), heldout_portrait()]
