@@ -288,7 +288,9 @@ def build(cfg: CorpusConfig) -> Path:
         # An unseen face for `tbd generate`: the built-in corpus's last speaker (validation only, never
         # trained on); with the user's photos a further variant of the first.
         heldout = (
-            variant(load_portraits(cfg.portraits)[0], cfg.identities + 1) if cfg.portraits else heldout_portrait()
+            variant(load_portraits(cfg.portraits)[0], cfg.identities + 1)
+            if cfg.portraits
+            else heldout_portrait()
         )
         specs = plan_clips(cfg, [p.name for p in people])
         jobs = []

@@ -108,5 +108,7 @@ def speakers(folder: str | Path | None, n: int) -> list[Portrait]:
     if folder:
         return identities(load_portraits(folder), n)
     if n < 2:
-        raise UserError("the built-in corpus needs at least 2 identities (training ones and a held-out person)")
+        raise UserError(
+            "the built-in corpus needs at least 2 identities (training ones and a held-out person)"
+        )
     return [*identities(builtin_portraits(), n - 1), heldout_portrait()]
