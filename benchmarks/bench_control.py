@@ -1,6 +1,6 @@
 """The control experiment: does Draw follow the emotion text and the speech for a speaker it never saw?
 
-    make control     # make demo's data, then this script: about 55 min on 2 cores
+    make control     # make demo's data, then this script: about 48 min on 2 cores (67 with the demo)
     python benchmarks/bench_control.py --out out/control [--steps 2500]
 
 Trains the tiny model (`configs/train/tiny.yaml`, batch 4) on the demo corpus's training speakers for
