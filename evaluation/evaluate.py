@@ -211,18 +211,19 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
 
+    requested = {c.key: requested_aus(c.spec_cot) for c in clips}  # every row against the same request
+    gts = {c.key: gt_index.get(str(Path(c.meta["video"]).resolve())) for c in clips}
     results: dict[str, dict] = {}
     per_clip: dict[str, list] = {}
     generated: dict[str, list[tuple[Clip, np.ndarray]]] = {}
     for run in runs:
         mode, scored = run.name, []
         for clip, (frames, seams) in zip(clips, draw(pipe, clips, run, config), strict=True):
-            gt = gt_index.get(str(Path(clip.meta["video"]).resolve()))
             row, measured = score_clip(
                 clip,
                 frames,
-                requested_aus(clip.spec_cot),  # every row against the same request
-                gt,
+                requested[clip.key],
+                gts[clip.key],
                 clip.reference_video,
                 judges,
                 templates.get((clip.meta["speaker"], clip.meta["level"] or 1)),
@@ -257,7 +258,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
               "clips": [c.key for c in clips], "references": {c.key: c.reference_key for c in clips},
               "guidance": asdict(config.guidance), "seed": config.seed, "results": results,
               "information": {r.name: information(r, bool(gt_index)) for r in runs},
-              "requests": {c.key: requested_aus(c.spec_cot) for c in clips},
+              "requests": requested,
               "real_face_rate": float(np.mean(real_found)), "separable": separable(results, per_clip=per_clip),
               "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc, "skipped": skipped,
               "au_calibration": load_calibration().id,
@@ -273,7 +274,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         out,
         clips[0].frames[: len(strips[runs[0].name])],
         strips,
-        requested_aus(clips[0].spec_cot),
+        requested[clips[0].key],
         first_measured,
         pipe.fps,
     )

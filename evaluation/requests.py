@@ -32,8 +32,7 @@ STILL = "reference-still"  # the floor: the reference frame repeated (no model)
 THINK = "think-label"  # the deployed setting: the CoT thought from the label alone, as `tbd generate` does
 REAL = "real"  # the ceiling: the real clip scored as if it were generated
 LABEL_ONLY, GLOBAL_ONLY = "label-only", "global-only"
-DESIGNS = ("progressive", "single-stage", GLOBAL_ONLY, "cfg")  # the same CoT, guidance designs compared
-ABLATIONS = (*DESIGNS, LABEL_ONLY)  # + no-masks instead of progressive for a model trained without masks
+DESIGNS = ("progressive", "single-stage", GLOBAL_ONLY, "cfg")  # one CoT; no-masks for a maskless model
 
 
 @dataclass(frozen=True)
