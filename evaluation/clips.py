@@ -13,7 +13,7 @@ import numpy as np
 from tbd_core.errors import UserError
 
 if TYPE_CHECKING:
-    from evaluation.evaluate import EvaluateConfig
+    from evaluation.config import EvaluateConfig
 
 
 @dataclass

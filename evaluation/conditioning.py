@@ -271,7 +271,7 @@ def run_check(config: CheckConfig) -> dict:
     from PIL import Image
 
     from evaluation.clips import load_clips
-    from evaluation.evaluate import EvaluateConfig
+    from evaluation.config import EvaluateConfig
     from evaluation.judges import IdentityJudge
     from evaluation.report import strip
     from media.au_measure import track_still, track_video

@@ -30,9 +30,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
 
 from evaluation.clips import Clip, load_clips
+from evaluation.config import EvaluateConfig
 from evaluation.measures import (
     classify_emotion,
     counterfactual_emotion,
@@ -43,40 +44,8 @@ from evaluation.measures import (
 from evaluation.requests import REAL, Row, information, rows, think_requests, video_request
 from evaluation.standard import StandardMetrics
 from tbd_core.errors import UserError
-from tbd_lightning.sampler import GuidanceConfig
 
 log = logging.getLogger(__name__)
-
-
-class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    model: Path
-    data: Path
-    version: str | None = None
-    split: str = "test"
-    max_clips: int = 8
-    max_frames: int = 50
-    max_frames_per_batch: int | None = None
-    """The clips of a row are sampled together, at most this many frames per denoiser call. None: 16 on CPU
-    (larger batches were slower on 2 cores: `benchmarks/bench_evaluate.py`), 512 on a GPU."""
-    guidance: GuidanceConfig = GuidanceConfig(steps=20)  # ablations override only its mode
-    seed: int = 0
-    ablations: bool = False
-    out: Path | None = None
-    fid_net: Path | None = None
-    """A TorchScript feature network (e.g. a local InceptionV3), for FID."""
-    # The standard metrics, each from the user's weights (`evaluation.standard`; protocols in the report):
-    syncnet: Path | None = None
-    """syncnet_python's syncnet_v2.model: Sync-C / Sync-D."""
-    lpips_backbone: Path | None = None
-    """torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth): LPIPS v0.1 with lpips' heads."""
-    fvd_net: Path | None = None
-    """I3D as TorchScript (StyleGAN-V's i3d_torchscript.pt): FVD on 16-frame clips at 224 px."""
-    arcface: Path | None = None
-    """An ArcFace ONNX model (insightface's w600k_r50.onnx): CSIM to the reference portrait."""
-    groundtruth: Path | None = None  # the demo corpus folder (its corpus.json and groundtruth/)
-    tracking_uri: str | None = None
-    device: str | None = None
 
 
 def score_clip(
@@ -210,13 +179,15 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     runs = rows(config.guidance, config.ablations, (pipe.config.conditioning or {}).get("region_masks", True))
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
+    log.info("evaluate: %d %s clips x %d rows, %d denoising steps -> %s", len(clips), config.split, len(runs),
+             config.guidance.steps, out)  # fmt: skip
 
     requested = {c.key: requested_aus(c.spec_cot) for c in clips}  # every row against the same request
     gts = {c.key: gt_index.get(str(Path(c.meta["video"]).resolve())) for c in clips}
     results: dict[str, dict] = {}
     per_clip: dict[str, list] = {}
     generated: dict[str, list[tuple[Clip, np.ndarray]]] = {}
-    for run in runs:
+    for run in tqdm(runs, desc="evaluate rows", unit="row"):
         mode, scored = run.name, []
         for clip, (frames, seams) in zip(clips, draw(pipe, clips, run, config), strict=True):
             row, measured = score_clip(
@@ -235,7 +206,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
             if clip is clips[0] and run is runs[0]:
                 first_measured = measured  # the AU timeline plot: first clip, first mode
             generated.setdefault(mode, []).append((clip, frames))
-            log.info(
+            log.debug(
                 "evaluate %s %s: %s",
                 mode,
                 clip.key,

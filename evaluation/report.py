@@ -59,29 +59,29 @@ def separable(
 
 
 def print_table(results: dict[str, dict], information: dict[str, str] | None = None) -> None:
-    """The table on stderr: one row per mode, with the information it had (`requests.information`)."""
+    """The table on stderr: one row per metric, one column per mode (mean ± std, n), then each mode's
+    information (`requests.information`) in a line of its own."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="evaluation: mean ± std over clips (n = clips with a value)")
-    table.add_column("mode")
-    if information:
-        table.add_column("information")
+    table.add_column("metric")
+    for mode in results:
+        table.add_column(mode, justify="right")
     shown = [m for m in (*METRICS, "fid", "fvd") if any(r.get(m) is not None for r in results.values())]
     for m in shown:
-        table.add_column(m, justify="right")
-    for mode, r in results.items():
         cells = []
-        for m in shown:
-            v, sd = r.get(m), r.get(f"{m}_std")
+        for r in results.values():
+            v, sd, n = r.get(m), r.get(f"{m}_std"), r.get(f"{m}_n")
             cell = "-" if v is None else f"{v:.3f}" + (f"±{sd:.3f}" if sd is not None else "")
-            cells.append(
-                cell + (f" ({r[f'{m}_n']})" if r.get(f"{m}_n") is not None and v is not None else "")
-            )
-        table.add_row(mode, *([information.get(mode, "")] if information else []), *cells)
-    import sys
-
-    Console(stderr=True, width=None if sys.stderr.isatty() else 220).print(table)  # logs: never truncated
+            cells.append(cell + (f" ({n})" if n is not None and v is not None else ""))
+        table.add_row(m, *cells)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)  # logs: never truncated
+    console.print(table)
+    for mode, text in (information or {}).items():
+        console.print(f"{mode}: {text}", highlight=False, soft_wrap=True)
 
 
 def strip(videos: list[np.ndarray], columns: int = 8) -> np.ndarray:

@@ -30,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
 
 from annotation.engines.base import RETRY_TEMPERATURE, judge_attempts
 from annotation.engines.spec import EngineSpec
@@ -39,9 +40,9 @@ from pipelines.data_folder import DataFolder
 from pipelines.shards import finished, tar_members, write_manifest, write_shard
 from tbd_core.errors import UserError
 from tbd_core.faults import maybe_fail
-from tbd_core.native_log import divert_native_stderr
 from tbd_core.ray_init import init_ray
 from tbd_core.records import Reject
+from tbd_core.terminal import quiet_worker
 from tbd_core.tracking import job_run, record_run, run_ref, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class EngineWorker:
     (retrying rejected generations within the budget)."""
 
     def __init__(self, spec: dict, retry_temperature: float = RETRY_TEMPERATURE):
-        divert_native_stderr()  # native libraries' lines to the worker's native log (tbd_core.native_log)
+        quiet_worker()  # native and library lines to the worker's log file (tbd_core.terminal)
         self.engine = EngineSpec(**spec).make()
         self.retry_temperature = retry_temperature
 
@@ -178,7 +179,9 @@ def generate_all(
     )
     out = {
         row["fingerprint"]: [Generation.model_validate(g) for g in json.loads(row["attempts"])]
-        for row in ds.take_all()
+        for row in tqdm(
+            ds.iter_rows(), total=len(rows), desc=f"annotate ({config.think.engine})", unit="clip"
+        )
     }
     log.info(
         "annotate: %d requests, %d distinct, %d generations (retries included)",

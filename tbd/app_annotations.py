@@ -73,7 +73,7 @@ def clip_view(data: str, a: str, b: str | None, key: str, out_dir: Path) -> tupl
     from media.au_measure import plot_aus, requested_aus
     from pipelines.data_folder import DataFolder
     from pipelines.shards import ShardIndex
-    from tbd.app import cot_markdown
+    from tbd.app_common import cot_markdown
 
     found = _annotations(data, a)
     if key not in found["anns"]:
@@ -121,7 +121,7 @@ def annotations_tab(config) -> None:
 
     from annotation.facs import MEAD_EMOTIONS
     from pipelines.data_folder import DataFolder
-    from tbd.app import user_errors
+    from tbd.app_common import user_errors
 
     datas = [str(Path(d)) for d in config.data]
     out_dir = Path(tempfile.mkdtemp(prefix="tbd-app-annotations-"))

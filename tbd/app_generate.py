@@ -105,7 +105,7 @@ def generate_tab(config) -> None:
     import gradio as gr
 
     from media.clip_media import MediaConfig
-    from tbd.app import cot_markdown, user_errors
+    from tbd.app_common import cot_markdown, user_errors
     from tbd_lightning.generate import generate, think
 
     media = _pipeline(str(config.model), config.device).media_config if config.model else MediaConfig()

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tbd_core.allocator import keep_freed_memory
     from tbd_core.errors import UserError
-    from tbd_core.native_log import divert_native_stderr
+    from tbd_core.terminal import setup_terminal
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -39,11 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     split = next((i for i, a in enumerate(argv) if a in COMMANDS), len(argv))
     args = parser.parse_args(argv[: split + 1])
     if args.command is not None:
-        divert_native_stderr()  # LiteRT, glog, Ray's C++ lines to a log file (tbd_core.native_log)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+        # Native lines and library logs to a log file, our stages' lines to the terminal (tbd_core.terminal)
+        setup_terminal(verbose=args.verbose)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keep_freed_memory()  # CPU forward passes without page faults (tbd_core.allocator)
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # a field's docstring is its --help
     if args.command is None:

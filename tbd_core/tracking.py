@@ -96,6 +96,9 @@ def job_run(job: str, uri: str, params: dict, tags: dict | None = None) -> Itera
     """An MLflow run named after the job, in its stage's experiment; yields the `mlflow` module."""
     import mlflow
 
+    from tbd_core.terminal import route_library_logs
+
+    route_library_logs()  # the libraries the job imported: their console lines to the log file
     use_experiment(mlflow, uri, job)
     with mlflow.start_run(run_name=job, tags={"tbd.job": job, **(tags or {})}) as run:
         mlflow.log_params(_flat(params))

@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
 
 from tbd_core.errors import UserError
+from tbd_core.terminal import route_library_logs
 from tbd_lightning.model import Conditions, TBDVideoDenoiser, latent_scale
 from tbd_lightning.sampler import GuidanceConfig, ProgressiveSampler
 from tbd_lightning.video_batch import VideoPlan, VideoRequest, sample_videos
@@ -39,6 +41,7 @@ from tbd_lightning.windows import seam_ratio, window_starts
 
 OUTPUT_TYPES = ("np", "pt", "latent")
 log = logging.getLogger(__name__)
+route_library_logs()  # diffusers, imported above: its loading bars and console lines to the log file
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -328,18 +331,22 @@ class TBDPipeline(DiffusionPipeline):
         plans = [self.plan(r, device, motion, g) for r, g in zip(requests, generators, strict=True)]
         # 5. Sample with progressive guidance, the windows of all videos together
         sampler = ProgressiveSampler(den, self.scheduler.config, guidance)
-        step_end = None
-        if callback_on_step_end is not None:
+        # One progress line for every window's steps (not a bar per window)
+        bar = tqdm(desc="denoising", unit="step", disable=not progress_bar)
 
-            def step_end(i, t, latents):
+        def step_end(i, t, latents):
+            bar.update(1)
+            if callback_on_step_end is not None:
                 return (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents")
+            return None
 
         sample = lambda shape, cond, **kw: sampler.sample(  # noqa: E731
-            shape, cond, progress_bar=progress_bar, callback=step_end, known_clean=trained > 0, **kw
+            shape, cond, progress_bar=False, callback=step_end, known_clean=trained > 0, **kw
         )
         h = self.size // self.vae_scale_factor
         window = (self.frames, den.config.in_channels, h, h)
-        samples = sample_videos(plans, sample, window, motion, max_frames_per_batch)
+        with bar:
+            samples = sample_videos(plans, sample, window, motion, max_frames_per_batch)
         # 6. Decode; 7. offload, return
         outputs = []
         for x, plan in zip(samples, plans, strict=True):

@@ -94,6 +94,8 @@ class TBDCLI(LightningCLI):
                 cb.init_args.dirpath = cb.init_args.dirpath or str(root / "checkpoints")
                 dirpath = cb.init_args.dirpath
         resume = _checkpoint_file(cfg.ckpt_path, dirpath)
+        log.info("train: %s (annotations %s), %s steps -> %s", cfg.data.data, cfg.data.version or "newest",
+                 trainer.max_steps, root)  # fmt: skip
         # Read once, safely (a pickle that would run code is refused here, with a clear error).
         state = load_checkpoint(resume) if resume is not None else None
         self._checked_ckpt = resume
@@ -199,6 +201,9 @@ def split_ray_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main_argv(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    from tbd_core.terminal import route_library_logs
+
+    route_library_logs()  # Lightning's own console lines (tips, "GPU available") to the log file
     ray_args, rest = split_ray_args(argv)
     if ray_args.ray_workers > 0:
         run_on_ray(rest, ray_args.ray_workers, ray_args.ray_gpu, ray_args.ray_storage)

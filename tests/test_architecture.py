@@ -80,3 +80,66 @@ def test_no_source_file_over_400_lines(floor):
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"split these files (lines): {long}"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_imports(source: str, modules: set[str]) -> set[str]:
+    """Project modules a module imports, at module level, inside functions or under TYPE_CHECKING
+    (`from pkg import mod` counts as importing `pkg.mod`)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found & modules
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while (w := stack.pop()) != v:
+                group.append(w)
+            group.append(v)
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(groups)
+
+
+def test_no_import_circles_between_modules():
+    sources = {module_name(p): p.read_text() for p in package_files()}
+    graph = {m: module_imports(s, set(sources)) - {m} for m, s in sources.items()}
+    circles = import_circles(graph)
+    assert not circles, f"import circles (move what both sides need one floor down): {circles}"
+
+
+def test_the_circle_check_catches_a_planted_circle():
+    modules = {"a.x", "a.y", "a.z", "a"}
+    assert module_imports("def f():\n    from a import x\n", modules) == {"a", "a.x"}
+    assert import_circles({"a.x": {"a.y"}, "a.y": {"a.z"}, "a.z": {"a.x"}, "a": {"a.x"}}) == [
+        ["a.x", "a.y", "a.z"]
+    ]
+    assert import_circles({"a.x": {"a.y"}, "a.y": set()}) == []
