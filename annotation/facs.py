@@ -45,6 +45,10 @@ class KnowledgeBase(BaseModel):
     intensity_scale: dict[Intensity, str]
     lexicon: dict[str, dict[str, float]]
     intensity_words: dict[str, int]
+    negations: tuple[str, ...] = ()
+    hedges: dict[str, float] = {}
+    scope_breaks: tuple[str, ...] = ()
+    modifier_scope: int = 3
 
     def au(self, au_id: int) -> ActionUnit:
         if au_id not in self.action_units:
@@ -100,6 +104,10 @@ def load_kb() -> KnowledgeBase:
         intensity_scale=raw["intensity_scale"],
         lexicon=raw["lexicon"],
         intensity_words=raw["intensity_words"],
+        negations=tuple(raw.get("negations", ())),
+        hedges=raw.get("hedges", {}),
+        scope_breaks=tuple(raw.get("scope_breaks", ())),
+        modifier_scope=raw.get("modifier_scope", 3),
     )
 
 

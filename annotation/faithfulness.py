@@ -11,6 +11,10 @@ Each rule returns the reasons it rejects an answer (empty: it passes):
 - `copied_example`: an answer (nearly) identical to one of the prompt's few-shot answers.
 - `off_topic_text`: a region sentence that names nothing of its region, a global description that names
   neither the emotion nor a word for it (fluent text about something else passed every rule above).
+- `sentence_conflicts`: a global or region sentence that describes an AU the list does not hold ("AU9",
+  "nose wrinkler", "wrinkles along the nose"), or an intensity word two or more letters from its AU's
+  ("maximally" of an AU at A): a prompt injection into SmolLM2 produced both. The validator repairs these
+  (the sentence is rewritten from the AU list), so no accepted annotation keeps one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from difflib import SequenceMatcher
 
-from annotation.facs import KnowledgeBase
+from annotation.facs import INTENSITY_LETTERS, KnowledgeBase
 from annotation.reasoner import CLEAR_PEAK, PRESENT_PEAK, text_cues
 from annotation.records import UNKNOWN, ThinkRequest
 from annotation.schema import ChainOfThought
@@ -116,18 +120,31 @@ def omitted_aus(cot: ChainOfThought, request: ThinkRequest) -> list[str]:
     ]
 
 
+def phrase_problems(text: str) -> list[str]:
+    """What makes one text degenerate: a 4-word phrase three times, a placeholder-like token, or a quoted
+    measurement ("AU12 (2.4)"; the rule reasoner checks a user's words with this before quoting them)."""
+    problems = []
+    words = re.findall(r"[a-z0-9']+", text.lower())  # "AU1 AU2 AU4 AU5" is four AUs, not "au" x4
+    grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+    if grams:
+        gram, n = grams.most_common(1)[0]
+        if n >= 3:
+            problems.append(f"repeated phrase: {' '.join(gram)!r} {n} times")
+    token = _PLACEHOLDER.search(text)
+    if token:
+        problems.append(f"placeholder-like token: {token.group(0)!r}")
+    if _QUOTE.search(text):
+        problems.append("a quoted measurement")
+    return problems
+
+
 def degenerate_text(cot: ChainOfThought) -> list[str]:
     reasons = []
     for field, text in texts(cot).items():
-        words = re.findall(r"[a-z0-9']+", text.lower())  # "AU1 AU2 AU4 AU5" is four AUs, not "au" x4
-        grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
-        if grams:
-            gram, n = grams.most_common(1)[0]
-            if n >= 3:
-                reasons.append(f"repeated phrase in {field}: {' '.join(gram)!r} {n} times")
-        token = _PLACEHOLDER.search(text)
-        if token:
-            reasons.append(f"placeholder-like token in {field}: {token.group(0)!r}")
+        for problem in phrase_problems(text):
+            if problem != "a quoted measurement":  # `misquoted_numbers` judges those against the evidence
+                what, _, detail = problem.partition(": ")
+                reasons.append(f"{what} in {field}: {detail}")
     return reasons
 
 
@@ -169,10 +186,106 @@ def off_topic_text(cot: ChainOfThought, kb: KnowledgeBase) -> list[str]:
     return reasons
 
 
+# Intensity words a sentence may use, by the FACS letter they say: the scale's, the rule reasoner's adverbs
+# (`ADVERB`) and common variants.
+SENTENCE_INTENSITY: dict[str, str] = {
+    **{w: "A" for w in ("trace", "barely", "faint", "faintly", "minimal", "minimally")},
+    **{w: "B" for w in ("slight", "slightly", "mild", "mildly", "subtle", "subtly", "weak", "weakly")},
+    **{w: "C" for w in ("marked", "markedly", "clearly", "moderate", "moderately", "noticeably")},
+    **{w: "D" for w in ("severe", "severely", "strong", "strongly", "pronounced", "intense", "intensely")},
+    **{w: "E" for w in ("maximum", "maximal", "maximally", "extreme", "extremely")},
+}
+INTENSITY_TOLERANCE = 1  # a sentence's intensity word may be this many letters from its AU's letter
+_AU_NAME = re.compile(r"\bAU ?(\d+)\b", re.I)
+
+
+def described_aus(text: str, kb: KnowledgeBase) -> list[set[int]]:
+    """The AUs a sentence describes, one set per mention: "AU9" names AU9; a FACS name ("nose wrinkler")
+    or a registry movement clause ("wrinkles along the nose") names the AUs it belongs to (longest phrase
+    first, so a clause is not read again as a shorter one inside it)."""
+    groups = [{int(m.group(1))} for m in _AU_NAME.finditer(text)]
+    owners: dict[str, set[int]] = {}
+    for au, ref in kb.action_units.items():
+        for phrase in (ref.name, *ref.movement.split(";")):
+            if phrase.strip():
+                owners.setdefault(phrase.strip().lower(), set()).add(au)
+    low = text.lower()
+    for phrase in sorted(owners, key=len, reverse=True):
+        pattern = rf"(?<![a-z]){re.escape(phrase)}(?![a-z])"
+        if re.search(pattern, low):
+            groups.append(owners[phrase])
+            low = re.sub(pattern, " ", low)
+    return groups
+
+
+def _au_label(aus: set[int], kb: KnowledgeBase) -> str:
+    return " or ".join(
+        f"AU{au} ({kb.action_units[au].name})" if au in kb.action_units else f"AU{au}" for au in sorted(aus)
+    )
+
+
+def sentence_conflicts(cot: ChainOfThought, kb: KnowledgeBase) -> dict[str, list[str]]:
+    """Where the texts Draw reads contradict the AU list, by field: a global or region sentence may describe
+    only listed AUs (by number, FACS name or registry clause), and an intensity word may be at most
+    `INTENSITY_TOLERANCE` letters from the letter of the AU it describes (in a region sentence, a clause
+    without its own word takes the previous clause's: "Strongly: lips parted; jaw lowered"; a clause that
+    names no AU speaks of the region's listed AUs). The global sentence's word may also be the level's own
+    (the expression asked for: "A severe happy expression")."""
+    letters: dict[int, set[str]] = {}
+    for u in cot.action_units:
+        letters.setdefault(u.au, set()).add(u.intensity)
+    out: dict[str, list[str]] = {}
+
+    def add(field: str, reason: str) -> None:
+        if reason not in out.setdefault(field, []):
+            out[field].append(reason)
+
+    sentences = {"global_description": cot.global_description}
+    sentences |= {f"regions.{r}": t for r, t in cot.regions.model_dump().items() if t.strip()}
+    for field, text in sentences.items():
+        for group in described_aus(text, kb):
+            if not group & letters.keys():
+                add(field, f"{field} describes {_au_label(group, kb)}, which the action units do not list")
+
+    def said(words: list[str], aus: set[int], field: str) -> None:
+        for word in words:
+            value = INTENSITY_LETTERS.index(SENTENCE_INTENSITY[word])
+            near = [
+                abs(value - INTENSITY_LETTERS.index(x)) <= INTENSITY_TOLERANCE
+                for au in aus
+                for x in letters[au]
+            ]
+            if near and not any(near):
+                have = ", ".join(f"AU{au} at {'/'.join(sorted(letters[au]))}" for au in sorted(aus))
+                add(field, f"{field} says {word!r} ({SENTENCE_INTENSITY[word]}) of {have}")
+
+    def words_of(text: str) -> list[str]:
+        return [w for w in re.findall(r"[a-z]+", text.lower()) if w in SENTENCE_INTENSITY]
+
+    level = kb.mead_level_intensity.get(cot.intensity_level)
+    said([w for w in words_of(cot.global_description) if SENTENCE_INTENSITY[w] != level], set(letters),
+         "global_description")  # fmt: skip
+    for region, text in cot.regions.model_dump().items():
+        current: list[str] = []
+        for clause in re.split(r"[;.]", text):
+            current = words_of(clause) or current
+            groups = [g & letters.keys() for g in described_aus(clause, kb)]
+            groups = [g for g in groups if g] or [{au for au in letters if kb.au(au).region == region}]
+            for group in groups:
+                said(current, group, f"regions.{region}")
+    return out
+
+
+def unfaithful_sentences(cot: ChainOfThought, kb: KnowledgeBase) -> list[str]:
+    """`sentence_conflicts` as a list of reasons (the validator rewrites those sentences from the AU list)."""
+    return [reason for reasons in sentence_conflicts(cot, kb).values() for reason in reasons]
+
+
 def check(
     cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeBase, examples: Sequence[str] = ()
 ) -> list[str]:
-    """All faithfulness reasons for one answer."""
+    """All faithfulness reasons for one answer (sentences that contradict the AU list are not among them:
+    the validator rewrites those, `sentence_conflicts`)."""
     return [
         *unsupported_label(cot, request, kb),
         *misquoted_numbers(cot, request),

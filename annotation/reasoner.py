@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 
 from annotation.facs import KnowledgeBase, intensity_letter, intensity_value, load_kb
 from annotation.records import UNKNOWN, AUEvidence, ThinkRequest
-from annotation.schema import AUDescription, ChainOfThought, RegionDescriptions
+from annotation.schema import MAX_AUS, AUDescription, ChainOfThought, RegionDescriptions
 from tbd_core.errors import UserError
 
-REASONER_VERSION = "facs-reasoner-2"  # bump when the rules change: it enters the annotation version
+REASONER_VERSION = "facs-reasoner-3"  # bump when the rules change: it enters the annotation version
 ABSENT_PEAK = 0.5  # measured peak below this (FACS scale) contradicts an AU
 PRESENT_PEAK = 1.5  # measured peak at or above this supports adding an optional / observed AU
 CLEAR_PEAK = 2.5  # clearly present: an answer that leaves such an AU out must say so (validator)
 DEFAULT_SIDE = "right"  # unilateral AUs without side evidence: the subject's right
 ADVERB = {"A": "barely", "B": "slightly", "C": "clearly", "D": "strongly", "E": "maximally"}
+QUOTE_CHARS = 80  # the reasoning quotes at most this much of a free text
 
 
 def peaks_by_side(evidence: tuple[AUEvidence, ...]) -> dict[int, dict[str, float]]:
@@ -33,17 +35,97 @@ def peaks_by_side(evidence: tuple[AUEvidence, ...]) -> dict[int, dict[str, float
     return out
 
 
+@dataclass(frozen=True)
+class TextReading:
+    """What the rule engine reads in free text (`read_text`)."""
+
+    weights: dict[str, float]  # normalised emotion weights, strongest first; {} when nothing is recognised
+    level: int | None  # from intensity words and hedges; None when the text gives none
+    negated: tuple[str, ...] = ()  # emotion words a negation cancels ("no anger")
+    hedged: tuple[str, ...] = ()  # emotion words a hedge weakens ("a little sad")
+
+
+_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)*|[^\sa-z']")
+
+
+def read_text(text: str, kb: KnowledgeBase) -> TextReading:
+    """Free text -> emotion weights and level, by the lexicon and its modifiers: a negation cancels the
+    emotion and intensity words after it (within `kb.modifier_scope` words of its clause), a hedge scales
+    the next emotion word's weight and lowers the level to 1 when it weakens the dominant emotion. A text
+    whose emotion words are all negated reads as neutral."""
+    tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))
+    weights: dict[str, float] = defaultdict(float)
+    plain: set[str] = set()  # emotions read from at least one unhedged word
+    levels, negated, hedged = [], [], []
+    negation_left, hedge = 0, None  # words a negation still covers; the pending hedge's factor
+    skip = False
+    for i, tok in enumerate(tokens):
+        if skip:  # the second word of a two-word hedge ("a little")
+            skip = False
+            continue
+        if not tok[0].isalpha() or tok in kb.scope_breaks:  # punctuation or "but": the clause ends
+            negation_left, hedge = 0, None
+            continue
+        pair = f"{tok} {tokens[i + 1]}" if i + 1 < len(tokens) else ""
+        if tok in kb.negations or tok.endswith("n't"):
+            negation_left = kb.modifier_scope
+            continue
+        if pair in kb.hedges or tok in kb.hedges:
+            hedge, skip = kb.hedges.get(pair, kb.hedges.get(tok)), pair in kb.hedges
+            if tok in kb.intensity_words:
+                levels.append(kb.intensity_words[tok])
+            continue
+        if tok in kb.lexicon:
+            if negation_left > 0:
+                negated.append(tok)
+            else:
+                for emotion, weight in kb.lexicon[tok].items():
+                    weights[emotion] += weight * (hedge if hedge is not None else 1.0)
+                    if hedge is None:
+                        plain.add(emotion)
+                if hedge is not None:
+                    hedged.append(tok)
+                hedge = None  # a hedge weakens one emotion word
+        elif tok in kb.intensity_words and negation_left <= 0:
+            levels.append(kb.intensity_words[tok])
+        negation_left -= 1
+    if not weights and negated:
+        weights["neutral"] = 1.0
+    total = sum(weights.values()) or 1.0
+    ranked = {e: w / total for e, w in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))}
+    level = max(levels) if levels else None
+    if ranked and next(iter(ranked)) not in plain and hedged:  # the dominant emotion is only hedged
+        level = 1
+    return TextReading(ranked, level, tuple(dict.fromkeys(negated)), tuple(dict.fromkeys(hedged)))
+
+
 def text_cues(text: str, kb: KnowledgeBase) -> tuple[dict[str, float], int | None]:
     """Free text -> (normalised emotion weights, possibly empty; level from intensity words or None)."""
-    words = re.findall(r"[a-z]+", text.lower())
-    weights: dict[str, float] = defaultdict(float)
-    for w in words:
-        for emotion, weight in kb.lexicon.get(w, {}).items():
-            weights[emotion] += weight
-    total = sum(weights.values()) or 1.0
-    levels = [kb.intensity_words[w] for w in words if w in kb.intensity_words]
-    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
-    return {e: w / total for e, w in ranked}, (max(levels) if levels else None)
+    reading = read_text(text, kb)
+    return reading.weights, reading.level
+
+
+def quote(text: str, limit: int = QUOTE_CHARS) -> str | None:
+    """The user's text as the reasoning may quote it: immediate repeats collapsed ("I'm fine, I'm fine"
+    -> "I'm fine"), cut to `limit` characters; None when even that would fail the validator's text rules
+    (a repeated phrase, a placeholder-like token, a quoted measurement)."""
+    from annotation.faithfulness import phrase_problems
+
+    words = text.split()
+    norm = [re.sub(r"[^a-z0-9']", "", w.lower()) for w in words]
+    i, kept = 0, []
+    while i < len(words):
+        for n in range(1, 9):
+            if i + 2 * n <= len(words) and norm[i : i + n] == norm[i + n : i + 2 * n]:
+                i += n  # keep the later copy (its punctuation closes the phrase)
+                break
+        else:
+            kept.append(words[i])
+            i += 1
+    out = " ".join(kept)
+    if len(out) > limit:
+        out = out[: limit - 3].rsplit(" ", 1)[0] + "..."
+    return None if phrase_problems(out) else out
 
 
 def _closest_emotion(peaks: dict[int, dict[str, float]], kb: KnowledgeBase) -> str:
@@ -65,24 +147,23 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
     steps: list[str] = []
 
     # 1. Appraise the emotion and its intensity.
-    weights, text_level = text_cues(request.text, kb) if request.text else ({}, None)
+    reading = read_text(request.text, kb) if request.text else TextReading({}, None)
+    weights, text_level = reading.weights, reading.level
     if request.emotion != UNKNOWN:
         weights = {request.emotion: 1.0}
     elif request.text and not weights:
         raise UserError(
-            f"the facs engine does not recognise an emotion in {request.text!r}; name an emotion word "
-            f"(e.g. {', '.join(list(kb.lexicon)[:6])}, ...) or use an LLM engine (--engine vllm|openai)"
+            f"the facs engine does not recognise an emotion in {quote(request.text) or 'the text'!r}; name an "
+            f"emotion word (e.g. {', '.join(list(kb.lexicon)[:6])}, ...) or use an LLM engine "
+            "(--think.engine vllm|openai)"
         )
     elif not request.text:
         weights = {_closest_emotion(peaks, kb): 1.0}
+    _check_blend(weights, kb)
     level = request.level or text_level or 2
     target = kb.level_intensity(level)
     label = " and ".join(weights)
-    mix = ", ".join(f"{e} {w:.0%}" for e, w in weights.items())
-    source = f"the text {request.text!r} reads as {mix}" if request.text else f"the emotion is {label}"
-    steps.append(
-        f"Appraise: {source}; level {level} of 3 asks for FACS intensity {target} ({kb.intensity_scale[target]})."
-    )
+    steps.append(_appraisal(request, reading, weights, label, level, target, kb))
 
     # 2. Select AUs from the prototypes (blends weight each prototype's intensity).
     chosen: dict[int, float] = {}
@@ -120,6 +201,7 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
                 au not in chosen
                 and sides["both"] >= PRESENT_PEAK
                 and (au in optional or not weights_fixed(request))
+                and len(chosen) < MAX_AUS  # the schema's bound: a full list is reported, not extended
             ):
                 chosen[au] = sides["both"]
                 added.append(f"AU{au} ({sides['both']:.1f})")
@@ -177,6 +259,54 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
         action_units=units,
         regions=regions,
     )
+
+
+def _appraisal(
+    request: ThinkRequest,
+    reading: TextReading,
+    weights: dict[str, float],
+    label: str,
+    level: int,
+    target: str,
+    kb: KnowledgeBase,
+) -> str:
+    """Step 1's sentence. The user's text is quoted once (repeats collapsed, cut to `QUOTE_CHARS`), or not
+    at all where the quote would fail the validator's text rules: the reasoner never fails its own
+    validator on a user's words."""
+    from annotation.faithfulness import phrase_problems
+
+    mix = ", ".join(f"{e} {w:.0%}" for e, w in weights.items())
+    notes = "".join(
+        f"; {what}: {', '.join(words)}"
+        for what, words in (("negated, so left out", reading.negated), ("hedged, so weaker", reading.hedged))
+        if words and request.emotion == UNKNOWN
+    )
+    tail = f"; level {level} of 3 asks for FACS intensity {target} ({kb.intensity_scale[target]})."
+    if not request.text:
+        return f"Appraise: the emotion is {label}{tail}"
+    quoted = quote(request.text)
+    step = _fit(f"Appraise: the text {quoted!r} reads as {mix}{notes}{tail}") if quoted else ""
+    return (
+        step
+        if step and not phrase_problems(step)
+        else _fit(f"Appraise: the text reads as {mix}{notes}{tail}")
+    )
+
+
+def _check_blend(weights: dict[str, float], kb: KnowledgeBase) -> None:
+    """A blend whose prototypes need more AUs than one annotation holds is a `UserError` naming how many
+    emotions fit (strongest first)."""
+    union: set[int] = set()
+    fits = 0
+    for emotion in weights:
+        union |= set(kb.prototype(emotion).core)
+        fits += len(union) <= MAX_AUS
+    if len(union) > MAX_AUS:
+        raise UserError(
+            f"the text blends {len(weights)} emotions ({', '.join(weights)}), whose prototypes need "
+            f"{len(union)} action units, more than the {MAX_AUS} one annotation holds; name at most "
+            f"{fits} of them (e.g. {', '.join(list(weights)[:fits])})"
+        )
 
 
 def weights_fixed(request: ThinkRequest) -> bool:

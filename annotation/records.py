@@ -13,6 +13,7 @@ from annotation.schema import ChainOfThought, Side
 from tbd_core.errors import UserError
 
 UNKNOWN = "unknown"
+MAX_TEXT_CHARS = 500  # free-text emotion: a sentence or two (the prompt and the reasoning quote it)
 Outcome = Literal["accepted", "repaired", "rejected"]
 
 
@@ -37,7 +38,8 @@ class ThinkRequest(BaseModel):
     """One thing to think about: an emotion label and/or free text, a level, and optional evidence.
 
     `level` is MEAD's 1..3 (None: not given). `emotion` is one of MEAD's eight or "unknown" (HDTF,
-    free text). Bad input raises `UserError` with the accepted values.
+    free text); `text` holds at most `MAX_TEXT_CHARS` characters. Bad input raises `UserError` with the
+    accepted values.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -69,6 +71,11 @@ class ThinkRequest(BaseModel):
     def _text(cls, value):
         if value is not None and not value.strip():
             raise UserError("the emotion text is empty; give a description such as 'a bittersweet smile'")
+        if value is not None and len(value.strip()) > MAX_TEXT_CHARS:
+            raise UserError(
+                f"the emotion text is {len(value):,} characters long; at most {MAX_TEXT_CHARS} are "
+                "accepted: describe the emotion in a sentence or two, e.g. 'a bittersweet smile'"
+            )
         return value.strip() if value is not None else None
 
     @model_validator(mode="after")

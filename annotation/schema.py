@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from annotation.facs import Intensity, Region, load_kb
 
@@ -93,3 +93,18 @@ def decoding_schema() -> dict:
 
 def schema_hash() -> str:
     return hashlib.sha256(json.dumps(decoding_schema(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def schema_problem(err: ValidationError) -> str:
+    """A schema violation as one clause naming the field and the bound ("breaks the schema at
+    action_units: 14 items, at most 12 allowed; ask for fewer emotions or a shorter text")."""
+    errors = err.errors()
+    first, unit = errors[0], {"too_long": "items", "string_too_long": "characters"}
+    where = ".".join(map(str, first["loc"])) or "the top level"
+    bound, value = (first.get("ctx") or {}).get("max_length"), first.get("input")
+    if first["type"] in unit and bound is not None and hasattr(value, "__len__"):
+        what = f"{len(value)} {unit[first['type']]}, at most {bound} allowed"
+    else:
+        what = first["msg"].rstrip(".")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"breaks the schema at {where}: {what}{more}; ask for fewer emotions or a shorter text"

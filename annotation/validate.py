@@ -5,7 +5,9 @@ every change listed), `rejected` (reasons listed; the clip goes to the reject le
 an AU: a missing core AU or an unknown AU id rejects. Grounding: an AU annotated at C or stronger that
 the clip's measured evidence shows absent rejects. Faithfulness (`annotation.faithfulness`): a label the
 evidence does not support, misquoted measurements, a clearly measured AU left out silently, degenerate
-text, a copied few-shot answer and text about something other than the face reject.
+text, a copied few-shot answer and text about something other than the face reject; a global or region
+sentence that contradicts the AU list (an unlisted AU, an intensity word against its AU's letter) is
+rewritten from the list (a repair, listed).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from pydantic import ValidationError
 
 from annotation import faithfulness
 from annotation.facs import KnowledgeBase, load_kb
-from annotation.reasoner import ABSENT_PEAK, region_sentences
+from annotation.reasoner import ABSENT_PEAK, global_description, region_sentences
 from annotation.records import UNKNOWN, Generation, ThinkRequest, Validation
 from annotation.schema import ChainOfThought
 
-VALIDATOR_VERSION = "validator-3"  # bump when a rule changes: it enters the annotation version
+VALIDATOR_VERSION = "validator-4"  # bump when a rule changes: it enters the annotation version
 
 
 def parse(generation: Generation) -> tuple[dict | None, list[str]]:
@@ -109,7 +111,27 @@ def validate(
         if getattr(generated, region) and not getattr(cot.regions, region).strip():
             changes.append(f"regions.{region} filled from its AUs")
             setattr(cot.regions, region, getattr(generated, region))
+    # Sentences that contradict the AU list (an unlisted AU, an intensity word against its AU's letter) are
+    # rewritten from it, as the rule reasoner writes them: the texts Draw reads say what the AUs say.
+    for field, why in faithfulness.sentence_conflicts(cot, kb).items():
+        if field == "global_description":
+            cot.global_description = global_description(cot.emotion, cot.action_units, _scale(cot, kb), kb)
+        else:
+            region = field.removeprefix("regions.")
+            setattr(cot.regions, region, getattr(generated, region))
+        changes.append(
+            f"{field} rewritten from the AU list: " + "; ".join(w.removeprefix(field + " ") for w in why)
+        )
+    left = faithfulness.unfaithful_sentences(cot, kb)
+    if left:  # a rewrite is consistent by construction; never accept one that is not
+        return None, Validation(outcome="rejected", reasons=left, changes=changes)
     return cot, Validation(outcome="repaired" if changes else "accepted", changes=changes)
+
+
+def _scale(cot: ChainOfThought, kb: KnowledgeBase) -> str:
+    """The intensity letter a rewritten global sentence names: the level's, else the strongest AU's."""
+    level = kb.mead_level_intensity.get(cot.intensity_level)
+    return level or max((u.intensity for u in cot.action_units), default="C")
 
 
 def _plausibility(cot: ChainOfThought, request: ThinkRequest, kb: KnowledgeBase) -> list[str]:

@@ -83,9 +83,16 @@ def think(config: GenerateConfig, engine=None):
     if not ann.accepted:
         raise UserError(
             f"the CoT for {config.text or config.emotion!r} was rejected: {'; '.join(ann.validation.reasons)} "
-            "(think again with another engine or wording, or use the facs engine)"
+            f"({_think_again(ann.provenance.route or ann.provenance.engine)})"
         )
     return ann
+
+
+def _think_again(engine: str) -> str:
+    """What to try after `engine` rejected a CoT: never the engine that just failed."""
+    if engine == "facs":
+        return "reword the text with one or two emotion words, or think with an LLM engine: --think.engine vllm|openai"
+    return "think again with other wording, or use the rule-based engine: --think.engine facs"
 
 
 def load_pipeline(config: GenerateConfig):
@@ -106,6 +113,7 @@ def generate(config: GenerateConfig, ann=None, pipe=None, callback_on_step_end=N
     from media.audio_features import audio_features
     from media.video_io import AUDIO_RATE, write_mp4
 
+    log.info("generate: %s speaking %s, %s -> %s", config.image, config.audio, config.emotion, config.out)
     pipe = pipe or load_pipeline(config)
     media, size = pipe.media_config, pipe.size
     fps = media.fps

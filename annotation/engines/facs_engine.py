@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from annotation.engines.base import Engine
 from annotation.facs import load_kb
 from annotation.reasoner import REASONER_VERSION, think
 from annotation.records import Generation, ThinkRequest
+from annotation.schema import schema_problem
 from tbd_core.errors import UserError
 
 
@@ -33,6 +36,10 @@ class FacsEngine(Engine):
         for r in requests:
             try:
                 out.append(Generation(text=think(r, kb).model_dump_json(), finish_reason="stop"))
-            except (UserError, ValueError) as err:  # one bad request is one reject, not a failed job
+            except UserError as err:  # one bad request is one reject, not a failed job
+                out.append(Generation(text="", error=str(err)))
+            except ValidationError as err:  # a bound the rules missed: one sentence, not pydantic's page
+                out.append(Generation(text="", error=f"the facs engine's answer {schema_problem(err)}"))
+            except ValueError as err:
                 out.append(Generation(text="", error=f"{type(err).__name__}: {err}"))
         return out
