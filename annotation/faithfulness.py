@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Sequence
 from difflib import SequenceMatcher
 
@@ -29,6 +28,8 @@ from annotation.facs import INTENSITY_LETTERS, KnowledgeBase
 from annotation.reasoner import CLEAR_PEAK, PRESENT_PEAK, text_cues
 from annotation.records import UNKNOWN, ThinkRequest
 from annotation.schema import ChainOfThought
+from annotation.text_rules import QUOTE as _QUOTE
+from annotation.text_rules import phrase_problems
 
 NUMBER_TOLERANCE = 0.3  # a quoted measurement may differ from the evidence by this much (rounding)
 COPY_SIMILARITY = 0.9  # text similarity to a few-shot answer at or above this is a copy
@@ -43,10 +44,6 @@ REGION_WORDS: dict[str, tuple[str, ...]] = {
     "mouth": ("lip", "mouth", "corner", "smile", "dimple", "nasolabial"),
     "jaw": ("jaw", "chin", "mouth"),
 }
-_QUOTE = re.compile(r"\bAU(\d+)\b(?:\s+[A-Za-z]+){0,4}?\s*[(:=]?\s*(?:peak\s*(?:of\s*)?|at\s*)?(\d+\.\d+)")
-_PLACEHOLDER = re.compile(
-    r"\b\w*_id_\d+\b|\d{6,}|<[a-z_]{2,}>|\{\{|\}\}|\b(?:TODO|PLACEHOLDER|lorem ipsum)\b", re.I
-)
 
 
 def texts(cot: ChainOfThought) -> dict[str, str]:
@@ -118,24 +115,6 @@ def omitted_aus(cot: ChainOfThought, request: ThinkRequest) -> list[str]:
         for au, (peak, _) in sorted(measured_peaks(request).items())
         if peak >= CLEAR_PEAK and au not in annotated and not re.search(rf"\bAU{au}\b", said)
     ]
-
-
-def phrase_problems(text: str) -> list[str]:
-    """What makes one text degenerate: a 4-word phrase three times, a placeholder-like token, or a quoted
-    measurement ("AU12 (2.4)"; the rule reasoner checks a user's words with this before quoting them)."""
-    problems = []
-    words = re.findall(r"[a-z0-9']+", text.lower())  # "AU1 AU2 AU4 AU5" is four AUs, not "au" x4
-    grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
-    if grams:
-        gram, n = grams.most_common(1)[0]
-        if n >= 3:
-            problems.append(f"repeated phrase: {' '.join(gram)!r} {n} times")
-    token = _PLACEHOLDER.search(text)
-    if token:
-        problems.append(f"placeholder-like token: {token.group(0)!r}")
-    if _QUOTE.search(text):
-        problems.append("a quoted measurement")
-    return problems
 
 
 def degenerate_text(cot: ChainOfThought) -> list[str]:

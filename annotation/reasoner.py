@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from annotation.facs import KnowledgeBase, intensity_letter, intensity_value, load_kb
 from annotation.records import UNKNOWN, AUEvidence, ThinkRequest
 from annotation.schema import MAX_AUS, AUDescription, ChainOfThought, RegionDescriptions
+from annotation.text_rules import phrase_problems
 from tbd_core.errors import UserError
 
 REASONER_VERSION = "facs-reasoner-3"  # bump when the rules change: it enters the annotation version
@@ -109,7 +110,6 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str | None:
     """The user's text as the reasoning may quote it: immediate repeats collapsed ("I'm fine, I'm fine"
     -> "I'm fine"), cut to `limit` characters; None when even that would fail the validator's text rules
     (a repeated phrase, a placeholder-like token, a quoted measurement)."""
-    from annotation.faithfulness import phrase_problems
 
     words = text.split()
     norm = [re.sub(r"[^a-z0-9']", "", w.lower()) for w in words]
@@ -273,7 +273,6 @@ def _appraisal(
     """Step 1's sentence. The user's text is quoted once (repeats collapsed, cut to `QUOTE_CHARS`), or not
     at all where the quote would fail the validator's text rules: the reasoner never fails its own
     validator on a user's words."""
-    from annotation.faithfulness import phrase_problems
 
     mix = ", ".join(f"{e} {w:.0%}" for e, w in weights.items())
     notes = "".join(
