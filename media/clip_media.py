@@ -1,8 +1,10 @@
 """Preprocess one clip into media samples, or rejects with their stage, reason and span.
 
-A video is cut into consecutive segments of `segment_seconds` (one segment keeps the clip's key; more are
-`{key}_seg000`, `{key}_seg001`, ...); every segment ends as a sample or a reject, so every second of the
-input is accounted for. Per segment, streamed (memory bounded by the segment's small per-frame records,
+Only the span where the video and its audio overlap is used (`media.clip_spans`); the seconds of either
+outside it are rejects keyed `{key}_av-head` / `{key}_av-tail`. That span is cut into consecutive segments
+of `segment_seconds` (one segment keeps the clip's key; more are `{key}_seg000`, `{key}_seg001`, ...);
+every segment ends as a sample or a reject (damaged data rejects the segments it lies in), so every second
+of the input is accounted for. Per segment, streamed (memory bounded by the segment's small per-frame records,
 never by its pixels):
 audio (16 kHz mono of the segment's time span; silent → reject) → pass 1 over the frames, resampled to
 `fps` by their timestamps (`media.video_io.iter_frames`; broken timestamps → reject): face (detect + track
@@ -19,6 +21,7 @@ import io
 import json
 import logging
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -29,7 +32,9 @@ from scipy.io import wavfile
 
 from media.au_calibration import load as load_calibration
 from media.audio_features import audio_features
+from media.clip_spans import check_accounted, pair_spans, segment_spans, span_of
 from media.face import FaceAnalyzer, box_inside, stable_crop
+from media.packets import probe_audio
 from media.video_io import AUDIO_RATE, VideoProbe, iter_frames, probe_video, read_audio, write_mp4
 from tbd_core.errors import UserError
 from tbd_core.records import ClipRef, Reject
@@ -58,6 +63,9 @@ class MediaConfig(BaseModel):
     # rejects the clip (its tracks could swap identities); smaller background faces are ignored.
     max_second_face: float = 0.5
     max_roll_deg: float = 30.0  # faces rolled further (a video on its side) are rejected; generate warns
+    # Audio past either end of the video by up to this (an encoder's last frame, a recorder's tail) is not
+    # ledgered (the sample's meta has the audio's span); more is, as audio without picture.
+    audio_overhang_seconds: float = 0.25
 
 
 class MediaSample(BaseModel):
@@ -109,13 +117,6 @@ def nearest_with(found: np.ndarray) -> np.ndarray:
     """For each frame, the index of the nearest frame where `found` (T,) bool is true (itself when it is)."""
     have = np.flatnonzero(found)
     return have[np.abs(np.arange(len(found))[:, None] - have[None]).argmin(1)]
-
-
-def segment_spans(duration: float, config: MediaConfig) -> list[tuple[float, float]]:
-    """Consecutive [start, end) spans (s) of at most `segment_seconds` that cover `duration` exactly."""
-    length = config.segment_seconds
-    n = max(1, math.ceil(duration / length - 1e-6))
-    return [(i * length, min((i + 1) * length, duration)) for i in range(n)]
 
 
 def dbfs(audio: np.ndarray) -> float:
@@ -224,22 +225,37 @@ def _roll_problem(meshes: list, config: MediaConfig) -> str:
 
 
 def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> list[MediaSample | Reject]:
-    """Every segment of the clip's video as a sample or a reject (a video that cannot be read at all: one
-    reject for the whole file)."""
+    """Every segment of the span where the clip's video has audio as a sample or a reject, and the unpaired
+    seconds around it as rejects (`pair_spans`), in time order; a video or audio that cannot be read at all
+    (or no longer exists): one reject for the whole file."""
+    audio_path = ref.audio or ref.video
+    for path, stage in ((ref.video, "decode"), (audio_path, "audio")):
+        if not os.path.exists(path):
+            link = f" (a link to the missing {os.path.realpath(path)})" if os.path.islink(path) else ""
+            reason = f"file vanished since ingest: {path} no longer exists{link}"
+            return [Reject(key=ref.key, stage=stage, reason=reason, source=path)]
     try:
         probe = probe_video(ref.video)
     except UserError as err:
         return [Reject(key=ref.key, stage="decode", reason=str(err).split(": ", 1)[-1], source=ref.video)]
-    spans = segment_spans(probe.duration, config)
+    try:
+        a0, a1 = (t - probe.start for t in probe_audio(audio_path))
+    except UserError as err:
+        return [Reject(key=ref.key, stage="audio", reason=str(err).split(": ", 1)[-1], source=audio_path)]
+    (c0, c1), unpaired = pair_spans(probe.duration, a0, a1, config.fps, config.audio_overhang_seconds)
+    if c1 <= c0:
+        why = f"the audio ({a0:.2f}-{a1:.2f} s) and the video (0.00-{probe.duration:.2f} s) do not overlap"
+        return [Reject(key=ref.key, stage="audio", reason=why, source=audio_path)]
+    rejects = [Reject(key=f"{ref.key}_{part}", stage="audio", reason=why, source=audio_path, start=s, end=e)
+               for part, s, e, why in unpaired]  # fmt: skip
+    for r in rejects:
+        log.warning("%s: %s (%s)", ref.key, r.reason, r.source)
+    spans = [(c0 + s, c0 + e) for s, e in segment_spans(c1 - c0, config.segment_seconds)]
     if len(spans) > 1:
         log.info(
-            "%s: %.1f s, cut into %d segments of %.0f s",
-            ref.key,
-            probe.duration,
-            len(spans),
-            config.segment_seconds,
+            "%s: %.1f s, cut into %d segments of %.0f s", ref.key, c1 - c0, len(spans), config.segment_seconds
         )
-    return [
+    segments = [
         process_segment(
             ref.model_copy(
                 update={"key": f"{ref.key}_seg{i:03d}" if len(spans) > 1 else ref.key, "start": s, "end": e}
@@ -247,15 +263,25 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> l
             analyzer,
             config,
             probe,
+            (a0, a1),
         )  # fmt: skip
         for i, (s, e) in enumerate(spans)
     ]
+    results = sorted([*rejects, *segments], key=lambda r: span_of(r)[0])
+    slack, duration = config.audio_overhang_seconds, probe.duration
+    check_accounted(results, a0 if a0 < -slack else 0.0, a1 if a1 > duration + slack else duration)
+    return results
 
 
 def process_segment(
-    ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig, probe: VideoProbe
+    ref: ClipRef,
+    analyzer: FaceAnalyzer,
+    config: MediaConfig,
+    probe: VideoProbe,
+    audio_span: tuple[float, float],
 ) -> MediaSample | Reject:
-    """Run every stage on the span [ref.start, ref.end) of the video; the first that fails names the reject."""
+    """Run every stage on the span [ref.start, ref.end) of the video, inside the span where it has audio
+    (`audio_span`, the video's clock); the first stage that fails names the reject."""
     source, fps = ref.video, config.fps
 
     def reject(stage: str, reason: str, source: str = source) -> Reject:
@@ -274,8 +300,9 @@ def process_segment(
     if expected < config.min_frames:
         return too_short(expected)
     audio_path = ref.audio or ref.video
+    span_end = ref.start + expected / fps  # the last frame's audio, to its end
     try:  # the same clock as the video: presentation times from the video's first frame
-        audio = read_audio(audio_path, start=probe.start + ref.start, end=probe.start + ref.end)
+        audio = read_audio(audio_path, start=probe.start + ref.start, end=probe.start + span_end)
     except UserError as err:
         return reject("audio", str(err).split(": ", 1)[-1], audio_path)
     level = dbfs(audio)
@@ -321,7 +348,8 @@ def process_segment(
     size = config.crop_size
     crop_lm = crop_landmarks(landmarks, crop, size).astype(np.float16)
     hop = AUDIO_RATE / fps
-    audio = np.pad(audio, (0, max(0, round(n * hop) - len(audio))))[: round(n * hop)]
+    # n <= expected frames, each with its audio read whole (`pair_spans` keeps them inside the audio)
+    audio = audio[: round(n * hop)]
     meta = {
         **ref.model_dump(),
         "frames": n,
@@ -331,6 +359,7 @@ def process_segment(
         "crop_box": {"cx": crop.cx, "cy": crop.cy, "size": crop.size, "out": size},
         "face_fraction": round(fraction, 4),
         "audio_dbfs": round(level, 2),
+        "audio_span": [round(t, 4) for t in audio_span],  # the whole audio's, s (audio past the video's ends)
         "au_names": au_names,
         "au_calibration": cal.id,
         "au_view": view.name,

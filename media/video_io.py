@@ -1,8 +1,10 @@
 """Video and audio IO with PyAV: H.264 mp4 with AAC audio, m4a, decoding to numpy.
 
 Long inputs are read as streams: `probe_video` takes a video's length from its packet timestamps without
-decoding, `iter_frames` yields the frames of a time span resampled by their timestamps (memory: two
-frames), `read_audio` decodes a time span, and `write_mp4` encodes frames as they come.
+decoding (`media.packets.probe_audio`: the audio's span), `iter_frames` yields the frames of a time span
+resampled by their timestamps (memory: two frames), `read_audio` decodes a time span, and `write_mp4`
+encodes frames as they come. Both readers decode packet by packet (`media.packets.decoded`): damaged data
+fails only the spans it lies in.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from media.packets import damage_report, decoded
 from tbd_core.errors import UserError
 
 AUDIO_RATE = 16_000
@@ -216,7 +219,8 @@ def iter_frames(
     by timestamps: output time t shows the decoded frame whose presentation time is nearest to t (ties: the
     later), so constant and variable frame rates alike stay on the audio's clock. Decodes from the keyframe
     before `start`; holds two frames. Raises UserError when timestamps are broken: missing, not increasing,
-    or a gap over `max_gap` seconds between frames (None: any gap)."""
+    or a gap over `max_gap` seconds between frames (None: any gap); and, once the span is decoded, when
+    packets in it are damaged (nothing is yielded after the first; damage outside the span is skipped)."""
     with _open(path) as c:
         stream = _video_stream(c, path)
         tb = stream.time_base
@@ -225,6 +229,7 @@ def iter_frames(
         if start > 0 and origin is not None:
             c.seek(int((origin + max(0.0, start - 1.0)) / tb), stream=stream, backward=True)
         k, prev = 0, None  # prev: [time, frame, image or None]
+        damaged, seen, broken = [], 0, []  # packets refused; how many seen; those in the span
         out = lambda k: start + k / fps  # noqa: E731
 
         def shown(item):
@@ -232,18 +237,28 @@ def iter_frames(
                 item[2] = upright(item[1].to_ndarray(format="rgb24"), item[1].rotation)
             return item[2]
 
+        def in_span(t: float) -> bool:
+            return start - 1e-9 <= t and (end is None or t < end - 1e-9)
+
         try:
-            for frame in c.decode(stream):
+            for frame in decoded(c, stream, damaged):
                 if frame.pts is None:
                     raise UserError(f"{path}: broken timestamps (a frame without a presentation time)")
                 if origin is None:
                     origin = float(frame.pts * tb)
                 t = float(frame.pts * tb) - origin
+                lost, seen = len(damaged) > seen, len(damaged)  # packets lost since the last frame
+                if lost:
+                    broken = [(a - origin, d) for a, d in damaged if in_span(a - origin)]
+                if broken:  # the span is damaged: decode on to its end for the report, yield nothing more
+                    if end is not None and t >= end - 1e-9:
+                        break
+                    continue
                 if prev is not None and t <= prev[0]:
                     raise UserError(
                         f"{path}: broken timestamps (frame at {t:.3f} s after one at {prev[0]:.3f} s: not increasing)"
                     )
-                if prev is not None and max_gap is not None and t - prev[0] > max_gap:
+                if prev is not None and max_gap is not None and t - prev[0] > max_gap and not lost:
                     raise UserError(
                         f"{path}: broken timestamps (no frame for {t - prev[0]:.2f} s after {prev[0]:.2f} s; "
                         f"the limit is {max_gap:.2f} s)"
@@ -258,6 +273,11 @@ def iter_frames(
                 prev = cur
         except av.FFmpegError as err:
             raise UserError(f"{path}: unreadable video ({err})") from err
+        if damaged and not broken:  # all damage may come after the last frame
+            base = origin if origin is not None else min(a for a, _ in damaged)
+            broken = [(a - base, d) for a, d in damaged if in_span(a - base)]
+        if broken:
+            raise UserError(f"{path}: {damage_report('video', broken)}")
         if prev is None:
             if k == 0:
                 raise UserError(f"{path}: video has no frames")
@@ -312,7 +332,14 @@ def read_audio(
 ) -> np.ndarray:
     """Decode the first audio stream to mono float32 at `sample_rate`. With `start`, the span
     [start, end) in the file's presentation time (s; sample i at start + i / rate), zero-padded where the
-    stream has no samples, decoded from a seek point before `start` (memory: the span, not the file)."""
+    stream has no samples, decoded from a seek point before `start` (memory: the span, not the file).
+    Raises UserError when packets in the span (without `start`: anywhere) are damaged; damage before the
+    span is skipped."""
+    damaged, seen = [], 0
+
+    def in_span(t: float, d: float) -> bool:
+        return start is None or (t + d > start and (end is None or t < end))
+
     try:
         with av.open(str(path)) as c:
             if not c.streams.audio:
@@ -322,7 +349,12 @@ def read_audio(
                 c.seek(int((start - 1.0) / stream.time_base), stream=stream, backward=True)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             chunks, first, total = [], None, 0
-            for frame in c.decode(stream):
+            for frame in decoded(c, stream, damaged):
+                if len(damaged) > seen:
+                    seen = len(damaged)
+                    if start is not None and sum(damaged[-1]) <= start:  # lost before the span: start again
+                        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+                        chunks, first, total = [], None, 0
                 if first is None:
                     first = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
                     if start is not None and end is not None and first >= end:
@@ -335,6 +367,9 @@ def read_audio(
             chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
     except (av.FFmpegError, OSError) as err:
         raise UserError(f"{path}: unreadable audio ({err})") from err
+    broken = [p for p in damaged if in_span(*p)]
+    if broken:
+        raise UserError(f"{path}: {damage_report('audio', broken)}")
     audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if start is None:
         return audio

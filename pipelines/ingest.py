@@ -5,14 +5,17 @@ Layouts (the demo corpus uses the same):
 - HDTF: `{WRA|WDA|RD}_{Name}_{nnn}.mp4` (audio muxed; no emotion labels)
 
 Output: the data folder's clip manifest (one `ClipRef` per clip, sorted by key) and its `ingest` ledger
-(files that are not clips of the layout, e.g. an unknown emotion folder or a missing audio file).
+(files that are not clips of the layout, e.g. an unknown emotion folder or a missing audio file, and
+entries that cannot be read: a dangling link, a folder where a file is expected, no permission).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +68,27 @@ def _layout_error(config: IngestConfig, expected: str) -> UserError:
 
 
 def _files(folder: Path, pattern: str) -> list[Path]:
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    """Every visible entry the pattern matches, readable or not (links, dangling ones too, and folders)."""
+    return sorted(p for p in folder.glob(pattern) if not p.name.startswith("."))
+
+
+def unreadable(path: Path) -> str:
+    """Why `path` cannot be read as a file (a dangling link, a folder, no permission, ...), or ""."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"dangling link to {os.readlink(path)}" if path.is_symlink() else "file vanished"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return "a folder where a file is expected"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    try:
+        with open(path, "rb"):
+            return ""
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
 
 
 def _not_a_clip(key: str, path: Path, wanted: str) -> Reject:
@@ -80,6 +103,9 @@ def discover_mead(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
         speaker, _, _, emotion, level_dir, _ = rel.parts
         level_match = _LEVEL.match(level_dir)
         key = clip_key("mead", speaker, emotion, int(level_match.group(1)) if level_match else 0, video.stem)
+        if problem := unreadable(video):
+            rejects.append(Reject(key=key, stage="ingest", reason=problem, source=str(video)))
+            continue
         if video.suffix.lower() != VIDEO_SUFFIX:
             rejects.append(_not_a_clip(key, video, VIDEO_SUFFIX))
             continue
@@ -92,6 +118,7 @@ def discover_mead(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
             ),
             None,
         )
+        audio_problem = unreadable(audio) if audio is not None else ""
         reason = (
             f"unknown emotion folder {emotion!r} (MEAD emotions: {', '.join(MEAD_EMOTIONS)})"
             if emotion not in MEAD_EMOTIONS
@@ -99,6 +126,8 @@ def discover_mead(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
             if not level_match or int(level_match.group(1)) not in (1, 2, 3)
             else f"missing audio file {(audio_dir / (video.stem + AUDIO_SUFFIX)).relative_to(config.root)}"
             if audio is None
+            else f"audio file {audio.relative_to(config.root)}: {audio_problem}"
+            if audio_problem
             else ""
         )
         if reason:
@@ -123,22 +152,25 @@ def discover_hdtf(config: IngestConfig) -> tuple[list[ClipRef], list[Reject]]:
     clips, rejects = [], []
     files = _files(config.root, "*")
     for video in files:
-        if video.suffix.lower() != VIDEO_SUFFIX:
-            rejects.append(_not_a_clip(clip_key("hdtf", video.stem, "unknown", 0, "x"), video, VIDEO_SUFFIX))
-            continue
         m = _HDTF_NAME.match(video.name)
+        speaker = f"{m.group(1).upper()}_{m.group(2)}" if m else video.stem
+        key = clip_key("hdtf", speaker, "unknown", 0, m.group(3) if m else "x")
+        if problem := unreadable(video):
+            rejects.append(Reject(key=key, stage="ingest", reason=problem, source=str(video)))
+            continue
+        if video.suffix.lower() != VIDEO_SUFFIX:
+            rejects.append(_not_a_clip(key, video, VIDEO_SUFFIX))
+            continue
         if not m:
-            key = clip_key("hdtf", video.stem, "unknown", 0, "x")
             rejects.append(
                 Reject(
                     key=key, stage="ingest", reason=f"name does not match {HDTF_PATTERN}", source=str(video)
                 )
             )
             continue
-        speaker = f"{m.group(1).upper()}_{m.group(2)}"
         clips.append(
             ClipRef(
-                key=clip_key("hdtf", speaker, "unknown", 0, m.group(3)), dataset="hdtf", speaker=speaker,
+                key=key, dataset="hdtf", speaker=speaker,
                 emotion="unknown", level=0, clip=m.group(3), video=str(video.resolve()), audio=None,
                 split=split_of(speaker, config),
             )

@@ -12,25 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
 
 from media.clip_media import MediaConfig, process_clip
+from media.clip_spans import PART
 from pipelines.data_folder import DataFolder
 from pipelines.shards import check_params, finished, plan_shards, write_manifest, write_shard
 from tbd_core.errors import UserError
 from tbd_core.faults import maybe_fail
-from tbd_core.native_log import divert_native_stderr
 from tbd_core.ray_init import init_ray
 from tbd_core.records import ClipRef, Reject
+from tbd_core.terminal import quiet_worker
 from tbd_core.tracking import job_run, record_run, tracking_uri
 
 log = logging.getLogger(__name__)
-SEGMENT = re.compile(r"_seg\d{3,}$")  # a segment's key suffix (`media.clip_media.process_clip`)
 
 
 class PreprocessConfig(BaseModel):
@@ -59,7 +59,7 @@ class ShardBuilder:
         self.media_dir = Path(media_dir)
         self.config = MediaConfig(**media)
         pin_threads(threads)  # N workers use N cores, not N x every library's default pool
-        divert_native_stderr()  # LiteRT's start-up lines to the worker's native log (tbd_core.native_log)
+        quiet_worker()  # LiteRT's start-up lines, library lines to the worker's log file (tbd_core.terminal)
         self.analyzer = shared_analyzer()  # closed at the process's exit
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -130,7 +130,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
                 compute=ray.data.ActorPoolStrategy(size=config.concurrency),  # a fixed pool of N workers
                 num_cpus=config.num_cpus_per_worker,
             )
-            built = ds.take_all()
+            rows = tqdm(ds.iter_rows(), total=len(pending), desc="preprocess shards", unit="shard")
+            built = list(rows)  # one row per shard built, as each worker finishes it
         wall = time.perf_counter() - start
         cpu_after = psutil.cpu_times()
         busy = sum(cpu_after) - cpu_after.idle - (sum(cpu_before) - cpu_before.idle)
@@ -177,5 +178,5 @@ def run_preprocess(config: PreprocessConfig) -> dict:
 
 
 def source_key(key: str) -> str:
-    """The ingest key of a sample or reject key (`{key}_seg003` -> `{key}`)."""
-    return SEGMENT.sub("", key)
+    """The ingest key of a sample or reject key (`{key}_seg003`, `{key}_av-tail` -> `{key}`)."""
+    return PART.sub("", key)
