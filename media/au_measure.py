@@ -36,7 +36,7 @@ def token_masks(
     so each cell holds the region's coverage of it."""
     import cv2
 
-    from media.face import region_masks
+    from media.face_crops import region_masks
 
     out = size if out is None else out
     raster = min(size, max(4 * out, 128))

@@ -12,7 +12,7 @@ the 468-point mesh; too few frames with a face, a second person → reject) and 
 (`media.au_measure.AUStream`, uncentred: annotate subtracts the speaker's neutral) → stable crop → pass 2
 over the same frames: crop, crop-normalised landmarks, H.264 encode as they come → audio features aligned
 to frames (log-mel, or a local pretrained encoder) and the wav. Region masks are not stored: they are a
-function of `landmarks.npy` (`media.face.region_masks`).
+function of `landmarks.npy` (`media.face_crops.region_masks`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from scipy.io import wavfile
 from media.au_calibration import load as load_calibration
 from media.audio_features import audio_features
 from media.clip_spans import check_accounted, pair_spans, segment_spans, span_of
-from media.face import FaceAnalyzer, box_inside, stable_crop
+from media.face import FaceAnalyzer, box_inside
+from media.face_crops import stable_crop
 from media.packets import probe_audio
 from media.video_io import AUDIO_RATE, VideoProbe, iter_frames, probe_video, read_audio, write_mp4
 from tbd_core.errors import UserError

@@ -1,11 +1,14 @@
-"""Face geometry: MediaPipe face detection, the 468-point mesh, stable clip crops, region masks.
+"""Face geometry: MediaPipe face detection and the 468-point mesh (clip crops and region masks:
+`media.face_crops`).
 
 Detection is MediaPipe Tasks `FaceDetector` (BlazeFace short range). The mesh is MediaPipe's
 `face_landmark.tflite` run through `ai_edge_litert` on a rotated square crop of the face (192x192 RGB
 in [0, 1]; 468x3 landmarks in crop pixels plus a face-presence logit out), mapped back to image pixels.
 Over a clip the crop of frame t comes from the mesh of frame t-1 (as MediaPipe's own graph does), and
-detection runs again only when the face is lost. When the user supplies the official
-`face_landmarker.task`, Tasks `FaceLandmarker` is used instead and blendshapes are returned too.
+detection runs again only when the face is lost. A single photo whose whole image shows no face is also
+searched at finer scales (`detect_all(small_faces=True)`: a small face in a large phone photo). When the
+user supplies the official `face_landmarker.task`, Tasks `FaceLandmarker` is used instead and blendshapes
+are returned too.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from annotation.regions import eye_centres, region_landmarks
+from annotation.regions import eye_centres
 from tbd_core import assets
 
 MESH_INPUT = 192
@@ -24,6 +27,12 @@ DETECTION_SCALE = 1.5  # square crop side = 1.5 x the longer side of the detecti
 TRACKING_SCALE = 1.5  # from the landmark box, as MediaPipe's face_landmark_front graph
 NO_FACE = "no face detected"
 FACE_LOST = "face-presence score below threshold"
+# The detector squeezes its window into 128x128 and reliably sees a face a window/8 wide (measured: 1/9
+# sometimes, 1/10 rarely). The small-face search tiles the image with windows halving from half its short
+# side, down to SMALLEST_WINDOW or until a scale would take over MAX_TILES detector runs.
+FACE_SHARE = 1 / 8
+SMALLEST_WINDOW = 192
+MAX_TILES = 300
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,44 @@ def box_inside(a, b) -> float:
 
 def _iou(a, b) -> float:
     return (inter := box_inside(a, b) * _area(a)) / max(1e-9, _area(a) + _area(b) - inter)
+
+
+def _merge(boxes: list[FaceBox]) -> list[FaceBox]:
+    """Duplicates (IoU >= 0.3) merged, the higher score kept; largest first."""
+    kept: list[FaceBox] = []
+    for b in sorted(boxes, key=lambda b: b.score, reverse=True):
+        if all(_iou(b.box, k.box) < 0.3 for k in kept):
+            kept.append(b)
+    return sorted(kept, key=lambda b: _area(b.box), reverse=True)
+
+
+def _offsets(length: int, window: int) -> np.ndarray:
+    """Window starts along one side, overlapping by a third of a window (a face up to window/3 wide lies
+    whole in one)."""
+    return np.linspace(0, length - window, int(np.ceil((length - window) / (window * 2 / 3))) + 1)
+
+
+def window_corners(h: int, w: int, window: int) -> list[tuple[int, int]]:
+    """Top-left corners (x, y) of the square windows of side `window` that cover an h x w image."""
+    return [(int(round(x)), int(round(y))) for y in _offsets(h, window) for x in _offsets(w, window)]
+
+
+def small_face_windows(h: int, w: int) -> list[int]:
+    """Window sides of `detect_all(small_faces=True)`'s search, coarse to fine: halving from half the short
+    side, while at least SMALLEST_WINDOW and at most MAX_TILES windows per scale."""
+    windows, window = [], min(h, w) // 2
+    while window >= SMALLEST_WINDOW and len(window_corners(h, w, window)) <= MAX_TILES:
+        windows.append(window)
+        window //= 2
+    return windows
+
+
+def smallest_face(h: int, w: int, small_faces: bool = True) -> int:
+    """About the narrowest face (detection box width, pixels) `detect_all` reliably finds in an h x w image."""
+    side, long = min(h, w), max(h, w)
+    window = side if long > 1.2 * side else long
+    windows = small_face_windows(h, w) if small_faces else []
+    return int(np.ceil(min([window, *windows]) * FACE_SHARE))
 
 
 def roll_degrees(landmarks: np.ndarray) -> float:
@@ -189,10 +236,12 @@ class FaceAnalyzer:
             )
         return boxes
 
-    def detect_all(self, image: np.ndarray) -> list[FaceBox]:
+    def detect_all(self, image: np.ndarray, small_faces: bool = False) -> list[FaceBox]:
         """Every face, largest first. The short-range detector sees the whole image squeezed into its square
         input, so in a wide or tall image (two people side by side) small faces go unseen: overlapping square
-        tiles along the long side are searched too, and duplicates merged."""
+        tiles along the long side are searched too, and duplicates merged. `small_faces`: when that finds
+        nothing, search overlapping windows at finer scales (`small_face_windows`; a face ~70 px wide in a
+        4000x3000 phone photo), coarse to fine, stopping at the first scale with a face."""
         image = _rgb_uint8(image)
         h, w = image.shape[:2]
         boxes = self._detect_in(image)
@@ -201,11 +250,33 @@ class FaceAnalyzer:
             for o in np.linspace(0, long - side, int(np.ceil(2 * long / side)) - 1).round().astype(int):
                 tile = image[:, o : o + side] if w > h else image[o : o + side]
                 boxes += self._detect_in(tile, o if w > h else 0, 0 if w > h else o)
-        kept: list[FaceBox] = []
-        for b in sorted(boxes, key=lambda b: b.score, reverse=True):
-            if all(_iou(b.box, k.box) < 0.3 for k in kept):
-                kept.append(b)
-        return sorted(kept, key=lambda b: _area(b.box), reverse=True)
+        if small_faces and not boxes:
+            boxes = self._detect_small(image)
+        return _merge(boxes)
+
+    def _detect_small(self, image: np.ndarray) -> list[FaceBox]:
+        """Detections in the windows of each `small_face_windows` side, coarse to fine, until a scale has one
+        that the mesh confirms (face-presence score): hundreds of windows of texture or noise turn up false
+        faces that the single whole-image pass does not."""
+        h, w = image.shape[:2]
+        for side in small_face_windows(h, w):
+            windows = ((image[y : y + side, x : x + side], x, y) for x, y in window_corners(h, w, side))
+            boxes = [self._refine(image, b) for window in windows for b in self._detect_in(*window)]
+            if boxes := [b for b in boxes if self.mesh_from_detection(image, b) is not None]:
+                return boxes
+        return []
+
+    def _refine(self, image: np.ndarray, det: FaceBox) -> FaceBox:
+        """`det` detected again in a window 4x its width around it (a face at the edge of what a window
+        shows gets a loose box); `det` itself when that finds nothing overlapping it."""
+        (h, w), (x0, y0, x1, y1) = image.shape[:2], det.box
+        side = int(min(h, w, max(SMALLEST_WINDOW, 4 * (x1 - x0))))
+        x = int(np.clip((x0 + x1 - side) / 2, 0, w - side))
+        y = int(np.clip((y0 + y1 - side) / 2, 0, h - side))
+        again = [
+            b for b in self._detect_in(image[y : y + side, x : x + side], x, y) if _iou(b.box, det.box) > 0.3
+        ]
+        return max(again, key=lambda b: b.score, default=det)
 
     # -- mesh ----------------------------------------------------------------------------------------
     def _run_mesh(self, image: np.ndarray, affine: np.ndarray) -> FaceMesh | None:
@@ -295,86 +366,6 @@ class FaceTracker:
         result = FaceResult(mesh) if mesh is not None else fa.analyze(frame)
         self.prev = result.mesh
         return result
-
-
-# -- clip-level crop --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CropBox:
-    """A square crop (centre x, centre y, side) in image pixels."""
-
-    cx: float
-    cy: float
-    size: float
-
-    def affine(self, out: int) -> np.ndarray:
-        return crop_transform(np.array([self.cx, self.cy]), self.size, 0.0, out)
-
-
-def smooth_series(values: np.ndarray, window: int = 5) -> np.ndarray:
-    """Centred moving average along axis 0, edges padded by repetition."""
-    values = np.asarray(values, np.float64)
-    if window <= 1 or len(values) < 2:
-        return values
-    pad = window // 2
-    padded = np.concatenate([values[:1].repeat(pad, 0), values, values[-1:].repeat(pad, 0)])
-    kernel = np.ones(window) / window
-    return np.stack([np.convolve(padded[:, j], kernel, mode="valid") for j in range(values.shape[1])], 1)
-
-
-def stable_crop(meshes: list[FaceMesh | None], margin: float = 1.8) -> CropBox | None:
-    """One steady square crop for a whole clip: median landmark-box centre, 90th-percentile size x margin."""
-    boxes = np.array([m.box for m in meshes if m is not None])
-    if len(boxes) == 0:
-        return None
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    sides = (boxes[:, 2:] - boxes[:, :2]).max(1)
-    cx, cy = np.median(centres, axis=0)
-    return CropBox(float(cx), float(cy), float(np.percentile(sides, 90) * margin))
-
-
-def smoothed_crops(
-    meshes: list[FaceMesh | None], margin: float = 1.8, window: int = 9
-) -> list[CropBox] | None:
-    """A per-frame crop that follows the head, smoothed over `window` frames; gaps take the last box."""
-    if not any(m is not None for m in meshes):
-        return None
-    rows, last = [], None
-    for m in meshes:
-        if m is not None:
-            x0, y0, x1, y1 = m.box
-            last = [(x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * margin]
-        rows.append(last)
-    first = next(r for r in rows if r is not None)
-    rows = [r if r is not None else first for r in rows]
-    return [CropBox(*map(float, r)) for r in smooth_series(np.array(rows), window)]
-
-
-# -- region masks -----------------------------------------------------------------------------------
-def region_masks(
-    landmarks: np.ndarray,
-    height: int,
-    width: int,
-    regions: tuple[str, ...] | None = None,
-    dilate: float = 0.08,
-    soften: float = 0.06,
-) -> dict[str, np.ndarray]:
-    """Soft masks in [0, 1] (H x W float32) per FACS region, rasterised from the convex hull of each of
-    the region's landmark groups, grown by `dilate` and blurred by `soften` (both x inter-ocular distance)."""
-    groups = region_landmarks()
-    xy = np.asarray(landmarks, np.float32)[:, :2]
-    right, left = eye_centres(xy)
-    iod = float(np.linalg.norm(left - right)) or 1.0
-    grow = max(1, int(round(dilate * iod)))
-    sigma = max(0.5, soften * iod)
-    out = {}
-    for name in regions or tuple(groups):
-        mask = np.zeros((height, width), np.uint8)
-        for group in groups[name]:
-            hull = cv2.convexHull(np.round(xy[list(group)]).astype(np.int32))
-            cv2.fillConvexPoly(mask, hull, 255)
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-        out[name] = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), sigma)
-    return out
 
 
 _shared: FaceAnalyzer | None = None

@@ -24,7 +24,7 @@ class FaceConfig:
 
 
 def describe_face(config: FaceConfig) -> str:
-    from media.face import region_masks
+    from media.face_crops import region_masks
     from media.inputs import face_listing, find_face
 
     image = read_image(config.image)

@@ -24,17 +24,28 @@ def face_listing(faces) -> str:
     return ", ".join(f"#{i} at x={f.box[0]:.0f}-{f.box[2]:.0f} y={f.box[1]:.0f}-{f.box[3]:.0f}" for i, f in enumerate(faces))  # fmt: skip
 
 
+def no_face_message(path: Path, h: int, w: int) -> str:
+    """Why no face, naming the narrowest face the search can see in an h x w image and what to do."""
+    from media.face import smallest_face
+
+    return (
+        f"{path}: no face found (give a photo with one face seen from the front; in this {w}x{h} image the "
+        f"search sees faces down to about {smallest_face(h, w)} px wide: crop the photo around a smaller face)"
+    )
+
+
 def find_face(image: np.ndarray, path: Path, face_index: int | None = None):
     """(the chosen face's mesh, every face found) in an image: the one face finder of `tbd face`,
-    `tbd generate` and the app. The whole image and, in a wide or tall one, its square tiles are searched
-    (`FaceAnalyzer.detect_all`); several faces: the largest is taken (and every face listed in a warning),
-    or `face_index` (largest first). Raises UserError when there is no face or no such index."""
+    `tbd generate` and the app. The whole image and, in a wide or tall one, its square tiles are searched,
+    then, when they show no face, windows at finer scales (`FaceAnalyzer.detect_all(small_faces=True)`: a
+    small face in a large phone photo); several faces: the largest is taken (and every face listed in a
+    warning), or `face_index` (largest first). Raises UserError when there is no face or no such index."""
     from media.face import shared_analyzer
 
     fa = shared_analyzer()
-    faces = fa.detect_all(image)
+    faces = fa.detect_all(image, small_faces=True)
     if not faces:
-        raise UserError(f"{path}: no face found (give a photo with one face seen from the front)")
+        raise UserError(no_face_message(path, *image.shape[:2]))
     listing = face_listing(faces)
     if face_index is not None and not 0 <= face_index < len(faces):
         raise UserError(f"{path}: face_index {face_index}, but {len(faces)} face(s) found ({listing})")
@@ -56,7 +67,8 @@ def prepare_portrait(
     as a viewer shows it (`media.images.read_image`), the face found by `find_face`. A face rolled beyond
     `max_roll_deg` (what preprocess lets into training) is warned about."""
     from media.clip_media import crop_to
-    from media.face import roll_degrees, stable_crop
+    from media.face import roll_degrees
+    from media.face_crops import stable_crop
     from media.images import read_image
 
     image = read_image(path)

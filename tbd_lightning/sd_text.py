@@ -72,7 +72,7 @@ class PromptEncoder:
         if len(parts) > self.chunks:
             raise UserError(
                 f"the text has {len(ids)} CLIP tokens, more than {self.chunks} window(s) of {inner} "
-                f"(model.model_overrides.text_chunks): shorten it or train with more windows: {sentence[:80]!r}..."
+                f"(--model.model_overrides.text_chunks): shorten it or train with more windows: {sentence[:80]!r}..."
             )
         return parts + [[]] * (self.chunks - len(parts))
 
@@ -91,7 +91,7 @@ class PromptEncoder:
             w, n, s = max(over)
             raise UserError(
                 f"{len(over)} of {len(unique)} distinct texts need more than {chunks} window(s) of 75 CLIP tokens "
-                f"(the longest: {n} tokens, {w} windows: {s[:60]!r}...): set model.model_overrides.text_chunks {w}"
+                f"(the longest: {n} tokens, {w} windows: {s[:60]!r}...): train with --model.model_overrides.text_chunks {w}"
             )
 
     @torch.no_grad()

@@ -61,6 +61,58 @@ def _text_chunks(module: TBDModule) -> int:
     return int(getattr(module.model.config, "text_chunks", 0) or 1)
 
 
+def _keyword_params(fn) -> dict[str, object]:
+    """Name -> annotation of `fn`'s parameters that have a default."""
+    import inspect
+
+    params = inspect.signature(fn, eval_str=True).parameters.values()
+    return {p.name: p.annotation for p in params if p.default is not inspect.Parameter.empty}
+
+
+def denoiser_fields(model: str) -> dict[str, object]:
+    """The fields `model.model_overrides` may set for `model` (a preset, or sd), with their types."""
+    if model == "sd":
+        from tbd_lightning.sd_model import SDVideoDenoiser
+
+        fields = {**_keyword_params(SDVideoDenoiser.__init__), **_keyword_params(SDVideoDenoiser.from_sd)}
+        return {k: v for k, v in fields.items() if k not in ("unet", "unet_config", "motion_adapter")}
+    from tbd_lightning.model import TBDVideoDenoiser
+
+    return _keyword_params(TBDVideoDenoiser.__init__)
+
+
+def _typed(key: str, value, annotation):
+    """`value` as `annotation`: a command-line string read as YAML (`2`, `true`, `[false, true]`) first;
+    UserError naming the key and the type when it is not one."""
+    import contextlib
+
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    if isinstance(value, str) and annotation is not str:
+        with contextlib.suppress(yaml.YAMLError):  # not YAML: checked as the string it is
+            value = yaml.safe_load(value)
+    try:
+        checked = TypeAdapter(annotation).validate_python(value)
+    except ValidationError:
+        name = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+        raise UserError(f"model.model_overrides.{key} expects {name}, not {value!r}") from None
+    return checked if isinstance(checked, bool | int | float | str) else value  # lists stay lists (hparams)
+
+
+def typed_overrides(model: str, overrides: dict | None) -> dict | None:
+    """`model.model_overrides` with each value of its field's type (`--model.model_overrides.text_chunks 2`
+    arrives as the string '2'); UserError for a key the denoiser does not have."""
+    if not overrides:
+        return overrides
+    fields = denoiser_fields(model)
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise UserError(f"model.model_overrides.{unknown[0]}: not a field of the {model!r} denoiser "
+                        f"(its fields: {', '.join(sorted(fields))})")  # fmt: skip
+    return {k: _typed(k, v, fields[k]) for k, v in overrides.items()}
+
+
 class TBDCLI(LightningCLI):
     def __init__(self, args: list[str], ray_mode: bool = False):
         self.ray_mode = ray_mode
@@ -84,6 +136,7 @@ class TBDCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
+        cfg.model.model_overrides = typed_overrides(cfg.model.model, cfg.model.model_overrides)
         trainer = cfg.trainer
         root = Path(trainer.default_root_dir or ".")
         if trainer.precision is None and torch.cuda.is_available() and trainer.accelerator != "cpu":

@@ -1,8 +1,11 @@
 import time
+from pathlib import Path
 
 from conftest import run_tbd
 
 from tbd.commands import COMMANDS
+
+TRAIN_CONFIGS = Path(__file__).parents[1] / "configs" / "train"
 
 
 def test_help_lists_every_subcommand_quickly():
@@ -58,3 +61,46 @@ def test_app_serves_only_loopback_unless_told_and_lists_its_options():
     proc = run_tbd("app", "--host", "0.0.0.0")
     assert proc.returncode == 2 and "--allow_remote true" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_the_text_chunks_advice_of_the_refusal_trains(datasets, tmp_path, netguard_log):
+    """`tbd train` refuses texts longer than the model's CLIP windows and names the option to set; that
+    option, as printed, typed on the command line, trains (it arrived as the string '2': a TypeError)."""
+    import re
+
+    import torch
+    from conftest import offline_env
+
+    from tbd_lightning.tiny_sd import write_tiny_sd
+
+    sd = write_tiny_sd(tmp_path / "tiny-sd")
+    root = tmp_path / "train"
+    args = ("train", "--config", str(TRAIN_CONFIGS / "sd-tiny.yaml"), "--model.pretrained", str(sd),
+            "--model.motion_adapter", str(sd / "motion_adapter"), "--data.data", str(datasets["mead"]["data"]),
+            "--trainer.max_steps", "1", "--trainer.default_root_dir", str(root), "--data.num_workers", "0",
+            "--data.size", "32", "--data.frames", "4", "--trainer.limit_val_batches", "1",
+            "--data.text_cache", str(tmp_path / "text"),
+            "--model.model_overrides", "{max_frames: 16, motion_heads: 2, text_chunks: 1}")  # fmt: skip
+    env = {**offline_env(netguard_log), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    refused = run_tbd(*args, env=env)
+    message = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    option, value = re.search(r"(?:--)?(model\.model_overrides\.\w+) (\S+)$", message).groups()
+    trained = run_tbd(*args, f"--{option}", value, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    state = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    overrides = state["hyper_parameters"]["model_overrides"]
+    assert state["global_step"] == 1 and overrides["text_chunks"] == int(value)  # an int, as a YAML gives
+
+
+def test_an_unknown_or_badly_typed_model_override_is_one_line(tmp_path):
+    """Overrides of the denoiser's fields are read as their types, or refused naming the key and the type."""
+    common = ("train", "--config", str(TRAIN_CONFIGS / "tiny.yaml"), "--data.data", str(tmp_path))
+    for option, value, said in (
+        ("heads", "four", "model.model_overrides.heads expects int, not 'four'"),
+        ("attention_levels", "[true, x]", "attention_levels expects tuple[bool, ...], not [True, 'x']"),
+        ("hedas", "4", "model.model_overrides.hedas: not a field of the 'tiny' denoiser"),
+    ):
+        proc = run_tbd(*common, f"--model.model_overrides.{option}", value)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert said in proc.stderr.strip().splitlines()[-1], proc.stderr[-1000:]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from annotation.regions import CHEEK_SEEDS, CHIN, MOUTH_CORNERS, NUM_LANDMARKS, region_landmarks
-from media.face import NO_FACE, region_masks, smoothed_crops, stable_crop
+from media.face import NO_FACE
+from media.face_crops import region_masks, smoothed_crops, stable_crop
 
 
 def test_astronaut_face_and_468_landmarks_inside_the_face_box(analyzer, astronaut):
