@@ -53,13 +53,11 @@ demo-steps:
 			--split_overrides '{W003: val, RD_Astronaut: val}'; \
 		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --media.crop_size 64 --clips_per_shard 8; \
 		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds > $(DEMO_OUT)/$$ds-facs.json; \
-		cat $(DEMO_OUT)/$$ds-facs.json; \
 	done
 	@echo "== both: annotate again with vLLM on SmolLM2-135M-Instruct (a real instruct LLM from PyPI, converted at setup), a decoding schema per clip: a second version beside the first; Draw trains on MEAD's"
 	@set -e; for ds in hdtf mead; do \
 		VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds --think.engine vllm \
 			--think.model $$($(BIN)/tbd assets path instruct_llm) --think.max_tokens 1536 > $(DEMO_OUT)/$$ds-llm.json; \
-		cat $(DEMO_OUT)/$$ds-llm.json; \
 	done
 	@echo "== annotation quality, every version (also in MLflow)"
 	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/hdtf --report true

@@ -111,7 +111,8 @@ def overfit(config: CheckConfig, clips: list[str], version: str) -> Path:
     base = yaml.safe_load(Path(config.train_config).read_text())
     trainer = base.setdefault("trainer", {})
     trainer["callbacks"] = [c for c in trainer.get("callbacks", []) if not str(c.get("class_path")).endswith(DROPPED_CALLBACKS)]  # fmt: skip
-    trainer.update(max_steps=config.steps, limit_val_batches=0, default_root_dir=str(config.out / "train"))
+    trainer.update(max_steps=config.steps, limit_val_batches=0, default_root_dir=str(config.out / "train"),
+                   enable_model_summary=False)  # fmt: skip
     for cb in trainer["callbacks"]:
         if str(cb.get("class_path")).endswith("ModelCheckpoint"):
             cb.setdefault("init_args", {}).update(dirpath=None, every_n_train_steps=config.steps)
@@ -129,9 +130,17 @@ def overfit(config: CheckConfig, clips: list[str], version: str) -> Path:
     overlay = config.out / "overfit.yaml"
     overlay.write_text(yaml.safe_dump(base, sort_keys=False))
     log.info("overfitting %d clips for %d steps (%s)", len(clips), config.steps, overlay)
+    # As a user would; its lines and progress bar to our terminal (stdout carries this check's report)
+    try:
+        terminal = sys.stderr if sys.stderr.fileno() >= 0 else None
+    except (AttributeError, OSError, ValueError):  # a captured stream (pytest) has no descriptor
+        terminal = None
     subprocess.run(
-        [sys.executable, "-m", "tbd", "train", "--config", str(overlay)], check=True
-    )  # as a user would
+        [sys.executable, "-m", "tbd", "train", "--config", str(overlay)],
+        check=True,
+        stdout=terminal,
+        stderr=terminal,
+    )
     export(config.out / "train" / "checkpoints" / "last.ckpt", config.out / "model")
     return config.out / "model"
 
