@@ -27,7 +27,6 @@ OWN = frozenset(
 QUIET_ENV = {
     "VLLM_CONFIGURE_LOGGING": "0",  # vLLM's logger propagates to ours instead of printing to stdout
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bars
-    "RAY_DEDUP_LOGS": "1",
 }
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _state: dict[str, object] = {}
@@ -48,18 +47,6 @@ class TerminalFilter(logging.Filter):
         return record.levelno >= logging.ERROR or (own(record.name) and record.levelno >= self.level)
 
 
-class _Counter(logging.Handler):
-    """Counts the library warnings that went only to the log file (`library_warnings`)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.n = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not own(record.name) and record.levelno < logging.ERROR:
-            self.n += 1
-
-
 def setup_terminal(verbose: bool = False, terminal_level: int = logging.INFO) -> Path | None:
     """Route this process's output: native lines and library logs to its log file, ours to the terminal
     (`sys.stderr`). Returns the log file (None where it cannot be made: then everything stays on the
@@ -76,14 +63,12 @@ def setup_terminal(verbose: bool = False, terminal_level: int = logging.INFO) ->
     if not verbose and path is not None:
         terminal.addFilter(TerminalFilter(terminal_level))
     root.addHandler(terminal)
-    counter = _Counter()
-    root.addHandler(counter)
     if path is not None:
         to_file = logging.FileHandler(path, encoding="utf-8")
         to_file.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(to_file)
     logging.captureWarnings(True)  # warnings.warn (deprecations, Ray's UserWarnings) -> `py.warnings` -> file
-    _state.update(path=path, counter=counter, verbose=verbose)
+    _state.update(path=path, verbose=verbose)
     route_library_logs()
     return path
 
@@ -127,9 +112,3 @@ def quiet_worker() -> None:
     # Library progress bars (vLLM's "Processed prompts") write to `sys.stderr`: the log file too; the
     # terminal handler keeps its own stream to the driver.
     sys.stderr = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (the process's stream)
-
-
-def library_warnings() -> tuple[int, Path | None]:
-    """How many library warnings went only to the log file, and that file."""
-    counter = _state.get("counter")
-    return (counter.n if isinstance(counter, _Counter) else 0), _state.get("path")  # type: ignore[return-value]
