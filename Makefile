@@ -54,11 +54,9 @@ demo-steps:
 		$(BIN)/tbd preprocess --data $(DEMO_OUT)/data/$$ds --media.crop_size 64 --clips_per_shard 8; \
 		$(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds > $(DEMO_OUT)/$$ds-facs.json; \
 	done
-	@echo "== both: annotate again with vLLM on SmolLM2-135M-Instruct (a real instruct LLM from PyPI, converted at setup), a decoding schema per clip: a second version beside the first; Draw trains on MEAD's"
-	@set -e; for ds in hdtf mead; do \
-		VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/$$ds --think.engine vllm \
-			--think.model $$($(BIN)/tbd assets path instruct_llm) --think.max_tokens 1536 > $(DEMO_OUT)/$$ds-llm.json; \
-	done
+	@echo "== mead: annotate again with vLLM on SmolLM2-135M-Instruct (a real instruct LLM from PyPI, converted at setup), a decoding schema per clip: a second version beside the first, which Draw trains on"
+	VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/tbd annotate --data $(DEMO_OUT)/data/mead --think.engine vllm \
+		--think.model $$($(BIN)/tbd assets path instruct_llm) --think.max_tokens 1536 > $(DEMO_OUT)/mead-llm.json
 	@echo "== annotation quality, every version (also in MLflow)"
 	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/hdtf --report true
 	$(BIN)/tbd annotations --data $(DEMO_OUT)/data/mead --report true
@@ -70,7 +68,7 @@ demo-steps:
 	$(BIN)/tbd export $(DEMO_OUT)/train/checkpoints/last.ckpt $(DEMO_OUT)/model > /dev/null
 	@echo "== the measures on the real validation clips, whose answers are known: emotion classifier, FER2013 judge, AU error"
 	$(BIN)/tbd check-measures --data $(DEMO_OUT)/data/mead --corpus $(DEMO_OUT)/corpus --out $(DEMO_OUT)/measures.json
-	@echo "== conditioning check: overfit 4 clips (happy/sad x 2 speakers, 500 steps), then swap speech, emotion text and reference one at a time: does each act?"
+	@echo "== conditioning check: overfit 4 clips (happy/sad x 2 speakers, 500 steps at batch 4), then swap speech, emotion text and reference one at a time: does each act?"
 	$(BIN)/tbd check-conditioning --data $(DEMO_OUT)/data/mead --version $(LLM_VERSION) --steps 500 --max_frames 24 --out $(DEMO_OUT)/check-conditioning \
 		--clips '[mead_W001_happy_3_000, mead_W001_sad_3_000, mead_W002_happy_3_000, mead_W002_sad_3_000]' > /dev/null
 	@echo "== generate: the held-out person (the astronaut, the validation speaker W003; every training identity is Grace Hopper's photo, varied) speaking one of her lines, contempt level 2"

@@ -13,12 +13,12 @@ from tests.conftest import offline_env
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_gpu_check_dry_run_passes_every_section(datasets, tmp_path, netguard_log):
+def test_gpu_check_dry_run_passes_every_section(datasets, tiny_llm, tmp_path, netguard_log):
     out = tmp_path / "gpu-check.json"
     versions = sorted(p.name for p in (datasets["hdtf"]["data"] / "annotations").iterdir())
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry", "--data", str(datasets["hdtf"]["data"]),
-         "--out", str(out)],
+         "--llm", str(tiny_llm), "--out", str(out)],
         capture_output=True, text=True, env=offline_env(netguard_log), timeout=1500, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
