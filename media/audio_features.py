@@ -13,13 +13,14 @@ from media.video_io import AUDIO_RATE
 from tbd_core.errors import UserError
 
 
-def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25) -> np.ndarray:
+def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25, chunk: int = 250) -> np.ndarray:
     """(T, n_mels) log-mel features, one row per video frame (hop = 16000 / fps samples). A rate that does
     not divide 16 kHz (30 fps: 533.3 samples) is computed on a 10 ms grid and row k taken at k / fps s, so
-    the features stay on the video's clock over any length."""
+    the features stay on the video's clock over any length. Computed `chunk` rows at a time (the same
+    values): the working memory does not grow with the speech."""
     if AUDIO_RATE % fps:
         fine_hop = AUDIO_RATE // 100
-        fine = log_mel(audio, int(np.ceil(n_frames * 100 / fps)) + 1, n_mels, 100)
+        fine = log_mel(audio, int(np.ceil(n_frames * 100 / fps)) + 1, n_mels, 100, chunk)
         return fine[
             np.minimum(np.round(np.arange(n_frames) * AUDIO_RATE / fps / fine_hop).astype(int), len(fine) - 1)
         ]
@@ -27,19 +28,32 @@ def log_mel(audio: np.ndarray, n_frames: int, n_mels: int, fps: int = 25) -> np.
     from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
     hop, n_fft = AUDIO_RATE // fps, 1024
-    audio = np.pad(audio, (0, max(0, n_frames * hop - len(audio))))[: n_frames * hop]
+    n = n_frames * hop  # the audio as used: cut, or zero-padded, to the frames
     mel = mel_filter_bank(
         num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=20.0,
         max_frequency=AUDIO_RATE / 2, sampling_rate=AUDIO_RATE, norm="slaney", mel_scale="slaney",
     )  # fmt: skip
+    window = window_function(n_fft, "hann")
+    out = np.empty((n_frames, n_mels), np.float16)
     # One BLAS thread: the product is small, and idle OpenBLAS threads spin after it, stealing a core from
     # whatever runs next (video decode: 4x slower in the preprocess stage on 2 cores).
     with threadpool_limits(limits=1, user_api="blas"):
-        spec = spectrogram(
-            audio, window_function(n_fft, "hann"), frame_length=n_fft, hop_length=hop, power=2.0,
-            mel_filters=mel, log_mel="log10",
-        )  # fmt: skip
-    return spec.T[:n_frames].astype(np.float16)
+        for a in range(0, n_frames, chunk):
+            b = min(n_frames, a + chunk)
+            # Rows a..b-1 are the frames of samples [a * hop, (b - 1) * hop + n_fft) of the centred audio:
+            # the used audio reflected by n_fft // 2 at both ends (the spectrogram's `center`)
+            t = np.abs(np.arange(a * hop, (b - 1) * hop + n_fft) - n_fft // 2)
+            t = np.where(t >= n, 2 * (n - 1) - t, t)
+            if n <= n_fft // 2 or len(audio) == 0:  # too short for one reflection: as the spectrogram pads
+                used = np.pad(audio, (0, max(0, n - len(audio))))[:n]
+                span = np.pad(used, n_fft // 2, mode="reflect")[a * hop : (b - 1) * hop + n_fft]
+            else:
+                span = np.where(t < len(audio), np.asarray(audio)[np.minimum(t, len(audio) - 1)], 0)
+            out[a:b] = spectrogram(
+                span, window, frame_length=n_fft, hop_length=hop, power=2.0, mel_filters=mel,
+                log_mel="log10", center=False,
+            ).T  # fmt: skip
+    return out
 
 
 @functools.cache

@@ -370,7 +370,7 @@ def read_audio(
     broken = [p for p in damaged if in_span(*p)]
     if broken:
         raise UserError(f"{path}: {damage_report('audio', broken)}")
-    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     if start is None:
         return audio
     offset = round((start - (first or 0.0)) * sample_rate)

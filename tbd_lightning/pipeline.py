@@ -223,9 +223,8 @@ class TBDPipeline(DiffusionPipeline):
         den, window = self.denoiser, self.frames
         starts = window_starts(len(audio_features), window) if starts is None else starts
         n_windows = len(starts)
-        feats = np.pad(
-            audio_features, ((0, max(0, starts[-1] + window - len(audio_features))), (0, 0)), mode="edge"
-        )
+        # Each window's rows, past the end the last frame's (only these rows are copied: not the whole speech)
+        rows = np.minimum(np.asarray(starts)[:, None] + np.arange(window), len(audio_features) - 1)
         if encoded is None:
             ref = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(127.5).sub(1)
             encoded = self.encode_reference(ref.to(device))
@@ -233,7 +232,7 @@ class TBDPipeline(DiffusionPipeline):
         local_text[:n_local] = torch.from_numpy(emb[1:])
         return Conditions(
             reference=encoded[None].expand(n_windows, -1, -1, -1),
-            audio=torch.from_numpy(np.stack([feats[s : s + window] for s in starts])),
+            audio=torch.from_numpy(np.asarray(audio_features)[rows]),
             global_text=(
                 torch.from_numpy(emb[0])[None].expand(n_windows, -1)
                 if global_states is None

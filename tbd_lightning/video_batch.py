@@ -8,13 +8,20 @@ giving the conditions of any of them), then `sample_videos` denoises the windows
 - with motion frames: window w of every video that has one, in one batch (each continues from the last
   frames of its own window w - 1), windows in order.
 
-Each video's noise is drawn from its own generator in the order a lone call draws it, so a video comes out
-the same whether it is sampled alone or beside others, in one batch or many (up to float rounding).
+Each video's noise is drawn from its own generator, window by window in the order a lone call draws it and
+only when the window's batch is sampled, so a video comes out the same whether it is sampled alone or beside
+others, in one batch or many (up to float rounding). (On the CPU, window-by-window draws equal one draw for
+every window when a window holds a multiple of 16 values.)
+
+Memory does not grow with the videos' length beyond their samples: each video's frames are one tensor,
+allocated at its first batch and filled batch by batch; nothing else of a batch outlives it. (Kept batch
+outputs, and the noise of every window drawn before the first batch, sat among the forward passes' freed
+buffers, and the heap grew with the number of batches.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -59,28 +66,39 @@ def sample_videos(plans: list[VideoPlan], sample: Sample, window: tuple[int, ...
     """Each plan's samples (n_frames, C, h, w). `window` = (frames, C, h, w) of one window; `sample` is the
     sampler call (`ProgressiveSampler.sample` with the pipeline's settings bound); `max_frames`: at most
     this many frames per call (None: all windows of a step at once)."""
+    out: list[torch.Tensor | None] = [None] * len(plans)
+    for v, w, x in sample_windows(plans, sample, window, motion, max_frames):
+        plan, new = plans[v], motion if w else 0  # a window after the first repeats `motion` frames
+        if out[v] is None:
+            out[v] = x.new_empty((plan.n_frames, *x.shape[1:]))
+        at = plan.starts[w] + new
+        rows = x[new : new + max(0, plan.n_frames - at)]
+        out[v][at : at + len(rows)] = rows
+    return out
+
+
+def sample_windows(plans: list[VideoPlan], sample: Sample, window: tuple[int, ...], motion: int,
+                   max_frames: int | None) -> Iterator[tuple[int, int, torch.Tensor]]:  # fmt: skip
+    """`sample_videos` window by window: (video, window, its samples (frames, C, h, w)) as each batch is
+    sampled (windows after the first begin with the `motion` frames they continue from; the last window
+    of a video runs past its `n_frames`)."""
     device = plans[0].generator.device
     per = max(1, (max_frames or 10**9) // window[0])
     if motion == 0:
-        noise = [torch.randn((len(p.starts), *window), generator=p.generator, device=device) for p in plans]
         rows = [(v, i) for v, p in enumerate(plans) for i in range(len(p.starts))]
-        done: list[torch.Tensor] = []
         for b in range(0, len(rows), per):
             chunk = rows[b : b + per]
             groups = [(v, [i for _, i in g]) for v, g in groupby(chunk, key=lambda r: r[0])]
             cond = Conditions.cat(
                 [plans[v].conditions([plans[v].starts[i] for i in idx]) for v, idx in groups]
             )
-            done.append(
-                sample((len(chunk), *window), cond, noise=torch.cat([noise[v][i : i + 1] for v, i in chunk]))
-            )
-        x = torch.cat(done)
-        out, at = [], 0
-        for p in plans:
-            out.append(x[at : at + len(p.starts)].flatten(0, 1)[: p.n_frames])
-            at += len(p.starts)
-        return out
-    parts: list[list[torch.Tensor]] = [[] for _ in plans]
+            noise = torch.cat(
+                [torch.randn((1, *window), generator=plans[v].generator, device=device) for v, _ in chunk]
+            )  # each window's noise in its video's order, as a lone call draws it
+            x = sample((len(chunk), *window), cond, noise=noise)
+            yield from ((v, i, row) for (v, i), row in zip(chunk, x, strict=True))
+        return
+    last: list[torch.Tensor | None] = [None] * len(plans)  # each video's latest window
     for w in range(max(len(p.starts) for p in plans)):
         active = [v for v, p in enumerate(plans) if w < len(p.starts)]
         for b in range(0, len(active), per):
@@ -92,12 +110,9 @@ def sample_videos(plans: list[VideoPlan], sample: Sample, window: tuple[int, ...
                 if w:
                     known_noise.append(torch.randn((1, motion, *window[1:]), generator=g, device=device))
             cond = Conditions.cat([plans[v].conditions(plans[v].starts[w : w + 1]) for v in chunk])
-            known = torch.cat([parts[v][-1][None, -motion:] for v in chunk]) if w else None
+            known = torch.cat([last[v][None, -motion:] for v in chunk]) if w else None
             x = sample((len(chunk), *window), cond, noise=torch.cat(noise), known=known,
                        known_noise=torch.cat(known_noise) if w else None)  # fmt: skip
             for v, row in zip(chunk, x, strict=True):
-                parts[v].append(row)
-    return [
-        torch.cat([p[0], *(q[motion:] for q in p[1:])])[: plan.n_frames]
-        for p, plan in zip(parts, plans, strict=True)
-    ]
+                last[v] = row
+                yield v, w, row

@@ -31,12 +31,16 @@ def boundaries(n_frames: int, window: int, motion: int = 0) -> list[int]:
     return [s + motion - 1 for s in starts[1:] if s + motion < n_frames]
 
 
-def seam_ratio(frames: np.ndarray, window: int, motion: int = 0) -> float | None:
-    """Mean |frame i+1 − frame i| at window boundaries over the mean inside windows; None for one window."""
+def seam_ratio(frames: np.ndarray, window: int, motion: int = 0, chunk: int = 64) -> float | None:
+    """Mean |frame i+1 − frame i| at window boundaries over the mean inside windows; None for one window.
+    The changes are taken `chunk` frames at a time: the memory beside `frames` does not grow with them."""
     if len(frames) < 3:
         return None
-    x = np.asarray(frames, np.float32)
-    return seam_ratio_of_changes(np.abs(np.diff(x, axis=0)).reshape(len(x) - 1, -1).mean(1), window, motion)
+    change = np.empty(len(frames) - 1, np.float32)
+    for a in range(0, len(change), chunk):
+        x = np.asarray(frames[a : a + chunk + 1], np.float32)
+        change[a : a + len(x) - 1] = np.abs(np.diff(x, axis=0)).reshape(len(x) - 1, -1).mean(1)
+    return seam_ratio_of_changes(change, window, motion)
 
 
 def seam_ratio_of_changes(change: np.ndarray, window: int, motion: int = 0) -> float | None:

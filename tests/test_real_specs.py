@@ -170,3 +170,33 @@ def test_the_source_rate_is_kept_when_asked(tmp_path, analyzer, astronaut):
     loud = features.astype(np.float32).mean(1)
     onset = int(np.argmax(loud > np.median(loud) + 0.75 * (loud.max() - np.median(loud))))
     assert abs(onset - round(flash_at * 30)) <= 1, onset
+
+
+@pytest.mark.parametrize(
+    "fps", [25, 30, 100]
+)  # 100: the 10 ms grid itself, whose last rows reach past the end
+@pytest.mark.parametrize("seconds", [0.0, 0.02, 3.0, 24.7])
+def test_log_mel_in_chunks_equals_the_spectrogram_of_the_whole(seconds, fps):
+    """`log_mel` takes long speech a few hundred rows at a time (memory flat in length); every row equals the
+    one of transformers' centred spectrogram of the whole used audio (cut or zero-padded to the frames)."""
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    from media.audio_features import log_mel
+
+    audio = np.random.default_rng(0).standard_normal(int(seconds * AUDIO_RATE)).astype(np.float32) * 0.1
+    n_frames = (
+        620  # 24.8 s at 25 fps (past the end of every speech here), 20.7 s at 30 fps (cuts the longest)
+    )
+    rate = fps if AUDIO_RATE % fps == 0 else 100  # 30 fps rows are read off a 10 ms grid
+    rows = n_frames if rate == fps else int(np.ceil(n_frames * 100 / fps)) + 1
+    hop, n_fft = AUDIO_RATE // rate, 1024
+    used = np.pad(audio, (0, max(0, rows * hop - len(audio))))[: rows * hop]
+    mel = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=80, min_frequency=20.0,
+                          max_frequency=AUDIO_RATE / 2, sampling_rate=AUDIO_RATE, norm="slaney", mel_scale="slaney")  # fmt: skip
+    whole = spectrogram(used, window_function(n_fft, "hann"), frame_length=n_fft, hop_length=hop, power=2.0,
+                        mel_filters=mel, log_mel="log10").T[:rows].astype(np.float16)  # fmt: skip
+    if rate != fps:
+        whole = whole[
+            np.minimum(np.round(np.arange(n_frames) * AUDIO_RATE / fps / hop).astype(int), rows - 1)
+        ]
+    assert np.array_equal(log_mel(audio, n_frames, 80, fps), whole)
