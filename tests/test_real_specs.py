@@ -172,9 +172,8 @@ def test_the_source_rate_is_kept_when_asked(tmp_path, analyzer, astronaut):
     assert abs(onset - round(flash_at * 30)) <= 1, onset
 
 
-@pytest.mark.parametrize(
-    "fps", [25, 30, 100]
-)  # 100: the 10 ms grid itself, whose last rows reach past the end
+# 100 fps: the 10 ms grid itself, whose last rows reach past the end of the audio
+@pytest.mark.parametrize("fps", [25, 30, 100])
 @pytest.mark.parametrize("seconds", [0.0, 0.02, 3.0, 24.7])
 def test_log_mel_in_chunks_equals_the_spectrogram_of_the_whole(seconds, fps):
     """`log_mel` takes long speech a few hundred rows at a time (memory flat in length); every row equals the
@@ -184,9 +183,8 @@ def test_log_mel_in_chunks_equals_the_spectrogram_of_the_whole(seconds, fps):
     from media.audio_features import log_mel
 
     audio = np.random.default_rng(0).standard_normal(int(seconds * AUDIO_RATE)).astype(np.float32) * 0.1
-    n_frames = (
-        620  # 24.8 s at 25 fps (past the end of every speech here), 20.7 s at 30 fps (cuts the longest)
-    )
+    # 24.8 s at 25 fps (past the end of every speech here), 20.7 s at 30 fps (it cuts the longest)
+    n_frames = 620
     rate = fps if AUDIO_RATE % fps == 0 else 100  # 30 fps rows are read off a 10 ms grid
     rows = n_frames if rate == fps else int(np.ceil(n_frames * 100 / fps)) + 1
     hop, n_fft = AUDIO_RATE // rate, 1024
