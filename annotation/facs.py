@@ -49,6 +49,7 @@ class KnowledgeBase(BaseModel):
     hedges: dict[str, float] = {}
     scope_breaks: tuple[str, ...] = ()
     modifier_scope: int = 3
+    compound_expressions: dict[str, tuple[int, ...]] = {}  # category -> prototypical AUs (Du et al. 2014)
 
     def au(self, au_id: int) -> ActionUnit:
         if au_id not in self.action_units:
@@ -108,6 +109,7 @@ def load_kb() -> KnowledgeBase:
         hedges=raw.get("hedges", {}),
         scope_breaks=tuple(raw.get("scope_breaks", ())),
         modifier_scope=raw.get("modifier_scope", 3),
+        compound_expressions={k: tuple(v) for k, v in raw.get("compound_expressions", {}).items()},
     )
 
 

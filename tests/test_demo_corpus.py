@@ -181,6 +181,13 @@ def test_unknown_emotion(tmp_path):
     _assert_clean_failure(proc, out, "unknown emotion", "joyful")
 
 
+def test_seconds_that_are_not_whole_frames(tmp_path):
+    """1.5 s is 37.5 frames: one clear line, not a traceback from inside a render worker."""
+    out = tmp_path / "c"
+    proc = run_tbd("demo-corpus", "--out", str(out), "--seconds", "1.5")
+    _assert_clean_failure(proc, out, "--seconds 1.5 is not a whole number of frames")
+
+
 @pytest.mark.parametrize("content,reason", [(b"garbage", "not a readable image"), (None, "no face detected")])
 def test_bad_portrait(tmp_path, content, reason):
     from media.images import write_image
@@ -230,3 +237,57 @@ def test_user_portraits_and_options(tmp_path, astronaut):
     assert len(meta["clips"]) == 4
     frames, fps = read_frames(out / "mead" / "W002" / "video" / "front" / "contempt" / "level_2" / "000.mp4")
     assert frames.shape == (25, 96, 96, 3) and fps == 25.0
+
+
+def _au_set(aus: dict) -> frozenset[int]:
+    """A clip's AU numbers (sides merged) from its record's apex AUs."""
+    return frozenset(int(re.match(r"AU(\d+)", name).group(1)) for name in aus)
+
+
+def test_variation_draws_each_clips_muscles_within_its_label_and_compounds_stay_unseen(tmp_path, demo_corpus):
+    """`--variation true`: within one (emotion, level) the clips' AU sets, intensities, sides and timing
+    differ (the default corpus: one AU set per label); `--compound_clips 1`: the held-out person's compound
+    expressions (Du et al. 2014), outside both layouts, whose AU combinations no training clip shows."""
+    from annotation.facs import load_kb
+
+    out = tmp_path / "varied"
+    proc = run_tbd("demo-corpus", "--out", str(out), "--emotions", "[happy, sad, angry, contempt, surprised]",
+                   "--levels", "[3]", "--clips_per_level", "4", "--hdtf_clips", "0", "--seconds", "1",
+                   "--size", "64", "--variation", "true", "--compound_clips", "1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((out / "corpus.json").read_text())
+    assert meta["variation"] and meta["compound_clips"] == 1
+    mead = [c for c in meta["clips"] if c["layout"] == "mead"]
+    train = [c for c in mead if c["speaker"] != "W003"]  # the last speaker is the validation person
+    for emotion in ("happy", "sad", "angry", "contempt", "surprised"):
+        clips = [c for c in train if c["emotion"] == emotion]
+        assert len(clips) == 8 and len({_au_set(c["aus"]) for c in clips}) >= 2, (
+            emotion,
+            [c["aus"] for c in clips],
+        )
+        assert len({round(v, 2) for c in clips for v in c["aus"].values()}) >= 4  # intensities drawn per AU
+    assert {name[-1] for c in train if c["emotion"] == "contempt" for name in c["aus"] if "_" in name} == {
+        "L",
+        "R",
+    }
+    courses = []
+    for c in mead:  # the ground truth holds every frame's AUs; some expressions release before the clip ends
+        gt = np.load(out / c["groundtruth"])
+        assert gt["au"].shape == (c["frames"], len(meta["au_channels"]))
+        apex = gt["au"][:, [meta["au_channels"].index(n) for n in c["aus"] if n not in ("AU25", "AU26")]]
+        if apex.size:
+            courses.append(apex.max(1)[-1] / apex.max())
+    assert min(courses) < 0.5 < max(courses), courses
+    default = json.loads((demo_corpus / "corpus.json").read_text())["clips"]
+    for emotion in ("happy", "sad"):
+        assert len({_au_set(c["aus"]) for c in default if c["emotion"] == emotion and c["level"] == 3}) == 1
+
+    compound = [c for c in meta["clips"] if c["layout"] == "compound"]
+    kb = load_kb()
+    assert sorted(c["emotion"] for c in compound) == sorted(kb.compound_expressions)
+    assert all(c["video"].startswith("compound/") and (out / c["video"]).is_file() for c in compound)
+    assert not any("compound" in str(p) for p in (out / "mead").rglob("*"))  # never ingested
+    seen = {_au_set(c["aus"]) for c in train}
+    for c in compound:
+        assert _au_set(c["aus"]) not in seen, c
+        assert c["identity"] == meta["heldout"]["name"]

@@ -5,8 +5,14 @@ out/
   mead/{speaker}/audio/{emotion}/level_{n}/{clip:03d}.m4a         AAC 16 kHz mono
   hdtf/{WRA|WDA|RD}_{Name}_{nnn}.mp4                             H.264 25 fps, AAC muxed
   groundtruth/...same relative path....npz                        per-frame AU intensities (evaluation only)
+  compound/{category}/{clip:03d}.mp4 (+ .m4a)                     `--compound_clips N`: the held-out person's
+                                                                  compound expressions (test only, never ingested)
   portraits/{Name}.png, portraits/heldout/{Name}.png              the identities' stills; an unseen one
-  corpus.json                                                     every clip, its parameters and files
+  corpus.json                                                     every clip, its parameters, apex AUs and files
+
+By default every clip of an (emotion, level) shows the same AUs: the emotion's core AUs at the level's intensity.
+`--variation true` draws each clip's own AUs within its label (`expression_plan`): the label then no longer
+determines the muscles, which is what a muscle-level description can add (the thesis experiment's corpus).
 Written into a temporary sibling folder and renamed into place, so a failure leaves nothing behind.
 """
 
@@ -28,9 +34,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from annotation.facs import MEAD_EMOTIONS, intensity_value, load_kb
+from annotation.facs import MEAD_EMOTIONS, load_kb
 from media.face import FaceAnalyzer, crop_transform
-from pipelines.demo_corpus.au_templates import BILATERAL, CHANNELS
+from pipelines.demo_corpus.au_templates import CHANNELS
+from pipelines.demo_corpus.expressions import FPS, VARIATION, ClipSpec, au_timeline, expression_timeline
 from pipelines.demo_corpus.portraits import (
     Portrait,
     heldout_portrait,
@@ -41,7 +48,6 @@ from pipelines.demo_corpus.portraits import (
 from tbd_core.errors import UserError
 
 log = logging.getLogger(__name__)
-FPS = 25
 HDTF_PREFIXES = ("WRA", "WDA", "RD")
 CORPUS_VERSION = 3  # 2: stronger AU templates (au_templates.GAINS); 3: the last speaker is another person
 
@@ -58,6 +64,10 @@ class CorpusConfig:
     seconds: float = 2.0
     size: int = 128
     seed: int = 0
+    variation: bool = False  # each clip's own AUs, intensities and timing within its label (VARIATION)
+    compound_clips: int = (
+        0  # per compound expression of the KB (Du, Tao & Martinez 2014): the held-out person
+    )
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     force: bool = False
 
@@ -67,26 +77,18 @@ class CorpusConfig:
             kb.prototype(e)  # raises UserError naming the unknown emotion
         for lv in self.levels:
             kb.level_intensity(lv)
-        if self.identities < 1 or self.clips_per_level < 1 or self.hdtf_clips < 0:
-            raise UserError("--identities and --clips-per-level must be >= 1, --hdtf-clips >= 0")
+        if self.identities < 1 or self.clips_per_level < 1 or self.hdtf_clips < 0 or self.compound_clips < 0:
+            raise UserError(
+                "--identities and --clips-per-level must be >= 1, --hdtf-clips and --compound_clips >= 0"
+            )
         if not (0.5 <= self.seconds <= 60):
             raise UserError(f"--seconds {self.seconds} is out of range (0.5 .. 60)")
+        if abs(self.seconds * FPS - round(self.seconds * FPS)) > 1e-6:  # speech and video of one length
+            raise UserError(
+                f"--seconds {self.seconds} is not a whole number of frames at {FPS} fps (0.04 s steps)"
+            )
         if self.size % 16 or not (64 <= self.size <= 1024):
             raise UserError(f"--size {self.size} must be a multiple of 16 in 64 .. 1024")
-
-
-@dataclass
-class ClipSpec:
-    layout: str  # mead | hdtf
-    identity: str
-    speaker: str
-    emotion: str  # the expression rendered (for HDTF it is hidden from the dataset: 'unknown' there)
-    level: int
-    clip: int
-    seed: int
-    video: str  # relative paths
-    audio: str | None
-    groundtruth: str
 
 
 def _seed(*parts) -> int:
@@ -113,6 +115,7 @@ def plan_clips(cfg: CorpusConfig, names: list[str]) -> list[ClipSpec]:
                             f"mead/{rel}.mp4",
                             f"mead/{speaker}/audio/{emotion}/level_{level}/{c:03d}.m4a",
                             f"groundtruth/mead/{rel}.npz",
+                            cfg.variation,
                         )
                     )
         for c in range(cfg.hdtf_clips):
@@ -131,34 +134,22 @@ def plan_clips(cfg: CorpusConfig, names: list[str]) -> list[ClipSpec]:
                     f"hdtf/{stem}.mp4",
                     None,
                     f"groundtruth/hdtf/{stem}.npz",
+                    cfg.variation,
                 )
             )
     return specs
 
 
-def au_timeline(spec: ClipSpec, n_frames: int, envelope: np.ndarray) -> np.ndarray:
-    """(T, len(CHANNELS)) FACS intensities (0..5): the emotion's AUs with onset, plus speech on AU25/26."""
-    kb = load_kb()
-    rng = np.random.default_rng(spec.seed)
-    proto = kb.prototype(spec.emotion)
-    base = intensity_value(kb.level_intensity(spec.level))
-    side = "L" if spec.seed % 2 else "R"
-    t = np.arange(n_frames) / FPS
-    onset = np.clip(t / 0.32, 0, 1)
-    au = np.zeros((n_frames, len(CHANNELS)), np.float32)
-    for a in proto.core:
-        if a in BILATERAL:
-            names = [f"AU{a}_{side}"] if proto.unilateral else [f"AU{a}_R", f"AU{a}_L"]
-        else:
-            names = [f"AU{a}"]
-        level = np.clip(base + rng.uniform(-0.3, 0.3), 0.5, 5)
-        wobble = 1 + 0.06 * np.sin(2 * np.pi * 0.5 * t + rng.uniform(0, 6.28))
-        for name in names:
-            au[:, CHANNELS.index(name)] = level * onset * wobble
-    env = envelope / max(float(envelope.max()), 1e-6)
-    au[:, CHANNELS.index("AU25")] += 3.0 * env
-    au[:, CHANNELS.index("AU26")] += 2.0 * env
-    return np.clip(au, 0, 5)
+def plan_compound(cfg: CorpusConfig, name: str) -> list[ClipSpec]:
+    """`cfg.compound_clips` clips of each compound expression of the KB, all of the held-out person `name`
+    (level 2): AU combinations that no label of the training clips names (test only)."""
+    specs = []
+    for category in load_kb().compound_expressions:
+        for c in range(cfg.compound_clips):
+            rel = f"compound/{category}/{c:03d}"
+            specs.append(ClipSpec("compound", name, "heldout", category, 2, c, _seed(cfg.seed, rel),
+                                  f"{rel}.mp4", f"{rel}.m4a", f"groundtruth/{rel}.npz", True))  # fmt: skip
+    return specs
 
 
 def clip_signals(spec: ClipSpec, portrait_name: str, seconds: float):
@@ -212,7 +203,9 @@ def render_identity(job: IdentityJob) -> list[dict]:
             emotion=spec.emotion,
             level=spec.level,
         )
-        records.append({**asdict(spec), "frames": n_frames})
+        apex = expression_timeline(spec, n_frames).max(0)  # the expression's own AUs (speech left out)
+        aus = {c: round(float(v), 2) for c, v in zip(CHANNELS, apex, strict=True) if v > 0}
+        records.append({**asdict(spec), "frames": n_frames, "aus": aus})
     return records
 
 
@@ -309,7 +302,13 @@ def build(cfg: CorpusConfig) -> Path:
                         cfg.seconds,
                     )
                 )
-            _prepare(fa, heldout, cfg.size)  # the held-out portrait must have a detectable face too
+            crop, neutral = _prepare(fa, heldout, cfg.size)  # the held-out portrait must have a face too
+            compound = plan_compound(cfg, heldout.name)
+            if compound:  # rendered from the held-out photo itself, as `tbd generate` is given it
+                jobs.append(
+                    IdentityJob(heldout.name, crop, neutral, compound, str(tmp), cfg.size, cfg.seconds)
+                )
+                specs += compound
         write_image(tmp / "portraits" / "heldout" / f"{heldout.name}.png", heldout.image)
         records = []
         with contextlib.ExitStack() as stack:
@@ -327,6 +326,8 @@ def build(cfg: CorpusConfig) -> Path:
             "size": cfg.size,
             "seconds": cfg.seconds,
             "seed": cfg.seed,
+            "variation": VARIATION if cfg.variation else None,
+            "compound_clips": cfg.compound_clips,
             "au_channels": list(CHANNELS),
             "kb_version": load_kb().version,
             "identities": [
