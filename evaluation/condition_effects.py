@@ -1,0 +1,127 @@
+"""The conditioning check's effects (`evaluation.conditioning`): what one swapped condition changed in a
+generated video, measured against what it should change (see that module's docstring)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOCAL_SWAP = {12: 15, 15: 12}  # a mouth sentence's AU -> the one it is swapped for
+
+
+def au_vector(video, baseline) -> dict[int, float]:
+    """Mean calibrated AU intensity over the frames with a face, per measurable AU (speech AUs left out)."""
+    from evaluation.measures import mean_intensities
+    from evaluation.metrics import SPEECH_AUS
+    from media.au_measure import measured_aus
+
+    return {
+        au: v for au, v in mean_intensities(measured_aus(video, baseline)).items() if au not in SPEECH_AUS
+    }
+
+
+def au_projection(new: dict, old: dict, target_new: dict, target_old: dict) -> float | None:
+    """`projection` of the AU change new - old onto target_new - target_old, over the AUs all four carry."""
+    aus = sorted(set(new) & set(old) & set(target_new) & set(target_old))
+    if not aus:
+        return None
+    vec = lambda a, b: np.array([a[u] - b[u] for u in aus])  # noqa: E731
+    return projection(vec(new, old), vec(target_new, target_old))
+
+
+def projection(delta: np.ndarray, target: np.ndarray) -> float | None:
+    """<delta, target> / |target|^2: 0 = no change, 1 = the whole way; None when the target is no change."""
+    norm = float(target @ target)
+    return float(delta @ target / norm) if norm > 1e-9 else None
+
+
+def speech_effect(swapped: np.ndarray, own_video, partner, clip) -> dict:
+    """`speech`: corr(change of the inner-lip gap, change of the speech envelope) over the frames with a
+    face in both videos; the swapped video's lip-sync proxy with the new and with the old audio."""
+    from evaluation.metrics import lipsync, mouth_opening
+    from media.au_measure import track_video
+    from media.video_io import frame_envelope
+
+    video, t = track_video(swapped), len(swapped)
+    both = video.found & own_video.found
+    if both.sum() <= 2:
+        return {}
+    env_new, env_old = frame_envelope(partner.wav, t)[both], frame_envelope(clip.wav, t)[both]
+    gap = mouth_opening(video.landmarks[both])
+    return {
+        # the lip-sync proxy at offset 0 (Pearson r, 0 when a side does not change) of the two changes
+        "speech": lipsync(gap - mouth_opening(own_video.landmarks[both]), env_new - env_old, 0)["sync_corr"],
+        "sync_new_audio": lipsync(gap, env_new)["sync_corr"],
+        "sync_old_audio": lipsync(gap, env_old)["sync_corr"],
+    }
+
+
+def text_effect(swapped: np.ndarray, own: np.ndarray, own_video, partner, clip, size: int) -> dict:
+    """`text`: the calibrated AU change the partner's CoT caused, projected onto the real clips' AU
+    difference (partner - own, same speaker and reference); `text_inside_share`: the share of the pixel change
+    inside the two CoTs' face regions, beside `text_region_share`, the regions' share of the frame."""
+    from media.au_measure import token_masks, track_video
+    from tbd_lightning.text import cot_token_regions
+
+    base = clip.reference_video.baseline()
+    effect = au_projection(au_vector(track_video(swapped), base), au_vector(own_video, base),
+                           au_vector(partner.real_video, base), au_vector(clip.real_video, base))  # fmt: skip
+    regions = tuple(dict.fromkeys(cot_token_regions(clip.cot, 99) + cot_token_regions(partner.cot, 99)))
+    inside = token_masks(clip.reference_landmarks, size, regions, 1)[0] > 0.5
+    change = np.abs(swapped.astype(np.float32) - own.astype(np.float32)).mean((0, 3))
+    return {"text": effect, "text_inside_share": float(change[inside].sum() / max(change.sum(), 1e-9)),
+            "text_region_share": float(inside.mean())}  # fmt: skip
+
+
+def swap_local(cot: dict) -> tuple[dict, int, int] | None:
+    """(the CoT with its first mouth AU12 / AU15 sentence swapped for the other, the old AU, the new AU): same
+    intensity letter, the new AU's name and movement from the KB; None when its mouth has neither."""
+    from annotation.facs import load_kb
+
+    for i, unit in enumerate(cot["action_units"]):
+        if unit["region"] == "mouth" and unit["au"] in LOCAL_SWAP:
+            new = load_kb().au(LOCAL_SWAP[unit["au"]])
+            units = list(cot["action_units"])
+            units[i] = {**unit, "au": new.au, "name": new.name, "movement": new.movement}
+            return {**cot, "action_units": units}, unit["au"], new.au
+    return None
+
+
+def local_effect(swapped: np.ndarray, own_video, clip, old: int, new: int) -> dict:
+    """`local`: (Δ[new] - Δ[old]) / 2 of the calibrated AUs (swapped video minus own, same seed); `local_leak`:
+    mean |Δ| over the measured AUs outside the mouth and jaw (what a local sentence must not move)."""
+    from annotation.facs import load_kb
+    from media.au_measure import track_video
+
+    base, kb = clip.reference_video.baseline(), load_kb()
+    a, b = au_vector(track_video(swapped), base), au_vector(own_video, base)
+    delta = {u: a[u] - b[u] for u in set(a) & set(b)}
+    if old not in delta or new not in delta:
+        return {"local_aus": f"AU{old}->AU{new}"}
+    outside = [abs(v) for u, v in delta.items() if kb.action_units[u].region not in ("mouth", "jaw")]
+    return {"local": (delta[new] - delta[old]) / 2, "local_leak": float(np.mean(outside)) if outside else 0.0,
+            "local_aus": f"AU{old}->AU{new}"}  # fmt: skip
+
+
+def reference_effect(judge, swapped: np.ndarray, own: np.ndarray, own_video, partner, clip) -> dict:
+    """`reference`: the change of the video's appearance (mean frame, RGB) projected onto the new minus the
+    old reference (0: the reference changed nothing, 1: the frames changed as much as the references differ);
+    `reference_real`: the same projection of the partner's real clip minus the clip's own (the ceiling the
+    real data reach, expression and speech differences included); `reference_identity`: the dlib identity
+    descriptor's change projected onto the references' (None without a face). The pass criterion is the
+    appearance: dlib cannot tell the demo corpus's identities apart (one photograph mirrored and stretched:
+    descriptor distances 0.13-0.25, below its 0.6 same-person threshold), which made its projection noise."""
+    from media.au_measure import track_video
+
+    mean = lambda v: v.astype(np.float32).mean(0).ravel()  # noqa: E731
+    target = mean(partner.reference[None]) - mean(clip.reference[None])
+    d_new = judge.video_descriptor(swapped, track_video(swapped).landmarks)
+    d_own = judge.video_descriptor(own, own_video.landmarks)
+    refs = [judge.descriptor(c.reference, c.reference_video.landmarks[0]) for c in (partner, clip)]
+    identity = None
+    if d_new is not None and d_own is not None and all(r is not None for r in refs):
+        identity = projection(d_new - d_own, refs[0] - refs[1])
+    return {
+        "reference": projection(mean(swapped) - mean(own), target),
+        "reference_real": projection(mean(partner.frames) - mean(clip.frames), target),
+        "reference_identity": identity,
+    }
