@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-LOCAL_SWAP = {12: 15, 15: 12}  # a mouth sentence's AU -> the one it is swapped for
-
 
 def au_vector(video, baseline) -> dict[int, float]:
     """Mean calibrated AU intensity over the frames with a face, per measurable AU (speech AUs left out)."""
@@ -72,34 +70,32 @@ def text_effect(swapped: np.ndarray, own: np.ndarray, own_video, partner, clip, 
             "text_region_share": float(inside.mean())}  # fmt: skip
 
 
-def swap_local(cot: dict) -> tuple[dict, int, int] | None:
-    """(the CoT with its first mouth AU12 / AU15 sentence swapped for the other, the old AU, the new AU): same
-    intensity letter, the new AU's name and movement from the KB; None when its mouth has neither."""
-    from annotation.facs import load_kb
-
-    for i, unit in enumerate(cot["action_units"]):
-        if unit["region"] == "mouth" and unit["au"] in LOCAL_SWAP:
-            new = load_kb().au(LOCAL_SWAP[unit["au"]])
-            units = list(cot["action_units"])
-            units[i] = {**unit, "au": new.au, "name": new.name, "movement": new.movement}
-            return {**cot, "action_units": units}, unit["au"], new.au
+def local_edit(cot: dict, measurable) -> tuple[dict, int] | None:
+    """(the CoT without its last AU sentence outside the mouth and jaw whose AU is `measurable`, that AU): the
+    global sentence and every other AU as they were. The mouth and jaw are left alone (speech moves them); None
+    when no such AU is there (neutral, contempt). In a corpus made with `--variation true` such AUs come and go
+    within a label (AU4 in sad, AU5 in angry and surprised), so a model can learn them from the local text."""
+    units = cot["action_units"]
+    for i in reversed(range(len(units))):
+        if units[i]["region"] not in ("mouth", "jaw") and units[i]["au"] in measurable:
+            return {**cot, "action_units": units[:i] + units[i + 1 :]}, units[i]["au"]
     return None
 
 
-def local_effect(swapped: np.ndarray, own_video, clip, old: int, new: int) -> dict:
-    """`local`: (Δ[new] - Δ[old]) / 2 of the calibrated AUs (swapped video minus own, same seed); `local_leak`:
-    mean |Δ| over the measured AUs outside the mouth and jaw (what a local sentence must not move)."""
+def local_effect(edited: np.ndarray, own_video, clip, au: int) -> dict:
+    """`local`: how far the removed AU fell, -Δ[au] in calibrated intensity units (edited video minus own, same
+    seed); `local_leak`: mean |Δ| over the measured AUs of the other regions (what one sentence must not move)."""
     from annotation.facs import load_kb
     from media.au_measure import track_video
 
     base, kb = clip.reference_video.baseline(), load_kb()
-    a, b = au_vector(track_video(swapped), base), au_vector(own_video, base)
+    a, b = au_vector(track_video(edited), base), au_vector(own_video, base)
     delta = {u: a[u] - b[u] for u in set(a) & set(b)}
-    if old not in delta or new not in delta:
-        return {"local_aus": f"AU{old}->AU{new}"}
-    outside = [abs(v) for u, v in delta.items() if kb.action_units[u].region not in ("mouth", "jaw")]
-    return {"local": (delta[new] - delta[old]) / 2, "local_leak": float(np.mean(outside)) if outside else 0.0,
-            "local_aus": f"AU{old}->AU{new}"}  # fmt: skip
+    if au not in delta:
+        return {"local_au": au}
+    region = kb.action_units[au].region
+    outside = [abs(v) for u, v in delta.items() if kb.action_units[u].region != region]
+    return {"local": -delta[au], "local_leak": float(np.mean(outside)) if outside else 0.0, "local_au": au}
 
 
 def reference_effect(judge, swapped: np.ndarray, own: np.ndarray, own_video, partner, clip) -> dict:

@@ -19,13 +19,14 @@
      reference minus old; effect = <Δ, Δ*> / |Δ*|². Beside it the same projection of the real clips (the
      ceiling) and of the dlib identity descriptor (informative only: see `reference_effect`).
 
-   - local text (the clip's own CoT with one mouth sentence swapped: AU12 lip corner puller <-> AU15 lip
-     corner depressor, same letter; the global sentence and every other AU as they were): `local` =
-     (Δ[new AU] - Δ[old AU]) / 2 in calibrated intensity units (0..5), `local_leak` = mean |Δ| over the
-     measured AUs outside the mouth and jaw. Declared before it was first measured (2026-12-04): it acts
-     when local >= 0.25 and local_leak <= 0.15. Reported, and gating only when `thresholds` names `local`:
-     in the default demo corpus every clip's muscles follow its label, so nothing teaches the model that a
-     mouth sentence can differ from its emotion (`tbd demo-corpus --variation true` does).
+   - local text (the clip's own CoT without its last AU sentence outside the mouth and jaw that the AU
+     measure reads, e.g. AU4 of a sad clip; the global sentence and every other AU as they were): `local` =
+     how far that AU fell (-Δ, calibrated intensity units 0..5), `local_leak` = mean |Δ| over the measured
+     AUs of the other regions. Declared before it was first measured (2026-12-05): it acts when local >= 0.25 and
+     local_leak <= 0.15. Reported, and gating only when `thresholds` names `local`: in the default demo
+     corpus every clip's AUs follow its label, so nothing teaches the model that a sentence can go without
+     its emotion changing (`tbd demo-corpus --variation true` does). (A first form swapped the mouth's AU12
+     for AU15: +0.010 on the demo's overfit, and no corpus here varies those within a label.)
 
    A condition the model ignores gives Δ = 0, so each effect is exactly 0 on a broken path. `break_path`
    breaks one on purpose (inside the denoiser's forward the condition is dropped in every branch, as if it
@@ -49,10 +50,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from evaluation.condition_effects import (
+    au_vector,
+    local_edit,
     local_effect,
     reference_effect,
     speech_effect,
-    swap_local,
     text_effect,
 )
 from tbd_core.errors import UserError
@@ -256,10 +258,13 @@ def run_check(config: CheckConfig) -> dict:
                 row.update(
                     text_effect(shown[-1], own, own_video, text, clip, pipe.size), text_partner=text.key
                 )
-            swap = swap_local(clip.cot) if clip.cot else None
-            if swap is not None:
-                local = generate(clip, cot=swap[0])
-                row.update(local_effect(local, own_video, clip, *swap[1:]))
+            edit = (
+                local_edit(clip.cot, au_vector(own_video, clip.reference_video.baseline()))
+                if clip.cot
+                else None
+            )
+            if edit is not None:
+                row.update(local_effect(generate(clip, cot=edit[0]), own_video, clip, edit[1]))
             if other is not None:
                 shown.append(generate(clip, reference_of=other))
                 row.update(reference_effect(judge, shown[-1], own, own_video, other, clip))

@@ -18,8 +18,9 @@ def test_an_overfit_model_follows_speech_text_and_reference(overfit):
     effects = report["effects"]
     assert report["passed"], effects
     assert all(e["n"] == 4 and e["effect"] >= e["threshold"] for e in effects.values() if e["gating"])
-    # The local-text swap (AU12 <-> AU15 in the mouth sentence) is measured on every clip, reported only
-    assert effects["local"]["n"] == 4 and not effects["local"]["gating"]
+    # The local edit (a sentence outside mouth and jaw removed) is measured on the sad clips (AU4 or AU1), not on
+    # the happy ones (their only such AU, AU6, is not read at 48 px); reported only
+    assert effects["local"]["n"] == 2 and not effects["local"]["gating"]
     rows = report["per_clip"]
     # The lip-sync proxy follows the new audio, not the old one.
     assert sum(r["sync_new_audio"] for r in rows) > sum(r["sync_old_audio"] for r in rows) + 0.4
@@ -41,6 +42,6 @@ def test_the_check_fails_when_a_path_is_broken_on_purpose(overfit, path, netguar
     if path != "reference":  # without a reference there may be no face to measure the others on
         others = [e["passed"] for c, e in report["effects"].items() if c != path and e["gating"]]
         assert len(others) == 2 and all(others)  # the others still act
-    if path == "text":  # the local sentences are cut too: the mouth swap then changes nothing at all
+    if path == "text":  # the local sentences are cut too: the local edit then changes nothing at all
         local = report["effects"]["local"]
-        assert local["n"] == 4 and abs(local["effect"]) < 1e-6 and not local["passed"], local
+        assert local["n"] == 2 and abs(local["effect"]) < 1e-6 and not local["passed"], local
