@@ -53,7 +53,7 @@ def speech_effect(swapped: np.ndarray, own_video, partner, clip) -> dict:
     }
 
 
-def text_effect(swapped: np.ndarray, own: np.ndarray, own_video, partner, clip, size: int) -> dict:
+def text_effect(swapped: np.ndarray, own: np.ndarray, own_aus: dict, partner, clip, size: int) -> dict:
     """`text`: the calibrated AU change the partner's CoT caused, projected onto the real clips' AU
     difference (partner - own, same speaker and reference); `text_inside_share`: the share of the pixel change
     inside the two CoTs' face regions, beside `text_region_share`, the regions' share of the frame."""
@@ -61,7 +61,7 @@ def text_effect(swapped: np.ndarray, own: np.ndarray, own_video, partner, clip, 
     from tbd_lightning.text import cot_token_regions
 
     base = clip.reference_video.baseline()
-    effect = au_projection(au_vector(track_video(swapped), base), au_vector(own_video, base),
+    effect = au_projection(au_vector(track_video(swapped), base), own_aus,
                            au_vector(partner.real_video, base), au_vector(clip.real_video, base))  # fmt: skip
     regions = tuple(dict.fromkeys(cot_token_regions(clip.cot, 99) + cot_token_regions(partner.cot, 99)))
     inside = token_masks(clip.reference_landmarks, size, regions, 1)[0] > 0.5
@@ -82,15 +82,15 @@ def local_edit(cot: dict, measurable) -> tuple[dict, int] | None:
     return None
 
 
-def local_effect(edited: np.ndarray, own_video, clip, au: int) -> dict:
+def local_effect(edited: np.ndarray, own_aus: dict, clip, au: int) -> dict:
     """`local`: how far the removed AU fell, -Δ[au] in calibrated intensity units (edited video minus own, same
     seed); `local_leak`: mean |Δ| over the measured AUs of the other regions (what one sentence must not move)."""
     from annotation.facs import load_kb
     from media.au_measure import track_video
 
-    base, kb = clip.reference_video.baseline(), load_kb()
-    a, b = au_vector(track_video(edited), base), au_vector(own_video, base)
-    delta = {u: a[u] - b[u] for u in set(a) & set(b)}
+    kb = load_kb()
+    a = au_vector(track_video(edited), clip.reference_video.baseline())
+    delta = {u: a[u] - own_aus[u] for u in set(a) & set(own_aus)}
     if au not in delta:
         return {"local_au": au}
     region = kb.action_units[au].region

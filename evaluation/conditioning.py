@@ -248,6 +248,9 @@ def run_check(config: CheckConfig) -> dict:
         for clip in clips:
             own = generate(clip)
             own_video = track_video(own)
+            own_aus = au_vector(
+                own_video, clip.reference_video.baseline()
+            )  # the text and local effects' base
             row, shown = {"key": clip.key}, [clip.frames, own]
             speech, text, other = (pairs[clip.key][c] for c in ("speech", "text", "reference"))
             if speech is not None:
@@ -255,16 +258,10 @@ def run_check(config: CheckConfig) -> dict:
                 row.update(speech_effect(shown[-1], own_video, speech, clip), speech_partner=speech.key)
             if text is not None:
                 shown.append(generate(clip, cot_of=text))
-                row.update(
-                    text_effect(shown[-1], own, own_video, text, clip, pipe.size), text_partner=text.key
-                )
-            edit = (
-                local_edit(clip.cot, au_vector(own_video, clip.reference_video.baseline()))
-                if clip.cot
-                else None
-            )
+                row.update(text_effect(shown[-1], own, own_aus, text, clip, pipe.size), text_partner=text.key)
+            edit = local_edit(clip.cot, own_aus) if clip.cot else None
             if edit is not None:
-                row.update(local_effect(generate(clip, cot=edit[0]), own_video, clip, edit[1]))
+                row.update(local_effect(generate(clip, cot=edit[0]), own_aus, clip, edit[1]))
             if other is not None:
                 shown.append(generate(clip, reference_of=other))
                 row.update(reference_effect(judge, shown[-1], own, own_video, other, clip))

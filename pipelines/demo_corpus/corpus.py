@@ -65,9 +65,8 @@ class CorpusConfig:
     size: int = 128
     seed: int = 0
     variation: bool = False  # each clip's own AUs, intensities and timing within its label (VARIATION)
-    compound_clips: int = (
-        0  # per compound expression of the KB (Du, Tao & Martinez 2014): the held-out person
-    )
+    # clips per compound expression of the KB (Du, Tao & Martinez 2014), all of the held-out person
+    compound_clips: int = 0
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     force: bool = False
 

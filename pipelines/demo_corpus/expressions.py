@@ -60,10 +60,8 @@ def expression_plan(spec: ClipSpec, rng: np.random.Generator) -> dict[str, float
     else:
         proto = kb.prototype(spec.emotion)
         side = str(rng.choice(["L", "R"])) if proto.unilateral else None
-        defining, unseen = (
-            DEFINING.get(spec.emotion, ()),
-            {frozenset(c) for c in kb.compound_expressions.values()},
-        )
+        defining = DEFINING.get(spec.emotion, ())
+        unseen = {frozenset(c) for c in kb.compound_expressions.values()}
         for _ in range(1000):  # a compound expression's AUs are never a training clip's: drawn again (rare)
             aus = [a for a in proto.core if a in defining or rng.random() < VARIATION["core_p"]]
             for a in proto.optional:
@@ -111,19 +109,14 @@ def expression_timeline(spec: ClipSpec, n_frames: int) -> np.ndarray:
             wobble = 1 + 0.06 * np.sin(2 * np.pi * 0.5 * t + rng.uniform(0, 6.28))
             au[:, CHANNELS.index(name)] = level * course * wobble
         return au
-    rng = np.random.default_rng(spec.seed)
     proto = kb.prototype(spec.emotion)  # the label's prototype: the same AUs in every clip of a level
     base = intensity_value(kb.level_intensity(spec.level))
     side = "L" if spec.seed % 2 else "R"
     onset = np.clip(t / 0.32, 0, 1)
     for a in proto.core:
-        if a in BILATERAL:
-            names = [f"AU{a}_{side}"] if proto.unilateral else [f"AU{a}_R", f"AU{a}_L"]
-        else:
-            names = [f"AU{a}"]
         level = np.clip(base + rng.uniform(-0.3, 0.3), 0.5, 5)
         wobble = 1 + 0.06 * np.sin(2 * np.pi * 0.5 * t + rng.uniform(0, 6.28))
-        for name in names:
+        for name in _channels(a, side if proto.unilateral else None):
             au[:, CHANNELS.index(name)] = level * onset * wobble
     return au
 
