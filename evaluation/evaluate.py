@@ -120,7 +120,10 @@ def draw(pipe, clips: list[Clip], row: Row, config: EvaluateConfig) -> list[tupl
         return [(np.repeat(c.reference[None], len(c.audio_features), 0), None) for c in clips]
     per = config.max_frames_per_batch or (512 if pipe.device.type == "cuda" else 16)
     outputs = pipe.generate(
-        [video_request(c, row) for c in clips], row.guidance, config.seed, max_frames_per_batch=per
+        [video_request(c, row, pipe.denoiser.config.global_text) for c in clips],
+        row.guidance,
+        config.seed,
+        max_frames_per_batch=per,
     )
     return [(o.frames, o.seam_ratio) for o in outputs]
 

@@ -80,15 +80,18 @@ def rows(guidance: GuidanceConfig, ablations: bool, region_masks: bool = True) -
     return [*design, *bounds]
 
 
-def video_request(clip: Clip, row: Row):
+def video_request(clip: Clip, row: Row, global_text: str = "emotion"):
     """The `VideoRequest` of `clip` in `row`: its reference, speech features and the row's text, never
-    anything of the target clip's frames or of its shard annotation."""
+    anything of the target clip's frames or of its shard annotation. `global_text`: the model's config field
+    of that name (the global-only row's sentence is the model's global condition, as in training)."""
+    from tbd_lightning.text import cot_sentences
     from tbd_lightning.video_batch import VideoRequest
 
     cot = clip.label_cot if row.text in ("label", "caption") else clip.spec_cot
     base = VideoRequest(clip.reference, clip.reference_landmarks, clip.audio_features)
     if row.text == "global":
-        return replace(base, global_text=cot["global_description"], local_text=[], regions=())
+        only = cot_sentences(cot, 0, global_text=global_text)[0]
+        return replace(base, global_text=only, local_text=[], regions=())
     return replace(base, cot=cot, label_only=row.text == "caption")
 
 

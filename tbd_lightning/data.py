@@ -133,12 +133,13 @@ class ClipWindows(IterableDataset):
         latent_scale: int = 1,
         prompt_encoder: str | None = None,
         text_chunks: int = 1,
+        global_text: str = "emotion",
     ):
         self.max_local, self.references, self.region_masks = max_local, references, region_masks
         self.latent_scale = latent_scale  # masks at the latent size: (size / latent_scale)^2 cells
         self.keys = keys  # only these clips (a handful to overfit), whatever their split
         self.shards, self.splits, self.frames, self.size = shards, splits, frames, size
-        self.texts = CotTexts(text_encoder, text_cache, max_local, prompt_encoder, text_chunks)
+        self.texts = CotTexts(text_encoder, text_cache, max_local, prompt_encoder, text_chunks, global_text)
         self.samples_per_rank, self.resample, self.seed = samples_per_rank, resample, seed
         self.epoch = 0
 
@@ -307,6 +308,7 @@ class TBDDataModule(pl.LightningDataModule):
         latent_scale: int = 1,
         prompt_encoder: str | None = None,
         text_chunks: int = 1,
+        global_text: str = "emotion",
     ):
         """`size` resizes frames to size x size; None keeps the shards' crop size.
         `text_encoder`: a local sentence-transformers or CLIP folder; None = the offline MiniLM package.
@@ -317,7 +319,8 @@ class TBDDataModule(pl.LightningDataModule):
         `tbd check-conditioning` does); references still come from every clip of their speakers.
         `latent_scale`: pixels per latent cell (1 in pixel space, 8 through SD's VAE); masks are made at the
         latent size. `prompt_encoder` (an SD folder) with `text_chunks`: the global and label texts as its text
-        encoder's token states (`tbd_lightning.sd_text`). `tbd train` links these three to the model's."""
+        encoder's token states (`tbd_lightning.sd_text`). `global_text`: what the global condition is
+        (`tbd_lightning.text.cot_sentences`). `tbd train` links these four to the model's."""
         super().__init__()
         self.save_hyperparameters()
         self.folder = DataFolder(data)
@@ -339,7 +342,8 @@ class TBDDataModule(pl.LightningDataModule):
             for shard in self.shards:
                 for ann in self.folder.annotation_members(self.version, shard.name).values():
                     if ann["validation"]["outcome"] != "rejected":  # the global and the label-only sentence
-                        texts += [cot_sentences(ann["cot"], 0)[0], cot_sentences(ann["cot"], 0, True)[0]]
+                        texts += [cot_sentences(ann["cot"], 0, global_text=self.hparams.global_text)[0],
+                                  cot_sentences(ann["cot"], 0, True)[0]]  # fmt: skip
             PromptEncoder.check_lengths(self.hparams.prompt_encoder, texts, self.hparams.text_chunks)
 
     def _dataset(self, splits: set[str], batches: int, resample: bool, seed: int) -> ClipWindows:
@@ -363,7 +367,7 @@ class TBDDataModule(pl.LightningDataModule):
             resample=resample, seed=seed, text_cache=h.text_cache, size=h.size,
             text_encoder=h.text_encoder, max_local=h.max_local, region_masks=h.region_masks, keys=keys,
             latent_scale=h.latent_scale, prompt_encoder=h.prompt_encoder, text_chunks=h.text_chunks,
-            references=ReferenceBank.build(self.folder, bank_shards, bank_splits),
+            global_text=h.global_text, references=ReferenceBank.build(self.folder, bank_shards, bank_splits),
         )  # fmt: skip
 
     def train_dataloader(self):

@@ -30,6 +30,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 
+from tbd_lightning.text import check_global_text
+
 CONDITIONS = ("audio", "global", "local", "reference")
 MAX_LOCAL = 8  # local (per-AU) sentences per sample, padded: the default of `max_local`
 
@@ -256,8 +258,13 @@ class TBDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         max_frames: int = 32,
         norm_groups: int = 8,
         global_tokens: int = 4,
+        global_text: str = "description",
     ):
+        """`global_text`: what the global text condition is (`tbd_lightning.text.cot_sentences`); the default
+        is what a saved config without the field means (models trained before the global / local split);
+        `TBDModule` builds new models with "emotion"."""
         super().__init__()
+        check_global_text(global_text)
         if len(block_channels) != len(attention_levels):
             raise ValueError("block_channels and attention_levels must have the same length")
         cfg = dict(cond_dim=cond_dim, heads=heads, norm_groups=norm_groups, max_frames=max_frames)

@@ -101,6 +101,7 @@ class TBDModule(pl.LightningModule):
             chain.DEFAULT_TRAIN_BRANCHES if branches is None else branches
         )
         betas = dict(beta_schedule=beta_schedule)
+        overrides = {"global_text": "emotion", **(model_overrides or {})}  # the global / local split
         if model == "sd":
             from tbd_lightning.sd_model import SDVideoDenoiser, sd_scheduler_betas
 
@@ -108,14 +109,14 @@ class TBDModule(pl.LightningModule):
                 raise UserError(
                     "model: sd needs model.pretrained: a local Stable-Diffusion folder (diffusers layout)"
                 )
-            self.model = SDVideoDenoiser.from_sd(pretrained, motion_adapter, **(model_overrides or {}))
+            self.model = SDVideoDenoiser.from_sd(pretrained, motion_adapter, **overrides)
             self.model.trainable(trainable)
             betas = sd_scheduler_betas(pretrained)
             vae_path = vae_path or str(Path(pretrained) / "vae")
         elif pretrained or motion_adapter or trainable != "all":
             raise UserError("pretrained, motion_adapter and trainable apply to model: sd")
         else:
-            self.model = TBDVideoDenoiser.from_preset(model, **(model_overrides or {}))
+            self.model = TBDVideoDenoiser.from_preset(model, **overrides)
         if optimizer not in OPTIMIZERS:
             raise UserError(f"optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
         if init_weights:

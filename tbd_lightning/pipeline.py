@@ -367,7 +367,9 @@ class TBDPipeline(DiffusionPipeline):
 
         den, r = self.denoiser, request
         if r.cot is not None:
-            global_text, local = cot_sentences(r.cot, den.config.max_local, r.label_only)
+            global_text, local = cot_sentences(
+                r.cot, den.config.max_local, r.label_only, den.config.global_text
+            )
             regions = cot_token_regions(r.cot, den.config.max_local) if local else ()
         else:
             global_text, local, regions = r.global_text, list(r.local_text or []), tuple(r.regions or ())

@@ -38,6 +38,7 @@ from torch import nn
 from tbd_lightning.model import MAX_LOCAL, Conditions, ConditionTokens
 from tbd_lightning.sd_processors import ConditionCrossAttnProcessor, ReferenceAttnProcessor
 from tbd_lightning.sd_text import WINDOW
+from tbd_lightning.text import check_global_text
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,15 @@ class SDVideoDenoiser(ModelMixin, ConfigMixin, ConditionTokens):
         in_channels: int = 4,
         ref_channels: int = 4,
         unet: UNetMotionModel | None = None,
+        global_text: str = "description",
     ):
         """`unet_config`: a UNetMotionModel config (as `SDVideoDenoiser.from_sd` records it); `unet`: an
         already built one with weights (not saved in the config). `text_chunks`: the global sentence comes
         as SD's text encoder's states, `text_chunks` windows of 77 tokens (`tbd_lightning.sd_text`); 0: as
-        a sentence vector projected to `global_tokens` tokens (the pixel model's way)."""
+        a sentence vector projected to `global_tokens` tokens (the pixel model's way). `global_text`: as
+        `TBDVideoDenoiser`'s."""
         super().__init__()
+        check_global_text(global_text)
         if unet is None and unet_config is None:
             raise ValueError("give unet_config (or build with SDVideoDenoiser.from_sd(folder))")
         self.unet = unet if unet is not None else UNetMotionModel.from_config(unet_config)

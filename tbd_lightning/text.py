@@ -130,13 +130,35 @@ class TextEmbedder:
         )
 
 
-def cot_sentences(cot: dict, max_local: int, label_only: bool = False) -> tuple[str, list[str]]:
+GLOBAL_TEXTS = ("emotion", "description")  # what a model's global condition is: see `cot_sentences`
+
+
+def check_global_text(global_text: str) -> None:
+    if global_text not in GLOBAL_TEXTS:
+        raise ValueError(f"global_text {global_text!r}; choose one of {GLOBAL_TEXTS}")
+
+
+def cot_sentences(cot: dict, max_local: int, label_only: bool = False,
+                  global_text: str = "emotion") -> tuple[str, list[str]]:  # fmt: skip
     """The text conditioning of a CoT (as a dict): its global sentence and one sentence per AU, the same
-    for training, generation and evaluation. `label_only` (ablation): the label, no local sentences."""
+    for training, generation and evaluation. `global_text` (the denoiser's config field of that name):
+    "emotion", the global sentence's emotion without the movements it lists (`global_emotion`: the paper's
+    split, global emotion / local muscles), or "description", the whole sentence (models trained before
+    the split). `label_only` (ablation): the label, no local sentences."""
+    check_global_text(global_text)
     if label_only:
         return f"{cot['emotion']}, level {cot['intensity_level']}", []
     local = [f"AU{u['au']} {u['name']}, {u['intensity']}: {u['movement']}" for u in cot["action_units"]]
-    return cot["global_description"], local[:max_local]
+    described = cot["global_description"]
+    return (global_emotion(described) if global_text == "emotion" else described), local[:max_local]
+
+
+def global_emotion(description: str) -> str:
+    """The emotion a CoT's global sentence states, without the movements it lists after the colon ("A severe
+    sad expression: inner brow corners raised, ..." -> "A severe sad expression."), as the grounded schema and
+    the facs reasoner write it; a sentence without a colon whole (free text from an LLM without the schema)."""
+    head, colon, _ = description.partition(":")
+    return head.strip().rstrip(".") + "." if colon and head.strip() else description
 
 
 def cot_token_regions(cot: dict, max_local: int) -> tuple[str, ...]:
@@ -150,9 +172,9 @@ class CotTexts:
     folder: `tbd_lightning.sd_text`), `local_text` (max_local, D) zero-padded and `local_valid` (max_local,)."""
 
     def __init__(self, text_encoder=None, cache_dir=None, max_local: int = 8, prompt_encoder=None,
-                 text_chunks: int = 1):  # fmt: skip
+                 text_chunks: int = 1, global_text: str = "emotion"):  # fmt: skip
         self.text_encoder, self.cache_dir, self.max_local = text_encoder, cache_dir, max_local
-        self.prompt_encoder, self.text_chunks = prompt_encoder, text_chunks
+        self.prompt_encoder, self.text_chunks, self.global_text = prompt_encoder, text_chunks, global_text
         self._sentences = self._prompts = None
 
     def __call__(self, cot: dict) -> dict:
@@ -164,7 +186,7 @@ class CotTexts:
                 from tbd_lightning.sd_text import PromptEncoder
 
                 self._prompts = PromptEncoder.from_sd(self.prompt_encoder, self.text_chunks, self.cache_dir)
-        global_text, local = cot_sentences(cot, self.max_local)
+        global_text, local = cot_sentences(cot, self.max_local, global_text=self.global_text)
         label_text, _ = cot_sentences(cot, self.max_local, label_only=True)
         if self._prompts is None:
             texts = torch.from_numpy(self._sentences.embed([global_text, label_text, *local]))

@@ -48,6 +48,10 @@ def _max_local(module: TBDModule) -> int:
     return int(module.model.config.max_local)
 
 
+def _global_text(module: TBDModule) -> str:
+    return str(module.model.config.global_text)
+
+
 def _latent_scale(module: TBDModule) -> int:
     return module.latent_scale
 
@@ -126,8 +130,9 @@ class TBDCLI(LightningCLI):
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None, help="resume from a checkpoint, or 'last'"
         )
-        # One truth for the number of local (per-AU) sentences: the model's.
+        # One truth for the text conditions (how many local sentences, what the global one is): the model's.
         parser.link_arguments("model", "data.max_local", compute_fn=_max_local, apply_on="instantiate")
+        parser.link_arguments("model", "data.global_text", compute_fn=_global_text, apply_on="instantiate")
         parser.link_arguments("model", "data.latent_scale", compute_fn=_latent_scale, apply_on="instantiate")
         parser.link_arguments(
             "model", "data.prompt_encoder", compute_fn=_prompt_encoder, apply_on="instantiate"

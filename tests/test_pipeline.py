@@ -180,6 +180,51 @@ def test_a_cot_conditions_as_in_training_and_label_only_drops_it(pipe):
     assert label.global_text == "contempt, level 2" and label.local_text == []
 
 
+def test_the_global_condition_names_the_emotion_and_leaves_the_muscles_to_the_local_sentences():
+    """The paper's split: the global text is the emotion, each muscle is a local sentence. Think's global
+    sentence lists the movements too ("A severe sad expression: inner brow corners raised, ..."); given
+    whole, the global condition carries every local sentence and a local sentence adds nothing."""
+    from annotation.reasoner import think
+    from annotation.records import ThinkRequest
+    from tbd_lightning.text import cot_sentences
+
+    for emotion in ("sad", "contempt", "surprised"):
+        cot = think(ThinkRequest(emotion=emotion, level=3)).model_dump()
+        global_text, local = cot_sentences(cot, 8)
+        assert emotion in global_text and local, (global_text, local)
+        for unit in cot["action_units"]:
+            movement = unit["movement"].split(";")[0].strip().lower()
+            assert movement not in global_text.lower(), (movement, global_text)
+        assert cot_sentences(cot, 8, global_text="description")[0] == cot["global_description"]
+
+
+def test_a_model_saved_before_the_split_keeps_its_whole_global_sentence(tmp_path):
+    """A saved denoiser config without `global_text` was trained on the whole global sentence: it is given
+    that sentence still; a model built now (`TBDModule`: "emotion") is given the emotion."""
+    cot = {
+        "emotion": "contempt", "intensity_level": 2,
+        "global_description": "A marked contempt expression: lip corner tightened and raised on one side.",
+        "action_units": [{"au": 14, "name": "dimpler", "intensity": "C", "movement": "right corner tightens",
+                          "region": "mouth"}],
+    }  # fmt: skip
+    reference, landmarks, feats = inputs(frames=3)
+    pipe = make_pipeline()
+    pipe.denoiser.register_to_config(global_text="emotion")
+    out = pipe(reference, landmarks, feats, cot=cot, guidance=GUIDANCE, seed=1)
+    assert out.global_text == "A marked contempt expression."
+    pipe.save_pretrained(tmp_path / "model")
+    config = tmp_path / "model" / "denoiser" / "config.json"
+    values = json.loads(config.read_text())
+    assert values.pop("global_text") == "emotion"
+    config.write_text(json.dumps(values))  # as saved before the field existed
+    old = TBDPipeline.from_pretrained(tmp_path / "model")
+    assert old.denoiser.config.global_text == "description"
+    assert (
+        old(reference, landmarks, feats, cot=cot, guidance=GUIDANCE, seed=1).global_text
+        == cot["global_description"]
+    )
+
+
 def test_plain_values_round_trip(tmp_path):
     source = {"checkpoint": "/ckpt/last.ckpt", "sha256": "ab" * 32, "global_step": 7, "ema": True}
     pipe = make_pipeline(text_encoder="/models/clip-vit-l14", source=source)

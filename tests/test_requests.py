@@ -22,6 +22,7 @@ class CapturingPipe:
     """Records the requests a row sends to the model (no model runs)."""
 
     device = SimpleNamespace(type="cpu")
+    denoiser = SimpleNamespace(config=SimpleNamespace(global_text="emotion"))
 
     def __init__(self):
         self.requests = []
@@ -100,7 +101,11 @@ def test_no_model_row_is_given_anything_computed_from_its_target(tmp_path):
         draw(pipe, clips[:1], by_name[name], config)
     progressive, global_only, label_only = pipe.requests
     assert progressive.cot == clips[0].spec_cot and not progressive.label_only
-    assert global_only.cot is None and global_only.global_text == clips[0].spec_cot["global_description"]
+    assert global_only.cot is None and global_only.global_text.startswith("A ")  # the model's global text:
+    assert "happy" in global_only.global_text  # the emotion, none of the movements the local sentences carry
+    assert not any(
+        u["movement"].split(";")[0] in global_only.global_text for u in clips[0].spec_cot["action_units"]
+    )
     assert global_only.local_text == []
     assert label_only.label_only and label_only.cot == clips[0].label_cot
 
