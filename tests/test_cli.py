@@ -65,7 +65,8 @@ def test_app_serves_only_loopback_unless_told_and_lists_its_options():
 
 def test_the_text_chunks_advice_of_the_refusal_trains(datasets, tmp_path, netguard_log):
     """`tbd train` refuses texts longer than the model's CLIP windows and names the option to set; that
-    option, as printed, typed on the command line, trains (it arrived as the string '2': a TypeError)."""
+    option, as printed, typed on the command line, trains (it arrived as the string '2': a TypeError). The
+    model reads the whole global sentence (`global_text: description`): the emotion alone fits one window."""
     import re
 
     import torch
@@ -80,7 +81,7 @@ def test_the_text_chunks_advice_of_the_refusal_trains(datasets, tmp_path, netgua
             "--trainer.max_steps", "1", "--trainer.default_root_dir", str(root), "--data.num_workers", "0",
             "--data.size", "32", "--data.frames", "4", "--trainer.limit_val_batches", "1",
             "--data.text_cache", str(tmp_path / "text"),
-            "--model.model_overrides", "{max_frames: 16, motion_heads: 2, text_chunks: 1}")  # fmt: skip
+            "--model.model_overrides", "{max_frames: 16, motion_heads: 2, text_chunks: 1, global_text: description}")  # fmt: skip
     env = {**offline_env(netguard_log), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     refused = run_tbd(*args, env=env)
     message = refused.stderr.strip().splitlines()[-1]

@@ -18,6 +18,9 @@ def mead(datasets):
 def trained(mead, tmp_path_factory):
     """`STEPS` steps on 4-frame windows at 32 px, half of them with the first 2 frames given clean (the motion
     frames, `TBDModule(motion_frames=2)`); the pipeline records that, so long videos continue from them."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from tbd_lightning.callbacks import EMADecay
     from tbd_lightning.data import TBDDataModule
     from tbd_lightning.module import TBDModule
     from tbd_lightning.pipeline import TBDPipeline
@@ -30,12 +33,15 @@ def trained(mead, tmp_path_factory):
         prediction_type="sample", lr=2e-3, warmup_steps=10, motion_frames=2
     )  # tiny.yaml + motion
     opt = torch.optim.AdamW(module.model.parameters(), lr=2e-3)
+    ema = AveragedModel(module.model, avg_fn=EMADecay(0.999), use_buffers=True)  # as tiny.yaml trains
     for batch in dm.train_dataloader():
         loss = module.diffusion_loss(batch)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
-    pipe = TBDPipeline(module.model.eval(), module.scheduler, media={"fps": 25, "crop_size": 64},
+        ema.update_parameters(module.model)
+    pipe = TBDPipeline(ema.module.eval(), module.scheduler, media={"fps": 25, "crop_size": 64},
                        conditioning={"frames": 4, "size": 32, "motion_frames": 2})  # fmt: skip
     # A window of a person it trained on (W001/W002, Grace Hopper's photograph): this shows that training
     # teaches it to draw a face. The validation speaker is another person since corpus 3 (the astronaut):
@@ -83,4 +89,8 @@ def test_motion_frames_learned_in_training_close_the_seams(trained):
 
 
 # 150 drew faces on the weaker corpus of 2026-11-29; on the stronger one: 0 % (250: 50 %, 350: 100 %).
+# 2026-12-05, the global / local split: without the EMA and clipping of tiny.yaml the last weights drew faces
+# in 75 % of seed 0's frames (seeds 0-3: 72 % on average; before the split 88 %; 500 steps: 31 %); with them
+# (this fixture) seed 0 draws 100 %, seeds 0-3 77 % ("a face, speaking": 100/100/50/50). Not every sample
+# draws a face after 350 steps: issue 38 item 5 buys the steps the demo needs.
 STEPS = 350

@@ -317,15 +317,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(denoiser):
 
 def test_texts_too_long_for_the_windows_stop_training_before_it_starts(tiny_sd, datasets, tmp_path):
     """The loader serves SD's text-encoder states of the global and label sentences; a corpus whose
-    sentences need more windows than the model has is refused at setup, with the count to set."""
+    sentences need more windows than the model has is refused at setup, with the count to set. The whole
+    global sentence (`global_text="description"`, as models saved before the global / local split read it)
+    is what outgrows one window: the emotion alone fits in it."""
     from tbd_core.errors import UserError
     from tbd_lightning.data import TBDDataModule
 
     kw = dict(
-        data=str(datasets["mead"]["data"]), prompt_encoder=str(tiny_sd), text_cache=str(tmp_path), frames=4
+        data=str(datasets["mead"]["data"]), prompt_encoder=str(tiny_sd), text_cache=str(tmp_path), frames=4,
+        global_text="description",
     )
     with pytest.raises(UserError, match=r"distinct texts need more than 1 window.*text_chunks 2"):
         TBDDataModule(text_chunks=1, **kw).setup("fit")
+    TBDDataModule(text_chunks=1, **{**kw, "global_text": "emotion"}).setup("fit")  # the emotion fits one
     dm = TBDDataModule(text_chunks=2, **kw)
     dm.setup("fit")
     item = next(iter(dm.train_dataloader().dataset))
