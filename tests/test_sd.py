@@ -324,7 +324,10 @@ def test_texts_too_long_for_the_windows_stop_training_before_it_starts(tiny_sd, 
     from tbd_lightning.data import TBDDataModule
 
     kw = dict(
-        data=str(datasets["mead"]["data"]), prompt_encoder=str(tiny_sd), text_cache=str(tmp_path), frames=4,
+        data=str(datasets["mead"]["data"]),
+        prompt_encoder=str(tiny_sd),
+        text_cache=str(tmp_path),
+        frames=4,
         global_text="description",
     )
     with pytest.raises(UserError, match=r"distinct texts need more than 1 window.*text_chunks 2"):
