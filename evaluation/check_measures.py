@@ -7,7 +7,10 @@ at that size, AUs against the speaker's neutral frame, speech AUs left out):
   the real clips (the ceiling) and on the still reference (the floor: the speaker's neutral frame repeated);
 - the FER2013 judge, which nobody here trained: its verdict on every level-3 clip and the neutral one, after
   the 0.32 s onset, a confusion matrix, and how many of its 7 classes it recognises;
-- with the demo corpus (`corpus`): the calibrated AU error against the ground-truth timelines.
+- with the demo corpus (`corpus`): the calibrated AU error against the ground-truth timelines, and AU F1
+  against each clip's AU specification (`evaluation.au_request`): the real clip (the ceiling), the still
+  (the floor), and the label's FACS prototype drawn perfectly (`au_f1_label`: what a label alone can request
+  of this clip, no video; the headroom a CoT has over it is 1 minus that). Reported, no bar yet.
 Prints a line per clip, then the summary and whether the measures pass their bar (`BAR`); `out` gets it
 all as JSON (`make demo`: out/demo/measures.json, which `tests/test_demo_output.py` holds to the bar; the
 suite runs the same check on its own data).
@@ -74,15 +77,26 @@ def load_split(data: Path, split: str, size: int) -> dict[str, tuple[dict, np.nd
 
 
 def check_measures(config: CheckMeasuresConfig) -> dict:
+    from evaluation.au_request import clip_levels, detectable, score_request
     from evaluation.judges import FER_CLASSES, EmotionJudge, confusion
-    from evaluation.measures import classify_emotion, groundtruth_aus, groundtruth_index
+    from evaluation.measures import (
+        classify_emotion,
+        groundtruth_aus,
+        groundtruth_index,
+        groundtruth_specs,
+        prototype_templates,
+    )
     from evaluation.metrics import SPEECH_AUS, au_series_error
     from media.au_measure import measured_aus, track_still, track_video
 
     clips = load_split(config.data, config.split, config.size)
     neutral = {m["speaker"]: v[0] for m, v in clips.values() if m["emotion"] == "neutral"}
     bases = {speaker: track_still(frame).baseline() for speaker, frame in neutral.items()}
-    judge, gt_index = EmotionJudge(), groundtruth_index(config.corpus)
+    judge, gt_index, specs = (
+        EmotionJudge(),
+        groundtruth_index(config.corpus),
+        groundtruth_specs(config.corpus),
+    )
     rows = []
     for key, (meta, frames) in sorted(clips.items()):
         if meta["speaker"] not in neutral:
@@ -90,7 +104,8 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
                 f"speaker {meta['speaker']} has no neutral clip in split {config.split!r}: no baseline"
             )
         still, base = np.repeat(neutral[meta["speaker"]][None], len(frames), 0), bases[meta["speaker"]]
-        gt = gt_index.get(str(Path(meta["video"]).resolve()))
+        source = str(Path(meta["video"]).resolve())
+        gt, spec = gt_index.get(source), specs.get(source)
         row = {"key": key, "emotion": meta["emotion"], "level": meta["level"]}
         for name, video_frames in (("real", frames), ("still", still)):
             video = track_video(video_frames)
@@ -99,6 +114,13 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
             row[f"{name}_fer"] = judge.verdict(video_frames[ONSET:], video.landmarks[ONSET:])
             if gt is not None:
                 row[f"{name}_au_gt_error"] = au_series_error(groundtruth_aus(gt, len(frames)), measured)
+            if spec is not None:
+                least = detectable(video.iod_px)
+                row[f"{name}_au"] = score_request(spec, clip_levels(measured), least)
+        if spec is not None:  # the label's prototype drawn perfectly: its intensities as the clip levels
+            label = (meta["emotion"], 1 if meta["emotion"] == "neutral" else meta["level"])
+            proto = prototype_templates()[label]
+            row["label_au"] = score_request(spec, {au: proto.get(au, 0.0) for au in least}, least)
         rows.append(row)
         print(f"{key:45s} real: {row['real_classified']!s:9s} fer {row['real_fer']!s:8s}  "
               f"still: {row['still_classified']!s:9s} fer {row['still_fer']!s:8s}")  # fmt: skip
@@ -110,9 +132,16 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
         )
         errors = [r[f"{name}_au_gt_error"] for r in rows if r.get(f"{name}_au_gt_error") is not None]
         out[f"au_gt_error_{name}"] = float(np.mean(errors)) if errors else None
+        scored = [r[f"{name}_au"]["au_f1"] for r in rows if f"{name}_au" in r]
+        out[f"au_f1_{name}"] = float(np.mean(scored)) if scored else None
         counts = confusion([{"fer_label": r[f"{name}_fer"]} for r in judged], [r["emotion"] for r in judged])
         out[f"fer_confusion_{name}"] = counts
         out[f"fer_classes_recognised_{name}"] = sorted(c for c in FER_CLASSES if counts.get(c, {}).get(c, 0))
+    labelled = [r["label_au"]["au_f1"] for r in rows if "label_au" in r]
+    out["au_f1_label"] = float(np.mean(labelled)) if labelled else None
+    if labelled:
+        print(f"AU F1 against each clip's specification: real {out['au_f1_real']:.3f}, still "
+              f"{out['au_f1_still']:.3f}, the label's prototype drawn perfectly {out['au_f1_label']:.3f}")  # fmt: skip
     out["bar"] = {name: bool(check(out)) for name, check in BAR.items()}
     out["passed"] = all(out["bar"].values())
     for name, ok in out["bar"].items():

@@ -46,6 +46,17 @@ def groundtruth_index(corpus: Path | None) -> dict[str, Path]:
     return {str((corpus / c["video"]).resolve()): corpus / c["groundtruth"] for c in index["clips"]}
 
 
+def groundtruth_specs(corpus: Path | None) -> dict[str, dict[int, float]]:
+    """Source video path (resolved) -> the clip's AU specification {AU: apex FACS intensity} as the demo
+    corpus rendered it (its `aus`, the larger side of a sided AU)."""
+    from evaluation.au_request import channels_au
+
+    if corpus is None:
+        return {}
+    index = json.loads((corpus / "corpus.json").read_text())
+    return {str((corpus / c["video"]).resolve()): channels_au(c["aus"]) for c in index["clips"]}
+
+
 def groundtruth_aus(path: Path, frames: int) -> dict[int, list[float]]:
     data = np.load(path)
     out: dict[int, list[float]] = {}
