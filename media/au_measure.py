@@ -122,13 +122,18 @@ class AUStream:
         self.iods.append(mesh.interocular / up)
 
     def result(self) -> VideoAUs:
+        """The tracked video; consumes the stream (each frame's arrays are freed as they are copied, so a
+        long video's landmarks are never held twice)."""
         from media.au_calibration import FEATURES
 
         feats = np.full((len(self.features), len(FEATURES)), np.nan, np.float32)
         lm = np.full((len(self.features), 468, 3), np.nan, np.float32)
-        for i, (f, m) in enumerate(zip(self.features, self.landmarks, strict=True)):
+        for i in range(len(feats)):
+            f, m = self.features[i], self.landmarks[i]
+            self.features[i] = self.landmarks[i] = None
             if f is not None:
                 feats[i], lm[i] = f, m
+        self.features, self.landmarks = [], []
         return VideoAUs(feats, lm, float(np.median(self.iods)) if self.iods else float("nan"))
 
 

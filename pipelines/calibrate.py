@@ -1,8 +1,9 @@
 """`tbd calibrate`: fit the AU measure (`media.au_calibration`) against ground truth, and print its table.
 
 Two sources of frames with known AU intensities:
-- renders (default): the demo corpus's renderer warps each of the corpus's speakers (`portraits.speakers`,
-  W001 ... in order) with random AU intensities (every channel on its own, prototype combinations and
+- renders (default): the demo corpus's renderer warps each identity (`portraits.calibration_people`: the
+  real people the registry ships, Grace Hopper, Obama, Biden, then the demo's held-out astronaut; or the
+  identities of the user's `--portraits`) with random AU intensities (every channel on its own, prototype combinations and
   speech mixed in), so every channel's effect can be told apart. Each frame is seen as the pipeline sees
   it: resized to a view's size, H.264-encoded at the preprocess CRF, decoded, tracked by the face model
   (upscaled to 256 px below that, as generated frames are).
@@ -12,7 +13,9 @@ Two sources of frames with known AU intensities:
 
 Fit, select, test: with the subjects in order, the last is the *test* identity (with the built-in photos the
 demo's validation speaker, the astronaut, another person than every other identity), the second-to-last
-the *selection* identity, the rest the *fit* identities. Per view, ridge weights are fitted on the fit
+the *selection* identity (built-in: Biden), the rest the *fit* identities (built-in: Grace Hopper, Obama).
+Before 2026-12-05 the built-in fit and selection identities were variants of one photograph (Grace Hopper
+mirrored): a measure chosen on the person it was fitted on, which did not transfer to the astronaut. Per view, ridge weights are fitted on the fit
 identities for each penalty in `PENALTIES`; the one with the lowest mean absolute error on the selection
 identity is kept, and each channel's `measurable` flag is decided by its quality on the selection identity.
 Every published error (each channel's r, MAE, floor, smallest detectable intensity; the demo-corpus clips)
@@ -56,9 +59,9 @@ class CalibrateConfig(BaseModel):
     out: Path = SHIPPED
     labels: Path | None = None  # a DISFA-style folder (see the module doc); None: renders
     portraits: Path | None = None  # renders: the demo corpus's identities from these photos
-    # renders: the corpus's first speakers; >= 3: the last is the test identity (the demo's validation
+    # renders: `portraits.calibration_people`; >= 3: the last is the test identity (the demo's validation
     # speaker), the second-to-last the selection identity, the rest are fitted on
-    identities: int = 3
+    identities: int = 6
     frames: int = 400  # renders: random frames per identity
     sizes: tuple[int, ...] = (256, 128, 64, 48)  # renders: views (frame side in pixels)
     crf: int = 20
@@ -180,14 +183,16 @@ def _view(frames: np.ndarray, size: int, crf: int) -> tuple[np.ndarray, float]:
     return video.features, video.iod_px
 
 
-def heldout_clips(name: str, people: list[str], renderer) -> tuple[np.ndarray, np.ndarray]:
-    """Frames (N, H, W, 3) and truth (N, C) of every MEAD clip the demo corpus renders for identity `name`
-    (each emotion at levels 1 and 3, with speech, as `tbd demo-corpus` plans them): the test identity's."""
+def heldout_clips(name: str, renderer) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (N, H, W, 3) and truth (N, C) of every MEAD clip the default demo corpus renders for its last
+    speaker, the held-out one (each emotion at levels 1 and 3, with speech, as `tbd demo-corpus` plans them),
+    drawn on identity `name`: the test identity's."""
     from pipelines.demo_corpus.corpus import CorpusConfig, clip_signals, plan_clips
 
-    corpus = CorpusConfig(out=Path("."), identities=len(people), hdtf_clips=0)
+    corpus = CorpusConfig(out=Path("."), hdtf_clips=0)
+    names = [f"Training{i}" for i in range(corpus.identities - 1)] + [name]
     truth = [clip_signals(spec, name, corpus.seconds)[2]
-             for spec in plan_clips(corpus, people) if spec.identity == name]  # fmt: skip
+             for spec in plan_clips(corpus, names) if spec.identity == name]  # fmt: skip
     truth_all = np.concatenate(truth)
     return renderer.frames(truth_all), truth_all
 
@@ -199,9 +204,9 @@ def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict, dict]:
     from media.face import FaceAnalyzer
     from pipelines.demo_corpus.au_templates import CHANNELS
     from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
-    from pipelines.demo_corpus.portraits import speakers
+    from pipelines.demo_corpus.portraits import calibration_people
 
-    people = speakers(cfg.portraits, cfg.identities)
+    people = calibration_people(cfg.portraits, cfg.identities)
     rng = np.random.default_rng(cfg.seed)
     sets: dict[str, dict] = {f"{s}px": {} for s in cfg.sizes}
     iods: dict[str, list[float]] = {f"{s}px": [] for s in cfg.sizes}
@@ -215,7 +220,7 @@ def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict, dict]:
             frames = renderer.frames(np.concatenate([rest, truth]))
             held = person is people[-1]  # the test identity
             if held:
-                clip_frames, clip_truth = heldout_clips(person.name, [p.name for p in people], renderer)
+                clip_frames, clip_truth = heldout_clips(person.name, renderer)
                 frames = np.concatenate([frames, clip_frames])
             for s in cfg.sizes:
                 proxies, iod = _view(frames, s, cfg.crf)

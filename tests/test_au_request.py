@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 
 from evaluation.au_request import channels_au, clip_levels, detectable, f1, score_request
+from media.au_calibration import load
 
-IOD_48PX = 11.8  # the calibration's 48 px view: the tiny model's frames
+IOD = {v.name: v.iod_px for v in load().views}  # the calibration's views: between the eyes, px
 
 
 def test_only_aus_the_measure_can_see_at_that_size_are_scored():
-    """Speech AUs (25-27) are lip sync's, and channels unmeasurable at the view (AU5, AU6 at 48 px) are never
-    scored; a larger face sees more (AU6 at 256 px)."""
-    small, large = detectable(IOD_48PX), detectable(59.45)
-    assert {1, 2, 4, 12} <= set(small) and not {5, 6, 25, 26, 27} & set(small)
-    assert 6 in large and not {25, 26, 27} & set(large)
+    """Speech AUs (25-27) are lip sync's, and channels unmeasurable at the view (AU15 at 48 px: r 0.49-0.52
+    on the test person, not measurable on the selection person, 2026-12-05) are never scored; a larger face
+    sees more (AU15 at 256 px)."""
+    small, large = detectable(IOD["48px"]), detectable(IOD["256px"])
+    assert {1, 2, 4, 12} <= set(small) and not {15, 25, 26, 27} & set(small)
+    assert 15 in large and not {25, 26, 27} & set(large)
     assert all(0 < v <= 3 for v in small.values())  # the calibration's MAX_DETECTABLE
 
 

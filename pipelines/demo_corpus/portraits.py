@@ -45,6 +45,18 @@ def builtin_portraits() -> list[Portrait]:
     ]
 
 
+def registry_portraits() -> list[Portrait]:
+    """Two more real people, the photographs the PyPI sdist face_recognition ships as test images (assets
+    `portrait_obama`, `portrait_biden`, fetched by `make setup`): Barack Obama (smiling; the renderer's
+    neutral base relaxes it) and Joe Biden (a small face in a full-length photograph)."""
+    from tbd_core.assets import REGISTRY, resolve
+
+    return [
+        Portrait(name, read_image(resolve(asset)), REGISTRY[asset].description)
+        for name, asset in (("Obama", "portrait_obama"), ("Biden", "portrait_biden"))
+    ]
+
+
 def heldout_portrait() -> Portrait:
     """A real person who is in no training identity: the astronaut Eileen Collins (NASA, public domain),
     which scikit-image ships as `skimage.data.astronaut`."""
@@ -112,3 +124,17 @@ def speakers(folder: str | Path | None, n: int) -> list[Portrait]:
             "the built-in corpus needs at least 2 identities (training ones and a held-out person)"
         )
     return [*identities(builtin_portraits(), n - 1), heldout_portrait()]
+
+
+def calibration_people(folder: str | Path | None, n: int) -> list[Portrait]:
+    """The AU calibration's `n` identities in order (fit ..., selection, test): `identities` of the user's
+    photos in `folder`; with the built-in photos, `n - 2` fit identities from Grace Hopper's and Obama's
+    photographs (each person, then their variants: mirrored, stretched, recoloured), then the selection
+    person (Biden) and, last, the demo's held-out person (the astronaut): the selection and test identities
+    are people in no fit identity, and each other (dlib, asserted in tests/test_au_calibration.py)."""
+    if folder:
+        return identities(load_portraits(folder), n)
+    if n < 3:
+        raise UserError(f"calibration needs at least 3 identities (fit, selection, test), got {n}")
+    grace, obama, biden = [*builtin_portraits(), *registry_portraits()]
+    return [*identities([grace, obama], n - 2), biden, heldout_portrait()]
