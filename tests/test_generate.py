@@ -167,7 +167,8 @@ def test_long_speech_is_drawn_whole_in_bounded_memory(inputs, tiny_model, tmp_pa
     the program keeps, not how the allocator spreads it: 15-19 KB/frame alone, 30 beside other jobs
     (2026-12-05, 2 cores); the sampler of eac099c~1 read 30 with one arena, so this test's resolution
     (about +-10 KB/frame) no longer tells that one apart: it catches what keeps the frames themselves (the
-    tracker's 240 px upscaled frame is 173 KB) or every window's tensors several times over.
+    tracker's 240 px upscaled frame is 173 KB: planted in `AUStream.add`, this test read 233 KB/frame) or
+    every window's tensors several times over.
     An explicit `--max_seconds` cut is reported."""
     import av
 
