@@ -3,8 +3,8 @@
 Two sources of frames with known AU intensities:
 - renders (default): the demo corpus's renderer warps each identity (`portraits.calibration_people`: the
   real people the registry ships, Grace Hopper, Obama, Biden, then the demo's held-out astronaut; or the
-  identities of the user's `--portraits`) with random AU intensities (every channel on its own, prototype combinations and
-  speech mixed in), so every channel's effect can be told apart. Each frame is seen as the pipeline sees
+  identities of the user's `--portraits`) with random AU intensities (every channel on its own, prototype
+  combinations and speech mixed in), so every channel's effect can be told apart. Each frame is seen as the pipeline sees
   it: resized to a view's size, H.264-encoded at the preprocess CRF, decoded, tracked by the face model
   (upscaled to 256 px below that, as generated frames are).
 - `--labels DIR` (DISFA-style): videos `DIR/{subject}.mp4|avi` with per-AU intensity files
@@ -15,9 +15,10 @@ Fit, select, test: with the subjects in order, the last is the *test* identity (
 demo's validation speaker, the astronaut, another person than every other identity), the second-to-last
 the *selection* identity (built-in: Biden), the rest the *fit* identities (built-in: Grace Hopper, Obama).
 Before 2026-12-05 the built-in fit and selection identities were variants of one photograph (Grace Hopper
-mirrored): a measure chosen on the person it was fitted on, which did not transfer to the astronaut. Per view, ridge weights are fitted on the fit
-identities for each penalty in `PENALTIES`; the one with the lowest mean absolute error on the selection
-identity is kept, and each channel's `measurable` flag is decided by its quality on the selection identity.
+mirrored): a measure chosen on the person it was fitted on, which did not transfer to the astronaut. Per
+view, ridge weights are fitted on the fit identities for each penalty in `PENALTIES`; the one with the
+lowest mean absolute error on the selection identity is kept, and each channel's `measurable` flag is
+decided by its quality on the selection identity.
 Every published error (each channel's r, MAE, floor, smallest detectable intensity; the demo-corpus clips)
 is on the test identity alone, on which nothing was fitted or chosen. The shipped weights are those fitted on
 the fit identities (no refit). The fit records all this in its provenance; `--out` writes it (the shipped

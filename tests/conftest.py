@@ -68,6 +68,20 @@ def tiny_conditions(mask=None):
     )  # fmt: skip
 
 
+def face_descriptors(images: dict):
+    """{name: dlib's 128-d identity descriptor} of each portrait (H, W, 3) uint8 in `images`: the identity
+    judge (`evaluation.judges.IdentityJudge`), aligned by the face mesh as evaluation aligns it."""
+    from evaluation.judges import IdentityJudge
+    from media.face import FaceAnalyzer
+
+    judge, out = IdentityJudge(), {}
+    with FaceAnalyzer() as fa:
+        for name, image in images.items():
+            mesh = fa.analyze(image).mesh
+            out[name] = judge.descriptor(image, mesh.landmarks / image.shape[1])
+    return out
+
+
 def run_tbd(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tbd", *args], capture_output=True, text=True, env=env, timeout=timeout

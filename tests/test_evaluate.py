@@ -12,7 +12,7 @@ from evaluation.clips import load_clips
 from evaluation.evaluate import EvaluateConfig, score_clip
 from evaluation.measures import groundtruth_index
 from tests import standins
-from tests.conftest import offline_env, run_tbd
+from tests.conftest import face_descriptors, offline_env, run_tbd
 
 
 @pytest.fixture(scope="module")
@@ -271,19 +271,14 @@ def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_
     for at least 4 of its 7 classes (issue 23) and, on the unseen person, happy and sad at least."""
     import json
 
-    from evaluation.judges import FER_OF, EmotionJudge, IdentityJudge, cosine
+    from evaluation.judges import FER_OF, EmotionJudge, cosine
     from media.au_measure import track_video
-    from media.face import FaceAnalyzer
     from media.images import read_image
 
     meta = json.loads((demo_corpus / "corpus.json").read_text())
-    identity = IdentityJudge()
-    descriptors = {}
-    with FaceAnalyzer() as fa:
-        for person in meta["identities"]:
-            image = read_image(demo_corpus / "portraits" / f"{person['name']}.png")
-            mesh = fa.analyze(image).mesh
-            descriptors[person["speaker"]] = identity.descriptor(image, mesh.landmarks / image.shape[1])
+    descriptors = face_descriptors(
+        {p["speaker"]: read_image(demo_corpus / "portraits" / f"{p['name']}.png") for p in meta["identities"]}
+    )
     assert (
         meta["identities"][-1]["speaker"] == "W003"
         and meta["heldout"]["name"] == meta["identities"][-1]["name"]
