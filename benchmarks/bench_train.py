@@ -59,8 +59,10 @@ def run(name: str, module, data: dict, steps: int, device: str, bf16: bool) -> d
         opt.zero_grad(set_to_none=True)
 
     try:
-        for _ in range(2):  # warm-up (allocator, kernels)
+        start = time.perf_counter()
+        for _ in range(2):  # warm-up (allocator, kernels; torch.compile compiles here)
             step()
+        warmup = time.perf_counter() - start
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -75,7 +77,8 @@ def run(name: str, module, data: dict, steps: int, device: str, bf16: bool) -> d
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {"model": name, "steps_per_s": round(1 / seconds, 4), "samples_per_s": round(b / seconds, 4),
-            "peak_gib": None if peak is None else round(peak, 2), "trainable_params": trainable}  # fmt: skip
+            "peak_gib": None if peak is None else round(peak, 2), "trainable_params": trainable,
+            "warmup_s": round(warmup, 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -94,8 +97,12 @@ def main() -> None:
     ap.add_argument(
         "--checkpointing", choices=("on", "off"), help="gradient checkpointing (default: on with a GPU)"
     )
+    ap.add_argument("--compile", action="store_true",
+                    help="tiny.yaml's pixel model eager vs torch.compile (default 48 px, batch 4)")  # fmt: skip
     args = ap.parse_args()
-    keep_freed_memory()  # as `tbd` does (tbd_core.allocator)
+    keep_freed_memory()
+    if args.compile:
+        return compare_compile(args)  # as `tbd` does (tbd_core.allocator)
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     size, frames = args.size or (512 if gpu else 32), args.frames or (16 if gpu else 8)
@@ -134,6 +141,34 @@ def main() -> None:
     print(json.dumps({"benchmark": "train", "device": card, "size": size, "frames": frames, "batch": args.batch,
                       "bf16": gpu, "gradient_checkpointing": checkpointing, "trainable": args.trainable,
                       "ratio": None if ratio is None else round(ratio, 3), **results}))  # fmt: skip
+
+
+def compare_compile(args) -> None:
+    """The pixel model of `configs/train/tiny.yaml` (its model section) eager vs `torch.compile`d."""
+    import yaml
+
+    from tbd_lightning.module import TBDModule
+
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    size, frames = args.size or 48, args.frames or 8
+    b = args.batch if args.batch != 1 else 4
+    config = yaml.safe_load(Path("configs/train/tiny.yaml").read_text())["model"]
+    data = batch(b, frames, size, device)
+    results = {}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(0)
+        module = TBDModule(**{**config, "warmup_steps": 0})
+        if name == "compiled":
+            module.model = torch.compile(module.model)
+        results[name] = run(name, module, data, args.steps, device, gpu)
+    ratio = results["compiled"]["samples_per_s"] / results["eager"]["samples_per_s"]
+    card = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    for r in results.values():
+        print(f"{r['model']:8s} " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "model"))
+    print(f"compiled / eager samples/s = {ratio:.3f} on {card}")
+    print(json.dumps({"benchmark": "train-compile", "device": card, "size": size, "frames": frames, "batch": b,
+                      "bf16": gpu, "ratio": round(ratio, 3), **results}))  # fmt: skip
 
 
 if __name__ == "__main__":

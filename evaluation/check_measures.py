@@ -10,7 +10,8 @@ at that size, AUs against the speaker's neutral frame, speech AUs left out):
 - with the demo corpus (`corpus`): the calibrated AU error against the ground-truth timelines, and AU F1
   against each clip's AU specification (`evaluation.au_request`): the real clip (the ceiling), the still
   (the floor), and the label's FACS prototype drawn perfectly (`au_f1_label`: what a label alone can request
-  of this clip, no video; the headroom a CoT has over it is 1 minus that). Reported, no bar yet.
+  of this clip, no video; the headroom a CoT has over it is 1 minus that). An AU reads present above the
+  person's noise floor from their neutral clips (`au_request.person_floor`), which are then not AU-scored.
 Prints a line per clip, then the summary and whether the measures pass their bar (`BAR`); `out` gets it
 all as JSON (`make demo`: out/demo/measures.json, which `tests/test_demo_output.py` holds to the bar; the
 suite runs the same check on its own data).
@@ -35,11 +36,15 @@ from tbd_core.errors import UserError
 
 ONSET = 12  # frames: the demo corpus's expressions reach their level after 0.32 s (8 frames) + margin
 AU_ERROR_BAR = "AU error against the ground truth: real clips below the still"
+AU_F1_BAR = "AU F1 against each clip's specification: real clips >= the still's + 0.25"
 BAR = {
     "classifier accuracy on real clips >= 0.25 (twice chance over 8 emotions)": lambda m: m["classifier_accuracy_real"] >= 0.25,
     "classifier accuracy on real clips >= the still's + 0.15": lambda m: m["classifier_accuracy_real"] >= m["classifier_accuracy_still"] + 0.15,
     AU_ERROR_BAR: lambda m: m["au_gt_error_real"] is None or m["au_gt_error_real"] < m["au_gt_error_still"],
     "FER2013 recognises happy and sad on the real clips": lambda m: {"happy", "sad"} <= set(m["fer_classes_recognised_real"]),
+    # Declared 2026-12-05 after one measurement with the person's floor (48 px: real 0.748 vs still 0.286 on the
+    # default corpus, 0.802 vs 0.286 on corpus 3): half that margin
+    AU_F1_BAR: lambda m: m["au_f1_real"] is None or m["au_f1_real"] >= m["au_f1_still"] + 0.25,
 }  # fmt: skip
 
 
@@ -77,7 +82,7 @@ def load_split(data: Path, split: str, size: int) -> dict[str, tuple[dict, np.nd
 
 
 def check_measures(config: CheckMeasuresConfig) -> dict:
-    from evaluation.au_request import clip_levels, detectable, score_request
+    from evaluation.au_request import clip_levels, detectable, person_floor, presence, score_request
     from evaluation.judges import FER_CLASSES, EmotionJudge, confusion
     from evaluation.measures import (
         classify_emotion,
@@ -97,30 +102,41 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
         groundtruth_index(config.corpus),
         groundtruth_specs(config.corpus),
     )
+    missing = {m["speaker"] for m, _ in clips.values()} - set(neutral)
+    if missing:
+        raise UserError(
+            f"speaker(s) {sorted(missing)} have no neutral clip in split {config.split!r}: no baseline"
+        )
+
+    def measure(frames: np.ndarray, speaker: str):
+        video = track_video(frames)
+        return video, {a: v for a, v in measured_aus(video, bases[speaker]).items() if a not in SPEECH_AUS}
+
+    real = {key: measure(frames, meta["speaker"]) for key, (meta, frames) in sorted(clips.items())}
+    # Each person's AU noise floor from their neutral clips (`au_request.person_floor`); those are not AU-scored.
+    floors = {speaker: person_floor([real[k][1] for k, (m, _) in clips.items() if m["emotion"] == "neutral"
+                                     and m["speaker"] == speaker]) for speaker in neutral}  # fmt: skip
     rows = []
     for key, (meta, frames) in sorted(clips.items()):
-        if meta["speaker"] not in neutral:
-            raise UserError(
-                f"speaker {meta['speaker']} has no neutral clip in split {config.split!r}: no baseline"
-            )
-        still, base = np.repeat(neutral[meta["speaker"]][None], len(frames), 0), bases[meta["speaker"]]
+        still = np.repeat(neutral[meta["speaker"]][None], len(frames), 0)
         source = str(Path(meta["video"]).resolve())
         gt, spec = gt_index.get(source), specs.get(source)
         row = {"key": key, "emotion": meta["emotion"], "level": meta["level"]}
+        if meta["emotion"] == "neutral":
+            row["au_floor_clip"], spec = True, None  # its readings are its person's floor
         for name, video_frames in (("real", frames), ("still", still)):
-            video = track_video(video_frames)
-            measured = {a: v for a, v in measured_aus(video, base).items() if a not in SPEECH_AUS}
+            video, measured = real[key] if name == "real" else measure(video_frames, meta["speaker"])
             row[f"{name}_classified"] = classify_emotion(measured)
             row[f"{name}_fer"] = judge.verdict(video_frames[ONSET:], video.landmarks[ONSET:])
             if gt is not None:
                 row[f"{name}_au_gt_error"] = au_series_error(groundtruth_aus(gt, len(frames)), measured)
             if spec is not None:
-                least = detectable(video.iod_px)
-                row[f"{name}_au"] = score_request(spec, clip_levels(measured), least)
+                least, present = detectable(video.iod_px), presence(video.iod_px, floors[meta["speaker"]])
+                row[f"{name}_au"] = score_request(spec, clip_levels(measured), least, present)
         if spec is not None:  # the label's prototype drawn perfectly: its intensities as the clip levels
             label = (meta["emotion"], 1 if meta["emotion"] == "neutral" else meta["level"])
             proto = prototype_templates()[label]
-            row["label_au"] = score_request(spec, {au: proto.get(au, 0.0) for au in least}, least)
+            row["label_au"] = score_request(spec, {au: proto.get(au, 0.0) for au in least}, least, present)
         rows.append(row)
         print(f"{key:45s} real: {row['real_classified']!s:9s} fer {row['real_fer']!s:8s}  "
               f"still: {row['still_classified']!s:9s} fer {row['still_fer']!s:8s}")  # fmt: skip

@@ -120,7 +120,8 @@ class ChannelFit:
     floor: float  # 95th percentile of the reading on test frames whose truth is 0
     min_detectable: float  # the smallest true intensity whose median reading exceeds `floor` (inf: none)
     measurable: bool  # on the selection identity: r >= MIN_R and min_detectable <= MAX_DETECTABLE
-    # The selection identity's r, mae and min_detectable (None: none) that decided `measurable`.
+    # The selection identity's r, mae and min_detectable (None: none) that decided `measurable`, and its floor
+    # (the reading's 95th percentile where the truth is 0: `evaluation.au_request` reads an AU present above it).
     selection: dict = field(default_factory=dict)
 
 

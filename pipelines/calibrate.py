@@ -107,7 +107,8 @@ def fit_view(name: str, iod_px: float, fit: tuple, select: tuple, test: tuple, c
         f.weights = [float(f"{w:.5g}") for w in weights[:, i]]
         f.measurable = chosen.measurable
         det = chosen.min_detectable
-        f.selection = {"r": chosen.r, "mae": chosen.mae, "min_detectable": det if np.isfinite(det) else None}
+        f.selection = {"r": chosen.r, "mae": chosen.mae, "min_detectable": det if np.isfinite(det) else None,
+                       "floor": chosen.floor}  # fmt: skip
         fits[c] = f
     view = ViewFit(name, round(float(iod_px), 2), fits, {"fit": len(x), "select": len(xs), "test": len(xt)},
                    penalty=penalty, penalties={f"{p:g}": round(e, 4) for p, e in errors.items()})  # fmt: skip

@@ -205,6 +205,8 @@ def test_disfa_style_labels_refit_the_measure(tmp_path):
     )
     again = load(str(tmp_path / "fit.json"))
     assert again.id == cal.id and "DISFA-style" in again.provenance["fitted_on"]
+    # Each channel's noise floor on the selection subject is kept: AU F1's presence level uses it
+    assert all(0 <= c.selection["floor"] <= 5 for c in again.views[0].channels.values())
     assert (again.provenance["fit"], again.provenance["select"], again.provenance["test"]) == (
         ["SN000"],
         "SN001",

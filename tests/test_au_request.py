@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.au_request import channels_au, clip_levels, detectable, f1, score_request
+from evaluation.au_request import (
+    PRESENT,
+    channels_au,
+    clip_levels,
+    detectable,
+    f1,
+    person_floor,
+    presence,
+    score_request,
+)
 from media.au_calibration import load
 
 IOD = {v.name: v.iod_px for v in load().views}  # the calibration's views: between the eyes, px
@@ -56,3 +65,20 @@ def test_the_clip_level_reads_an_expression_that_releases_before_the_end():
 
 def test_sided_channels_take_the_larger_side():
     assert channels_au({"AU12_L": 3.1, "AU12_R": 0.0, "AU4": 2.0}) == {12: 3.1, 4: 2.0}
+
+
+def test_an_au_reads_present_only_above_its_persons_noise_floor():
+    """A person whose neutral (talking) clips read AU2 up to 1.3 does not have AU2 at a clip level of 1.0; a
+    person whose neutral clips read it near 0 does. The level is never below `PRESENT` nor the calibration's
+    floor of the selection person, and frames without a face are left out of the floor."""
+    iod = IOD["48px"]
+    noisy = person_floor([{2: [0.2, 1.3, 1.3, 1.3, None]}, {2: [1.3] * 20}])
+    quiet = person_floor([{2: [0.0, 0.1, 0.05, None] * 5}])
+    assert noisy[2] == pytest.approx(1.3) and quiet[2] < 0.2
+    calibration = presence(iod)
+    assert all(v >= PRESENT for v in calibration.values())
+    assert presence(iod, quiet) == calibration and presence(iod, noisy)[2] == pytest.approx(1.3)
+    least = detectable(iod)
+    clip = {1: 0.0, 2: 1.0, 4: 0.0, 12: 0.0}
+    assert score_request({}, clip, least, presence(iod, noisy))["au_present"] == []
+    assert score_request({}, clip, least, presence(iod, quiet))["au_present"] == [2]

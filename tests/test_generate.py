@@ -194,8 +194,8 @@ def test_long_speech_is_drawn_whole_in_bounded_memory(inputs, tiny_model, tmp_pa
     assert per_frame_kb <= 40, (rss, per_frame_kb)
 
     out = tmp_path / "cut.mp4"
-    proc = generate({**inputs, "long": tmp_path / "120s.wav"}, tiny_model, out, "--emotion", "happy", "--max_seconds", "30",
+    proc = generate({**inputs, "long": tmp_path / "20s.wav"}, tiny_model, out, "--emotion", "happy", "--max_seconds", "5",
                     "--guidance.steps", "1", audio="long", log=netguard_log)  # fmt: skip
-    assert proc.returncode == 0 and "cut at --max_seconds 30.00" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 0 and "cut at --max_seconds 5.00" in proc.stderr, proc.stderr[-2000:]
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["cut"] == {"at_seconds": 30.0, "dropped_seconds": 90.0} and report["seconds"] == 30.0
+    assert report["cut"] == {"at_seconds": 5.0, "dropped_seconds": 15.0} and report["seconds"] == 5.0
