@@ -12,10 +12,13 @@ the selection identity), speech AUs (25-27) left out:
   or the channel's noise floor on the selection identity where that is higher (the reading's 95th percentile
   on frames where the truth is 0: the same floor `min_detectable` is measured against), or the person's own
   floor where higher still (`person_floor`: the same percentile over the person's neutral clips, talking;
-  person-specific normalisation as in Baltrusaitis, Mahmoud & Robinson, FG 2015). The measure's noise is
-  the person's: at 48 px the astronaut's brow channel AU2 reads 1.35 on frames whose truth is 0 where the
-  selection person (Biden) reads 0.24, and without her floor 21 of her 30 corpus-3 clips read AU2 present
-  unrequested (2026-12-05). The clips a floor comes from are not scored with it.
+  person-specific normalisation as in Baltrusaitis, Mahmoud & Robinson, FG 2015). What the measure reads
+  where nothing moves is the person's: at 48 px the astronaut's AU2 reads 1.35 on frames whose truth is 0
+  where the selection person (Biden) reads 0.24, and without her floor 21 of her 30 corpus-3 clips read AU2
+  present unrequested (2026-12-05). Most of it is an offset, not noise: her baseline (`track_still`: a
+  still's first 8 tracked frames) is taken before the face tracker settles; on her neutral frame held still,
+  AU2 reads 0.0-0.6 over the first 8 frames and 1.1-1.2 from the 10th on. The clips a floor comes from are
+  not scored with it.
 `QUANTILE` and `PRESENT` were chosen on the demo corpus's training identities (the fit / select people) and
 are validated on the held-out person by `tbd check-measures`: real clips (the ceiling) against the still
 (the floor) and against the label's prototype (what a label alone could request).
