@@ -91,7 +91,7 @@ def main() -> None:
     )
     ap.add_argument("--size", type=int, help="frame size (GPU default 512, CPU 32)")
     ap.add_argument("--frames", type=int, help="frames per sample (GPU default 16, CPU 8)")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", type=int, help="samples per step (default 1; --compile: 4)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--trainable", default="all", help="sd model: all | spatial | motion")
     ap.add_argument(
@@ -100,12 +100,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="tiny.yaml's pixel model eager vs torch.compile (default 48 px, batch 4)")  # fmt: skip
     args = ap.parse_args()
-    keep_freed_memory()
+    keep_freed_memory()  # as `tbd` does (tbd_core.allocator)
     if args.compile:
-        return compare_compile(args)  # as `tbd` does (tbd_core.allocator)
+        return compare_compile(args)
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     size, frames = args.size or (512 if gpu else 32), args.frames or (16 if gpu else 8)
+    args.batch = args.batch or 1
     data = batch(args.batch, frames, size, device)
     checkpointing = gpu if args.checkpointing is None else args.checkpointing == "on"
     common = dict(
@@ -152,7 +153,7 @@ def compare_compile(args) -> None:
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     size, frames = args.size or 48, args.frames or 8
-    b = args.batch if args.batch != 1 else 4
+    b = args.batch or 4
     config = yaml.safe_load(Path("configs/train/tiny.yaml").read_text())["model"]
     data = batch(b, frames, size, device)
     results = {}

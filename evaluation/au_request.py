@@ -43,18 +43,23 @@ def channels_au(values: dict[str, float]) -> dict[int, float]:
     return out
 
 
+def _measurable(iod_px: float | None):
+    """(AU, its `ChannelFit`) for each channel measurable at this face size, speech AUs left out."""
+    from media.au_calibration import channel_au, load
+
+    view = load().view(iod_px)
+    for channel in view.measurable():
+        au, _ = channel_au(channel)
+        if au not in SPEECH_AUS and view.channels[channel].selection.get("min_detectable") is not None:
+            yield au, view.channels[channel]
+
+
 def detectable(iod_px: float | None) -> dict[int, float]:
     """{AU: the smallest intensity the measure tells from 0} over the AUs measurable at this face size
     (`iod_px` source pixels between the eyes), speech AUs left out; an AU with sides takes its better side."""
-    from media.au_calibration import load
-
-    view = load().view(iod_px)
     out: dict[int, float] = {}
-    for channel in view.measurable():
-        au = int(channel[2:].split("_")[0])
-        least = view.channels[channel].selection.get("min_detectable")
-        if au not in SPEECH_AUS and least is not None:
-            out[au] = min(out.get(au, np.inf), float(least))
+    for au, fit in _measurable(iod_px):
+        out[au] = min(out.get(au, np.inf), float(fit.selection["min_detectable"]))
     return out
 
 
@@ -74,14 +79,10 @@ def presence(iod_px: float | None, floor: dict[int, float] | None = None) -> dic
     selection identity's noise floor of the AU's measurable channels where higher (an AU's reading is the
     larger of its sides', `media.au_measure.measured_aus`, so its floor is the larger side floor), or the
     person's `floor` (`person_floor`) where higher still."""
-    from media.au_calibration import load
-
-    view = load().view(iod_px)
     out: dict[int, float] = {}
-    for channel in view.measurable():
-        au = int(channel[2:].split("_")[0])
-        out[au] = max(out.get(au, PRESENT), float(view.channels[channel].selection.get("floor", 0.0)))
-    return {au: max(out[au], (floor or {}).get(au, 0.0)) for au in detectable(iod_px)}
+    for au, fit in _measurable(iod_px):
+        out[au] = max(out.get(au, PRESENT), float(fit.selection.get("floor", 0.0)))
+    return {au: max(level, (floor or {}).get(au, 0.0)) for au, level in out.items()}
 
 
 def clip_levels(measured: dict[int, list], quantile: float = QUANTILE) -> dict[int, float]:
@@ -107,9 +108,9 @@ def score_request(
     present: float | dict[int, float] = PRESENT,
 ) -> dict:
     """A clip's AU F1 and its parts. `request` {AU: intensity}, `levels` (`clip_levels`), `least`
-    (`detectable`) and `present` (one level, or `presence`'s per AU) as above. Returns au_f1, au_precision / au_recall (None when undefined), au_intensity_error
-    (mean |level - requested| over the requested AUs scored), au_leakage (how many AUs present were not
-    requested), and the sets scored (`au_requested`, `au_present`, `au_unscored`: requested too faintly)."""
+    (`detectable`) and `present` (one level, or `presence`'s per AU) as above. Returns au_f1, au_precision /
+    au_recall (None when undefined), au_intensity_error (mean |level - requested| over the requested AUs
+    scored), au_leakage (how many AUs present were not requested), and the sets scored (`au_requested`, `au_present`, `au_unscored`: requested too faintly)."""
     scored = {au for au in least if au in levels}
     wanted = {au for au, v in request.items() if au in scored and v >= least[au]}
     unscored = {au for au, v in request.items() if au in scored and v < least[au]}
