@@ -159,12 +159,13 @@ def overfit(config: CheckConfig, clips: list[str], version: str) -> Path:
         terminal = sys.stderr if sys.stderr.fileno() >= 0 else None
     except (AttributeError, OSError, ValueError):  # a captured stream (pytest) has no descriptor
         terminal = None
-    subprocess.run(
-        [sys.executable, "-m", "tbd", "train", "--config", str(overlay)],
-        check=True,
-        stdout=terminal,
-        stderr=terminal,
+    proc = subprocess.run(
+        [sys.executable, "-m", "tbd", "train", "--config", str(overlay)], stdout=terminal, stderr=terminal
     )
+    if proc.returncode != 0:  # train's own error is on the terminal above: no traceback of this call
+        raise UserError(
+            f"the overfit's `tbd train --config {overlay}` failed (exit status {proc.returncode})"
+        )
     export(config.out / "train" / "checkpoints" / "last.ckpt", config.out / "model")
     return config.out / "model"
 

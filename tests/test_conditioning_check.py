@@ -5,11 +5,30 @@ each when that path is broken on purpose. Slow: an overfit of 4 clips (~5 min on
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import check_conditioning as check
 
 pytestmark = pytest.mark.timeout(3600)  # the overfit (about 8 min unloaded) runs in the first test's setup
+
+
+def test_a_failing_overfit_is_one_line_after_trains_own(datasets, tmp_path, netguard_log):
+    """The check overfits through `tbd train`, as a user would run it; when that fails (here a denoiser field
+    the config misspells) train's own line says why and the check adds one line, not its subprocess's
+    traceback (before: `CalledProcessError` and 20 lines of stack)."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs/train/tiny.yaml").read_text())
+    config["model"]["model_overrides"]["hedas"] = 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    proc, report = check(datasets["mead"]["data"], tmp_path / "check", netguard_log, "--train_config", str(bad),
+                         "--steps", "1")  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "model.model_overrides.hedas: not a field of the 'tiny' denoiser" in proc.stderr
+    assert "the overfit's `tbd train --config" in proc.stderr.strip().splitlines()[-1] and report is None
 
 
 @pytest.mark.slow
