@@ -67,6 +67,7 @@ def main() -> None:
         )
     version = args.version or json.loads(demo.read_text())["version"]
     results = []
+    module = TBDModule(prediction_type="sample")  # its `conditions` (batch -> Conditions), on each model
     for folder in args.models:
         pipe = TBDPipeline.from_pretrained(folder)
         if pipe.scheduler.config.prediction_type != "sample" or pipe.vae is not None:
@@ -78,8 +79,7 @@ def main() -> None:
                            text_cache=args.text_cache, num_workers=0)  # fmt: skip
         torch.manual_seed(0)
         batches = list(dm.train_dataloader())
-        module = TBDModule(prediction_type="sample")
-        model = pipe.denoiser.eval()
+        module.model = model = pipe.denoiser.eval()  # `conditions` checks the batch against this model
         own, swap = mouth_errors(model, pipe.scheduler, module, batches)
         with BrokenPath(model, "speech"):
             cut_own, cut_swap = mouth_errors(model, pipe.scheduler, module, batches)
