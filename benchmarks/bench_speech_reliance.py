@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from tbd_lightning.module import mouth_map
 
 CLIPS = ["mead_W001_happy_3_000", "mead_W001_sad_3_000", "mead_W002_happy_3_000", "mead_W002_sad_3_000"]
 TIMESTEPS = (100, 300, 500, 700)
@@ -33,8 +34,7 @@ def mouth_errors(model, scheduler, module, batches, seed: int = 0) -> tuple[floa
     with torch.no_grad():
         for batch in batches:
             x0, b = batch["video"], batch["video"].shape[0]
-            m = batch["mouth"].flatten(0, 1)
-            mouth = F.adaptive_avg_pool2d(m, x0.shape[-2:]).reshape(*x0.shape[:2], 1, *x0.shape[-2:])
+            mouth = mouth_map(batch, x0)
             for t0 in TIMESTEPS:
                 t = torch.full((b,), t0)
                 noisy = scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)

@@ -15,10 +15,13 @@ the selection identity), speech AUs (25-27) left out:
   person-specific normalisation as in Baltrusaitis, Mahmoud & Robinson, FG 2015). What the measure reads
   where nothing moves is the person's: at 48 px the astronaut's AU2 reads 1.35 on frames whose truth is 0
   where the selection person (Biden) reads 0.24, and without her floor 21 of her 30 corpus-3 clips read AU2
-  present unrequested (2026-12-05). Most of it is an offset, not noise: her baseline (`track_still`: a
-  still's first 8 tracked frames) is taken before the face tracker settles; on her neutral frame held still,
-  AU2 reads 0.0-0.6 over the first 8 frames and 1.1-1.2 from the 10th on. The clips a floor comes from are
-  not scored with it.
+  present unrequested (2026-12-05). Most of that was an offset, not noise: the baseline (`track_still`) was
+  taken before the face tracker settled (her neutral frame held still read AU2 0.0-0.6 over the first 8
+  frames, 1.1-1.2 from the 10th on). Since 2026-12-06 every new detection is settled on its own frame
+  (`media.face.FaceTracker`) and the calibration refitted (`019bbd2adc71`): the same still reads 0.22 at most
+  over 60 frames, and on the default corpus the person's floor no longer changes AU F1 (0.849 with and
+  without it); it stays as the guard for a person the measure reads noisily. The clips a floor comes from
+  are not scored with it.
 `QUANTILE` and `PRESENT` were chosen on the demo corpus's training identities (the fit / select people) and
 are validated on the held-out person by `tbd check-measures`: real clips (the ceiling) against the still
 (the floor) and against the label's prototype (what a label alone could request).

@@ -25,6 +25,7 @@ from tbd_core import assets
 MESH_INPUT = 192
 DETECTION_SCALE = 1.5  # square crop side = 1.5 x the longer side of the detection box
 TRACKING_SCALE = 1.5  # from the landmark box, as MediaPipe's face_landmark_front graph
+SETTLE_PASSES = 12  # a new detection's mesh, tracked again on its own frame (`FaceTracker`)
 NO_FACE = "no face detected"
 FACE_LOST = "face-presence score below threshold"
 # The detector squeezes its window into 128x128 and reliably sees a face a window/8 wide (measured: 1/9
@@ -351,19 +352,30 @@ class FaceAnalyzer:
 
 class FaceTracker:
     """`FaceAnalyzer.track` one frame at a time (for streams): each call meshes a frame from the previous
-    frame's mesh, detecting again on the first frame and whenever tracking is lost."""
+    frame's mesh, detecting again on the first frame and whenever tracking is lost.
 
-    def __init__(self, analyzer: FaceAnalyzer):
-        self.analyzer, self.prev = analyzer, None
+    A face just detected is meshed again from its own mesh `settle` times on the same frame before it is
+    returned: the mesh from a detection box sits differently from one tracked from a mesh, and tracking
+    takes about 10 frames to settle (the astronaut's still, held 100 frames, read AU2 0.0 over its first
+    4 tracked frames and 1.1-1.2 from the 10th on), so without this a video's first frames, and a still's
+    baseline, were seen differently from the rest."""
+
+    def __init__(self, analyzer: FaceAnalyzer, settle: int = SETTLE_PASSES):
+        self.analyzer, self.prev, self.settle = analyzer, None, settle
 
     def __call__(self, frame: np.ndarray) -> FaceResult:
         fa, frame = self.analyzer, _rgb_uint8(frame)
-        mesh = (
-            fa.mesh_from_previous(frame, self.prev)
-            if self.prev is not None and fa._landmarker is None
-            else None
-        )
-        result = FaceResult(mesh) if mesh is not None else fa.analyze(frame)
+        tracking = fa._landmarker is None
+        mesh = fa.mesh_from_previous(frame, self.prev) if self.prev is not None and tracking else None
+        if mesh is not None:
+            result = FaceResult(mesh)
+        else:
+            result = fa.analyze(frame)
+            for _ in range(self.settle if result.found and tracking else 0):
+                again = fa.mesh_from_previous(frame, result.mesh)
+                if again is None:
+                    break
+                result = FaceResult(again, detection=result.detection)
         self.prev = result.mesh
         return result
 

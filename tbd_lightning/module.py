@@ -51,6 +51,13 @@ def init_from(model: torch.nn.Module, path: str) -> tuple[int, int]:
     return len(matched), len(own)
 
 
+def mouth_map(batch: dict, x0: torch.Tensor) -> torch.Tensor:
+    """The batch's mouth mask (B, T, 1, H', W') at the size of `x0` (B, T, C, H, W): the share of each
+    pixel inside the mouth, in [0, 1] (area pooling, so a latent cell is partly mouth)."""
+    mouth = F.adaptive_avg_pool2d(batch["mouth"].flatten(0, 1).float(), x0.shape[-2:])
+    return mouth.reshape(*x0.shape[:2], 1, *x0.shape[-2:])
+
+
 class TBDModule(pl.LightningModule):
     def __init__(
         self,
@@ -62,7 +69,7 @@ class TBDModule(pl.LightningModule):
         rescale_zero_snr: bool = True,
         branches: dict[str, float] | None = None,
         reference_drop: float = 0.0,
-        mouth_weight: float = 2.0,
+        mouth_weight: float = 10.0,
         lr: float = 2e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
@@ -229,10 +236,7 @@ class TBDModule(pl.LightningModule):
         pred = self.model(noisy, t, self.conditions(batch, keep, label))
         err = (pred.float() - target.float()).square()
         if self.hparams.mouth_weight != 1 and "mouth" in batch:
-            mouth = F.adaptive_avg_pool2d(batch["mouth"].flatten(0, 1), x0.shape[-2:]).reshape(
-                *x0.shape[:2], 1, *x0.shape[-2:]
-            )
-            weight = weight * (1 + (self.hparams.mouth_weight - 1) * mouth.float())
+            weight = weight * (1 + (self.hparams.mouth_weight - 1) * mouth_map(batch, x0))
         return (err * weight).sum() / weight.expand_as(err).sum()
 
     def training_step(self, batch, batch_idx):

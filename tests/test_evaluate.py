@@ -213,16 +213,16 @@ def test_the_measures_pass_their_bar_on_the_held_out_person(mead, demo_corpus, t
     out = check_measures(CheckMeasuresConfig(data=data, corpus=demo_corpus, out=tmp_path / "measures.json"))
     assert out["clips"] == 15 and out["classifier_accuracy_still"] <= 1 / 15  # the still reads neutral
     # AU F1's known answer: this corpus renders every clip as its label's prototype (no `--variation`), so
-    # the prototype drawn perfectly matches every specification (real 0.748 vs the still's 0.286 at 48 px,
-    # 2026-12-05: docs/results.md). The neutral clip gives the person's AU floor and is not AU-scored.
+    # the prototype drawn perfectly matches every specification (real 0.849 vs the still's 0.286 at 48 px,
+    # 2026-12-06: docs/results.md). The neutral clip gives the person's AU floor and is not AU-scored.
     scored = [r for r in out["rows"] if r["emotion"] != "neutral"]
     assert out["au_f1_label"] == 1.0 and all("real_au" in r and "still_au" in r for r in scored)
     assert all(
         r.get("au_floor_clip") and "real_au" not in r for r in out["rows"] if r["emotion"] == "neutral"
     )
     # A still has no action: nothing may read present on it. Against the calibration's floors alone the
-    # tracked still read AU2 present in 12 of its 15 rows (its baseline is taken before the face tracker
-    # settles: AU2 0.0-0.6 over a still's first 8 frames, 1.1-1.2 from the 10th), below the person's floor.
+    # tracked still read AU2 present in 12 of its 15 rows while its baseline was taken before the face
+    # tracker settled (AU2 0.0-0.6 over a still's first 8 frames, 1.1-1.2 from the 10th; 2026-12-05).
     assert all(r["still_au"]["au_present"] == [] for r in scored), [r["still_au"] for r in scored]
     assert_measures_bar(out)  # xfails on the classifier lines: the last check
 
