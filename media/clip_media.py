@@ -33,7 +33,8 @@ from scipy.io import wavfile
 from media.au_calibration import load as load_calibration
 from media.audio_features import audio_features
 from media.clip_spans import check_accounted, pair_spans, segment_spans, span_of
-from media.face import FaceAnalyzer, box_inside
+from media.face import FaceAnalyzer
+from media.face_boxes import box_inside
 from media.face_crops import stable_crop
 from media.packets import probe_audio
 from media.video_io import AUDIO_RATE, VideoProbe, iter_frames, probe_video, read_audio, write_mp4

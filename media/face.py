@@ -6,9 +6,9 @@ Detection is MediaPipe Tasks `FaceDetector` (BlazeFace short range). The mesh is
 in [0, 1]; 468x3 landmarks in crop pixels plus a face-presence logit out), mapped back to image pixels.
 Over a clip the crop of frame t comes from the mesh of frame t-1 (as MediaPipe's own graph does), and
 detection runs again only when the face is lost. A single photo whose whole image shows no face is also
-searched at finer scales (`detect_all(small_faces=True)`: a small face in a large phone photo). When the
-user supplies the official `face_landmarker.task`, Tasks `FaceLandmarker` is used instead and blendshapes
-are returned too.
+searched at finer scales (`detect_all(small_faces=True)`, windows from `media.face_boxes`: a small face in
+a large phone photo). When the user supplies the official `face_landmarker.task`, Tasks `FaceLandmarker`
+is used instead and blendshapes are returned too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from annotation.regions import eye_centres
+from media.face_boxes import SMALLEST_WINDOW, FaceBox, iou, merge_boxes, small_face_windows, window_corners
 from tbd_core import assets
 
 MESH_INPUT = 192
@@ -28,21 +29,6 @@ TRACKING_SCALE = 1.5  # from the landmark box, as MediaPipe's face_landmark_fron
 SETTLE_PASSES = 12  # a new detection's mesh, tracked again on its own frame (`FaceTracker`)
 NO_FACE = "no face detected"
 FACE_LOST = "face-presence score below threshold"
-# The detector squeezes its window into 128x128 and reliably sees a face a window/8 wide (measured: 1/9
-# sometimes, 1/10 rarely). The small-face search tiles the image with windows halving from half its short
-# side, down to SMALLEST_WINDOW or until a scale would take over MAX_TILES detector runs.
-FACE_SHARE = 1 / 8
-SMALLEST_WINDOW = 192
-MAX_TILES = 300
-
-
-@dataclass(frozen=True)
-class FaceBox:
-    """Detection in image pixels: box (x0, y0, x1, y1), score, 6 keypoints (subject's right eye first)."""
-
-    box: tuple[float, float, float, float]
-    score: float
-    keypoints: np.ndarray  # (6, 2): right eye, left eye, nose tip, mouth, right ear, left ear
 
 
 @dataclass(frozen=True)
@@ -88,58 +74,6 @@ def _rgb_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(image)
-
-
-def _area(box) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def box_inside(a, b) -> float:
-    """The share of box `a`'s area that lies inside box `b` (boxes x0, y0, x1, y1)."""
-    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
-    return inter / max(1e-9, _area(a))
-
-
-def _iou(a, b) -> float:
-    return (inter := box_inside(a, b) * _area(a)) / max(1e-9, _area(a) + _area(b) - inter)
-
-
-def _merge(boxes: list[FaceBox]) -> list[FaceBox]:
-    """Duplicates (IoU >= 0.3) merged, the higher score kept; largest first."""
-    kept: list[FaceBox] = []
-    for b in sorted(boxes, key=lambda b: b.score, reverse=True):
-        if all(_iou(b.box, k.box) < 0.3 for k in kept):
-            kept.append(b)
-    return sorted(kept, key=lambda b: _area(b.box), reverse=True)
-
-
-def _offsets(length: int, window: int) -> np.ndarray:
-    """Window starts along one side, overlapping by a third of a window (a face up to window/3 wide lies
-    whole in one)."""
-    return np.linspace(0, length - window, int(np.ceil((length - window) / (window * 2 / 3))) + 1)
-
-
-def window_corners(h: int, w: int, window: int) -> list[tuple[int, int]]:
-    """Top-left corners (x, y) of the square windows of side `window` that cover an h x w image."""
-    return [(int(round(x)), int(round(y))) for y in _offsets(h, window) for x in _offsets(w, window)]
-
-
-def small_face_windows(h: int, w: int) -> list[int]:
-    """Window sides of `detect_all(small_faces=True)`'s search, coarse to fine: halving from half the short
-    side, while at least SMALLEST_WINDOW and at most MAX_TILES windows per scale."""
-    windows, window = [], min(h, w) // 2
-    while window >= SMALLEST_WINDOW and len(window_corners(h, w, window)) <= MAX_TILES:
-        windows.append(window)
-        window //= 2
-    return windows
-
-
-def smallest_face(h: int, w: int, small_faces: bool = True) -> int:
-    """About the narrowest face (detection box width, pixels) `detect_all` reliably finds in an h x w image."""
-    side, long = min(h, w), max(h, w)
-    window = side if long > 1.2 * side else long
-    windows = small_face_windows(h, w) if small_faces else []
-    return int(np.ceil(min([window, *windows]) * FACE_SHARE))
 
 
 def roll_degrees(landmarks: np.ndarray) -> float:
@@ -253,7 +187,7 @@ class FaceAnalyzer:
                 boxes += self._detect_in(tile, o if w > h else 0, 0 if w > h else o)
         if small_faces and not boxes:
             boxes = self._detect_small(image)
-        return _merge(boxes)
+        return merge_boxes(boxes)
 
     def _detect_small(self, image: np.ndarray) -> list[FaceBox]:
         """Detections in the windows of each `small_face_windows` side, coarse to fine, until a scale has one
@@ -275,7 +209,7 @@ class FaceAnalyzer:
         x = int(np.clip((x0 + x1 - side) / 2, 0, w - side))
         y = int(np.clip((y0 + y1 - side) / 2, 0, h - side))
         again = [
-            b for b in self._detect_in(image[y : y + side, x : x + side], x, y) if _iou(b.box, det.box) > 0.3
+            b for b in self._detect_in(image[y : y + side, x : x + side], x, y) if iou(b.box, det.box) > 0.3
         ]
         return max(again, key=lambda b: b.score, default=det)
 

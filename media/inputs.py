@@ -26,7 +26,7 @@ def face_listing(faces) -> str:
 
 def no_face_message(path: Path, h: int, w: int) -> str:
     """Why no face, naming the narrowest face the search can see in an h x w image and what to do."""
-    from media.face import smallest_face
+    from media.face_boxes import smallest_face
 
     return (
         f"{path}: no face found (give a photo with one face seen from the front; in this {w}x{h} image the "
