@@ -8,8 +8,8 @@ cut (`evaluation.conditioning.BrokenPath`): the known answer there is exactly 1.
 
     python benchmarks/bench_speech_reliance.py [--data D --version V] [MODEL ...]
 
-Defaults (after `make demo`): the demo's model and the conditioning check's overfit, on the demo's MEAD data
-and the annotation version they trained on (`out/demo/mead-llm.json`).
+Defaults (after `make demo` and `make check-conditioning`): the demo's model and the check's overfit, on the
+demo's MEAD data and the annotation version they trained on (`out/demo/mead-llm.json`).
 """
 
 from __future__ import annotations

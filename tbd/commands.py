@@ -178,7 +178,7 @@ COMMANDS: dict[str, Command] = {
             "check-conditioning", "overfit a handful of clips, swap speech / text / reference: does each act?",
             "evaluation.conditioning:CheckConfig", "evaluation.conditioning:check",
             show=lambda r: {c: e["effect"] for c, e in r["effects"].items()},
-            examples=("tbd check-conditioning --data data/mead --train_config configs/train/tiny.yaml --steps 600",),
+            examples=("tbd check-conditioning --data data/mead --train_config configs/train/tiny.yaml --steps 250 --lr 0.003",),
         ),
         Command(
             "check-measures", "the emotion classifier, FER2013 judge and AU error on real clips (known answers)",

@@ -1,7 +1,7 @@
 """The conditioning check (`tbd check-conditioning`, run as a user runs it): a model overfit on a handful of
 clips follows each condition it is given (speech moves the mouth with the new audio, the emotion text moves
 the calibrated AUs towards the other emotion, the reference changes the identity), and the check fails for
-each when that path is broken on purpose. Slow: an overfit of 4 clips (~5 min on 2 cores) and four checks."""
+each when that path is broken on purpose. Slow: an overfit of 4 clips (~6 min on 2 cores) and four checks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from evaluation.conditioning import CheckConfig
 from tests.conftest import check_conditioning as check
 
-pytestmark = pytest.mark.timeout(3600)  # the overfit (about 8 min unloaded) runs in the first test's setup
+pytestmark = pytest.mark.timeout(3600)  # the overfit (about 6 min unloaded) runs in the first test's setup
 
 
 def test_a_failing_overfit_is_one_line_after_trains_own(datasets, tmp_path, netguard_log):

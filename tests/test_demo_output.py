@@ -38,7 +38,7 @@ NOISE = {
 }
 # Each stage's own progress line (tqdm, Lightning's bar) and the most lines the demo may print.
 PROGRESS = ("demo corpus clips", "preprocess shards", "annotate (facs)", "annotate (vllm)", "Epoch", "denoising",
-            "evaluate rows", "overfitting 4 clips")  # fmt: skip
+            "evaluate rows")  # fmt: skip
 MAX_LINES = 200
 
 
@@ -54,9 +54,6 @@ def test_the_demo_shows_each_stage_s_progress_in_under_200_lines():
     lines = LOG.read_bytes().decode(errors="replace").split("\n")  # a bar redrawn with "\r" is one line
     missing = [p for p in PROGRESS if not any(p in line for line in lines)]
     assert not missing, f"no progress line from {missing}"
-    assert sum("Epoch" in line for line in lines) >= 2, (
-        "a training bar from train and from the conditioning check"
-    )
     assert len(lines) < MAX_LINES, f"{len(lines)} lines"
 
 
@@ -71,7 +68,7 @@ def test_one_store_holds_every_stage_linked():
         runs[exp.name] = client.search_runs([exp.experiment_id])
     # annotate: facs on MEAD and HDTF, vLLM on MEAD
     stages = {"tbd-preprocess": 2, "tbd-annotate": 3, "tbd-annotation-report": 2, "tbd-train": 1,
-              "tbd-check-conditioning": 1, "tbd-generate": 1, "tbd-evaluate": 1}  # fmt: skip
+              "tbd-generate": 1, "tbd-evaluate": 1}  # fmt: skip
     for stage, n in stages.items():
         assert len(runs.get(stage, [])) >= n, (stage, {k: len(v) for k, v in runs.items()})
     by_id = {r.info.run_id: r for rs in runs.values() for r in rs}
