@@ -28,8 +28,8 @@
      its emotion changing (`tbd demo-corpus --variation true` does). (A first form swapped the mouth's AU12
      for AU15: +0.010 on the demo's overfit, and no corpus here varies those within a label.)
 
-   A condition the model ignores gives Δ = 0, so each effect is 0 on a broken path (the reference's within
-   1e-3: the other clip's landmarks still place the pose and the local regions). `break_path`
+   A condition the model ignores gives Δ = 0, so each effect is 0 on a broken path (the reference's near 0,
+   1.1e-3 on 2026-12-06: the other clip's landmarks still place the pose and the local regions). `break_path`
    breaks one on purpose (inside the denoiser's forward the condition is dropped in every branch, as if it
    never reached the model: the fault a check must catch, named so), which is how the test shows that each
    threshold fails while the other conditions still act.
