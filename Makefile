@@ -16,7 +16,7 @@ FACS_VERSION = $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO_OU
 # cfg ablation row is at matched strength (it is then single-stage without the region mask).
 DEMO_GUIDANCE ?= --guidance.audio_scale 2 --guidance.global_scale 2 --guidance.local_scale 2
 
-.PHONY: setup assets demo demo-steps check-conditioning control app test test-fast bench gpu-check lint lock lock-cuda clean \
+.PHONY: setup assets demo demo-steps check-conditioning control thesis app test test-fast bench gpu-check lint lock lock-cuda clean \
 	mlflow-server ray-submit infra-check image-cpu image-cuda image-mlflow image-push
 
 # Idempotent: the venv is rebuilt only when pyproject.toml or requirements.lock change.
@@ -124,6 +124,23 @@ bench: setup
 # validation clip of the held-out speaker evaluated (ablations, ceiling, floor, judges): about an hour on 2 cores.
 control: demo
 	$(BIN)/python benchmarks/bench_control.py --data $(DEMO_OUT)/data/mead --corpus $(DEMO_OUT)/corpus --out out/control --version $(FACS_VERSION)
+
+# Issue 38's experiment, on corpus 3: every clip's muscles drawn within its label (`--variation true`), so a CoT
+# can carry what a label cannot. Its own data (the held-out person W003 validates), annotated by the rule reasoner
+# from each clip's measured AUs, the tiny model trained THESIS_STEPS, and the held-out person's clips evaluated:
+# AU F1 of every row against the AU specification each clip was rendered from (label-only vs the CoT rows,
+# paired). THESIS_STEPS=1500 THESIS_CLIPS=16: 55 min on 2 cores (2026-12-06: data 2.5, training 34, evaluation 18; docs/results.md).
+THESIS_OUT ?= out/thesis
+THESIS_STEPS ?= 1500
+THESIS_CLIPS ?= 16
+thesis: setup
+	$(BIN)/tbd demo-corpus --out $(THESIS_OUT)/corpus --variation true --clips_per_level 2 --compound_clips 2 --force true
+	rm -rf $(THESIS_OUT)/data
+	$(BIN)/tbd ingest --dataset mead --root $(THESIS_OUT)/corpus/mead --out $(THESIS_OUT)/data/mead --split_overrides '{W003: val}'
+	$(BIN)/tbd preprocess --data $(THESIS_OUT)/data/mead --media.crop_size 64 --clips_per_shard 8
+	$(BIN)/tbd annotate --data $(THESIS_OUT)/data/mead > $(THESIS_OUT)/mead-facs.json
+	$(BIN)/python benchmarks/bench_control.py --data $(THESIS_OUT)/data/mead --corpus $(THESIS_OUT)/corpus --out $(THESIS_OUT) \
+		--steps $(THESIS_STEPS) --max_clips $(THESIS_CLIPS) --max_frames 40 --guidance_steps 6
 
 lint: setup
 	$(BIN)/ruff check .

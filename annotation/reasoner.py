@@ -17,8 +17,14 @@ from annotation.schema import MAX_AUS, AUDescription, ChainOfThought, RegionDesc
 from annotation.text_rules import phrase_problems
 from tbd_core.errors import UserError
 
-REASONER_VERSION = "facs-reasoner-3"  # bump when the rules change: it enters the annotation version
-ABSENT_PEAK = 0.5  # measured peak below this (FACS scale) contradicts an AU
+REASONER_VERSION = "facs-reasoner-4"  # bump when the rules change: it enters the annotation version
+# A measured peak below FACS trace (A = 1.0) contradicts an AU. Was 0.5, under the measure's noise: on corpus 3's
+# training people (W001/W002, the fit identities; 2026-12-06) 19 of the 23 core AUs its variation left out of a
+# clip stayed in the clip's CoT (their peaks 0.52-0.94 where the AU was not rendered), so the CoT said what the
+# label says. At 1.0: 14 of 23 left out, 1 of 113 rendered core AUs lost (AU5 of a surprised clip, peak 0.90);
+# over every measured AU of those clips, present vs rendered: F1 0.932 (recall 0.99; the best threshold, 1.25:
+# 0.941, recall 0.96). The validator's and the decoding schema's "measured absent" is this same level.
+ABSENT_PEAK = 1.0
 PRESENT_PEAK = 1.5  # measured peak at or above this supports adding an optional / observed AU
 CLEAR_PEAK = 2.5  # clearly present: an answer that leaves such an AU out must say so (validator)
 DEFAULT_SIDE = "right"  # unilateral AUs without side evidence: the subject's right
@@ -317,11 +323,16 @@ def _unilateral_core(weights: dict[str, float], kb: KnowledgeBase) -> set[int]:
     return {au for e in weights if kb.prototype(e).unilateral for au in kb.prototype(e).core}
 
 
+UNILATERAL_AUS = (12, 14)  # contempt's core AUs, the ones that act on one side
+
+
 def unilateral_side(peaks: dict[int, dict[str, float]]) -> str:
-    """The side a unilateral expression (contempt) acts on: where AU12 peaks higher, else DEFAULT_SIDE."""
-    sides = peaks.get(12, {})
-    left, right = sides.get("left"), sides.get("right")
-    if left is not None and right is not None and left > right:
+    """The side a unilateral expression (contempt) acts on: where its AUs (AU12, AU14) peak higher, else
+    DEFAULT_SIDE. (AU12 alone decided it, so a contempt clip with AU14 on the left and no AU12, which corpus 3
+    renders, was annotated on the right and rejected as measured absent there.)"""
+    left = [peaks[au]["left"] for au in UNILATERAL_AUS if "left" in peaks.get(au, {})]
+    right = [peaks[au]["right"] for au in UNILATERAL_AUS if "right" in peaks.get(au, {})]
+    if left and right and max(left) > max(right):
         return "left"
     return DEFAULT_SIDE
 

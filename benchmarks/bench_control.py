@@ -11,7 +11,8 @@ request, through Think), label-only (the label as a caption), think-label (the C
 alone, as deployed), the real clips (the ceiling) and the still reference (the floor); no row is given
 anything measured on its target (`evaluation.requests`). Prints one table: emotion accuracy (the counterfactual test:
 nearest ground-truth render of the speaker's 8 emotions; the calibrated AU classifier; the FER2013 judge),
-lip-sync proxy, identity similarity, AU-trajectory error against the renderer's ground truth, each with its
+lip-sync proxy, identity similarity, AU-trajectory error against the renderer's ground truth, AU F1 and
+leakage against the AU specification each clip was rendered from (issue 38), each with its
 bootstrap 95 % interval; paired differences (bootstrap 95 % interval of per-clip differences) of every mode
 against progressive and against the still; the issue's acceptance lines; one JSON line.
 """
@@ -40,6 +41,8 @@ METRICS = {
     "sync_corr": "lip-sync",
     "identity_similarity": "identity",
     "au_gt_error": "AU traj. err",
+    "au_f1": "AU F1",  # against the clip's AU specification (issue 38, `evaluation.au_request`)
+    "au_leakage": "AU leakage",
 }
 GUIDANCE = ("--guidance.audio_scale", "2", "--guidance.global_scale", "2", "--guidance.local_scale", "2")
 
@@ -65,6 +68,7 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=4)
     ap.add_argument("--version", help="annotation version to train on (needed when the folder holds several)")
     ap.add_argument("--max_frames", type=int, default=24)
+    ap.add_argument("--max_clips", type=int, default=100, help="validation clips, spread over the split")
     ap.add_argument("--guidance_steps", type=int, default=8)
     ap.add_argument("--skip_training", action="store_true", help="evaluate OUT/model as it is")
     args = ap.parse_args()
@@ -81,7 +85,7 @@ def main() -> None:
             "--trainer.max_steps", str(args.steps), "--data.batch_size", str(args.batch_size),
             "--data.train_batches", str(args.steps), *(("--data.version", args.version) if args.version else ()))  # fmt: skip
         tbd("export", str(out / "train/checkpoints/last.ckpt"), str(out / "model"))
-    tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips", "100",
+    tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips", str(args.max_clips),
         "--max_frames", str(args.max_frames), "--guidance.steps", str(args.guidance_steps), *GUIDANCE,
         "--ablations", "true", "--groundtruth", args.corpus, "--out", str(out / "evaluation"))  # fmt: skip
     report = json.loads((out / "evaluation" / "evaluation.json").read_text())
@@ -91,6 +95,9 @@ def main() -> None:
           f"{args.steps} training steps; mean [bootstrap 95 %]")  # fmt: skip
     for mode, info in report["information"].items():
         print(f"  {mode:16s} was given: {info}")
+    if report.get("au_f1_label_prototype") is not None:
+        print(f"  AU F1 of the label's FACS prototype drawn perfectly: {report['au_f1_label_prototype']:.3f} "
+              "(what a label alone can request)")  # fmt: skip
     print(f"{'row':16s}" + "".join(f"{name:>24s}" for name in METRICS.values()))
     for mode, r in results.items():
         cells = []
@@ -128,12 +135,25 @@ def main() -> None:
     print("\nacceptance (issue 24):")
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    au_f1 = {}  # issue 38: does a CoT row request what a label cannot? AU F1 against each clip's specification
+    for design in ("progressive", "single-stage", "global-only", "cfg"):
+        pair = paired["au_f1"].get(f"{design} - label-only")
+        au_f1[f"{design} beats label-only on AU F1 (paired interval above 0)"] = bool(
+            pair and pair["ci95"][0] > 0
+        )
+    if paired["au_f1"]:
+        print("issue 38 (AU F1; label's prototype drawn perfectly: "
+              f"{report.get('au_f1_label_prototype') or float('nan'):.3f}):")  # fmt: skip
+        for name, ok in au_f1.items():
+            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+        checks |= au_f1
     line = {"benchmark": "control", "steps": args.steps, "clips": len(report["clips"]),
             "minutes": round((time.time() - start) / 60, 1),
             "rows": {mode: {m: r.get(m) for m in METRICS} for mode, r in results.items()},
             "information": report["information"], "paired": paired,
             "lower_bounds": {m: lower_bound(prog, m) for m in ("counterfactual_correct", "emotion_correct")},
-            "sync_progressive_minus_still": sync, "checks": checks}  # fmt: skip
+            "sync_progressive_minus_still": sync, "checks": checks,
+            "au_f1_label_prototype": report.get("au_f1_label_prototype")}  # fmt: skip
     (out / "control.json").write_text(json.dumps(line, indent=2))
     print(json.dumps(line, default=lambda x: float(x) if isinstance(x, np.floating) else str(x)))
 

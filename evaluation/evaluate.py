@@ -7,7 +7,9 @@ text each row is given is kept apart from how it is guided (`evaluation.requests
 computed from its target's frames (the shards' annotations of validation clips, which carry the target's
 measured AUs, are not read). Metrics (`evaluation.metrics`): PSNR (mean of per-frame PSNR), SSIM, LMD (full,
 mouth), lip-sync proxy (offset-0 correlation, the best offset beside it), AU-control error against the
-row's request, emotion accuracy of the nearest FACS prototype to the measured AUs (a clip whose face is
+row's request, AU F1 / intensity error / leakage against the AU specification the clip was rendered from
+(with a ground truth; `evaluation.au_request`, paired across rows in `separable_au_f1`, beside the AU F1 of
+the label's prototype drawn perfectly), emotion accuracy of the nearest FACS prototype to the measured AUs (a clip whose face is
 lost counts as a miss in every accuracy; face rate beside it), face rate (with the real clips' face rate at
 the same size beside it), FID with a user-supplied network and the standard Sync-C/D, LPIPS, FVD and CSIM
 from the user's weights (`evaluation.standard`; Fréchet distances flagged when too few samples make the
@@ -58,6 +60,7 @@ def score_clip(
     templates: dict | None = None,
     standard: StandardMetrics | None = None,
     fps: float = 25.0,
+    au_spec: tuple[dict[int, float], dict[int, float], dict[int, float]] | None = None,
 ) -> tuple[dict, dict[int, list]]:
     """The metric row of `frames` (generated, the real clip itself, or the still reference) and their
     measured AU series. Every video is measured the same way: `track_video` at the model's size, AUs
@@ -68,8 +71,12 @@ def score_clip(
     (`evaluation.judges.Judges`): the FER2013 verdict and the identity similarity to the reference. With
     `templates` (the speaker's ground-truth renders per emotion, `emotion_templates`): the counterfactual
     test, `counterfactual_correct` (the video is nearest to the render of its own emotion). With `standard`:
-    the standard metrics whose weights were given (Sync-C/D, LPIPS, CSIM; `fps` the video's rate)."""
+    the standard metrics whose weights were given (Sync-C/D, LPIPS, CSIM; `fps` the video's rate). With
+    `au_spec` (the clip's AU specification, and `au_request.detectable` / `presence` at the real clip's face
+    size: every row is scored on the same AUs): AU F1 and its parts (`au_request.score_request`); an AU not
+    measured, a lost face's included, reads absent."""
     from evaluation import metrics
+    from evaluation.au_request import clip_levels, score_request
     from media.au_measure import measured_aus, track_video
     from media.video_io import frame_envelope
 
@@ -91,6 +98,10 @@ def score_clip(
     base = reference.baseline()
     measured = {au: v for au, v in measured_aus(video, base).items() if au not in metrics.SPEECH_AUS}
     row["au_control_error"] = metrics.au_control_error(requested, measured)
+    if au_spec is not None:
+        spec, least, present = au_spec
+        levels = clip_levels(measured)
+        row.update(score_request(spec, {au: levels.get(au, 0.0) for au in least}, least, present))
     if gt is not None:
         truth = groundtruth_aus(gt, t)
         row["au_gt_error"] = metrics.au_series_error(truth, measured)
@@ -126,6 +137,54 @@ def draw(pipe, clips: list[Clip], row: Row, config: EvaluateConfig) -> list[tupl
         max_frames_per_batch=per,
     )
     return [(o.frames, o.seam_ratio) for o in outputs]
+
+
+def au_specifications(
+    clips: list[Clip], config: EvaluateConfig, size: int, version: str
+) -> tuple[dict, dict[str, float]]:
+    """What AU F1 scores each clip against (issue 38; `evaluation.au_request`, validated by `tbd check-measures`):
+    key -> (its AU specification as the demo corpus rendered it, `detectable` and `presence` at its real
+    clip's face size, with its person's floor: `person_floor` over the speaker's neutral clips in the data
+    folder, measured against the same reference as the scored clips), and key -> the AU F1 of the label's
+    FACS prototype drawn perfectly (what a label alone can request). Neutral clips are not scored: their
+    readings are the person's floor. Empty without a ground truth (`config.groundtruth`)."""
+    from evaluation.au_request import detectable, person_floor, presence, score_request
+    from evaluation.measures import groundtruth_specs, prototype_templates
+    from evaluation.metrics import SPEECH_AUS
+    from media.au_measure import measured_aus, track_video
+    from pipelines.data_folder import DataFolder
+
+    specs = groundtruth_specs(config.groundtruth)
+    if not specs:
+        return {}, {}
+    baseline = {}  # the scored clips' reference (a neutral clip's frame; a neutral clip's own is another's)
+    for c in clips:
+        if c.meta["emotion"] != "neutral":
+            baseline.setdefault(c.meta["speaker"], c.reference_video.baseline())
+    summaries = DataFolder(config.data).media_summaries()
+    neutral_keys = [
+        k for k, s in sorted(summaries.items()) if s["emotion"] == "neutral" and s["speaker"] in baseline
+    ]
+    neutral: dict[str, list] = {}
+    for c in load_clips(config, size, version, {}, keys=neutral_keys) if neutral_keys else []:
+        measured = measured_aus(track_video(c.frames), baseline[c.meta["speaker"]])
+        neutral.setdefault(c.meta["speaker"], []).append(
+            {a: v for a, v in measured.items() if a not in SPEECH_AUS}
+        )
+    out, label = {}, {}
+    for c in clips:
+        spec = specs.get(str(Path(c.meta["video"]).resolve()))
+        if spec is None or c.meta["emotion"] == "neutral":
+            continue
+        iod = c.real_video.iod_px
+        least, present = detectable(iod), presence(iod, person_floor(neutral.get(c.meta["speaker"], [])))
+        out[c.key] = (spec, least, present)
+        proto = prototype_templates().get((c.meta["emotion"], c.meta["level"] or 1))
+        if proto is not None:
+            label[c.key] = score_request(spec, {au: proto.get(au, 0.0) for au in least}, least, present)[
+                "au_f1"
+            ]
+    return out, label
 
 
 def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
@@ -186,6 +245,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
              config.guidance.steps, out)  # fmt: skip
 
     requested = {c.key: requested_aus(c.spec_cot) for c in clips}  # every row against the same request
+    au_specs, label_f1 = au_specifications(clips, config, pipe.size, version)
     gts = {c.key: gt_index.get(str(Path(c.meta["video"]).resolve())) for c in clips}
     results: dict[str, dict] = {}
     per_clip: dict[str, list] = {}
@@ -203,6 +263,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 templates.get((clip.meta["speaker"], clip.meta["level"] or 1)),
                 standard,
                 pipe.fps,
+                au_specs.get(clip.key),
             )
             row["seam_ratio"] = seams
             scored.append({"key": clip.key, "reference": clip.reference_key, **row})
@@ -234,6 +295,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
               "information": {r.name: information(r, bool(gt_index)) for r in runs},
               "requests": requested,
               "real_face_rate": float(np.mean(real_found)), "separable": separable(results, per_clip=per_clip),
+              "separable_au_f1": separable(results, "au_f1", per_clip) if au_specs else None,
+              "au_f1_label_prototype": float(np.mean(list(label_f1.values()))) if label_f1 else None,
               "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc, "skipped": skipped,
               "au_calibration": load_calibration().id,
               "fer_accuracy": {m: r["fer_accuracy"] for m, r in results.items()},

@@ -168,11 +168,11 @@ CONDITIONING_CLIPS = (
 )
 
 
-def check_conditioning(data, out, netguard_log, *extra):
+def check_conditioning(data, out, netguard_log, *extra, max_frames: int = 24):
     """`tbd check-conditioning` on 4 training clips (happy/sad x 2 speakers) as a user runs it: the process
     and its report (None when none was written). Its limit, 2700 s, is several times the overfit's
     unloaded time (about 6 min), so a loaded machine does not time it out."""
-    proc = run_tbd("check-conditioning", "--data", str(data), "--clips", CONDITIONING_CLIPS, "--max_frames", "24",
+    proc = run_tbd("check-conditioning", "--data", str(data), "--clips", CONDITIONING_CLIPS, "--max_frames", str(max_frames),
                    "--out", str(out), "--tracking_uri", f"sqlite:///{out.parent / 'mlflow.db'}", *extra,
                    env=offline_env(netguard_log), timeout=2700)  # fmt: skip
     report = out / "conditioning.json"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evaluation.clips import load_clips
-from evaluation.evaluate import EvaluateConfig, score_clip
+from evaluation.evaluate import EvaluateConfig, au_specifications, score_clip
 from evaluation.measures import groundtruth_index
 from tests import standins
 from tests.conftest import face_descriptors, offline_env, run_tbd
@@ -56,6 +56,22 @@ def test_a_real_clip_scored_against_itself(mead, demo_corpus):
     blank = np.zeros_like(clip.frames)
     lost, _ = score_clip(clip, blank, requested, gt, clip.reference_video, templates=templates)
     assert lost["face_rate"] == 0 and lost["emotion_correct"] == 0.0 and lost["counterfactual_correct"] == 0.0
+    # AU F1 against the AU specification the corpus rendered (issue 38), on a clip whose requested AU the measure
+    # sees at 48 px (AU12 of happy level 3; this clip, angry level 1, requests AUs fainter than it tells from 0):
+    # the real clip reads it, a lost face reads every AU absent (scored only over the AUs it had a reading of,
+    # it read F1 1.0: nothing requested, nothing present), and on this corpus the label's prototype is the
+    # specification.
+    config = config.model_copy(update={"groundtruth": demo_corpus})
+    [happy] = [_measured(c) for c in load_clips(config, 48, version, {}, keys=["mead_W003_happy_3_000"])]
+    specs, label = au_specifications([happy], config, 48, version)
+    real_au, _ = score_clip(
+        happy, happy.frames, requested, None, happy.reference_video, au_spec=specs[happy.key]
+    )
+    lost_au, _ = score_clip(happy, np.zeros_like(happy.frames), requested, None, happy.reference_video,
+                            au_spec=specs[happy.key])  # fmt: skip
+    assert real_au["au_requested"] == [12] and label[happy.key] == 1.0, (real_au, label)
+    assert real_au["au_recall"] == 1.0 and real_au["au_intensity_error"] is not None, real_au
+    assert lost_au["au_present"] == [] and lost_au["au_f1"] == 0.0 and lost_au["au_recall"] == 0.0, lost_au
     assert clip.reference_key != clip.key and clip.reference_key.split("_")[1] == clip.key.split("_")[1]
     assert all(len(series) == len(clip.frames) for series in measured.values())
 
@@ -155,6 +171,11 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
         for m, r in report["results"].items() if m != "real"
     )  # fmt: skip
     assert len({tuple(c["key"] for c in rows) for rows in report["per_clip"].values()}) == 1  # same clips
+    # AU F1 in every row, on the same clips (a lost face reads absent), paired against each other; the label's
+    # prototype drawn perfectly is this corpus's every specification (its known answer)
+    assert all(r["au_f1_n"] == 2 and r["au_leakage_n"] == 2 for r in report["results"].values())
+    assert report["au_f1_label_prototype"] == 1.0 and report["separable_au_f1"]["metric"] == "au_f1"
+    assert report["results"]["real"]["au_f1"] > report["results"]["reference-still"]["au_f1"]
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     [run] = client.search_runs(client.get_experiment_by_name("tbd-evaluate").experiment_id)
     assert (

@@ -56,6 +56,21 @@ def test_evidence_removes_contradicted_core_au_and_adds_supported_optional():
     assert any("AU6" in step and "left out" in step for step in ann.cot.reasoning)
 
 
+def test_a_core_au_measured_below_trace_is_left_out():
+    """A core AU whose measured peak stays under FACS trace (A) is absent: on corpus 3's training people the
+    measure reads 0.5-0.9 where a clip's varied expression leaves the AU out (`reasoner.ABSENT_PEAK`), and a
+    CoT that keeps it says only what the label says. One measured at trace or above stays, pulled by it."""
+    evidence = (AUEvidence(au=1, mean=2.0, peak=3.1), AUEvidence(au=4, mean=0.47, peak=0.71),
+                AUEvidence(au=15, mean=1.2, peak=1.8))  # fmt: skip
+    (ann,) = FacsEngine().annotate([ThinkRequest(emotion="sad", level=1, evidence=evidence)])
+    assert {u.au for u in ann.cot.action_units} == {1, 15} and ann.validation.outcome == "accepted"
+    assert any("AU4 (0.7)" in step and "left out" in step for step in ann.cot.reasoning)
+    kept = think(
+        ThinkRequest(emotion="sad", level=1, evidence=(*evidence[::2], AUEvidence(au=4, mean=0.6, peak=1.0)))
+    )
+    assert {u.au for u in kept.action_units} == {1, 4, 15}
+
+
 def test_contempt_side_follows_asymmetric_evidence():
     evidence = (
         AUEvidence(au=12, mean=1.0, peak=2.5, side="left"),
@@ -63,6 +78,17 @@ def test_contempt_side_follows_asymmetric_evidence():
     )
     cot = think(ThinkRequest(emotion="contempt", level=2, evidence=evidence))
     assert {u.side for u in cot.action_units if u.au in (12, 14)} == {"left"}
+
+
+def test_contempt_takes_the_side_of_its_dimpler_when_the_smile_is_absent():
+    """Corpus 3 renders contempt clips with AU14 on one side and no AU12 (its AU set varies within the label):
+    the side comes from both of contempt's AUs (by AU12 alone it fell to the right, and the validator
+    rejected AU14 as measured absent there)."""
+    evidence = tuple(AUEvidence(au=au, mean=v / 2, peak=v, side=side)
+                     for au, side, v in ((12, "left", 0.0), (12, "right", 0.0), (14, "left", 4.6), (14, "right", 0.0)))  # fmt: skip
+    (ann,) = FacsEngine().annotate([ThinkRequest(emotion="contempt", level=3, evidence=evidence)])
+    assert ann.validation.outcome == "accepted", ann.validation.reasons
+    assert [(u.au, u.side) for u in ann.cot.action_units] == [(14, "left")]
 
 
 def test_unlabelled_clip_follows_evidence():
