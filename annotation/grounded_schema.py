@@ -48,7 +48,7 @@ from annotation.reasoner import (
 from annotation.records import UNKNOWN, ThinkRequest
 from annotation.schema import MAX_AUS, decoding_schema
 
-SCHEMA_RULES = "grounded-8"  # bump when the rules below change
+SCHEMA_RULES = "grounded-9"  # bump when the rules below change (9: ABSENT_PEAK 0.5 -> 1.0)
 
 
 def measured(request: ThinkRequest) -> dict[int, float]:
@@ -204,6 +204,9 @@ def request_schema(request: ThinkRequest, kb: KnowledgeBase | None = None) -> di
 
 
 def schema_rules_hash() -> str:
-    """What the schema of every request is made from: the base schema and the rules (provenance)."""
-    body = json.dumps([decoding_schema(), SCHEMA_RULES], sort_keys=True)
+    """What the schema of every request is made from: the base schema, the rules and the evidence levels they
+    read (provenance: the levels are the rule reasoner's, so moving one changes every LLM version too)."""
+    body = json.dumps(
+        [decoding_schema(), SCHEMA_RULES, ABSENT_PEAK, PRESENT_PEAK, CLEAR_PEAK], sort_keys=True
+    )
     return SCHEMA_RULES + "-" + hashlib.sha256(body.encode()).hexdigest()[:12]
