@@ -111,16 +111,16 @@ def score_request(
     present: float | dict[int, float] = PRESENT,
 ) -> dict:
     """A clip's AU F1 and its parts. `request` {AU: intensity}, `levels` (`clip_levels`), `least`
-    (`detectable`) and `present` (one level, or `presence`'s per AU) as above. Returns au_f1, au_precision /
+    (`detectable`) and `present` (one level, or `presence`'s per AU) as above. Every AU of `least` is scored:
+    one without a level (no frame with a face: a lost face) reads absent. Returns au_f1, au_precision /
     au_recall (None when undefined), au_intensity_error (mean |level - requested| over the requested AUs
     scored), au_leakage (how many AUs present were not requested), and the sets scored (`au_requested`, `au_present`, `au_unscored`: requested too faintly)."""
-    scored = {au for au in least if au in levels}
-    wanted = {au for au, v in request.items() if au in scored and v >= least[au]}
-    unscored = {au for au, v in request.items() if au in scored and v < least[au]}
-    at = present if isinstance(present, dict) else dict.fromkeys(scored, present)
-    seen = {au for au in scored - unscored if levels[au] >= at.get(au, PRESENT)}
+    wanted = {au for au, v in request.items() if au in least and v >= least[au]}
+    unscored = {au for au, v in request.items() if au in least and v < least[au]}
+    at = present if isinstance(present, dict) else dict.fromkeys(least, present)
+    seen = {au for au in set(least) - unscored if levels.get(au, 0.0) >= at.get(au, PRESENT)}
     tp = len(wanted & seen)
-    errors = [abs(levels[au] - request[au]) for au in wanted]
+    errors = [abs(levels.get(au, 0.0) - request[au]) for au in wanted]
     return {
         "au_f1": f1(wanted, seen),
         "au_precision": tp / len(seen) if seen else None,

@@ -136,7 +136,7 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
         if spec is not None:  # the label's prototype drawn perfectly: its intensities as the clip levels
             label = (meta["emotion"], 1 if meta["emotion"] == "neutral" else meta["level"])
             proto = prototype_templates()[label]
-            row["label_au"] = score_request(spec, {au: proto.get(au, 0.0) for au in least}, least, present)
+            row["label_au"] = score_request(spec, proto, least, present)
         rows.append(row)
         print(f"{key:45s} real: {row['real_classified']!s:9s} fer {row['real_fer']!s:8s}  "
               f"still: {row['still_classified']!s:9s} fer {row['still_fer']!s:8s}")  # fmt: skip

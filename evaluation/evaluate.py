@@ -73,8 +73,8 @@ def score_clip(
     test, `counterfactual_correct` (the video is nearest to the render of its own emotion). With `standard`:
     the standard metrics whose weights were given (Sync-C/D, LPIPS, CSIM; `fps` the video's rate). With
     `au_spec` (the clip's AU specification, and `au_request.detectable` / `presence` at the real clip's face
-    size: every row is scored on the same AUs): AU F1 and its parts (`au_request.score_request`); an AU not
-    measured, a lost face's included, reads absent."""
+    size: every row is scored on the same AUs): AU F1 and its parts (`au_request.score_request`: an AU not
+    measured, a lost face's, reads absent)."""
     from evaluation import metrics
     from evaluation.au_request import clip_levels, score_request
     from media.au_measure import measured_aus, track_video
@@ -99,9 +99,7 @@ def score_clip(
     measured = {au: v for au, v in measured_aus(video, base).items() if au not in metrics.SPEECH_AUS}
     row["au_control_error"] = metrics.au_control_error(requested, measured)
     if au_spec is not None:
-        spec, least, present = au_spec
-        levels = clip_levels(measured)
-        row.update(score_request(spec, {au: levels.get(au, 0.0) for au in least}, least, present))
+        row.update(score_request(au_spec[0], clip_levels(measured), *au_spec[1:]))
     if gt is not None:
         truth = groundtruth_aus(gt, t)
         row["au_gt_error"] = metrics.au_series_error(truth, measured)
@@ -165,13 +163,16 @@ def au_specifications(
     neutral_keys = [
         k for k, s in sorted(summaries.items()) if s["emotion"] == "neutral" and s["speaker"] in baseline
     ]
+    tracked = {c.key: c.real_video for c in clips}  # a neutral clip scored here is not tracked again
+    missing = [k for k in neutral_keys if k not in tracked]
+    if missing:
+        tracked |= {c.key: track_video(c.frames) for c in load_clips(config, size, version, {}, keys=missing)}
     neutral: dict[str, list] = {}
-    for c in load_clips(config, size, version, {}, keys=neutral_keys) if neutral_keys else []:
-        measured = measured_aus(track_video(c.frames), baseline[c.meta["speaker"]])
-        neutral.setdefault(c.meta["speaker"], []).append(
-            {a: v for a, v in measured.items() if a not in SPEECH_AUS}
-        )
-    out, label = {}, {}
+    for key in neutral_keys:
+        speaker = summaries[key]["speaker"]
+        measured = measured_aus(tracked[key], baseline[speaker])
+        neutral.setdefault(speaker, []).append({a: v for a, v in measured.items() if a not in SPEECH_AUS})
+    out, label, prototypes = {}, {}, prototype_templates()
     for c in clips:
         spec = specs.get(str(Path(c.meta["video"]).resolve()))
         if spec is None or c.meta["emotion"] == "neutral":
@@ -179,11 +180,9 @@ def au_specifications(
         iod = c.real_video.iod_px
         least, present = detectable(iod), presence(iod, person_floor(neutral.get(c.meta["speaker"], [])))
         out[c.key] = (spec, least, present)
-        proto = prototype_templates().get((c.meta["emotion"], c.meta["level"] or 1))
+        proto = prototypes.get((c.meta["emotion"], c.meta["level"] or 1))
         if proto is not None:
-            label[c.key] = score_request(spec, {au: proto.get(au, 0.0) for au in least}, least, present)[
-                "au_f1"
-            ]
+            label[c.key] = score_request(spec, proto, least, present)["au_f1"]
     return out, label
 
 
