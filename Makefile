@@ -129,7 +129,9 @@ control: demo
 # can carry what a label cannot. Its own data (the held-out person W003 validates), annotated by the rule reasoner
 # from each clip's measured AUs, the tiny model trained THESIS_STEPS, and the held-out person's clips evaluated:
 # AU F1 of every row against the AU specification each clip was rendered from (label-only vs the CoT rows,
-# paired). THESIS_STEPS=1500 THESIS_CLIPS=16: 55 min on 2 cores (2026-12-06: data 2.5, training 34, evaluation 18; docs/results.md).
+# paired; every row against its own drawing of her neutral clips), then the same rows on the compound
+# expressions (Du et al. 2014) rendered for her and never trained. THESIS_STEPS=1500 THESIS_CLIPS=16: about
+# 75 min on 2 cores (2026-12-06, from its parts: data 2.5, training 34, evaluation about 20 + compounds about 18).
 THESIS_OUT ?= out/thesis
 THESIS_STEPS ?= 1500
 THESIS_CLIPS ?= 16

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from difflib import SequenceMatcher
 
 from annotation.facs import INTENSITY_LETTERS, KnowledgeBase
-from annotation.reasoner import CLEAR_PEAK, PRESENT_PEAK, text_cues
+from annotation.reasoner import CLEAR_PEAK, PRESENT_PEAK, compound_named, text_cues
 from annotation.records import UNKNOWN, ThinkRequest
 from annotation.schema import ChainOfThought
 from annotation.text_rules import QUOTE as _QUOTE
@@ -65,8 +65,15 @@ def measured_peaks(request: ThinkRequest) -> dict[int, tuple[float, float]]:
 
 def measured_support(emotion: str, request: ThinkRequest, kb: KnowledgeBase) -> tuple[list[int], list[int]]:
     """(the prototype's core AUs, those measured present): an unlabelled clip may be called `emotion` when
-    at least half are present."""
-    core, peaks = list(kb.prototype(emotion).core), measured_peaks(request)
+    at least half are present. A text that names a compound expression (`reasoner.compound_named`) is
+    supported by those of the compound's AUs the evidence measures (the speech AUs 25/26 of "angrily
+    surprised", AU4+25+26, are not measured: unmeasured, they would have rejected every such clip)."""
+    compound = compound_named(request.text, kb) if request.text else None
+    peaks = measured_peaks(request)
+    if compound:
+        core = [au for au in kb.compound_expressions[compound] if au in peaks]
+    else:
+        core = list(kb.prototype(emotion).core)
     return core, [au for au in core if peaks.get(au, (0.0, 0.0))[0] >= PRESENT_PEAK]
 
 

@@ -17,7 +17,7 @@ from annotation.schema import MAX_AUS, AUDescription, ChainOfThought, RegionDesc
 from annotation.text_rules import phrase_problems
 from tbd_core.errors import UserError
 
-REASONER_VERSION = "facs-reasoner-4"  # bump when the rules change: it enters the annotation version
+REASONER_VERSION = "facs-reasoner-5"  # bump when the rules change: it enters the annotation version
 # A measured peak below FACS trace (A = 1.0) contradicts an AU. Was 0.5, under the measure's noise: on corpus 3's
 # training people (W001/W002, the fit identities; 2026-12-06) 19 of the 23 core AUs its variation left out of a
 # clip stayed in the clip's CoT (their peaks 0.52-0.94 where the AU was not rendered), so the CoT said what the
@@ -112,6 +112,17 @@ def text_cues(text: str, kb: KnowledgeBase) -> tuple[dict[str, float], int | Non
     return reading.weights, reading.level
 
 
+def compound_named(text: str, kb: KnowledgeBase) -> str | None:
+    """The compound expression category (`kb.compound_expressions`, Du, Tao & Martinez, PNAS 2014) a free text
+    names, e.g. "happily surprised", "awed" (the longest name found as whole words, not after a negation in
+    its clause); None when it names none."""
+    reading = read_text(text, kb)
+    words = " " + " ".join(_TOKEN.findall(text.lower().replace("\u2019", "'"))) + " "
+    found = [name for name in kb.compound_expressions if f" {name.replace('_', ' ')} " in words]
+    found = [name for name in found if not set(name.split("_")) & set(reading.negated)]
+    return max(found, key=len, default=None)
+
+
 def quote(text: str, limit: int = QUOTE_CHARS) -> str | None:
     """The user's text as the reasoning may quote it: immediate repeats collapsed ("I'm fine, I'm fine"
     -> "I'm fine"), cut to `limit` characters; None when even that would fail the validator's text rules
@@ -171,11 +182,15 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
     label = " and ".join(weights)
     steps.append(_appraisal(request, reading, weights, label, level, target, kb))
 
-    # 2. Select AUs from the prototypes (blends weight each prototype's intensity).
+    # 2. Select AUs from the prototypes (blends weight each prototype's intensity), or a named compound's set.
     chosen: dict[int, float] = {}
     optional: dict[int, float] = {}
     unilateral = False
-    for emotion, w in weights.items():
+    compound = compound_named(request.text, kb) if request.text and request.emotion == UNKNOWN else None
+    if compound:
+        chosen = dict.fromkeys(kb.compound_expressions[compound], float(intensity_value(target)))
+        label = compound.replace("_", " ")
+    for emotion, w in weights.items() if not compound else ():
         proto = kb.prototype(emotion)
         unilateral |= proto.unilateral
         # The dominant emotion gets the target intensity; blended-in ones proportionally less.
@@ -185,9 +200,8 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
         for au in proto.optional:
             optional[au] = max(optional.get(au, 0.0), value)
     names = ", ".join(f"AU{au} {kb.au(au).name}" for au in chosen) or "no action units"
-    steps.append(
-        f"Select: the prototype gives {names}" + ("; contempt acts on one side only." if unilateral else ".")
-    )
+    source = f"the compound {label!r} (Du et al. 2014) gives" if compound else "the prototype gives"
+    steps.append(f"Select: {source} {names}" + ("; contempt acts on one side only." if unilateral else "."))
 
     # 3. Weigh measured evidence: it may remove a core AU, add an optional one, and pull intensities.
     if peaks:
@@ -251,7 +265,9 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
     resting = [r for r in kb.regions if r not in active]
     steps.append(f"Regions: moving {', '.join(active) or 'none'}; at rest {', '.join(resting) or 'none'}.")
     dominant = max(weights, key=weights.get)
-    global_sentence = global_description(label if len(weights) > 1 else dominant, units, target, kb)
+    global_sentence = global_description(
+        label if len(weights) > 1 or compound else dominant, units, target, kb
+    )
     strongest = max(units, key=lambda u: (u.intensity, -u.au), default=None)
     steps.append(
         "Global: "

@@ -59,40 +59,10 @@ def lower_bound(rows: list[dict], metric: str) -> float | None:
     return bootstrap_interval(values)[0] if len(values) > 1 else None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="out/demo/data/mead", help="the demo's mead data folder (make demo)")
-    ap.add_argument("--corpus", default="out/demo/corpus", help="the demo corpus (ground truth)")
-    ap.add_argument("--out", default="out/control")
-    ap.add_argument("--steps", type=int, default=2500)
-    ap.add_argument("--batch_size", type=int, default=4)
-    ap.add_argument("--version", help="annotation version to train on (needed when the folder holds several)")
-    ap.add_argument("--max_frames", type=int, default=24)
-    ap.add_argument("--max_clips", type=int, default=100, help="validation clips, spread over the split")
-    ap.add_argument("--guidance_steps", type=int, default=8)
-    ap.add_argument("--skip_training", action="store_true", help="evaluate OUT/model as it is")
-    args = ap.parse_args()
-    out, data = Path(args.out), Path(args.data)
-    if not (data / "media").is_dir():
-        raise SystemExit(f"{data} has no media shards: run `make demo` first (or give --data)")
-    start = time.time()
-    if not args.skip_training:
-        if (out / "train").exists():  # this script's own run: a new one starts afresh
-            print(f"removing the previous run's {out / 'train'}", flush=True)
-            shutil.rmtree(out / "train")
-        tbd("train", "--config", str(ROOT / "configs/train/tiny.yaml"), "--data.data", str(data),
-            "--trainer.default_root_dir", str(out / "train"), "--data.text_cache", str(out / "text-cache"),
-            "--trainer.max_steps", str(args.steps), "--data.batch_size", str(args.batch_size),
-            "--data.train_batches", str(args.steps), *(("--data.version", args.version) if args.version else ()))  # fmt: skip
-        tbd("export", str(out / "train/checkpoints/last.ckpt"), str(out / "model"))
-    tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips", str(args.max_clips),
-        "--max_frames", str(args.max_frames), "--guidance.steps", str(args.guidance_steps), *GUIDANCE,
-        "--ablations", "true", "--groundtruth", args.corpus, "--out", str(out / "evaluation"))  # fmt: skip
-    report = json.loads((out / "evaluation" / "evaluation.json").read_text())
+def print_report(report: dict) -> dict:
+    """The rows' table (mean [bootstrap 95 %] per metric) and the paired differences that involve
+    progressive, label-only or the still; returns the paired differences per metric."""
     results, per_clip = report["results"], report["per_clip"]
-
-    print(f"\ncontrol experiment: {len(report['clips'])} validation clips of a held-out speaker, "
-          f"{args.steps} training steps; mean [bootstrap 95 %]")  # fmt: skip
     for mode, info in report["information"].items():
         print(f"  {mode:16s} was given: {info}")
     if report.get("au_f1_label_prototype") is not None:
@@ -115,7 +85,64 @@ def main() -> None:
                 print(
                     f"  {METRICS[m]:14s} {pair:34s} {p['mean']:+.3f} [{p['ci95'][0]:+.3f},{p['ci95'][1]:+.3f}]{flag}"
                 )
+    return paired
 
+
+def au_f1_checks(report: dict, paired: dict, what: str) -> dict[str, bool]:
+    """Issue 38's acceptance on one clip set: does each CoT design beat label-only on AU F1 (against each
+    clip's AU specification, every row against its own neutral) with a paired interval above 0?"""
+    checks = {}
+    for design in ("progressive", "single-stage", "global-only", "cfg"):
+        pair = paired["au_f1"].get(f"{design} - label-only")
+        checks[f"{what}: {design} beats label-only on AU F1 (paired interval above 0)"] = bool(
+            pair and pair["ci95"][0] > 0
+        )
+    if paired["au_f1"]:
+        print(f"issue 38, {what} (AU F1; label's prototype drawn perfectly: "
+              f"{report.get('au_f1_label_prototype') or float('nan'):.3f}):")  # fmt: skip
+        for name, ok in checks.items():
+            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    return checks if paired["au_f1"] else {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="out/demo/data/mead", help="the demo's mead data folder (make demo)")
+    ap.add_argument("--corpus", default="out/demo/corpus", help="the demo corpus (ground truth)")
+    ap.add_argument("--out", default="out/control")
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--version", help="annotation version to train on (needed when the folder holds several)")
+    ap.add_argument("--max_frames", type=int, default=24)
+    ap.add_argument("--max_clips", type=int, default=100, help="validation clips, spread over the split")
+    ap.add_argument("--guidance_steps", type=int, default=8)
+    ap.add_argument("--skip_training", action="store_true", help="evaluate OUT/model as it is")
+    ap.add_argument("--report_only", action="store_true",
+                    help="print the tables of OUT's existing evaluation reports (no training, no evaluation)")  # fmt: skip
+    args = ap.parse_args()
+    out, data = Path(args.out), Path(args.data)
+    if not (data / "media").is_dir():
+        raise SystemExit(f"{data} has no media shards: run `make demo` first (or give --data)")
+    start = time.time()
+    if not (args.skip_training or args.report_only):
+        if (out / "train").exists():  # this script's own run: a new one starts afresh
+            print(f"removing the previous run's {out / 'train'}", flush=True)
+            shutil.rmtree(out / "train")
+        tbd("train", "--config", str(ROOT / "configs/train/tiny.yaml"), "--data.data", str(data),
+            "--trainer.default_root_dir", str(out / "train"), "--data.text_cache", str(out / "text-cache"),
+            "--trainer.max_steps", str(args.steps), "--data.batch_size", str(args.batch_size),
+            "--data.train_batches", str(args.steps), *(("--data.version", args.version) if args.version else ()))  # fmt: skip
+        tbd("export", str(out / "train/checkpoints/last.ckpt"), str(out / "model"))
+    if not args.report_only:
+        tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips", str(args.max_clips),
+            "--max_frames", str(args.max_frames), "--guidance.steps", str(args.guidance_steps), *GUIDANCE,
+            "--ablations", "true", "--groundtruth", args.corpus, "--out", str(out / "evaluation"))  # fmt: skip
+    report = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    results, per_clip = report["results"], report["per_clip"]
+    print(f"\ncontrol experiment: {len(report['clips'])} validation clips of a held-out speaker, "
+          f"{'the model as it was' if args.skip_training or args.report_only else f'{args.steps} training steps'}; "
+          "mean [bootstrap 95 %]")  # fmt: skip
+    paired = print_report(report)
     prog = per_clip.get("progressive", [])
     sync = paired["sync_corr"].get("progressive - reference-still")
     real_id, prog_id = (
@@ -135,25 +162,35 @@ def main() -> None:
     print("\nacceptance (issue 24):")
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-    au_f1 = {}  # issue 38: does a CoT row request what a label cannot? AU F1 against each clip's specification
-    for design in ("progressive", "single-stage", "global-only", "cfg"):
-        pair = paired["au_f1"].get(f"{design} - label-only")
-        au_f1[f"{design} beats label-only on AU F1 (paired interval above 0)"] = bool(
-            pair and pair["ci95"][0] > 0
-        )
-    if paired["au_f1"]:
-        print("issue 38 (AU F1; label's prototype drawn perfectly: "
-              f"{report.get('au_f1_label_prototype') or float('nan'):.3f}):")  # fmt: skip
-        for name, ok in au_f1.items():
-            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-        checks |= au_f1
-    line = {"benchmark": "control", "steps": args.steps, "clips": len(report["clips"]),
+    checks |= au_f1_checks(report, paired, "within-label variants")
+    compound = None
+    if any(
+        c["layout"] == "compound"
+        for c in json.loads((Path(args.corpus) / "corpus.json").read_text())["clips"]
+    ):
+        if not args.report_only:
+            tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--compound", "true",
+                "--max_clips", str(args.max_clips), "--max_frames", str(args.max_frames), "--guidance.steps",
+                str(args.guidance_steps), *GUIDANCE, "--ablations", "true", "--groundtruth", args.corpus,
+                "--out", str(out / "evaluation-compound"))  # fmt: skip
+        compound = json.loads((out / "evaluation-compound" / "evaluation.json").read_text())
+        print(f"\ncompound expressions (Du et al. 2014, never trained): {len(compound['clips'])} clips of the "
+              "held-out speaker; mean [bootstrap 95 %]")  # fmt: skip
+        compound_paired = print_report(compound)
+        checks |= au_f1_checks(compound, compound_paired, "compound expressions")
+    line = {"benchmark": "control", "steps": None if args.skip_training or args.report_only else args.steps,
+            "clips": len(report["clips"]),
             "minutes": round((time.time() - start) / 60, 1),
             "rows": {mode: {m: r.get(m) for m in METRICS} for mode, r in results.items()},
             "information": report["information"], "paired": paired,
             "lower_bounds": {m: lower_bound(prog, m) for m in ("counterfactual_correct", "emotion_correct")},
             "sync_progressive_minus_still": sync, "checks": checks,
-            "au_f1_label_prototype": report.get("au_f1_label_prototype")}  # fmt: skip
+            "au_f1_label_prototype": report.get("au_f1_label_prototype"),
+            "compound": None if compound is None else {
+                "clips": len(compound["clips"]), "rows": {mode: {m: r.get(m) for m in METRICS}
+                                                          for mode, r in compound["results"].items()},
+                "paired_au_f1": compound_paired["au_f1"],
+                "au_f1_label_prototype": compound.get("au_f1_label_prototype")}}  # fmt: skip
     (out / "control.json").write_text(json.dumps(line, indent=2))
     print(json.dumps(line, default=lambda x: float(x) if isinstance(x, np.floating) else str(x)))
 

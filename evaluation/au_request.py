@@ -131,3 +131,34 @@ def score_request(
         "au_present": sorted(seen),
         "au_unscored": sorted(unscored),
     }
+
+
+def own_neutral(videos: list) -> tuple[np.ndarray, dict[int, float]] | None:
+    """A row's own neutral (issue 38): the baseline and the floor each row is measured against, from that row's
+    renditions of the person's neutral clips (`media.au_measure.VideoAUs`: a model row's drawings of them from
+    the same reference, the real clips themselves, the still held still). Returns (the median features over
+    their frames with a face, `person_floor` of their readings against it), or None when no frame has a face.
+    Person-specific normalisation (Baltrusaitis et al., FG 2015) applied to the drawer as well: a generator
+    that draws this person with the brows lowered in every clip, neutral included, has not raised AU4 for
+    any one request; measured against the reference frame it would read AU4 in every clip (the thesis
+    model read AU1/2/4/12 from frame 0 in every row, whatever was asked, 2026-12-06)."""
+    from media.au_measure import measured_aus
+
+    videos = [v for v in videos if v.found.any()]
+    if not videos:
+        return None
+    base = np.nanmedian(np.concatenate([v.features[v.found] for v in videos]), 0)
+    readings = [{au: s for au, s in measured_aus(v, base).items() if au not in SPEECH_AUS} for v in videos]
+    return base, person_floor(readings)
+
+
+def score_against(
+    video, request: dict[int, float], least: dict[int, float], iod_px: float | None, neutral
+) -> dict:
+    """`score_request` of `video` (`media.au_measure.VideoAUs`) measured against `neutral` (`own_neutral`'s
+    baseline and floor): its readings against the baseline, present above `presence(iod_px, floor)`."""
+    from media.au_measure import measured_aus
+
+    base, floor = neutral
+    measured = {au: s for au, s in measured_aus(video, base).items() if au not in SPEECH_AUS}
+    return score_request(request, clip_levels(measured), least, presence(iod_px, floor))

@@ -37,5 +37,8 @@ class EvaluateConfig(BaseModel):
     arcface: Path | None = None
     """An ArcFace ONNX model (insightface's w600k_r50.onnx): CSIM to the reference portrait."""
     groundtruth: Path | None = None  # the demo corpus folder (its corpus.json and groundtruth/)
+    compound: bool = False
+    """Score the demo corpus's compound expressions (`evaluation.compound`: never trained, rendered for the
+    held-out person) instead of the split's clips; needs `groundtruth`."""
     tracking_uri: str | None = None
     device: str | None = None

@@ -26,6 +26,7 @@ timeline plot).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict
@@ -61,6 +62,7 @@ def score_clip(
     standard: StandardMetrics | None = None,
     fps: float = 25.0,
     au_spec: tuple[dict[int, float], dict[int, float], dict[int, float]] | None = None,
+    neutral: tuple[np.ndarray, dict[int, float]] | None = None,
 ) -> tuple[dict, dict[int, list]]:
     """The metric row of `frames` (generated, the real clip itself, or the still reference) and their
     measured AU series. Every video is measured the same way: `track_video` at the model's size, AUs
@@ -74,9 +76,11 @@ def score_clip(
     the standard metrics whose weights were given (Sync-C/D, LPIPS, CSIM; `fps` the video's rate). With
     `au_spec` (the clip's AU specification, and `au_request.detectable` / `presence` at the real clip's face
     size: every row is scored on the same AUs): AU F1 and its parts (`au_request.score_request`: an AU not
-    measured, a lost face's, reads absent)."""
+    measured, a lost face's, reads absent), measured against `neutral` (the row's own neutral,
+    `au_request.own_neutral`) when given, else against the reference with the person's floor; the latter
+    is kept beside it as `au_f1_vs_reference` and `au_leakage_vs_reference`."""
     from evaluation import metrics
-    from evaluation.au_request import clip_levels, score_request
+    from evaluation.au_request import clip_levels, score_against, score_request
     from media.au_measure import measured_aus, track_video
     from media.video_io import frame_envelope
 
@@ -99,7 +103,11 @@ def score_clip(
     measured = {au: v for au, v in measured_aus(video, base).items() if au not in metrics.SPEECH_AUS}
     row["au_control_error"] = metrics.au_control_error(requested, measured)
     if au_spec is not None:
-        row.update(score_request(au_spec[0], clip_levels(measured), *au_spec[1:]))
+        spec, least, present = au_spec
+        by_reference = score_request(spec, clip_levels(measured), least, present)
+        row["au_f1_vs_reference"] = by_reference["au_f1"]
+        row["au_leakage_vs_reference"] = by_reference["au_leakage"]
+        row.update(score_against(video, spec, least, real.iod_px, neutral) if neutral else by_reference)
     if gt is not None:
         truth = groundtruth_aus(gt, t)
         row["au_gt_error"] = metrics.au_series_error(truth, measured)
@@ -139,13 +147,16 @@ def draw(pipe, clips: list[Clip], row: Row, config: EvaluateConfig) -> list[tupl
 
 def au_specifications(
     clips: list[Clip], config: EvaluateConfig, size: int, version: str
-) -> tuple[dict, dict[str, float]]:
+) -> tuple[dict, dict[str, float], list[Clip]]:
     """What AU F1 scores each clip against (issue 38; `evaluation.au_request`, validated by `tbd check-measures`):
     key -> (its AU specification as the demo corpus rendered it, `detectable` and `presence` at its real
     clip's face size, with its person's floor: `person_floor` over the speaker's neutral clips in the data
-    folder, measured against the same reference as the scored clips), and key -> the AU F1 of the label's
-    FACS prototype drawn perfectly (what a label alone can request). Neutral clips are not scored: their
-    readings are the person's floor. Empty without a ground truth (`config.groundtruth`)."""
+    folder, measured against the same reference as the scored clips), key -> the AU F1 of the label's
+    FACS prototype drawn perfectly (what a label alone can request: for a compound expression, the label Think
+    reads in its name, e.g. disgusted for "angrily disgusted"), and the speaker's neutral clips with
+    the scored clips' reference in place of their own (tracked: `real_video`), which each row draws for its
+    own neutral (`row_neutrals`). Neutral clips are not scored: their readings are the person's floor.
+    Empty without a ground truth (`config.groundtruth`)."""
     from evaluation.au_request import detectable, person_floor, presence, score_request
     from evaluation.measures import groundtruth_specs, prototype_templates
     from evaluation.metrics import SPEECH_AUS
@@ -154,36 +165,61 @@ def au_specifications(
 
     specs = groundtruth_specs(config.groundtruth)
     if not specs:
-        return {}, {}
-    baseline = {}  # the scored clips' reference (a neutral clip's frame; a neutral clip's own is another's)
+        return {}, {}, []
+    reference = {}  # the scored clips' reference (a neutral clip's frame; a neutral clip's own is another's)
     for c in clips:
         if c.meta["emotion"] != "neutral":
-            baseline.setdefault(c.meta["speaker"], c.reference_video.baseline())
+            reference.setdefault(c.meta["speaker"], c)
     summaries = DataFolder(config.data).media_summaries()
     neutral_keys = [
-        k for k, s in sorted(summaries.items()) if s["emotion"] == "neutral" and s["speaker"] in baseline
+        k for k, s in sorted(summaries.items()) if s["emotion"] == "neutral" and s["speaker"] in reference
     ]
-    tracked = {c.key: c.real_video for c in clips}  # a neutral clip scored here is not tracked again
-    missing = [k for k in neutral_keys if k not in tracked]
-    if missing:
-        tracked |= {c.key: track_video(c.frames) for c in load_clips(config, size, version, {}, keys=missing)}
-    neutral: dict[str, list] = {}
+    have = {c.key: c for c in clips}  # a neutral clip scored here is not loaded or tracked again
+    missing = [k for k in neutral_keys if k not in have]
+    for c in load_clips(config, size, version, {}, keys=missing) if missing else []:
+        c.real_video = track_video(c.frames)
+        have[c.key] = c
+    neutrals, floors = [], {}
     for key in neutral_keys:
-        speaker = summaries[key]["speaker"]
-        measured = measured_aus(tracked[key], baseline[speaker])
-        neutral.setdefault(speaker, []).append({a: v for a, v in measured.items() if a not in SPEECH_AUS})
+        ref = reference[summaries[key]["speaker"]]
+        neutral = dataclasses.replace(have[key], reference=ref.reference, reference_landmarks=ref.reference_landmarks,
+                                      reference_key=ref.reference_key, reference_video=ref.reference_video,
+                                      reference_identity=ref.reference_identity)  # fmt: skip
+        neutrals.append(neutral)
+        measured = measured_aus(neutral.real_video, ref.reference_video.baseline())
+        floors.setdefault(ref.meta["speaker"], []).append(
+            {a: v for a, v in measured.items() if a not in SPEECH_AUS}
+        )
     out, label, prototypes = {}, {}, prototype_templates()
     for c in clips:
         spec = specs.get(str(Path(c.meta["video"]).resolve()))
         if spec is None or c.meta["emotion"] == "neutral":
             continue
         iod = c.real_video.iod_px
-        least, present = detectable(iod), presence(iod, person_floor(neutral.get(c.meta["speaker"], [])))
+        least, present = detectable(iod), presence(iod, person_floor(floors.get(c.meta["speaker"], [])))
         out[c.key] = (spec, least, present)
-        proto = prototypes.get((c.meta["emotion"], c.meta["level"] or 1))
+        label_emotion = (c.label_cot or {}).get(
+            "emotion", c.meta["emotion"]
+        )  # a compound's: the label Think reads
+        proto = prototypes.get((label_emotion, c.meta["level"] or 1))
         if proto is not None:
             label[c.key] = score_request(spec, proto, least, present)["au_f1"]
-    return out, label
+    return out, label, neutrals
+
+
+def row_neutrals(pipe, neutrals: list[Clip], row: Row, config: EvaluateConfig) -> dict[str, tuple | None]:
+    """Speaker -> the row's own neutral (`au_request.own_neutral`): the row draws the speaker's neutral clips
+    (`au_specifications`: from the scored clips' reference, with their own speech, on the row's request for
+    a neutral clip; the real row's are the real clips, the still's the reference held still) and each is
+    measured as its generated clips are."""
+    from evaluation.au_request import own_neutral
+    from media.au_measure import track_video
+
+    videos: dict[str, list] = {}
+    for clip, (frames, _) in zip(neutrals, draw(pipe, neutrals, row, config), strict=True):
+        video = clip.real_video if frames is clip.frames else track_video(frames)
+        videos.setdefault(clip.meta["speaker"], []).append(video)
+    return {speaker: own_neutral(v) for speaker, v in videos.items()}
 
 
 def resolve_version(config: EvaluateConfig, recorded: str | None) -> str:
@@ -218,7 +254,12 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     source = pipe.config.source or {}
     version = resolve_version(config, pipe.config.annotation_version)
     skipped: dict[str, str] = {}
-    clips = load_clips(config, pipe.size, version, skipped)
+    if config.compound:
+        from evaluation.compound import load_compound_clips
+
+        clips = load_compound_clips(config, pipe.size, version, skipped)
+    else:
+        clips = load_clips(config, pipe.size, version, skipped)
     gt_index = groundtruth_index(config.groundtruth)
     think_requests(clips, gt_index)
     for clip in [c for c in clips if c.label_cot is None or c.spec_cot is None]:  # every row, the same clips
@@ -244,13 +285,25 @@ def run_evaluate(config: EvaluateConfig) -> dict:
              config.guidance.steps, out)  # fmt: skip
 
     requested = {c.key: requested_aus(c.spec_cot) for c in clips}  # every row against the same request
-    au_specs, label_f1 = au_specifications(clips, config, pipe.size, version)
+    au_specs, label_f1, neutrals = au_specifications(clips, config, pipe.size, version)
+    think_requests(neutrals, gt_index)  # each row's request for a neutral clip (`row_neutrals`)
+    for clip in [c for c in neutrals if c.label_cot is None or c.spec_cot is None]:
+        log.warning("Think rejected neutral clip %s's CoT: not drawn for the rows' own neutral", clip.key)
+        neutrals.remove(clip)
     gts = {c.key: gt_index.get(str(Path(c.meta["video"]).resolve())) for c in clips}
     results: dict[str, dict] = {}
     per_clip: dict[str, list] = {}
     generated: dict[str, list[tuple[Clip, np.ndarray]]] = {}
     for run in tqdm(runs, desc="evaluate rows", unit="row"):
         mode, scored = run.name, []
+        own = row_neutrals(pipe, neutrals, run, config) if au_specs else {}
+        lost = sorted(s for s, n in own.items() if n is None)
+        if lost:
+            log.warning(
+                "%s lost the face in every frame of %s's neutral clips: AU F1 against the reference",
+                mode,
+                lost,
+            )
         for clip, (frames, seams) in zip(clips, draw(pipe, clips, run, config), strict=True):
             row, measured = score_clip(
                 clip,
@@ -263,6 +316,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 standard,
                 pipe.fps,
                 au_specs.get(clip.key),
+                own.get(clip.meta["speaker"]),
             )
             row["seam_ratio"] = seams
             scored.append({"key": clip.key, "reference": clip.reference_key, **row})
@@ -295,6 +349,9 @@ def run_evaluate(config: EvaluateConfig) -> dict:
               "requests": requested,
               "real_face_rate": float(np.mean(real_found)), "separable": separable(results, per_clip=per_clip),
               "separable_au_f1": separable(results, "au_f1", per_clip) if au_specs else None,
+              "separable_au_f1_vs_reference": separable(results, "au_f1_vs_reference", per_clip) if au_specs else None,
+              "au_f1_against": "each row's own drawing of the speaker's neutral clips (au_request.own_neutral); "
+                               "au_f1_vs_reference: the reference frame and the real neutral clips' floor",
               "au_f1_label_prototype": float(np.mean(list(label_f1.values()))) if label_f1 else None,
               "per_clip": per_clip, "classifier_accuracy_on_real_clips": real_acc, "skipped": skipped,
               "au_calibration": load_calibration().id,

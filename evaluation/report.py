@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("psnr", "ssim", "lmd_full", "lmd_mouth", "sync_corr", "sync_corr_best", "sync_offset",
-           "au_control_error", "au_gt_error", "au_f1", "au_intensity_error", "au_leakage", "emotion_correct", "counterfactual_correct", "fer_accuracy",
+           "au_control_error", "au_gt_error", "au_f1", "au_intensity_error", "au_leakage", "au_f1_vs_reference", "au_leakage_vs_reference", "emotion_correct", "counterfactual_correct", "fer_accuracy",
            "identity_similarity",
            "identity_distance", "face_rate", "seam_ratio",
            "sync_c", "sync_d", "syncnet_offset", "lpips", "csim")  # the last five: `evaluation.standard`  # fmt: skip

@@ -118,20 +118,25 @@ def spec_evidence(groundtruth: Path) -> tuple:
 def think_requests(clips: list[Clip], groundtruth: dict[str, Path]) -> None:
     """Each clip's `label_cot` (the default engine from its label and level) and `spec_cot` (the same engine
     from the label with the clip's AU specification, `spec_evidence`; the label CoT where the clip has no
-    ground truth); None where Think rejects it. `groundtruth`: resolved source video path -> sidecar."""
+    ground truth); None where Think rejects it. A clip whose emotion is no MEAD label (a compound expression,
+    `evaluation.compound`) is asked by its name as free text. `groundtruth`: resolved source video path ->
+    sidecar."""
     from annotation.engines.spec import EngineSpec
+    from annotation.facs import MEAD_EMOTIONS
     from annotation.records import ThinkRequest
 
     asks, where = [], []
     for c in clips:
-        label = ThinkRequest(key=c.key, emotion=c.meta["emotion"], level=c.meta["level"] or None)
+        level = c.meta["level"] or None
+        if c.meta["emotion"] in MEAD_EMOTIONS:
+            label = ThinkRequest(key=c.key, emotion=c.meta["emotion"], level=level)
+        else:  # a compound expression's name, read as free text ("angrily disgusted")
+            label = ThinkRequest(key=c.key, text=c.meta["emotion"].replace("_", " "), level=level)
         gt = groundtruth.get(str(Path(c.meta["video"]).resolve()))
         asks.append(label)
         where.append((c, ("label_cot",) if gt else ("label_cot", "spec_cot")))
         if gt is not None:
-            asks.append(
-                ThinkRequest(key=c.key, emotion=label.emotion, level=label.level, evidence=spec_evidence(gt))
-            )
+            asks.append(label.model_copy(update={"evidence": spec_evidence(gt)}))
             where.append((c, ("spec_cot",)))
     with EngineSpec().make() as engine:
         for (clip, fields), ann in zip(where, engine.annotate(asks), strict=True):

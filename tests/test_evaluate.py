@@ -63,7 +63,7 @@ def test_a_real_clip_scored_against_itself(mead, demo_corpus):
     # specification.
     config = config.model_copy(update={"groundtruth": demo_corpus})
     [happy] = [_measured(c) for c in load_clips(config, 48, version, {}, keys=["mead_W003_happy_3_000"])]
-    specs, label = au_specifications([happy], config, 48, version)
+    specs, label, _ = au_specifications([happy], config, 48, version)
     real_au, _ = score_clip(
         happy, happy.frames, requested, None, happy.reference_video, au_spec=specs[happy.key]
     )
@@ -74,6 +74,106 @@ def test_a_real_clip_scored_against_itself(mead, demo_corpus):
     assert lost_au["au_present"] == [] and lost_au["au_f1"] == 0.0 and lost_au["au_recall"] == 0.0, lost_au
     assert clip.reference_key != clip.key and clip.reference_key.split("_")[1] == clip.key.split("_")[1]
     assert all(len(series) == len(clip.frames) for series in measured.values())
+
+
+def test_each_row_is_measured_against_its_own_neutral(mead, demo_corpus):
+    """A drawer that shows this person with the brows lowered in every clip, neutral included (the thesis
+    model read AU1/2/4/12 from frame 0 whatever it was asked, 2026-12-06), simulated on the real clips'
+    features: measured against the reference frame its smile leaks four AUs; against its own drawing of the
+    speaker's neutral clips (`own_neutral`) it scores as the real smile does. A drawer that ignores the
+    request (the neutral face for a smile) still reads nothing: its own neutral cannot invent an AU. On the
+    real clips both baselines agree (the ceiling is unchanged)."""
+    from evaluation.au_request import clip_levels, own_neutral, score_against, score_request
+    from evaluation.metrics import SPEECH_AUS
+    from media.au_measure import measured_aus
+
+    data, version = mead
+    config = EvaluateConfig(model=data, data=data, version=version, split="val", max_frames=40,
+                            groundtruth=demo_corpus)  # fmt: skip
+    keys = ["mead_W003_angry_3_000", "mead_W003_happy_3_000"]
+    angry, happy = [
+        _measured(c) for c in sorted(load_clips(config, 48, version, {}, keys=keys), key=lambda c: c.key)
+    ]
+    specs, _, neutrals = au_specifications([happy, angry], config, 48, version)
+    assert neutrals and all(
+        n.reference_key == happy.reference_key for n in neutrals
+    )  # drawn from the same frame
+    spec, least, present = specs[happy.key]
+    iod = happy.real_video.iod_px
+
+    def against_reference(video):
+        measured = measured_aus(video, happy.reference_video.baseline())
+        return score_request(
+            spec, clip_levels({a: s for a, s in measured.items() if a not in SPEECH_AUS}), least, present
+        )
+
+    real = own_neutral([n.real_video for n in neutrals])
+    brows = np.nanmedian(angry.real_video.features, 0) - real[0]  # what the angry face adds to the features
+
+    def lowered(video):
+        return dataclasses.replace(video, features=video.features + brows)
+
+    own_real = score_against(happy.real_video, spec, least, iod, real)
+    assert own_real["au_present"] == against_reference(happy.real_video)["au_present"] == [12], own_real
+    leaky = against_reference(lowered(happy.real_video))
+    assert leaky["au_leakage"] >= 2 and 4 in leaky["au_present"] and leaky["au_f1"] < 0.5, leaky
+    own = score_against(
+        lowered(happy.real_video), spec, least, iod, own_neutral([lowered(n.real_video) for n in neutrals])
+    )
+    assert own["au_present"] == [12] and own["au_f1"] == own_real["au_f1"] == 1.0, own
+    ignored = score_against(neutrals[0].real_video, spec, least, iod, real)
+    assert ignored["au_present"] == [] and ignored["au_f1"] == 0.0, ignored
+    assert (
+        own_neutral(
+            [dataclasses.replace(n.real_video, landmarks=n.real_video.landmarks * np.nan) for n in neutrals]
+        )
+        is None
+    )
+
+
+def test_compound_expressions_are_requested_by_name_and_scored_against_their_own_aus(
+    mead, tmp_path, netguard_log
+):
+    """`tbd evaluate --compound true` (issue 38): the corpus's compound clips (Du et al. 2014; rendered for
+    the held-out person, never ingested) are preprocessed as the data folder's clips were and drawn from that
+    speaker's neutral reference. Think reads each name as free text, with its rendered AU specification as
+    evidence: the request is the compound's own AU set, while the label a label-only row is given (the
+    emotion the adverb modifies) has a prototype that misses it. The real render reads above the still."""
+    from annotation.facs import MEAD_EMOTIONS, load_kb
+    from evaluation.au_request import own_neutral
+    from evaluation.compound import load_compound_clips
+    from evaluation.requests import think_requests
+
+    data, version = mead
+    corpus = tmp_path / "compound"
+    proc = run_tbd("demo-corpus", "--out", str(corpus), "--emotions", "[neutral]", "--levels", "[1]",
+                   "--hdtf_clips", "0", "--seconds", "1.6", "--compound_clips", "1",
+                   env=offline_env(netguard_log))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = EvaluateConfig(model=data, data=data, version=version, max_clips=100, max_frames=40,
+                            groundtruth=corpus, compound=True)  # fmt: skip
+    skipped: dict = {}
+    clips = [_measured(c) for c in load_compound_clips(config, 48, version, skipped)]
+    kb = load_kb()
+    assert skipped == {} and sorted(c.meta["emotion"] for c in clips) == sorted(kb.compound_expressions)
+    assert all(c.meta["speaker"] == "W003" and c.reference_key.startswith("mead_W003_neutral") for c in clips)
+    think_requests(clips, groundtruth_index(corpus))
+    for c in clips:
+        assert {u["au"] for u in c.spec_cot["action_units"]} == set(
+            kb.compound_expressions[c.meta["emotion"]]
+        )
+        assert c.label_cot["emotion"] in MEAD_EMOTIONS
+    specs, label, neutrals = au_specifications(clips, config, 48, version)
+    assert set(specs) == {c.key for c in clips} and neutrals
+    assert min(label.values()) < 1.0, label  # a label's prototype cannot request some compound
+    real = own_neutral([n.real_video for n in neutrals])
+    scored = [
+        score_clip(c, c.frames, {}, None, c.reference_video, au_spec=specs[c.key], neutral=real)[0]
+        for c in clips
+    ]
+    still = [score_clip(c, np.repeat(c.reference[None], len(c.frames), 0), {}, None, c.reference_video,
+                        au_spec=specs[c.key], neutral=real)[0] for c in clips]  # fmt: skip
+    assert np.mean([r["au_f1"] for r in scored]) > np.mean([r["au_f1"] for r in still]) + 0.3, scored
 
 
 def test_no_reference_frame_inside_the_scored_frames(datasets):

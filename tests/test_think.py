@@ -111,6 +111,35 @@ def test_free_text_blend():
         think(ThinkRequest(text="purple elephants"))
 
 
+def test_a_compound_expression_named_in_text_gets_its_own_au_set():
+    """Du, Tao & Martinez (PNAS 2014) measured the compound expressions' AUs: "angrily disgusted" is AU4+10+17,
+    not the disgusted prototype (AU9+15+16, what the text read as before 2026-12-06) nor the union of both
+    prototypes. Its label is the emotion the adverb modifies; a negated compound is none; the clip's own AU
+    specification as evidence is accepted (the validator asks the compound's AUs, not the label's, to be
+    present)."""
+    kb = load_kb()
+    (ann,) = FacsEngine().annotate([ThinkRequest(text="angrily disgusted", level=2)])
+    assert (
+        {u.au for u in ann.cot.action_units}
+        == set(kb.compound_expressions["angrily_disgusted"])
+        == {4, 10, 17}
+    )
+    assert ann.cot.emotion == "disgusted" and "angrily disgusted" in ann.cot.global_description
+    assert ann.validation.outcome == "accepted"
+    for name, aus in kb.compound_expressions.items():
+        assert {u.au for u in think(ThinkRequest(text=name.replace("_", " "))).action_units} == set(aus), name
+    negated = think(ThinkRequest(text="not happily surprised, just sad"))
+    assert negated.emotion == "sad" and {u.au for u in negated.action_units} == set(kb.prototype("sad").core)
+    spec = tuple(AUEvidence(au=au, mean=2.0, peak=3.0) for au in (4, 10, 17))
+    (specified,) = FacsEngine().annotate([ThinkRequest(text="angrily disgusted", level=2, evidence=spec)])
+    assert specified.validation.outcome == "accepted", specified.validation
+    assert {u.au for u in specified.cot.action_units} == {4, 10, 17}
+    # AU4+25+26: the speech AUs are not in a specification's evidence (lip sync's); unmeasured, not absent
+    brows = (AUEvidence(au=4, mean=2.0, peak=3.7),)
+    (surprised,) = FacsEngine().annotate([ThinkRequest(text="angrily surprised", level=2, evidence=brows)])
+    assert surprised.validation.outcome == "accepted", surprised.validation
+
+
 def _facs_json(**request):
     return json.loads(think(ThinkRequest(**request)).model_dump_json())
 
