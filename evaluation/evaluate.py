@@ -300,9 +300,9 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         lost = sorted(s for s, n in own.items() if n is None)
         if lost:
             log.warning(
-                "%s lost the face in every frame of %s's neutral clips: AU F1 against the reference",
+                "%s lost the face in every frame of the neutral clips of %s: its AU F1 there is against the reference",
                 mode,
-                lost,
+                ", ".join(lost),
             )
         for clip, (frames, seams) in zip(clips, draw(pipe, clips, run, config), strict=True):
             row, measured = score_clip(
