@@ -37,6 +37,14 @@ QUANTILE = 0.75  # the clip level: this quantile of an AU's per-frame reading (f
 PRESENT = 0.75  # FACS units: a clip level at or above this reads as the AU present
 
 
+def expression_aus(video, baseline: np.ndarray) -> dict[int, list]:
+    """`media.au_measure.measured_aus` of `video` against `baseline`, speech AUs (25-27) left out: they are lip
+    sync's, not the expression's."""
+    from media.au_measure import measured_aus
+
+    return {au: s for au, s in measured_aus(video, baseline).items() if au not in SPEECH_AUS}
+
+
 def channels_au(values: dict[str, float]) -> dict[int, float]:
     """{renderer or calibration channel ("AU12_L", "AU4"): value} -> {AU: the larger side's value}."""
     out: dict[int, float] = {}
@@ -142,14 +150,11 @@ def own_neutral(videos: list) -> tuple[np.ndarray, dict[int, float]] | None:
     that draws this person with the brows lowered in every clip, neutral included, has not raised AU4 for
     any one request; measured against the reference frame it would read AU4 in every clip (the thesis
     model read AU1/2/4/12 from frame 0 in every row, whatever was asked, 2026-12-06)."""
-    from media.au_measure import measured_aus
-
     videos = [v for v in videos if v.found.any()]
     if not videos:
         return None
     base = np.nanmedian(np.concatenate([v.features[v.found] for v in videos]), 0)
-    readings = [{au: s for au, s in measured_aus(v, base).items() if au not in SPEECH_AUS} for v in videos]
-    return base, person_floor(readings)
+    return base, person_floor([expression_aus(v, base) for v in videos])
 
 
 def score_against(
@@ -157,8 +162,5 @@ def score_against(
 ) -> dict:
     """`score_request` of `video` (`media.au_measure.VideoAUs`) measured against `neutral` (`own_neutral`'s
     baseline and floor): its readings against the baseline, present above `presence(iod_px, floor)`."""
-    from media.au_measure import measured_aus
-
     base, floor = neutral
-    measured = {au: s for au, s in measured_aus(video, base).items() if au not in SPEECH_AUS}
-    return score_request(request, clip_levels(measured), least, presence(iod_px, floor))
+    return score_request(request, clip_levels(expression_aus(video, base)), least, presence(iod_px, floor))

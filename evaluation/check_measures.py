@@ -82,7 +82,14 @@ def load_split(data: Path, split: str, size: int) -> dict[str, tuple[dict, np.nd
 
 
 def check_measures(config: CheckMeasuresConfig) -> dict:
-    from evaluation.au_request import clip_levels, detectable, person_floor, presence, score_request
+    from evaluation.au_request import (
+        clip_levels,
+        detectable,
+        expression_aus,
+        person_floor,
+        presence,
+        score_request,
+    )
     from evaluation.judges import FER_CLASSES, EmotionJudge, confusion
     from evaluation.measures import (
         classify_emotion,
@@ -91,8 +98,8 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
         groundtruth_specs,
         prototype_templates,
     )
-    from evaluation.metrics import SPEECH_AUS, au_series_error
-    from media.au_measure import measured_aus, track_still, track_video
+    from evaluation.metrics import au_series_error
+    from media.au_measure import track_still, track_video
 
     clips = load_split(config.data, config.split, config.size)
     neutral = {m["speaker"]: v[0] for m, v in clips.values() if m["emotion"] == "neutral"}
@@ -110,7 +117,7 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
 
     def measure(frames: np.ndarray, speaker: str):
         video = track_video(frames)
-        return video, {a: v for a, v in measured_aus(video, bases[speaker]).items() if a not in SPEECH_AUS}
+        return video, expression_aus(video, bases[speaker])
 
     real = {key: measure(frames, meta["speaker"]) for key, (meta, frames) in sorted(clips.items())}
     # Each person's AU noise floor from their neutral clips (`au_request.person_floor`); those are not AU-scored.

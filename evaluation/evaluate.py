@@ -80,8 +80,8 @@ def score_clip(
     `au_request.own_neutral`) when given, else against the reference with the person's floor; the latter
     is kept beside it as `au_f1_vs_reference` and `au_leakage_vs_reference`."""
     from evaluation import metrics
-    from evaluation.au_request import clip_levels, score_against, score_request
-    from media.au_measure import measured_aus, track_video
+    from evaluation.au_request import clip_levels, expression_aus, score_against, score_request
+    from media.au_measure import track_video
     from media.video_io import frame_envelope
 
     t = len(frames)
@@ -100,7 +100,7 @@ def score_clip(
         mouth = np.interp(np.arange(t), have, metrics.mouth_opening(video.landmarks[have]))
         row.update(metrics.lipsync(mouth, frame_envelope(clip.wav, t)))
     base = reference.baseline()
-    measured = {au: v for au, v in measured_aus(video, base).items() if au not in metrics.SPEECH_AUS}
+    measured = expression_aus(video, base)
     row["au_control_error"] = metrics.au_control_error(requested, measured)
     if au_spec is not None:
         spec, least, present = au_spec
@@ -157,10 +157,9 @@ def au_specifications(
     the scored clips' reference in place of their own (tracked: `real_video`), which each row draws for its
     own neutral (`row_neutrals`). Neutral clips are not scored: their readings are the person's floor.
     Empty without a ground truth (`config.groundtruth`)."""
-    from evaluation.au_request import detectable, person_floor, presence, score_request
+    from evaluation.au_request import detectable, expression_aus, person_floor, presence, score_request
     from evaluation.measures import groundtruth_specs, prototype_templates
-    from evaluation.metrics import SPEECH_AUS
-    from media.au_measure import measured_aus, track_video
+    from media.au_measure import track_video
     from pipelines.data_folder import DataFolder
 
     specs = groundtruth_specs(config.groundtruth)
@@ -186,9 +185,8 @@ def au_specifications(
                                       reference_key=ref.reference_key, reference_video=ref.reference_video,
                                       reference_identity=ref.reference_identity)  # fmt: skip
         neutrals.append(neutral)
-        measured = measured_aus(neutral.real_video, ref.reference_video.baseline())
         floors.setdefault(ref.meta["speaker"], []).append(
-            {a: v for a, v in measured.items() if a not in SPEECH_AUS}
+            expression_aus(neutral.real_video, ref.reference_video.baseline())
         )
     out, label, prototypes = {}, {}, prototype_templates()
     for c in clips:
