@@ -130,9 +130,12 @@ control: demo
 # from each clip's measured AUs, the tiny model trained THESIS_STEPS, and the held-out person's clips evaluated:
 # AU F1 of every row against the AU specification each clip was rendered from (label-only vs the CoT rows,
 # paired; every row against its own drawing of her neutral clips), then the same rows on the compound
-# expressions (Du et al. 2014) rendered for her and never trained. THESIS_STEPS=1500 THESIS_CLIPS=16: about
-# 75 min on 2 cores (2026-12-06, from its parts: data 2.5, training 34, evaluation about 20 + compounds about 18).
+# expressions (Du et al. 2014) rendered for her and never trained. The loss weighs the CoT's AU regions
+# THESIS_REGION_WEIGHT x (5: an overfit's local AU4 sentence acts, 1.14 vs 0.13 at 1; docs/results.md).
+# THESIS_STEPS=1500 THESIS_CLIPS=16: 56.5 min on 2 cores, run whole (2026-12-06: corpus and data 1.7, training
+# 22.6, evaluation 16.5, compounds 15.5).
 THESIS_OUT ?= out/thesis
+THESIS_REGION_WEIGHT ?= 5
 THESIS_STEPS ?= 1500
 THESIS_CLIPS ?= 16
 thesis: setup
@@ -142,7 +145,7 @@ thesis: setup
 	$(BIN)/tbd preprocess --data $(THESIS_OUT)/data/mead --media.crop_size 64 --clips_per_shard 8
 	$(BIN)/tbd annotate --data $(THESIS_OUT)/data/mead > $(THESIS_OUT)/mead-facs.json
 	$(BIN)/python benchmarks/bench_control.py --data $(THESIS_OUT)/data/mead --corpus $(THESIS_OUT)/corpus --out $(THESIS_OUT) \
-		--steps $(THESIS_STEPS) --max_clips $(THESIS_CLIPS) --max_frames 40 --guidance_steps 6
+		--steps $(THESIS_STEPS) --max_clips $(THESIS_CLIPS) --max_frames 40 --guidance_steps 6 --region_weight $(THESIS_REGION_WEIGHT)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=4)
     ap.add_argument("--version", help="annotation version to train on (needed when the folder holds several)")
     ap.add_argument("--max_frames", type=int, default=24)
+    ap.add_argument("--region_weight", type=float,
+                    help="the loss's weight inside the CoT's AU regions (default: configs/train/tiny.yaml's)")  # fmt: skip
     ap.add_argument("--max_clips", type=int, default=100, help="validation clips, spread over the split")
     ap.add_argument("--guidance_steps", type=int, default=8)
     ap.add_argument("--skip_training", action="store_true", help="evaluate OUT/model as it is")
@@ -131,7 +133,8 @@ def main() -> None:
         tbd("train", "--config", str(ROOT / "configs/train/tiny.yaml"), "--data.data", str(data),
             "--trainer.default_root_dir", str(out / "train"), "--data.text_cache", str(out / "text-cache"),
             "--trainer.max_steps", str(args.steps), "--data.batch_size", str(args.batch_size),
-            "--data.train_batches", str(args.steps), *(("--data.version", args.version) if args.version else ()))  # fmt: skip
+            "--data.train_batches", str(args.steps), *(("--data.version", args.version) if args.version else ()),
+            *(("--model.region_weight", str(args.region_weight)) if args.region_weight is not None else ()))  # fmt: skip
         tbd("export", str(out / "train/checkpoints/last.ckpt"), str(out / "model"))
     if not args.report_only:
         tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips", str(args.max_clips),

@@ -70,15 +70,29 @@ def text_effect(swapped: np.ndarray, own: np.ndarray, own_aus: dict, partner, cl
             "text_region_share": float(inside.mean())}  # fmt: skip
 
 
-def local_edit(cot: dict, measurable) -> tuple[dict, int] | None:
-    """(the CoT without its last AU sentence outside the mouth and jaw whose AU is `measurable`, that AU): the
-    global sentence and every other AU as they were. The mouth and jaw are left alone (speech moves them); None
-    when no such AU is there (neutral, contempt). In a corpus made with `--variation true` such AUs come and go
-    within a label (AU4 in sad, AU5 in angry and surprised), so a model can learn them from the local text."""
+def varied_aus(cots: dict[str, dict], emotions: dict[str, str]) -> dict[str, set[int]]:
+    """Per clip key: the AUs of its CoT that another checked clip of the same emotion goes without, i.e. the
+    sentences the checked clips show both with and without under one label (empty when none: one clip of the
+    emotion, or a corpus whose AUs follow the label)."""
+    aus = {k: {u["au"] for u in cot["action_units"]} for k, cot in cots.items()}
+    out = {}
+    for key, mine in aus.items():
+        same = [aus[k] for k in aus if k != key and emotions[k] == emotions[key]]
+        out[key] = {a for a in mine if any(a not in other for other in same)}
+    return out
+
+
+def local_edit(cot: dict, measurable, varied: set[int]) -> tuple[dict, int] | None:
+    """(the CoT without its last AU sentence outside the mouth and jaw whose AU is `measurable` and `varied`
+    (`varied_aus`: one the label is also seen without), that AU): the global sentence and every other AU as
+    they were. The mouth and jaw are left alone (speech moves them); None when no such AU is there. Only a
+    corpus made with `--variation true` has such AUs (AU4 in sad, AU5 in angry and surprised): a model can
+    learn them from the local text alone, as it cannot an AU its label always carries."""
     units = cot["action_units"]
     for i in reversed(range(len(units))):
-        if units[i]["region"] not in ("mouth", "jaw") and units[i]["au"] in measurable:
-            return {**cot, "action_units": units[:i] + units[i + 1 :]}, units[i]["au"]
+        u = units[i]
+        if u["region"] not in ("mouth", "jaw") and u["au"] in measurable and u["au"] in varied:
+            return {**cot, "action_units": units[:i] + units[i + 1 :]}, u["au"]
     return None
 
 

@@ -58,6 +58,24 @@ def mouth_map(batch: dict, x0: torch.Tensor) -> torch.Tensor:
     return mouth.reshape(*x0.shape[:2], 1, *x0.shape[-2:])
 
 
+def region_map(batch: dict, x0: torch.Tensor) -> torch.Tensor:
+    """The union of the CoT's AU regions (the batch's `mask`, (B, 1, h, w), the reference's) as (B, T, 1, H',
+    W') at the size of `x0`, each pixel's share inside a region in [0, 1], the same for every frame."""
+    union = F.adaptive_avg_pool2d(batch["mask"].float(), x0.shape[-2:])
+    return union[:, None].expand(-1, x0.shape[1], -1, -1, -1)
+
+
+def loss_weight(batch: dict, x0: torch.Tensor, mouth_weight: float, region_weight: float) -> torch.Tensor:
+    """(B, T, 1, H', W') per-pixel loss weight: 1, plus `mouth_weight` - 1 inside the mouth and
+    `region_weight` - 1 inside the CoT's AU regions (added where both are), pro rata a cell's share."""
+    extra = torch.zeros(1, device=x0.device)
+    if mouth_weight != 1 and "mouth" in batch:
+        extra = extra + (mouth_weight - 1) * mouth_map(batch, x0)
+    if region_weight != 1 and "mask" in batch:
+        extra = extra + (region_weight - 1) * region_map(batch, x0)
+    return 1 + extra
+
+
 class TBDModule(pl.LightningModule):
     def __init__(
         self,
@@ -70,6 +88,7 @@ class TBDModule(pl.LightningModule):
         branches: dict[str, float] | None = None,
         reference_drop: float = 0.0,
         mouth_weight: float = 10.0,
+        region_weight: float = 1.0,
         lr: float = 2e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
@@ -95,7 +114,9 @@ class TBDModule(pl.LightningModule):
         on the demo's conditioning check 2 clean frames cut the speech effect from 0.374 to 0.140;
         `branches` how often each guidance branch is trained (`tbd_lightning.branches`: none, a, ag, label; the
         rest trains the full branch); `reference_drop` drops the reference on top, for an identity scale of
-        its own (0: the reference is in every branch)."""
+        its own (0: the reference is in every branch); `mouth_weight`, `region_weight`: the loss's weight inside
+        the mouth (speech moves it) and inside the union of the CoT's AU regions (where a local sentence acts:
+        a brow is a few pixels of a 48 px face), 1 elsewhere; the two add where they overlap."""
         super().__init__()
         self.save_hyperparameters()
         if rescale_zero_snr and prediction_type == "epsilon":
@@ -235,8 +256,9 @@ class TBDModule(pl.LightningModule):
             target = self.scheduler.get_velocity(x0, noise, t)
         pred = self.model(noisy, t, self.conditions(batch, keep, label))
         err = (pred.float() - target.float()).square()
-        if self.hparams.mouth_weight != 1 and "mouth" in batch:
-            weight = weight * (1 + (self.hparams.mouth_weight - 1) * mouth_map(batch, x0))
+        weight = weight * loss_weight(
+            batch, x0, self.hparams.mouth_weight, self.hparams.get("region_weight", 1.0)
+        )
         return (err * weight).sum() / weight.expand_as(err).sum()
 
     def training_step(self, batch, batch_idx):

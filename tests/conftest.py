@@ -163,31 +163,65 @@ def tiny_model(tmp_path_factory) -> Path:
     return export_untrained(tmp_path_factory.mktemp("model"), frames=4, size=32)
 
 
+@pytest.fixture(scope="session")
+def varied(tmp_path_factory, netguard_log) -> tuple[Path, Path]:
+    """Corpus 3 as `make thesis` renders it (`--variation true`: each clip's muscles drawn within its label,
+    sentences in takes of two), small: happy and sad at level 3 and neutral, four clips each, of the two training people
+    (and the held-out one, W003, who validates); ingested, preprocessed and annotated by the rule reasoner.
+    (corpus, data folder)."""
+    root = tmp_path_factory.mktemp("varied")
+    proc = run_tbd("demo-corpus", "--out", str(root / "corpus"), "--variation", "true", "--emotions", "[happy, sad, neutral]",
+                   "--levels", "[3]", "--clips_per_level", "4", "--hdtf_clips", "0", env=offline_env(netguard_log))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tbd_ok("ingest", "--dataset", "mead", "--root", str(root / "corpus" / "mead"), "--out", str(root / "data"),
+           "--split_overrides", "{W003: val}", log=netguard_log)  # fmt: skip
+    tbd_ok("preprocess", "--data", str(root / "data"), *PREPROCESS_ARGS, log=netguard_log)
+    tbd_ok("annotate", "--data", str(root / "data"), log=netguard_log)
+    return root / "corpus", root / "data"
+
+
+# Grace Hopper's sad takes (clips 0/1 one sentence, 2/3 another; AU4 in clips 0 and 2 only, so only the local
+# text tells a take's two faces apart), her happy clip (the text partner) and W002's (the reference partner).
 CONDITIONING_CLIPS = (
-    "[mead_W001_happy_3_000, mead_W001_sad_3_000, mead_W002_happy_3_000, mead_W002_sad_3_000]"
+    "[mead_W001_sad_3_000, mead_W001_sad_3_001, mead_W001_sad_3_002, mead_W001_sad_3_003, "
+    "mead_W001_happy_3_000, mead_W002_happy_3_000]"
 )
+CONDITIONING_GATES = "{speech: 0.2, text: 0.25, reference: 0.25, local: 0.25}"  # local gating too
 
 
-def check_conditioning(data, out, netguard_log, *extra, max_frames: int = 24):
-    """`tbd check-conditioning` on 4 training clips (happy/sad x 2 speakers) as a user runs it: the process
-    and its report (None when none was written). Its limit, 2700 s, is several times the overfit's
-    unloaded time (about 6 min), so a loaded machine does not time it out."""
+def check_conditioning(
+    data, out, netguard_log, *extra, max_frames: int = 24, gates: str = CONDITIONING_GATES
+):
+    """`tbd check-conditioning` on corpus 3's CONDITIONING_CLIPS as a user runs it, gating on every condition
+    (local too): the process and its report (None when none was written). Its limit, 2700 s, is several times
+    the overfit's unloaded time (about 8 min), so a loaded machine does not time it out."""
     proc = run_tbd("check-conditioning", "--data", str(data), "--clips", CONDITIONING_CLIPS, "--max_frames", str(max_frames),
-                   "--out", str(out), "--tracking_uri", f"sqlite:///{out.parent / 'mlflow.db'}", *extra,
+                   "--thresholds", gates, "--out", str(out),
+                   "--tracking_uri", f"sqlite:///{out.parent / 'mlflow.db'}", *extra,
                    env=offline_env(netguard_log), timeout=2700)  # fmt: skip
     report = out / "conditioning.json"
     return proc, json.loads(report.read_text()) if report.is_file() else None
 
 
 @pytest.fixture(scope="session")
-def overfit(datasets, tmp_path_factory, netguard_log):
-    """A model overfit on 4 training clips by the conditioning check, as `make check-conditioning` runs it (its
-    defaults: 250 steps at lr 3e-3): a model that draws faces. (data folder, the check's output folder with
-    `model/`, its report)."""
-    data, out = datasets["mead"]["data"], tmp_path_factory.mktemp("check") / "overfit"
-    # On the rule reasoner's annotations: speech 0.44, text 1.08, reference 0.91 (2026-12-06; 500 steps at lr 1e-3:
-    # 0.61 / 1.21 / 0.91, in twice the time; the real clips' reference projection 0.86-0.98).
-    proc, report = check_conditioning(data, out, netguard_log)
+def overfit(varied, tmp_path_factory, netguard_log):
+    """A model overfit by the conditioning check on CONDITIONING_CLIPS of corpus 3 for 500 steps at lr 3e-3,
+    with the loss weighing the CoT's AU regions 5x (`region_weight`; configs/train/tiny.yaml: 1): a model that
+    draws faces and follows its local text. Without the region weight the brows' few pixels hardly count and
+    the two faces of a take are not told apart (local 0.13, and 0.09 at 250 steps; with it 1.14, 2026-12-06).
+    (data folder, the check's output folder with `model/`, its report)."""
+    import yaml
+
+    _, data = varied
+    out = tmp_path_factory.mktemp("check") / "overfit"
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs/train/tiny.yaml").read_text())
+    config["model"]["region_weight"] = 5.0
+    overlay = out.parent / "tiny-regions.yaml"
+    overlay.write_text(yaml.safe_dump(config, sort_keys=False))
+    # Gating on speech, text and reference; local reported (its leak bound is not yet validated on real clips:
+    # see test_an_overfit_model_follows_speech_text_reference_and_local_text)
+    proc, report = check_conditioning(data, out, netguard_log, "--steps", "500", "--train_config", str(overlay),
+                                      gates="{speech: 0.2, text: 0.25, reference: 0.25}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     return data, out, report
 

@@ -280,6 +280,18 @@ def test_variation_draws_each_clips_muscles_within_its_label_and_compounds_stay_
         if apex.size:
             courses.append(apex.max(1)[-1] / apex.max())
     assert min(courses) < 0.5 < max(courses), courses
+    # Takes of two: clips 2k and 2k+1 of a speaker's (emotion, level) speak one sentence, each with its own
+    # muscles (so the speech cannot tell a model which of them raises the brows); the next take another one.
+    from media.video_io import read_audio
+
+    take = lambda c: (c["speaker"], c["emotion"], c["level"], c["clip"] // 2)  # noqa: E731
+    audio = {(take(c), c["clip"] % 2): read_audio(out / c["audio"]) for c in train if c["emotion"] == "sad"}
+    assert len(audio) == 8
+    for (t, second), wav in audio.items():
+        assert np.array_equal(wav, audio[(t, 1 - second)])
+        assert not np.array_equal(wav, audio[((*t[:3], 1 - t[3]), second)])
+    assert any(_au_set(a["aus"]) != _au_set(b["aus"]) for a in train for b in train
+               if a is not b and take(a) == take(b))  # fmt: skip
     default = json.loads((demo_corpus / "corpus.json").read_text())["clips"]
     for emotion in ("happy", "sad"):
         assert len({_au_set(c["aus"]) for c in default if c["emotion"] == emotion and c["level"] == 3}) == 1

@@ -292,13 +292,17 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # the overfit fixture (about 8 min unloaded) when this test runs first
-def test_paired_and_emotion_paths_on_a_model_that_draws_faces(overfit, demo_corpus, tmp_path, netguard_log):
-    """On the conditioning check's overfit model, on clips of the people it was trained on (it draws their
-    faces; an untrained model draws none, and on the unseen person this one loses the face in 58 % of the
-    single-stage frames, 2026-12-04): every model row scores every clip's emotion (a lost face is a miss, so
-    each accuracy has a value per clip), the design rows are paired against label-only on the same clips,
-    and the table names each row's information. The paths under test, not held-out results."""
-    data, out, _ = overfit
+def test_paired_and_emotion_paths_on_a_model_that_draws_faces(
+    overfit, datasets, demo_corpus, tmp_path, netguard_log
+):
+    """On the conditioning check's overfit model (corpus 3's clips of the two training people), on the demo
+    corpus's clips of those people (it draws their faces; an untrained model draws none, and on the unseen
+    person an overfit loses the face in 58 % of the single-stage frames, 2026-12-04): every model row scores
+    every clip's emotion (a lost face is a miss, so each accuracy has a value per clip), the design rows are
+    paired against label-only on the same clips, and the table names each row's information. The paths under
+    test, not held-out results."""
+    _, out, _ = overfit
+    data = datasets["mead"]["data"]
     proc = run_tbd(
         "evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "train", "--max_clips", "3",
         "--max_frames", "16", "--guidance.steps", "4", "--guidance.audio_scale", "2", "--guidance.global_scale", "2",

@@ -495,3 +495,25 @@ def synthetic_batch(b: int, t: int, s: int) -> dict:
         local_valid=torch.arange(8)[None].expand(b, 8) < 2, mask=torch.rand(b, t, 1, s, s, generator=g),
         mouth=torch.rand(b, t, 1, s, s, generator=g), key=[str(i) for i in range(b)],
     )  # fmt: skip
+
+
+def test_the_loss_weighs_the_mouth_and_the_au_regions_as_configured():
+    """`loss_weight`: 1 outside, `mouth_weight` inside the mouth, `region_weight` inside the CoT's AU regions
+    (the brows, where a local sentence such as AU4's acts), the two added where they overlap; pooled to the
+    prediction's size; region_weight 1 (the default) leaves the mouth-only weighting as it was."""
+    from tbd_lightning.module import loss_weight
+
+    mouth = torch.zeros(1, 2, 1, 8, 8)
+    mouth[..., 6:8, 2:6] = 1  # the mouth, both frames
+    region = torch.zeros(1, 1, 8, 8)
+    region[..., 1:3, 1:7] = 1  # the brows
+    region[..., 7:8, 4:6] = 1  # ... and a corner of the mouth (AU15's region)
+    batch, x0 = {"mouth": mouth, "mask": region}, torch.zeros(1, 2, 3, 8, 8)
+    w = loss_weight(batch, x0, mouth_weight=10, region_weight=5)
+    assert w.shape == (1, 2, 1, 8, 8)
+    assert (
+        w[0, 1, 0, 0, 0] == 1 and w[0, 1, 0, 1, 3] == 5 and w[0, 0, 0, 6, 2] == 10 and w[0, 0, 0, 7, 4] == 14
+    )
+    assert torch.equal(loss_weight(batch, x0, 10, 1.0)[0, :, 0], 1 + 9 * mouth[0, :, 0])
+    half = loss_weight(batch, torch.zeros(1, 2, 3, 4, 4), 1, 5)  # a 4x4 prediction: cells half brow
+    assert half[0, 0, 0, 0, 0] == 1 + 4 * 0.25 and half[0, 0, 0, 1, 1] == 1 + 4 * 0.5

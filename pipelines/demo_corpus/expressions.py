@@ -28,6 +28,7 @@ class ClipSpec:
     audio: str | None
     groundtruth: str
     variation: bool = False  # its AUs drawn within the label (`expression_plan`), not the label's prototype
+    speech_seed: int | None = None  # its speech's seed (None: `seed`); one take's clips share it (plan_clips)
 
 
 # Within-label variation (`--variation true`; our choice of spread, 2026-12-04). The AUs without which the label
