@@ -82,7 +82,7 @@ def test_each_row_is_measured_against_its_own_neutral(mead, demo_corpus):
     features: measured against the reference frame its smile leaks four AUs; against its own drawing of the
     speaker's neutral clips (`own_neutral`) it scores as the real smile does. A drawer that ignores the
     request (the neutral face for a smile) still reads nothing: its own neutral cannot invent an AU. On the
-    real clips both baselines agree (the ceiling is unchanged)."""
+    real clips the own neutral scores no lower than the reference (the ceiling is not lowered)."""
     from evaluation.au_request import clip_levels, own_neutral, score_against, score_request
     from evaluation.metrics import SPEECH_AUS
     from media.au_measure import measured_aus
@@ -113,8 +113,15 @@ def test_each_row_is_measured_against_its_own_neutral(mead, demo_corpus):
     def lowered(video):
         return dataclasses.replace(video, features=video.features + brows)
 
-    own_real = score_against(happy.real_video, spec, least, iod, real)
-    assert own_real["au_present"] == against_reference(happy.real_video)["au_present"] == [12], own_real
+    own_real, ref_real = (
+        score_against(happy.real_video, spec, least, iod, real),
+        against_reference(happy.real_video),
+    )
+    # On the real smile the own neutral reads exactly the request; the reference frame may read a phantom AU
+    # beside it (AU1 0.77 against the bar 0.75 here, 0.56 against the own neutral; 2026-12-06): the ceiling
+    # is not lowered.
+    assert own_real["au_present"] == [12] and 12 in ref_real["au_present"], (own_real, ref_real)
+    assert own_real["au_f1"] >= ref_real["au_f1"], (own_real, ref_real)
     leaky = against_reference(lowered(happy.real_video))
     assert leaky["au_leakage"] >= 2 and 4 in leaky["au_present"] and leaky["au_f1"] < 0.5, leaky
     own = score_against(
