@@ -126,26 +126,33 @@ control: demo
 	$(BIN)/python benchmarks/bench_control.py --data $(DEMO_OUT)/data/mead --corpus $(DEMO_OUT)/corpus --out out/control --version $(FACS_VERSION)
 
 # Issue 38's experiment, on corpus 3: every clip's muscles drawn within its label (`--variation true`), so a CoT
-# can carry what a label cannot. Its own data (the held-out person W003 validates), annotated by the rule reasoner
-# from each clip's measured AUs, the tiny model trained THESIS_STEPS, and the held-out person's clips evaluated:
-# AU F1 of every row against the AU specification each clip was rendered from (label-only vs the CoT rows,
-# paired; every row against its own drawing of her neutral clips), then the same rows on the compound
-# expressions (Du et al. 2014) rendered for her and never trained. The loss weighs the CoT's AU regions
-# THESIS_REGION_WEIGHT x (5: an overfit's local AU4 sentence acts, 1.14 vs 0.13 at 1; docs/results.md).
-# THESIS_STEPS=1500 THESIS_CLIPS=16: 56.5 min on 2 cores, run whole (2026-12-06: corpus and data 1.7, training
-# 22.6, evaluation 16.5, compounds 15.5).
+# can carry what a label cannot. Its own data: THESIS_IDENTITIES speakers, the training ones from
+# THESIS_PHOTOS real people's photographs (Grace Hopper, Obama, Biden; the demo's are Grace Hopper's alone), the
+# last the held-out person (the astronaut), who validates; annotated by the rule reasoner from each clip's
+# measured AUs, the tiny model trained THESIS_STEPS, and the held-out person's clips evaluated: AU F1 of every
+# row against the AU specification each clip was rendered from (label-only vs the CoT rows, paired; every row
+# against its own drawing of her neutral clips) on THESIS_CLIPS clips, progressive and label-only alone on
+# THESIS_WITHIN clips (the larger paired sample), then every row on the compound expressions (Du et al. 2014)
+# rendered for her and never trained. The loss weighs the CoT's AU regions THESIS_REGION_WEIGHT x (5: an
+# overfit's local AU4 sentence acts, 1.14 vs 0.13 at 1; docs/results.md). Timings: docs/results.md.
 THESIS_OUT ?= out/thesis
 THESIS_REGION_WEIGHT ?= 5
 THESIS_STEPS ?= 1500
 THESIS_CLIPS ?= 16
+THESIS_WITHIN ?= 40
+THESIS_IDENTITIES ?= 4
+THESIS_PHOTOS ?= 3
 thesis: setup
-	$(BIN)/tbd demo-corpus --out $(THESIS_OUT)/corpus --variation true --clips_per_level 2 --compound_clips 2 --force true
+	$(BIN)/tbd demo-corpus --out $(THESIS_OUT)/corpus --variation true --clips_per_level 3 --compound_clips 2 \
+		--identities $(THESIS_IDENTITIES) --training_photos $(THESIS_PHOTOS) --force true
 	rm -rf $(THESIS_OUT)/data
-	$(BIN)/tbd ingest --dataset mead --root $(THESIS_OUT)/corpus/mead --out $(THESIS_OUT)/data/mead --split_overrides '{W003: val}'
+	$(BIN)/tbd ingest --dataset mead --root $(THESIS_OUT)/corpus/mead --out $(THESIS_OUT)/data/mead \
+		--split_overrides '{W$(shell printf %03d $(THESIS_IDENTITIES)): val}'
 	$(BIN)/tbd preprocess --data $(THESIS_OUT)/data/mead --media.crop_size 64 --clips_per_shard 8
 	$(BIN)/tbd annotate --data $(THESIS_OUT)/data/mead > $(THESIS_OUT)/mead-facs.json
 	$(BIN)/python benchmarks/bench_control.py --data $(THESIS_OUT)/data/mead --corpus $(THESIS_OUT)/corpus --out $(THESIS_OUT) \
-		--steps $(THESIS_STEPS) --max_clips $(THESIS_CLIPS) --max_frames 40 --guidance_steps 6 --region_weight $(THESIS_REGION_WEIGHT)
+		--steps $(THESIS_STEPS) --max_clips $(THESIS_CLIPS) --max_frames 40 --guidance_steps 6 --region_weight $(THESIS_REGION_WEIGHT) \
+		--within_label_clips $(THESIS_WITHIN)
 
 lint: setup
 	$(BIN)/ruff check .

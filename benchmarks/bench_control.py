@@ -4,8 +4,8 @@
     python benchmarks/bench_control.py --out out/control [--steps 2500]
 
 Trains the tiny model (`configs/train/tiny.yaml`, batch 4) on the demo corpus's training speakers for
-`--steps` through `tbd train` (MLflow-tracked), exports it, and evaluates every validation clip (W003, never
-seen in training: another person, the astronaut) with `tbd evaluate --ablations` at matched guidance scales:
+`--steps` through `tbd train` (MLflow-tracked), exports it, and evaluates every validation clip (the last speaker,
+never seen in training: another person, the astronaut) with `tbd evaluate --ablations` at matched guidance scales:
 progressive, single-stage, global-only and cfg on one CoT (the clip's AU specification, the renderer's
 request, through Think), label-only (the label as a caption), think-label (the CoT thought from the label
 alone, as deployed), the real clips (the ceiling) and the still reference (the floor); no row is given
@@ -14,7 +14,9 @@ nearest ground-truth render of the speaker's 8 emotions; the calibrated AU class
 lip-sync proxy, identity similarity, AU-trajectory error against the renderer's ground truth, AU F1 and
 leakage against the AU specification each clip was rendered from (issue 38), each with its
 bootstrap 95 % interval; paired differences (bootstrap 95 % interval of per-clip differences) of every mode
-against progressive and against the still; the issue's acceptance lines; one JSON line.
+against progressive and against the still; the issue's acceptance lines; one JSON line. With the corpus's
+compound expressions, the same rows on them (`tbd evaluate --compound true`); with `--within_label_clips N`,
+progressive and label-only alone on N validation clips (`--only_rows`: the larger paired sample).
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ def au_f1_checks(report: dict, paired: dict, what: str) -> dict[str, bool]:
     """Issue 38's acceptance on one clip set: does each CoT design beat label-only on AU F1 (against each
     clip's AU specification, every row against its own neutral) with a paired interval above 0?"""
     checks = {}
-    for design in ("progressive", "single-stage", "global-only", "cfg"):
+    for design in [
+        d for d in ("progressive", "single-stage", "global-only", "cfg") if d in report["results"]
+    ]:
         pair = paired["au_f1"].get(f"{design} - label-only")
         checks[f"{what}: {design} beats label-only on AU F1 (paired interval above 0)"] = bool(
             pair and pair["ci95"][0] > 0
@@ -118,6 +122,8 @@ def main() -> None:
                     help="the loss's weight inside the CoT's AU regions (default: configs/train/tiny.yaml's)")  # fmt: skip
     ap.add_argument("--max_clips", type=int, default=100, help="validation clips, spread over the split")
     ap.add_argument("--guidance_steps", type=int, default=8)
+    ap.add_argument("--within_label_clips", type=int, default=0,
+                    help="then progressive and label-only alone on this many validation clips (0: none)")  # fmt: skip
     ap.add_argument("--skip_training", action="store_true", help="evaluate OUT/model as it is")
     ap.add_argument("--report_only", action="store_true",
                     help="print the tables of OUT's existing evaluation reports (no training, no evaluation)")  # fmt: skip
@@ -181,6 +187,18 @@ def main() -> None:
               "held-out speaker; mean [bootstrap 95 %]")  # fmt: skip
         compound_paired = print_report(compound)
         checks |= au_f1_checks(compound, compound_paired, "compound expressions")
+    within = None
+    if args.within_label_clips:
+        if not args.report_only:
+            tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips",
+                str(args.within_label_clips), "--max_frames", str(args.max_frames), "--guidance.steps",
+                str(args.guidance_steps), *GUIDANCE, "--ablations", "true", "--only_rows", "[progressive, label-only]",
+                "--groundtruth", args.corpus, "--out", str(out / "evaluation-within"))  # fmt: skip
+        within = json.loads((out / "evaluation-within" / "evaluation.json").read_text())
+        print(f"\nwithin-label variants, the larger sample: {len(within['clips'])} clips of the held-out speaker, "
+              "progressive and label-only alone; mean [bootstrap 95 %]")  # fmt: skip
+        within_paired = print_report(within)
+        checks |= au_f1_checks(within, within_paired, f"within-label variants ({len(within['clips'])} clips)")
     line = {"benchmark": "control", "steps": None if args.skip_training or args.report_only else args.steps,
             "clips": len(report["clips"]),
             "minutes": round((time.time() - start) / 60, 1),
@@ -193,7 +211,12 @@ def main() -> None:
                 "clips": len(compound["clips"]), "rows": {mode: {m: r.get(m) for m in METRICS}
                                                           for mode, r in compound["results"].items()},
                 "paired_au_f1": compound_paired["au_f1"],
-                "au_f1_label_prototype": compound.get("au_f1_label_prototype")}}  # fmt: skip
+                "au_f1_label_prototype": compound.get("au_f1_label_prototype")},
+            "within_label": None if within is None else {
+                "clips": len(within["clips"]), "rows": {mode: {m: r.get(m) for m in METRICS}
+                                                        for mode, r in within["results"].items()},
+                "paired_au_f1": within_paired["au_f1"],
+                "au_f1_label_prototype": within.get("au_f1_label_prototype")}}  # fmt: skip
     (out / "control.json").write_text(json.dumps(line, indent=2))
     print(json.dumps(line, default=lambda x: float(x) if isinstance(x, np.floating) else str(x)))
 

@@ -24,6 +24,9 @@ class EvaluateConfig(BaseModel):
     guidance: GuidanceConfig = GuidanceConfig(steps=20)  # ablations override only its mode
     seed: int = 0
     ablations: bool = False
+    only_rows: tuple[str, ...] | None = None
+    """Draw only these rows of the table (names as in it, e.g. [progressive, label-only]: a larger sample of the
+    one comparison that needs it); the real clips and the still reference are always scored. None: every row."""
     out: Path | None = None
     fid_net: Path | None = None
     """A TorchScript feature network (e.g. a local InceptionV3), for FID."""

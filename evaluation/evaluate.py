@@ -20,13 +20,12 @@ per row (`evaluation.report`). `cfg` is compared at matched strength: with s_a =
 single-stage without the region mask (a warning otherwise). There is no no-masks row for a model trained
 with masks: removing them at sampling would measure an input it never saw, not the value of masks (train
 with `data.region_masks: false` for that row). Results: a printed table, `OUT/evaluation.json` (with each
-row's information), an MLflow run (metrics per mode, the JSON, a real-vs-generated strip and an AU
-timeline plot).
+row's information), an MLflow run (metrics per mode, the JSON, a real-vs-generated strip, an AU
+timeline plot and, with a ground truth, `au_strip.png`: what each row drew of a few clips' AU requests).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import asdict
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from evaluation.au_specs import au_specifications
 from evaluation.clips import Clip, load_clips
 from evaluation.config import EvaluateConfig
 from evaluation.measures import (
@@ -145,64 +145,26 @@ def draw(pipe, clips: list[Clip], row: Row, config: EvaluateConfig) -> list[tupl
     return [(o.frames, o.seam_ratio) for o in outputs]
 
 
-def au_specifications(
-    clips: list[Clip], config: EvaluateConfig, size: int, version: str
-) -> tuple[dict, dict[str, float], list[Clip]]:
-    """What AU F1 scores each clip against (issue 38; `evaluation.au_request`, validated by `tbd check-measures`):
-    key -> (its AU specification as the demo corpus rendered it, `detectable` and `presence` at its real
-    clip's face size, with its person's floor: `person_floor` over the speaker's neutral clips in the data
-    folder, measured against the same reference as the scored clips), key -> the AU F1 of the label's
-    FACS prototype drawn perfectly (what a label alone can request: for a compound expression, the label Think
-    reads in its name, e.g. disgusted for "angrily disgusted"), and the speaker's neutral clips with
-    the scored clips' reference in place of their own (tracked: `real_video`), which each row draws for its
-    own neutral (`row_neutrals`). Neutral clips are not scored: their readings are the person's floor.
-    Empty without a ground truth (`config.groundtruth`)."""
-    from evaluation.au_request import detectable, expression_aus, person_floor, presence, score_request
-    from evaluation.measures import groundtruth_specs, prototype_templates
-    from media.au_measure import track_video
-    from pipelines.data_folder import DataFolder
-
-    specs = groundtruth_specs(config.groundtruth)
-    if not specs:
-        return {}, {}, []
-    reference = {}  # the scored clips' reference (a neutral clip's frame; a neutral clip's own is another's)
-    for c in clips:
-        if c.meta["emotion"] != "neutral":
-            reference.setdefault(c.meta["speaker"], c)
-    summaries = DataFolder(config.data).media_summaries()
-    neutral_keys = [
-        k for k, s in sorted(summaries.items()) if s["emotion"] == "neutral" and s["speaker"] in reference
-    ]
-    have = {c.key: c for c in clips}  # a neutral clip scored here is not loaded or tracked again
-    missing = [k for k in neutral_keys if k not in have]
-    for c in load_clips(config, size, version, {}, keys=missing) if missing else []:
-        c.real_video = track_video(c.frames)
-        have[c.key] = c
-    neutrals, floors = [], {}
-    for key in neutral_keys:
-        ref = reference[summaries[key]["speaker"]]
-        neutral = dataclasses.replace(have[key], reference=ref.reference, reference_landmarks=ref.reference_landmarks,
-                                      reference_key=ref.reference_key, reference_video=ref.reference_video,
-                                      reference_identity=ref.reference_identity)  # fmt: skip
-        neutrals.append(neutral)
-        floors.setdefault(ref.meta["speaker"], []).append(
-            expression_aus(neutral.real_video, ref.reference_video.baseline())
-        )
-    out, label, prototypes = {}, {}, prototype_templates()
-    for c in clips:
-        spec = specs.get(str(Path(c.meta["video"]).resolve()))
-        if spec is None or c.meta["emotion"] == "neutral":
-            continue
-        iod = c.real_video.iod_px
-        least, present = detectable(iod), presence(iod, person_floor(floors.get(c.meta["speaker"], [])))
-        out[c.key] = (spec, least, present)
-        label_emotion = (c.label_cot or {}).get(
-            "emotion", c.meta["emotion"]
-        )  # a compound's: the label Think reads
-        proto = prototypes.get((label_emotion, c.meta["level"] or 1))
-        if proto is not None:
-            label[c.key] = score_request(spec, proto, least, present)["au_f1"]
-    return out, label, neutrals
+def au_blocks(clips: list[Clip], generated: dict, per_clip: dict, n: int = 4) -> list:
+    """`report.au_strip`'s blocks for `n` clips evenly spaced over `clips` (chosen before any row is seen):
+    per clip the AUs its specification asks for, then each row's frames with the AUs read on them."""
+    names = lambda aus: " ".join(f"AU{a}" for a in aus) or "none"  # noqa: E731
+    picks = sorted(set(np.linspace(0, len(clips) - 1, min(n, len(clips))).round().astype(int)))
+    blocks = []
+    for i in picks:
+        key, rows = clips[i].key, []
+        for mode, pairs in generated.items():
+            row = next(r for r in per_clip[mode] if r["key"] == key)
+            if "au_present" not in row:
+                continue
+            caption = (
+                f"read {names(row['au_present'])} (AU F1 {row['au_f1']:.2f}, face {row['face_rate']:.2f})"
+            )
+            rows.append((mode, pairs[i][1], caption))
+        if rows:
+            asked = next(r for r in per_clip[REAL] if r["key"] == key).get("au_requested", [])
+            blocks.append((f"{key}: asked {names(asked)}", rows))
+    return blocks
 
 
 def row_neutrals(pipe, neutrals: list[Clip], row: Row, config: EvaluateConfig) -> dict[str, tuple | None]:
@@ -241,7 +203,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 
     from evaluation import metrics
     from evaluation.judges import Judges, confusion
-    from evaluation.report import aggregate, plots, print_table, separable
+    from evaluation.report import aggregate, au_strip, plots, print_table, separable
     from media.au_calibration import load as load_calibration
     from media.au_measure import requested_aus, track_still, track_video
     from tbd_core.tracking import job_run, tracking_uri
@@ -277,6 +239,13 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     nets = {"fid": torch.jit.load(str(config.fid_net), map_location="cpu").eval()} if config.fid_net else {}
     standard = StandardMetrics.load(config.syncnet, config.lpips_backbone, config.fvd_net, config.arcface)
     runs = rows(config.guidance, config.ablations, (pipe.config.conditioning or {}).get("region_masks", True))
+    if config.only_rows is not None:
+        unknown = set(config.only_rows) - {r.name for r in runs}
+        if unknown:
+            raise UserError(
+                f"only_rows names {sorted(unknown)}, not rows of this table: {[r.name for r in runs]}"
+            )
+        runs = [r for r in runs if r.name in config.only_rows or r.text is None]
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
     log.info("evaluate: %d %s clips x %d rows, %d denoising steps -> %s", len(clips), config.split, len(runs),
@@ -369,6 +338,10 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         first_measured,
         pipe.fps,
     )
+    if au_specs:
+        from PIL import Image
+
+        Image.fromarray(au_strip(au_blocks(clips, generated, per_clip))).save(out / "au_strip.png")
     print_table(results, report["information"])
     log.info("real clips' face rate at %d px: %.3f", pipe.size, report["real_face_rate"])
 
@@ -389,6 +362,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         mlflow.log_metric("real_face_rate", report["real_face_rate"])
         if real_acc is not None:
             mlflow.log_metric("classifier_accuracy_on_real_clips", real_acc)
-        for f in ("evaluation.json", "strip.png", "au_timeline.png"):
-            mlflow.log_artifact(str(out / f), "evaluation")
+        for f in ("evaluation.json", "strip.png", "au_timeline.png", "au_strip.png"):
+            if (out / f).is_file():
+                mlflow.log_artifact(str(out / f), "evaluation")
     return report

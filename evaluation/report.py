@@ -92,6 +92,31 @@ def strip(videos: list[np.ndarray], columns: int = 8) -> np.ndarray:
     return np.concatenate([np.concatenate(list(v[picks]), axis=1) for v in videos], axis=0)
 
 
+def au_strip(
+    blocks: list[tuple[str, list[tuple[str, np.ndarray, str]]]], columns: int = 8, scale: int = 2
+) -> np.ndarray:
+    """What each row drew of a request: per clip a title, then one row per video (its `strip`, upscaled
+    `scale` x, nearest) with a caption under it ("label-only: read AU12"). `blocks`: [(title, [(row name,
+    (T, H, W, 3) uint8 video, caption)])]. Returns an (H', W', 3) uint8 image; white text on black."""
+    band, images = 14, []
+    for title, rows in blocks:
+        width = columns * rows[0][1].shape[2] * scale
+        images.append(_caption(title, width, band))
+        for name, video, caption in rows:
+            pic = strip([video], columns).repeat(scale, 0).repeat(scale, 1)
+            images += [pic[:, :width], _caption(f"{name}: {caption}", width, band)]
+    width = max(i.shape[1] for i in images)
+    return np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1]), (0, 0))) for i in images])
+
+
+def _caption(text: str, width: int, height: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height))
+    ImageDraw.Draw(image).text((2, 1), text, fill=(255, 255, 255))
+    return np.asarray(image)
+
+
 def plots(
     out: Path, real: np.ndarray, generated: dict[str, np.ndarray], requested: dict, measured: dict, fps: int
 ):

@@ -20,13 +20,27 @@ FREE_TEXT = "(free text)"
 OVERLAY_SIZE = 256  # the regions are drawn on a crop of this size (same framing as the model's)
 
 
+def emotion_choices() -> list[tuple[str, str]]:
+    """The Emotion dropdown: (shown, value) for the MEAD labels, the compound expressions of Du et al. (PNAS
+    2014; `annotation/facs_kb.yaml` compound_expressions, never a training label) and free text."""
+    from annotation.facs import load_kb
+
+    compounds = [(f"{name.replace('_', ' ')} (compound)", name) for name in load_kb().compound_expressions]
+    return [*((e, e) for e in MEAD_EMOTIONS), *compounds, (FREE_TEXT, FREE_TEXT)]
+
+
 def _config(config, image, audio, emotion, level, text, out=None, seed=0, **guidance):
+    """The `GenerateConfig` of the tab's inputs. A compound expression is requested by its name as free text
+    ("sadly angry"): Think selects the compound's own AU set (facs-reasoner-5), which no label's prototype has."""
+    from annotation.facs import load_kb
     from tbd_lightning.generate import GenerateConfig
     from tbd_lightning.sampler import GuidanceConfig
 
     free = emotion == FREE_TEXT
     if free and not (text or "").strip():
         raise UserError("type a free-text emotion (or pick a label)")
+    if emotion in load_kb().compound_expressions:
+        free, text = True, emotion.replace("_", " ")
     return GenerateConfig(
         image=Path(image) if image else Path(), audio=Path(audio) if audio else Path(),
         model=Path(config.model) if config.model else Path(), out=Path(out) if out else Path(),
@@ -160,9 +174,7 @@ def generate_tab(config) -> None:
             audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
                              value=_existing(config.speech), elem_id="speech")  # fmt: skip
         with gr.Column():
-            emotion = gr.Dropdown(
-                [*MEAD_EMOTIONS, FREE_TEXT], value="happy", label="Emotion", elem_id="emotion"
-            )
+            emotion = gr.Dropdown(emotion_choices(), value="happy", label="Emotion", elem_id="emotion")
             level = gr.Slider(1, 3, value=2, step=1, label="Level", elem_id="level")
             text = gr.Textbox(
                 label="Free text (with '(free text)')", placeholder="a bittersweet smile", elem_id="text"

@@ -138,6 +138,21 @@ def cell_text(driver, row: int, col: int) -> str:
     return cell(driver, row, col).text.split("\n")[0].strip()  # a selected cell also shows its menu button
 
 
+def pick(driver, elem_id: str, option: str) -> None:
+    """Choose `option` (its shown text) in the dropdown `elem_id`: type part of it, click the listed option."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    field = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input")
+    field.click()
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(option.split(" (")[0])
+    item = wait_for(driver, lambda d: [li for li in d.find_elements(By.CSS_SELECTOR, "[role=option]")
+                                       if li.text.strip() == option], 20, f"no option {option!r}")[0]  # fmt: skip
+    item.click()
+    wait_for(driver, lambda d: field.get_attribute("value") == option, 10, f"{option!r} not chosen")
+
+
 def set_number(driver, elem_id: str, value: int) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -258,6 +273,18 @@ def test_generate_tab_thinks_edits_draws_and_survives_user_errors(tiny_model, in
         browser.find_element(By.ID, "draw").click()
         wait_for(browser, lambda d: [v for v in d.find_elements(By.CSS_SELECTOR, "#video video")
                                      if v.get_attribute("src") not in (None, "", old)], what="no second video")  # fmt: skip
+        # A compound expression no label names, picked from the menu: the AU table holds its own AU set.
+        from annotation.facs import load_kb
+
+        pick(browser, "emotion", "sadly angry (compound)")
+        think(browser)
+        want = sorted(f"AU{a}" for a in load_kb().compound_expressions["sadly_angry"])
+
+        def table_aus(d):
+            rows = d.find_elements(By.CSS_SELECTOR, '#au-table [role="row"][data-index]')
+            return sorted(cell_text(d, i, 0) for i in range(len(rows)))
+
+        wait_for(browser, lambda d: table_aus(d) == want, 60, f"the AU table is not {want}")
 
 
 @pytest.fixture(scope="module")

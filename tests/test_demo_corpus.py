@@ -305,3 +305,23 @@ def test_variation_draws_each_clips_muscles_within_its_label_and_compounds_stay_
     for c in compound:
         assert _au_set(c["aus"]) not in seen, c
         assert c["identity"] == meta["heldout"]["name"]
+
+
+def test_training_identities_can_come_from_three_real_people(tmp_path):
+    """`--training_photos 3` (make thesis): the training speakers are Grace Hopper, Obama and Biden (then their
+    variants), the last speaker still the held-out astronaut; the demo's default is Grace Hopper's photograph
+    alone. A count outside 1..3 is a `UserError` before anything is rendered."""
+    from pipelines.demo_corpus.corpus import CorpusConfig
+    from pipelines.demo_corpus.portraits import speakers
+    from tbd_core.errors import UserError
+
+    assert [p.name for p in speakers(None, 5, 3)] == [
+        "GraceHopper",
+        "Obama",
+        "Biden",
+        "GraceHopperMirror",
+        "Astronaut",
+    ]
+    assert [p.name for p in speakers(None, 3)] == ["GraceHopper", "GraceHopperMirror", "Astronaut"]
+    with pytest.raises(UserError, match="training_photos"):
+        CorpusConfig(out=tmp_path, training_photos=4).validate()

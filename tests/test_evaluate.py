@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from evaluation.au_specs import au_specifications
 from evaluation.clips import load_clips
-from evaluation.evaluate import EvaluateConfig, au_specifications, score_clip
+from evaluation.evaluate import EvaluateConfig, score_clip
 from evaluation.measures import groundtruth_index
 from tests import standins
 from tests.conftest import face_descriptors, offline_env, run_tbd
@@ -294,7 +295,13 @@ def test_evaluate_ablation_table_json_and_mlflow(mead, demo_corpus, tiny_model, 
         "evaluation/evaluation.json",
         "evaluation/strip.png",
         "evaluation/au_timeline.png",
+        "evaluation/au_strip.png",
     }
+    # What each row drew of the AU requests: per clip (2) a title, then the 8 rows, each frames and a caption
+    from PIL import Image
+
+    shown = np.asarray(Image.open(tmp_path / "eval" / "au_strip.png"))
+    assert shown.shape == (2 * 14 + 2 * 8 * (2 * 32 + 14), 8 * 32 * 2, 3), shown.shape
 
 
 @pytest.mark.slow
@@ -445,3 +452,24 @@ def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_
         recognised[speaker] = {c for c, v in verdicts.items() if c == v}
     assert len(recognised["W001"]) >= 4 and {"happy", "sad"} <= recognised["W001"], recognised
     assert {"happy", "sad"} <= recognised["W003"], recognised
+
+
+def test_only_rows_draws_the_named_rows_and_the_bounds(mead, tiny_model, tmp_path, netguard_log):
+    """`--only_rows` (a larger sample of one comparison, issue 38): only the named rows are drawn, the real
+    clips and the still reference always scored; a name that is not a row of the table is a one-line error
+    that lists the rows."""
+    data, version = mead
+    common = ("evaluate", "--model", str(tiny_model), "--data", str(data), "--version", version, "--split", "val",
+              "--max_clips", "1", "--max_frames", "8", "--guidance.steps", "1", "--ablations", "true")  # fmt: skip
+    proc = run_tbd(*common, "--only_rows", "[label-only]", "--out", str(tmp_path / "eval"),
+                   env=offline_env(netguard_log), timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert set(report["results"]) == {"label-only", "real", "reference-still"}, report["results"].keys()
+    bad = run_tbd(
+        *common, "--only_rows", "[progresive]", "--out", str(tmp_path / "bad"), env=offline_env(netguard_log)
+    )
+    assert bad.returncode != 0 and "progresive" in bad.stderr and "label-only" in bad.stderr, bad.stderr[
+        -2000:
+    ]
+    assert "Traceback" not in bad.stderr

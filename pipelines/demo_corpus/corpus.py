@@ -67,6 +67,9 @@ class CorpusConfig:
     variation: bool = False  # each clip's own AUs, intensities and timing within its label (VARIATION)
     # clips per compound expression of the KB (Du, Tao & Martinez 2014), all of the held-out person
     compound_clips: int = 0
+    # the built-in training identities are variants of this many real people's photographs: 1 Grace Hopper
+    # (the demo), 2 and Obama, 3 and Biden (face_recognition's test images, `make setup`); with --portraits unused
+    training_photos: int = 1
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     force: bool = False
 
@@ -80,6 +83,8 @@ class CorpusConfig:
             raise UserError(
                 "--identities and --clips-per-level must be >= 1, --hdtf-clips and --compound_clips >= 0"
             )
+        if not 1 <= self.training_photos <= 3:
+            raise UserError(f"--training_photos {self.training_photos}: 1 .. 3 built-in photographs")
         if not (0.5 <= self.seconds <= 60):
             raise UserError(f"--seconds {self.seconds} is out of range (0.5 .. 60)")
         if abs(self.seconds * FPS - round(self.seconds * FPS)) > 1e-6:  # speech and video of one length
@@ -282,7 +287,7 @@ def build(cfg: CorpusConfig) -> Path:
         raise UserError(f"cannot write to {out.parent}: {err.strerror}") from err
     started = time.time()
     try:
-        people = speakers(cfg.portraits, cfg.identities)
+        people = speakers(cfg.portraits, cfg.identities, cfg.training_photos)
         # An unseen face for `tbd generate`: the built-in corpus's last speaker (validation only, never
         # trained on); with the user's photos a further variant of the first.
         heldout = (
@@ -333,6 +338,7 @@ def build(cfg: CorpusConfig) -> Path:
             "seed": cfg.seed,
             "variation": VARIATION if cfg.variation else None,
             "compound_clips": cfg.compound_clips,
+            "training_photos": None if cfg.portraits else cfg.training_photos,
             "au_channels": list(CHANNELS),
             "kb_version": load_kb().version,
             "identities": [

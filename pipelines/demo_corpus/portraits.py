@@ -112,18 +112,20 @@ def identities(portraits: list[Portrait], n: int) -> list[Portrait]:
     return [variant(portraits[i % len(portraits)], i // len(portraits)) for i in range(n)]
 
 
-def speakers(folder: str | Path | None, n: int) -> list[Portrait]:
+def speakers(folder: str | Path | None, n: int, photos: int = 1) -> list[Portrait]:
     """The corpus's `n` speakers (W001 ... in order): `identities` of the user's photos in `folder`; with the
-    built-in photos, `n - 1` identities of Grace Hopper's photograph and, last, the held-out person (the
-    astronaut), so the speaker a demo validates on is not a variant of any training identity (dlib puts
-    them 0.69 apart, above its 0.6 same-person threshold; `tests/test_evaluate.py` asserts it)."""
+    built-in photos, `n - 1` identities of the first `photos` real people (Grace Hopper; Obama, Biden:
+    `registry_portraits`) and, last, the held-out person (the astronaut), so the speaker a demo validates on
+    is not a variant of any training identity (dlib puts Grace Hopper's photograph 0.69 from her, above its
+    0.6 same-person threshold; `tests/test_evaluate.py` asserts it)."""
     if folder:
         return identities(load_portraits(folder), n)
     if n < 2:
         raise UserError(
             "the built-in corpus needs at least 2 identities (training ones and a held-out person)"
         )
-    return [*identities(builtin_portraits(), n - 1), heldout_portrait()]
+    people = [*builtin_portraits(), *registry_portraits()] if photos > 1 else builtin_portraits()
+    return [*identities(people[:photos], n - 1), heldout_portrait()]
 
 
 def calibration_people(folder: str | Path | None, n: int) -> list[Portrait]:
