@@ -56,6 +56,15 @@ def tbd(*args: str) -> None:
     print(f"  ({(time.time() - start) / 60:.1f} min)", flush=True)
 
 
+def evaluate(args, name: str, *extra: str, max_clips: int | None = None) -> None:
+    """`tbd evaluate --ablations` of OUT/model on `max_clips` (default `--max_clips`) validation clips at matched
+    guidance scales, into OUT/`name`, with the `extra` options."""
+    out, n = Path(args.out), args.max_clips if max_clips is None else max_clips
+    tbd("evaluate", "--model", str(out / "model"), "--data", args.data, "--split", "val", "--max_clips", str(n),
+        "--max_frames", str(args.max_frames), "--guidance.steps", str(args.guidance_steps), *GUIDANCE,
+        "--ablations", "true", "--groundtruth", args.corpus, "--out", str(out / name), *extra)  # fmt: skip
+
+
 def lower_bound(rows: list[dict], metric: str) -> float | None:
     values = [r[metric] for r in rows if r.get(metric) is not None]
     return bootstrap_interval(values)[0] if len(values) > 1 else None
@@ -143,9 +152,7 @@ def main() -> None:
             *(("--model.region_weight", str(args.region_weight)) if args.region_weight is not None else ()))  # fmt: skip
         tbd("export", str(out / "train/checkpoints/last.ckpt"), str(out / "model"))
     if not args.report_only:
-        tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips", str(args.max_clips),
-            "--max_frames", str(args.max_frames), "--guidance.steps", str(args.guidance_steps), *GUIDANCE,
-            "--ablations", "true", "--groundtruth", args.corpus, "--out", str(out / "evaluation"))  # fmt: skip
+        evaluate(args, "evaluation")
     report = json.loads((out / "evaluation" / "evaluation.json").read_text())
     results, per_clip = report["results"], report["per_clip"]
     print(f"\ncontrol experiment: {len(report['clips'])} validation clips of a held-out speaker, "
@@ -178,10 +185,7 @@ def main() -> None:
         for c in json.loads((Path(args.corpus) / "corpus.json").read_text())["clips"]
     ):
         if not args.report_only:
-            tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--compound", "true",
-                "--max_clips", str(args.max_clips), "--max_frames", str(args.max_frames), "--guidance.steps",
-                str(args.guidance_steps), *GUIDANCE, "--ablations", "true", "--groundtruth", args.corpus,
-                "--out", str(out / "evaluation-compound"))  # fmt: skip
+            evaluate(args, "evaluation-compound", "--compound", "true")
         compound = json.loads((out / "evaluation-compound" / "evaluation.json").read_text())
         print(f"\ncompound expressions (Du et al. 2014, never trained): {len(compound['clips'])} clips of the "
               "held-out speaker; mean [bootstrap 95 %]")  # fmt: skip
@@ -190,10 +194,8 @@ def main() -> None:
     within = None
     if args.within_label_clips:
         if not args.report_only:
-            tbd("evaluate", "--model", str(out / "model"), "--data", str(data), "--split", "val", "--max_clips",
-                str(args.within_label_clips), "--max_frames", str(args.max_frames), "--guidance.steps",
-                str(args.guidance_steps), *GUIDANCE, "--ablations", "true", "--only_rows", "[progressive, label-only]",
-                "--groundtruth", args.corpus, "--out", str(out / "evaluation-within"))  # fmt: skip
+            evaluate(args, "evaluation-within", "--only_rows", "[progressive, label-only]",
+                     max_clips=args.within_label_clips)  # fmt: skip
         within = json.loads((out / "evaluation-within" / "evaluation.json").read_text())
         print(f"\nwithin-label variants, the larger sample: {len(within['clips'])} clips of the held-out speaker, "
               "progressive and label-only alone; mean [bootstrap 95 %]")  # fmt: skip

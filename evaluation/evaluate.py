@@ -213,6 +213,15 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     pipe = TBDPipeline.from_pretrained(config.model).to(device)
     source = pipe.config.source or {}
     version = resolve_version(config, pipe.config.annotation_version)
+    # the table's rows first: a wrong --only_rows name fails before any clip is loaded
+    runs = rows(config.guidance, config.ablations, (pipe.config.conditioning or {}).get("region_masks", True))
+    if config.only_rows is not None:
+        unknown = set(config.only_rows) - {r.name for r in runs}
+        if unknown:
+            raise UserError(
+                f"only_rows names {sorted(unknown)}, not rows of this table: {[r.name for r in runs]}"
+            )
+        runs = [r for r in runs if r.name in config.only_rows or r.text is None]
     skipped: dict[str, str] = {}
     if config.compound:
         from evaluation.compound import load_compound_clips
@@ -238,14 +247,6 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     templates = emotion_templates(config.groundtruth)
     nets = {"fid": torch.jit.load(str(config.fid_net), map_location="cpu").eval()} if config.fid_net else {}
     standard = StandardMetrics.load(config.syncnet, config.lpips_backbone, config.fvd_net, config.arcface)
-    runs = rows(config.guidance, config.ablations, (pipe.config.conditioning or {}).get("region_masks", True))
-    if config.only_rows is not None:
-        unknown = set(config.only_rows) - {r.name for r in runs}
-        if unknown:
-            raise UserError(
-                f"only_rows names {sorted(unknown)}, not rows of this table: {[r.name for r in runs]}"
-            )
-        runs = [r for r in runs if r.name in config.only_rows or r.text is None]
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
     log.info("evaluate: %d %s clips x %d rows, %d denoising steps -> %s", len(clips), config.split, len(runs),
