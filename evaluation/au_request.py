@@ -35,6 +35,12 @@ from evaluation.metrics import SPEECH_AUS
 
 QUANTILE = 0.75  # the clip level: this quantile of an AU's per-frame reading (frames with a face)
 PRESENT = 0.75  # FACS units: a clip level at or above this reads as the AU present
+# A clip whose face is found in fewer than this fraction of its frames is a lost face: no AU has a level (all
+# read absent), as lip sync already reads it. Declared 2026-12-07, before the next thesis run: the thesis run
+# of 2026-12-06 had its only CoT-over-label wins on clips whose face was found in 3-7 % of frames (read on 2-3
+# drawn frames; docs/results.md). Validated by `tbd check-measures` (`au_f1_real_half`): real clips read on a
+# random half of their frames keep their AU F1 (the ceiling is not lowered by reading half a clip).
+MIN_FACE = 0.5
 
 
 def expression_aus(video, baseline: np.ndarray) -> dict[int, list]:
@@ -96,12 +102,16 @@ def presence(iod_px: float | None, floor: dict[int, float] | None = None) -> dic
     return {au: max(level, (floor or {}).get(au, 0.0)) for au, level in out.items()}
 
 
-def clip_levels(measured: dict[int, list], quantile: float = QUANTILE) -> dict[int, float]:
-    """{AU: the `quantile` of its per-frame reading over the frames with a face} (`measured_aus` output)."""
+def clip_levels(
+    measured: dict[int, list], quantile: float = QUANTILE, min_face: float = MIN_FACE
+) -> dict[int, float]:
+    """{AU: the `quantile` of its per-frame reading over the frames with a face} (`measured_aus` output: a
+    series per AU, None where a frame has no face); empty (every AU absent) when fewer than `min_face` of the
+    frames have a face (`MIN_FACE`: a lost face)."""
     out = {}
     for au, series in measured.items():
         values = [v for v in series if v is not None]
-        if values:
+        if values and len(values) >= min_face * len(series):
             out[au] = float(np.quantile(values, quantile))
     return out
 

@@ -43,6 +43,9 @@ class PreprocessConfig(BaseModel):
     concurrency: int = 2  # ShardBuilder actors
     num_cpus_per_worker: float = 1.0
     tracking_uri: str | None = None
+    # Re-hash every finished shard (the whole tar read) instead of recognising it from its size and
+    # modification time (`pipelines.shards.finished`)
+    verify: bool = False
 
     @property
     def folder(self) -> DataFolder:
@@ -102,7 +105,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
         "inputs_sha256": inputs,  # the ingest manifest: other clips or paths -> other shards
     }
     check_params(media_dir, params)
-    pending = [(name, keys) for name, keys in plan if finished(media_dir, name) is None]
+    pending = [(name, keys) for name, keys in plan if finished(media_dir, name, config.verify) is None]
     log.info("preprocess: %d clips in %d shards, %d to build", len(clips), len(plan), len(pending))
 
     uri = tracking_uri(config.tracking_uri, config.data)

@@ -1,8 +1,10 @@
 """WebDataset shard sets: a fixed plan (keys -> shard names), deterministic tars written atomically with a
 sidecar (keys, sha256, rejects, per-key summaries), verification for resume, and the set's manifest.
 
-A shard is finished when its sidecar exists and the tar's sha256 matches it; a rerun skips finished
-shards and rebuilds the rest, so a crashed run resumed equals a clean run, byte for byte.
+A shard is finished when its sidecar exists and the tar is the one the sidecar describes: the same size and
+modification time as when it was written (no byte of the tar read, so a rerun over a finished folder costs
+time in proportion to the new work), or, with `verify` (or a tar copied without its times), the same sha256.
+A rerun skips finished shards and rebuilds the rest, so a crashed run resumed equals a clean run, byte for byte.
 """
 
 from __future__ import annotations
@@ -59,22 +61,43 @@ def write_shard(
     record = ShardRecord(
         name=name, keys=keys, sha256=sha256_file(tar), bytes=tar.stat().st_size, rejects=rejects
     )
-    sidecar = {"record": record.model_dump(), "summaries": summaries or {}}
-    tmp_json = folder / f".{name}.json.tmp"
-    tmp_json.write_text(json.dumps(sidecar, sort_keys=True))
-    os.replace(tmp_json, folder / f"{name}.json")
+    _write_sidecar(folder, name, {"record": record.model_dump(), "summaries": summaries or {}})
     return record
 
 
-def finished(folder: Path, name: str) -> ShardRecord | None:
-    """The shard's record if its sidecar exists and the tar matches its sha256; else None."""
-    sidecar, tar = folder / f"{name}.json", folder / f"{name}.tar"
-    if not (sidecar.is_file() and tar.is_file()):
+def _write_sidecar(folder: Path, name: str, sidecar: dict) -> None:
+    """The sidecar with the tar's stat as it is now (`stat`: size, mtime in ns), atomically."""
+    st = (folder / f"{name}.tar").stat()
+    sidecar = {**sidecar, "stat": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    tmp_json = folder / f".{name}.json.tmp"
+    tmp_json.write_text(json.dumps(sidecar, sort_keys=True))
+    os.replace(tmp_json, folder / f"{name}.json")
+
+
+def finished(folder: Path, name: str, verify: bool = False) -> ShardRecord | None:
+    """The shard's record if its sidecar exists and its tar is the one the sidecar describes, else None
+    (a warning says why). The tar is recognised from its size and modification time as recorded when it was
+    written (`stat`: no byte of it read); with `verify`, or when the times differ (a copy that did not keep
+    them, an older sidecar without them), from its sha256 (the whole tar read), and a match records the
+    tar's times for the next run."""
+    sidecar_path, tar = folder / f"{name}.json", folder / f"{name}.tar"
+    if not (sidecar_path.is_file() and tar.is_file()):
         return None
-    record = ShardRecord(**json.loads(sidecar.read_text())["record"])
-    if tar.stat().st_size != record.bytes or sha256_file(tar) != record.sha256:
-        log.warning("%s: tar does not match its sidecar; it will be rebuilt", tar)
+    sidecar = json.loads(sidecar_path.read_text())
+    record, st = ShardRecord(**sidecar["record"]), tar.stat()
+    if st.st_size != record.bytes:
+        log.warning(
+            "%s: %d bytes where its sidecar says %d; it will be rebuilt", tar, st.st_size, record.bytes
+        )
         return None
+    stat = sidecar.get("stat") or {}
+    if not verify and stat.get("mtime_ns") == st.st_mtime_ns and stat.get("bytes") == st.st_size:
+        return record
+    if sha256_file(tar) != record.sha256:
+        log.warning("%s: its sha256 does not match its sidecar's; it will be rebuilt", tar)
+        return None
+    if stat.get("mtime_ns") != st.st_mtime_ns:
+        _write_sidecar(folder, name, sidecar)
     return record
 
 

@@ -63,6 +63,18 @@ def test_the_clip_level_reads_an_expression_that_releases_before_the_end():
     assert levels[4] >= 0.75 and levels[12] < 0.75 and levels[1] == 2.0
 
 
+def test_a_face_found_in_under_half_the_frames_is_a_lost_face():
+    """A clip whose face is found in 2 of 20 frames (the thesis run's CoT "wins" were read on such clips,
+    2026-12-06) has no AU level, so every AU reads absent and a request scores as missed; at half the frames
+    the level is read."""
+    few = [None] * 18 + [3.0, 3.0]
+    half = [None] * 10 + [3.0] * 10
+    assert clip_levels({4: few}) == {} and clip_levels({4: half}) == {4: 3.0}
+    least = {4: 0.5}
+    assert score_request({4: 3.0}, clip_levels({4: few}), least)["au_f1"] == 0.0
+    assert score_request({4: 3.0}, clip_levels({4: half}), least)["au_f1"] == 1.0
+
+
 def test_sided_channels_take_the_larger_side():
     assert channels_au({"AU12_L": 3.1, "AU12_R": 0.0, "AU4": 2.0}) == {12: 3.1, 4: 2.0}
 

@@ -279,6 +279,52 @@ def test_crash_midway_then_resume_equals_a_clean_run(datasets, tmp_path, netguar
     assert read_manifest(data / "media") == read_manifest(clean / "media")
 
 
+def test_a_rerun_over_a_finished_folder_reads_almost_none_of_its_shards(datasets, tmp_path):
+    """Resume in time proportional to the new work (issue 39): a rerun of preprocess over a finished folder
+    recognises each shard from its sidecar and the tar's size and modification time. Every file the rerun
+    opens is seen by an audit hook; the tars it opens add up to under 1 % of the shards' bytes (the old
+    resume hashed every tar twice: 200 %). With `verify` it reads them all; a tar changed in place (same
+    size, a new time) is caught by its sha256."""
+    import sys
+
+    from pipelines.preprocess import PreprocessConfig, run_preprocess
+    from pipelines.shards import finished
+
+    data = tmp_path / "data"
+    shutil.copytree(datasets["mead"]["data"], data)  # copy2: the tars keep their modification times
+    media = data / "media"
+    shards = {str(p.resolve()): p.stat().st_size for p in media.glob("*.tar")}
+    opened: list[str] = []
+    recording = [False]  # the hook outlives the test (audit hooks cannot be removed)
+
+    def hook(event, args):
+        if recording[0] and event == "open" and isinstance(args[0], str | Path):
+            opened.append(str(Path(args[0]).resolve()))
+
+    sys.addaudithook(hook)
+
+    def rerun(verify: bool) -> tuple[float, dict]:
+        opened.clear()
+        recording[0] = True
+        try:
+            config = PreprocessConfig(data=data, media={"crop_size": 64}, clips_per_shard=8, verify=verify)
+            metrics = run_preprocess(config)["metrics"]
+        finally:
+            recording[0] = False
+        return sum(shards.get(path, 0) for path in opened) / sum(shards.values()), metrics
+
+    fraction, metrics = rerun(verify=False)
+    assert metrics["shards_built"] == 0 and fraction < 0.01, fraction
+    verified, metrics = rerun(verify=True)
+    assert metrics["shards_built"] == 0 and verified >= 1.0, verified
+    assert read_manifest(media) == read_manifest(datasets["mead"]["data"] / "media")
+    tar = media / "shard-000000.tar"
+    body = bytearray(tar.read_bytes())
+    body[-1024] ^= 0xFF  # one byte flipped, the same size, a new modification time
+    tar.write_bytes(bytes(body))
+    assert finished(media, "shard-000000") is None
+
+
 def test_ingest_splits_by_speaker_deterministically_with_overrides(demo_corpus, tmp_path):
     from pipelines.ingest import IngestConfig, ingest
 
