@@ -76,9 +76,36 @@ def run(name: str, module, data: dict, steps: int, device: str, bf16: bool) -> d
     b = data["video"].shape[0]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    ema = ema_seconds(module, steps, device)
     return {"model": name, "steps_per_s": round(1 / seconds, 4), "samples_per_s": round(b / seconds, 4),
             "peak_gib": None if peak is None else round(peak, 2), "trainable_params": trainable,
-            "warmup_s": round(warmup, 1)}  # fmt: skip
+            "warmup_s": round(warmup, 1), **{f"ema_{k}_s": round(v, 5) for k, v in ema.items()},
+            "ema_share": round(ema["foreach"] / (seconds + ema["foreach"]), 4)}  # fmt: skip
+
+
+def ema_seconds(module, steps: int, device: str) -> dict[str, float]:
+    """Seconds per EMA update of `module`: `WarmupEMA`'s `ForeachEMA` (trainable tensors, one foreach lerp)
+    against the per-tensor `AveragedModel(avg_fn=EMADecay)` it replaced (a host sync per tensor)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from tbd_lightning.callbacks import EMADecay, ForeachEMA
+
+    makers = {"foreach": lambda: ForeachEMA(module, EMADecay(0.9999), use_buffers=True),
+              "per_tensor": lambda: AveragedModel(module, avg_fn=EMADecay(0.9999), use_buffers=True)}  # fmt: skip
+    out = {}
+    for name, make in makers.items():
+        ema = make()
+        ema.update_parameters(module)  # the first update copies
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            ema.update_parameters(module)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out[name] = (time.perf_counter() - start) / steps
+        del ema
+    return out
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch.optim.swa_utils import AveragedModel
 
 from tbd_core.errors import UserError
 
@@ -65,18 +66,85 @@ class EMADecay:
         return averaged * d + current * (1 - d)
 
 
+class ForeachEMA(AveragedModel):
+    """torch's `AveragedModel` with an exponential moving average (decay `EMADecay`) updated as one foreach
+    lerp over the trainable tensors (issue 39): no Python loop of kernels per tensor, no host sync (the count
+    of updates is kept on the host beside `n_averaged`; `AveragedModel` with `avg_fn` read it once per
+    tensor per step). Weights that do not train (`requires_grad` False when the copy is made: a frozen UNet
+    under `trainable: motion`) are not averaged: on the model's device they are the model's own tensors
+    (shared: no memory, no time), elsewhere copied at the first update. Buffers: floating ones averaged with
+    `use_buffers`, the rest copied (an integer counter is not averaged). Numerically
+    `AveragedModel(model, avg_fn=EMADecay(...))` (a test holds them equal)."""
+
+    def __init__(self, model: torch.nn.Module, decay: EMADecay, device=None, use_buffers: bool = False):
+        super().__init__(model, device=device, use_buffers=use_buffers)
+        self.decay = decay
+        self._count: int | None = 0  # host copy of n_averaged; None: read it once (after a restore)
+        self._cache: tuple | None = None
+        own = dict(self.module.named_parameters())
+        for name, param in model.named_parameters():
+            if not param.requires_grad and own[name].device == param.device:
+                own[name].data = param.data  # shared with the model (the deep copy is freed)
+
+    def _tensors(self, model: torch.nn.Module) -> tuple[list, list, list, list]:
+        """(averaged, current) tensor lists to average and (averaged, current) to copy, made once per model."""
+        key = (id(model), next(model.parameters()).data_ptr())
+        if self._cache is None or self._cache[0] != key:
+            own_p, own_b = dict(self.module.named_parameters()), dict(self.module.named_buffers())
+            avg, cur, copy_avg, copy_cur = [], [], [], []
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    avg.append(own_p[name].detach())
+                    cur.append(param.detach())
+                elif own_p[name].data_ptr() != param.data_ptr():  # another device: kept equal by copying
+                    copy_avg.append(own_p[name].detach())
+                    copy_cur.append(param.detach())
+            for name, buf in model.named_buffers():
+                averaged = self.use_buffers and buf.is_floating_point()
+                (avg if averaged else copy_avg).append(own_b[name])
+                (cur if averaged else copy_cur).append(buf)
+            self._cache = (key, avg, cur, copy_avg, copy_cur)
+        return self._cache[1:]
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        if self._count is None:
+            self._count = int(self.n_averaged)  # one host sync after a checkpoint restored the count
+        avg, cur, copy_avg, copy_cur = self._tensors(model)
+        if avg and avg[0].device != cur[0].device:
+            cur = [c.to(avg[0].device, non_blocking=True) for c in cur]
+        if self._count == 0:
+            torch._foreach_copy_(avg, cur)  # the first update copies, as AveragedModel does
+        elif avg:
+            torch._foreach_lerp_(avg, cur, 1.0 - self.decay.at(self._count))  # avg * d + cur * (1 - d)
+        if copy_avg:
+            torch._foreach_copy_(copy_avg, [c.to(a.device) for a, c in zip(copy_avg, copy_cur, strict=True)])
+        self.n_averaged += 1
+        self._count += 1
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None  # n_averaged restored: read it at the next update
+
+
 class WarmupEMA(pl.callbacks.WeightAveraging):
     """`EMAWeightAveraging` whose decay warms up (`EMADecay`): an export after a short run is the trained
     weights averaged over its last steps, not the initialisation. Updated after every optimizer step from
-    `update_starting_at_step` (default 0); the averaged weights replace the model's for validation,
-    checkpoints' `state_dict` and the end of training (Lightning's `WeightAveraging`)."""
+    `update_starting_at_step` (default 0) with `ForeachEMA` (trainable weights only, foreach ops, no host
+    syncs); the averaged weights replace the model's for validation, checkpoints' `state_dict` and the end of
+    training (Lightning's `WeightAveraging`)."""
 
     def __init__(self, decay: float = 0.9999, use_warmup: bool = True, inv_gamma: float = 1.0,
                  power: float = 2 / 3, min_decay: float = 0.0, update_starting_at_step: int = 0,
                  device: str | None = None, use_buffers: bool = True):  # fmt: skip
         self.ema_decay = EMADecay(decay, use_warmup, inv_gamma, power, min_decay)
-        super().__init__(device=device, use_buffers=use_buffers, avg_fn=self.ema_decay)
+        super().__init__(device=device, use_buffers=use_buffers)
         self.update_starting_at_step = update_starting_at_step
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # as WeightAveraging.setup, with ForeachEMA (TBDModule has no configure_model)
+            device = self._device or pl_module.device
+            self._average_model = ForeachEMA(pl_module, self.ema_decay, device, self._use_buffers)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.update_starting_at_step

@@ -448,6 +448,115 @@ def test_ema_export_after_a_short_run_is_the_trained_weights(callback, tmp_path)
         assert share_initial > 0.2, share_initial  # the old path fails the bound the new one passes
 
 
+def _ema_net():
+    """A small LightningModule with a frozen layer, BatchNorm buffers and a trained stack (EMA tests)."""
+    import lightning.pytorch as pl
+
+    class Net(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.frozen = torch.nn.Linear(8, 8).requires_grad_(False)
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 8)
+            )
+
+        def forward(self, x):
+            return self.net(self.frozen(x))
+
+        def training_step(self, batch, _):
+            return (self(batch) - batch.flip(1)).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+    return Net()
+
+
+def test_foreach_ema_equals_the_per_tensor_average_and_leaves_frozen_weights_alone(tmp_path):
+    """Issue 39: the EMA `WarmupEMA` exports (`ForeachEMA`: one foreach lerp, no host sync per tensor) equals
+    torch's `AveragedModel(avg_fn=EMADecay)` (the EMA until 2026-12-07, a Python loop with a host sync per
+    tensor) replayed over the same run's weights, step by step: parameters and floating buffers (BatchNorm's
+    running statistics). A frozen layer is not averaged: the EMA holds the model's own tensor (no copy)."""
+    import lightning.pytorch as pl
+    from torch.optim.swa_utils import AveragedModel
+
+    from tbd_lightning.callbacks import EMADecay, WarmupEMA
+
+    class Weights(pl.Callback):  # listed before the EMA callback: the raw weights of every step
+        def __init__(self):
+            self.states = []
+
+        def on_train_batch_end(self, trainer, pl_module, *_):
+            self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    torch.manual_seed(0)
+    module, weights = _ema_net(), Weights()
+    replay = _ema_net()
+    replay.load_state_dict(module.state_dict())
+    old = AveragedModel(replay, avg_fn=EMADecay(0.999), use_buffers=True)
+    ema = WarmupEMA(decay=0.999)
+    data = torch.utils.data.DataLoader(torch.randn(160, 8), batch_size=8)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=20, logger=False, callbacks=[weights, ema], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, data)
+    for state in weights.states:
+        replay.load_state_dict(state)
+        old.update_parameters(replay)
+    exported = module.state_dict()  # the averaged weights replace the model's at the end of fit
+    expected = old.module.state_dict()
+    assert len(weights.states) == 20
+    for name, value in exported.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, expected[name], rtol=1e-5, atol=1e-6), name
+    assert not torch.allclose(exported["net.0.weight"], weights.states[-1]["net.0.weight"])  # an average
+    averaged = ema._average_model.module
+    assert averaged.frozen.weight.data_ptr() == module.frozen.weight.data_ptr()  # shared, not averaged
+    assert averaged.net[0].weight.data_ptr() != module.net[0].weight.data_ptr()
+
+
+def test_a_resumed_run_continues_the_ema_where_it_stopped(tmp_path):
+    """10 steps, then 10 more resumed from the checkpoint: the EMA exported is the per-tensor average
+    (`AveragedModel(avg_fn=EMADecay)`) replayed over all 20 steps' raw weights: the update count (and so
+    the decay) is restored with the averaged weights (`ForeachEMA` keeps a host copy of it)."""
+    import lightning.pytorch as pl
+    from torch.optim.swa_utils import AveragedModel
+
+    from tbd_lightning.callbacks import EMADecay, WarmupEMA
+
+    states = []
+
+    class Weights(pl.Callback):  # listed before the EMA callback: the raw weights of every step
+        def on_train_batch_end(self, trainer, pl_module, *_):
+            states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    torch.manual_seed(0)
+    replay = _ema_net()
+    initial = {k: v.clone() for k, v in replay.state_dict().items()}
+
+    def fit(steps: int, root: Path, ckpt: str | None = None) -> dict:
+        module = _ema_net()
+        module.load_state_dict(initial)
+        data = torch.utils.data.DataLoader(
+            torch.randn(80, 8, generator=torch.Generator().manual_seed(1)), batch_size=8
+        )
+        trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, callbacks=[Weights(), WarmupEMA(decay=0.999)],
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)  # fmt: skip
+        trainer.fit(module, data, ckpt_path=ckpt)
+        return module.state_dict()
+
+    fit(10, tmp_path / "first")
+    (checkpoint,) = (tmp_path / "first").rglob("*.ckpt")
+    resumed = fit(20, tmp_path / "resumed", str(checkpoint))
+    assert len(states) == 20
+    old = AveragedModel(replay, avg_fn=EMADecay(0.999), use_buffers=True)
+    for state in states:
+        replay.load_state_dict(state)
+        old.update_parameters(replay)
+    for name, value in old.module.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, resumed[name], rtol=1e-5, atol=1e-6), name
+
+
 def test_motion_frames_are_given_clean_and_not_scored():
     """With motion frames (as sampling continues a long video) the first k frames enter the model clean
     and carry no loss: the loss is the same whatever the model predicts there."""
