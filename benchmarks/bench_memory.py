@@ -4,6 +4,11 @@ process). Flat means the per-clip work holds a bounded window: preprocess cuts v
 `segment_seconds` segments and streams frames; generate samples in batches of windows and streams the
 decoded frames into the encoder. Also checks that every second of the video is accounted for (segments in
 the shards + ledger spans). `ratio` = peak RSS at the longest input / at the shortest; prints one JSON line.
+
+`--evaluate DATA --corpus CORPUS`: peak RSS of `tbd evaluate` against the number of clips instead (issue 39),
+8 and 64 clips (`--clips`) of DATA's `--split`, an untrained tiny model at `--size` px (large frames make
+what a run keeps per clip visible), one denoising step, the progressive row with the real clips and the
+still; each run in a fresh process. Bounded means each chunk of clips is scored and dropped.
 """
 
 from __future__ import annotations
@@ -80,12 +85,39 @@ def talking_video(folder: Path, minutes: float) -> tuple[Path, Path]:
     return video, audio
 
 
+def evaluate_memory(args, tmp: Path) -> None:
+    """Peak RSS of `tbd evaluate` on `args.clips` clips each (fresh processes), and the ratio last / first."""
+    tbd = str(Path(sys.executable).with_name("tbd"))
+    model = export_untrained(tmp, frames=8, size=args.size)
+    rows = []
+    for n in args.clips:
+        rss, _, seconds = run_child([tbd, "evaluate", "--model", str(model), "--data", args.evaluate,
+                                     "--split", args.split, "--max_clips", str(n), "--max_frames", "40",
+                                     "--guidance.steps", "1", "--ablations", "true", "--only_rows", "[progressive]",
+                                     "--groundtruth", args.corpus, "--out", str(tmp / f"eval-{n}"),
+                                     "--tracking_uri", f"sqlite:///{tmp / 'mlflow.db'}"])  # fmt: skip
+        clips = len(json.loads((tmp / f"eval-{n}" / "evaluation.json").read_text())["clips"])
+        rows.append({"clips": clips, "peak_rss_mb": round(rss), "wall_s": round(seconds, 1)})
+        print(f"evaluate {clips} clips at {args.size} px: peak RSS {rss:.0f} MB, {seconds:.0f} s")
+    ratio = round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)
+    print(json.dumps({"benchmark": "memory-evaluate", "size": args.size, "evaluate": rows, "ratio": ratio}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 4])
     ap.add_argument("--skip-generate", action="store_true")
+    ap.add_argument(
+        "--evaluate", help="a data folder: measure tbd evaluate against the number of clips instead"
+    )
+    ap.add_argument("--corpus", help="with --evaluate: the demo corpus (its ground truth)")
+    ap.add_argument("--split", default="train", help="with --evaluate: the split the clips come from")
+    ap.add_argument("--clips", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--size", type=int, default=192, help="with --evaluate: the untrained model's frame size")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
+    if args.evaluate:
+        return evaluate_memory(args, tmp)
     result = {"benchmark": "memory", "minutes": args.minutes, "preprocess": [], "generate": []}
     tbd = str(Path(sys.executable).with_name("tbd"))
     model = None if args.skip_generate else export_untrained(tmp, frames=8, size=48)

@@ -35,19 +35,72 @@ class Clip:
     spec_cot: dict | None = None  # the CoT thought from the label and its AU specification (`requests`)
 
 
-def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[str, str],
-               keys: list[str] | None = None) -> list[Clip]:  # fmt: skip
-    """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions),
-    or exactly the clips `keys` (any split); a first pass reads only sidecars and annotations, the second
-    decodes the chosen clips. The reference never lies inside the scored frames: a speaker with a single
-    clip takes its last frame when the clip is longer than `max_frames`, else the clip is skipped (key ->
-    reason in `skipped`)."""
-    import cv2
-    from scipy.io import wavfile
+@dataclass
+class ClipChoice:
+    """The clips `load_clips` chose, before any is decoded: (shard index, key) in order, each key's CoT, the
+    aligned shards and the reference bank. `load` decodes any of them, so a caller can hold a few at a time."""
 
+    config: EvaluateConfig
+    shards: list
+    references: object  # tbd_lightning.data.ReferenceBank
+    picks: list[tuple[int, str]]
+    cots: dict[str, dict]
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for _, k in self.picks]
+
+    def load(self, size: int, skipped: dict[str, str], keys: list[str] | None = None) -> list[Clip]:
+        """The chosen clips (or those of them in `keys`) decoded at `size`, in choice order; a clip whose
+        reference would lie inside its scored frames is skipped (key -> reason in `skipped`)."""
+        from pipelines.shards import tar_members
+
+        wanted = set(self.keys if keys is None else keys)
+        picks = [(i, k) for i, k in self.picks if k in wanted]
+        clips = {}
+        for index in sorted({i for i, _ in picks}):
+            for key, members in tar_members(self.shards[index].media_tar):
+                if key in wanted:
+                    clip = self._decode(key, members, size, skipped)
+                    if clip is not None:
+                        clips[key] = clip
+        return [clips[k] for _, k in picks if k in clips]
+
+    def _decode(self, key: str, members: dict[str, bytes], size: int, skipped: dict[str, str]) -> Clip | None:
+        import cv2
+        from scipy.io import wavfile
+
+        from tbd_lightning.data import decode_frames
+
+        meta = json.loads(members["json"])
+        total = int(meta["frames"])  # only the scored frames are decoded (and a reference frame, below)
+        video = decode_frames(members["mp4"], 0, min(self.config.max_frames, total), meta["fps"])
+        t = len(video)
+        frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in video])
+        _, wav = wavfile.read(io.BytesIO(members["wav"]))
+        wav = wav.astype(np.float32) / (32768.0 if wav.dtype == np.int16 else 1.0)
+        lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)[:t]
+        feats = np.load(io.BytesIO(members["audio.npy"])).astype(np.float32)[:t]
+        ref = self.references.pick(meta["speaker"], key, None)
+        if ref is None and total <= t:  # one clip, no frame outside the scored window: skipped
+            skipped[key] = f"speaker {meta['speaker']} has no other clip and no frame outside the scored {t}"
+            return None
+        if ref is None:  # one clip: its last frame, outside the scored window, said so in the key
+            full_lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)
+            last = decode_frames(members["mp4"], total - 1, 1, meta["fps"])[0]
+            ref_frame = cv2.resize(last, (size, size), interpolation=cv2.INTER_AREA)
+            ref_lm, ref_key = full_lm[total - 1], f"{key}@frame{total - 1}"
+        else:
+            ref_frame = cv2.resize(ref.frame, (size, size), interpolation=cv2.INTER_AREA)
+            ref_lm, ref_key = ref.landmarks, ref.key
+        return Clip(key, meta, frames, lm, feats, wav, self.cots[key], ref_frame, ref_lm, ref_key)
+
+
+def choose_clips(config: EvaluateConfig, version: str, keys: list[str] | None = None) -> ClipChoice:
+    """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions),
+    or exactly the clips `keys` (any split), from sidecars and annotations only (nothing decoded)."""
     from pipelines.data_folder import DataFolder
-    from pipelines.shards import tar_members
-    from tbd_lightning.data import ReferenceBank, decode_frames
+    from tbd_lightning.data import ReferenceBank
 
     folder = DataFolder(config.data)
     shards = folder.aligned_shards(version)
@@ -69,34 +122,12 @@ def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[st
             f"no usable clips of split {config.split!r} in {config.data} (clips per split: {folder.split_counts()})"
         )
     picks = eligible if keys else [eligible[i] for i in sorted(set(np.linspace(0, len(eligible) - 1, min(config.max_clips, len(eligible))).round().astype(int)))]  # fmt: skip
-    clips = []
-    for index in sorted({i for i, _ in picks}):
-        wanted = {k for i, k in picks if i == index}
-        for key, members in tar_members(shards[index].media_tar):
-            if key not in wanted:
-                continue
-            meta = json.loads(members["json"])
-            total = int(meta["frames"])  # only the scored frames are decoded (and a reference frame, below)
-            video = decode_frames(members["mp4"], 0, min(config.max_frames, total), meta["fps"])
-            t = len(video)
-            frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in video])
-            _, wav = wavfile.read(io.BytesIO(members["wav"]))
-            wav = wav.astype(np.float32) / (32768.0 if wav.dtype == np.int16 else 1.0)
-            lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)[:t]
-            feats = np.load(io.BytesIO(members["audio.npy"])).astype(np.float32)[:t]
-            ref = references.pick(meta["speaker"], key, None)
-            if ref is None and total <= t:  # one clip, no frame outside the scored window: skipped
-                skipped[key] = (
-                    f"speaker {meta['speaker']} has no other clip and no frame outside the scored {t}"
-                )
-                continue
-            if ref is None:  # one clip: its last frame, outside the scored window, said so in the key
-                full_lm = np.load(io.BytesIO(members["landmarks.npy"])).astype(np.float32)
-                last = decode_frames(members["mp4"], total - 1, 1, meta["fps"])[0]
-                ref_frame = cv2.resize(last, (size, size), interpolation=cv2.INTER_AREA)
-                ref_lm, ref_key = full_lm[total - 1], f"{key}@frame{total - 1}"
-            else:
-                ref_frame = cv2.resize(ref.frame, (size, size), interpolation=cv2.INTER_AREA)
-                ref_lm, ref_key = ref.landmarks, ref.key
-            clips.append(Clip(key, meta, frames, lm, feats, wav, cots[key], ref_frame, ref_lm, ref_key))
-    return clips
+    return ClipChoice(config, shards, references, picks, cots)
+
+
+def load_clips(config: EvaluateConfig, size: int, version: str, skipped: dict[str, str],
+               keys: list[str] | None = None) -> list[Clip]:  # fmt: skip
+    """`choose_clips`, decoded at `size` (`ClipChoice.load`). The reference never lies inside the scored
+    frames: a speaker with a single clip takes its last frame when the clip is longer than `max_frames`,
+    else the clip is skipped (key -> reason in `skipped`)."""
+    return choose_clips(config, version, keys).load(size, skipped)

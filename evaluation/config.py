@@ -21,6 +21,9 @@ class EvaluateConfig(BaseModel):
     max_frames_per_batch: int | None = None
     """The clips of a row are sampled together, at most this many frames per denoiser call. None: 16 on CPU
     (larger batches were slower on 2 cores: `benchmarks/bench_evaluate.py`), 512 on a GPU."""
+    chunk_clips: int = 8
+    """Clips held in memory at once: each chunk's frames are drawn in every row, scored and dropped (FID and
+    FVD keep running feature statistics), so memory does not grow with `max_clips`."""
     guidance: GuidanceConfig = GuidanceConfig(steps=20)  # ablations override only its mode
     seed: int = 0
     ablations: bool = False

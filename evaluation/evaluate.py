@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.au_specs import au_specifications
-from evaluation.clips import Clip, load_clips
+from evaluation.au_specs import AUTargets
+from evaluation.clips import Clip, choose_clips
 from evaluation.config import EvaluateConfig
 from evaluation.measures import (
     classify_emotion,
@@ -145,26 +145,45 @@ def draw(pipe, clips: list[Clip], row: Row, config: EvaluateConfig) -> list[tupl
     return [(o.frames, o.seam_ratio) for o in outputs]
 
 
-def au_blocks(clips: list[Clip], generated: dict, per_clip: dict, n: int = 4) -> list:
-    """`report.au_strip`'s blocks for `n` clips evenly spaced over `clips` (chosen before any row is seen):
-    per clip the AUs its specification asks for, then each row's frames with the AUs read on them."""
+def au_blocks(keys: list[str], kept: dict[str, dict[str, np.ndarray]], per_clip: dict) -> list:
+    """`report.au_strip`'s blocks for the clips `keys` (chosen before any row is seen; `kept`: key -> row ->
+    frames): per clip the AUs its specification asks for, then each row's frames with the AUs read on them."""
     names = lambda aus: " ".join(f"AU{a}" for a in aus) or "none"  # noqa: E731
-    picks = sorted(set(np.linspace(0, len(clips) - 1, min(n, len(clips))).round().astype(int)))
     blocks = []
-    for i in picks:
-        key, rows = clips[i].key, []
-        for mode, pairs in generated.items():
+    for key in keys:
+        rows = []
+        for mode, frames in kept[key].items():
             row = next(r for r in per_clip[mode] if r["key"] == key)
             if "au_present" not in row:
                 continue
             caption = (
                 f"read {names(row['au_present'])} (AU F1 {row['au_f1']:.2f}, face {row['face_rate']:.2f})"
             )
-            rows.append((mode, pairs[i][1], caption))
+            rows.append((mode, frames, caption))
         if rows:
             asked = next(r for r in per_clip[REAL] if r["key"] == key).get("au_requested", [])
             blocks.append((f"{key}: asked {names(asked)}", rows))
     return blocks
+
+
+def prepare(clips: list[Clip], gt_index: dict, judges, skipped: dict[str, str]) -> list[Clip]:
+    """`clips` with their CoTs (`think_requests`; a clip Think rejects is skipped, key -> reason in
+    `skipped`: every row sees the same clips), their real clip and reference tracked once, the same way as
+    every generated video, and the reference's identity descriptor."""
+    from media.au_measure import track_still, track_video
+
+    think_requests(clips, gt_index)
+    for clip in [c for c in clips if c.label_cot is None or c.spec_cot is None]:
+        skipped[clip.key] = "Think rejected the label's or the AU specification's CoT"
+    clips = [c for c in clips if c.key not in skipped]
+    for clip in clips:
+        clip.real_video = track_video(clip.frames)
+        clip.reference_video = track_still(clip.reference)
+        if clip.reference_video.found[0]:
+            clip.reference_identity = judges.identity.descriptor(
+                clip.reference, clip.reference_video.landmarks[0]
+            )
+    return clips
 
 
 def row_neutrals(pipe, neutrals: list[Clip], row: Row, config: EvaluateConfig) -> dict[str, tuple | None]:
@@ -205,7 +224,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     from evaluation.judges import Judges, confusion
     from evaluation.report import aggregate, au_strip, plots, print_table, separable
     from media.au_calibration import load as load_calibration
-    from media.au_measure import requested_aus, track_still, track_video
+    from media.au_measure import requested_aus
     from tbd_core.tracking import job_run, tracking_uri
     from tbd_lightning.pipeline import TBDPipeline
 
@@ -226,92 +245,94 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     if config.compound:
         from evaluation.compound import load_compound_clips
 
-        clips = load_compound_clips(config, pipe.size, version, skipped)
+        compound = load_compound_clips(config, pipe.size, version, skipped)  # a small test-only set
+        keys = [c.key for c in compound]
+        load = lambda chunk: [c for c in compound if c.key in chunk]  # noqa: E731
     else:
-        clips = load_clips(config, pipe.size, version, skipped)
+        choice = choose_clips(config, version)
+        keys = choice.keys
+        load = lambda chunk: choice.load(pipe.size, skipped, chunk)  # noqa: E731
     gt_index = groundtruth_index(config.groundtruth)
-    think_requests(clips, gt_index)
-    for clip in [c for c in clips if c.label_cot is None or c.spec_cot is None]:  # every row, the same clips
-        skipped[clip.key] = "Think rejected the label's or the AU specification's CoT"
-        clips.remove(clip)
-    if not clips:
-        raise UserError(f"every chosen clip was skipped: {skipped}")
     judges = Judges()
-    for clip in clips:  # measured once, the same way as every generated video
-        clip.real_video = track_video(clip.frames)
-        clip.reference_video = track_still(clip.reference)
-        if clip.reference_video.found[0]:
-            clip.reference_identity = judges.identity.descriptor(
-                clip.reference, clip.reference_video.landmarks[0]
-            )
     templates = emotion_templates(config.groundtruth)
     nets = {"fid": torch.jit.load(str(config.fid_net), map_location="cpu").eval()} if config.fid_net else {}
     standard = StandardMetrics.load(config.syncnet, config.lpips_backbone, config.fvd_net, config.arcface)
     out = Path(config.out or Path(config.model).parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
-    log.info("evaluate: %d %s clips x %d rows, %d denoising steps -> %s", len(clips), config.split, len(runs),
-             config.guidance.steps, out)  # fmt: skip
-
-    requested = {c.key: requested_aus(c.spec_cot) for c in clips}  # every row against the same request
-    au_specs, label_f1, neutrals = au_specifications(clips, config, pipe.size, version)
-    think_requests(neutrals, gt_index)  # each row's request for a neutral clip (`row_neutrals`)
-    for clip in [c for c in neutrals if c.label_cot is None or c.spec_cot is None]:
-        log.warning("Think rejected neutral clip %s's CoT: not drawn for the rows' own neutral", clip.key)
-        neutrals.remove(clip)
-    gts = {c.key: gt_index.get(str(Path(c.meta["video"]).resolve())) for c in clips}
+    log.info("evaluate: %d %s clips x %d rows, %d denoising steps, %d clips at a time -> %s", len(keys),
+             config.split, len(runs), config.guidance.steps, config.chunk_clips, out)  # fmt: skip
+    targets = AUTargets(config, pipe.size, version)
+    shown = {
+        keys[i] for i in np.linspace(0, len(keys) - 1, min(4, len(keys))).round().astype(int)
+    }  # au_strip
+    requested, emotion_of, per_clip = {}, {}, {r.name: [] for r in runs}
+    own: dict[str, dict] = {r.name: {} for r in runs}  # row -> speaker -> its own neutral
+    kept: dict[str, dict[str, np.ndarray]] = {}  # key -> row -> frames: the strip's and au_strip's clips
+    first: Clip | None = None
+    fid = {r.name: metrics.FrechetStats() for r in runs}
+    fvd = {r.name: metrics.FrechetStats() for r in runs}
+    real_fid, real_fvd = metrics.FrechetStats(), metrics.FrechetStats()
+    bar = tqdm(total=len(keys) * len(runs), desc="evaluate clips x rows", unit="clip")
+    for start in range(0, len(keys), config.chunk_clips):
+        chunk = keys[start : start + config.chunk_clips]
+        clips = prepare(load(chunk), gt_index, judges, skipped)
+        bar.update((len(chunk) - len(clips)) * len(runs))  # the chunk's skipped clips
+        if not clips:
+            continue
+        neutrals = targets.add(clips)
+        think_requests(neutrals, gt_index)  # each row's request for a neutral clip (`row_neutrals`)
+        for clip in [c for c in neutrals if c.label_cot is None or c.spec_cot is None]:
+            log.warning("Think rejected neutral clip %s's CoT: not drawn for the rows' own neutral", clip.key)
+            neutrals.remove(clip)
+        for clip in clips:
+            requested[clip.key] = requested_aus(clip.spec_cot)  # every row against the same request
+            emotion_of[clip.key] = clip.meta["emotion"]
+            if "fid" in nets:
+                real_fid.update(metrics.fid_features(clip.frames, nets["fid"]))
+            standard.fvd_update(real_fvd, clip.frames)
+        for run in runs:
+            mode = run.name
+            if neutrals:
+                own[mode] |= row_neutrals(pipe, neutrals, run, config)
+            for clip, (frames, seams) in zip(clips, draw(pipe, clips, run, config), strict=True):
+                row, measured = score_clip(clip, frames, requested[clip.key],
+                                           gt_index.get(str(Path(clip.meta["video"]).resolve())),
+                                           clip.reference_video, judges,
+                                           templates.get((clip.meta["speaker"], clip.meta["level"] or 1)),
+                                           standard, pipe.fps, targets.specs.get(clip.key),
+                                           own[mode].get(clip.meta["speaker"]))  # fmt: skip
+                row["seam_ratio"] = seams
+                per_clip[mode].append({"key": clip.key, "reference": clip.reference_key, **row})
+                if first is None:
+                    first, first_measured = clip, measured  # the AU timeline plot: first clip, first row
+                if clip is first or clip.key in shown:
+                    kept.setdefault(clip.key, {})[mode] = frames
+                if "fid" in nets:
+                    fid[mode].update(metrics.fid_features(frames, nets["fid"]))
+                standard.fvd_update(fvd[mode], frames)
+                log.debug("evaluate %s %s: %s", mode, clip.key, {k: v for k, v in row.items()})
+            bar.update(len(clips))
+    bar.close()
+    if first is None:
+        raise UserError(f"every chosen clip was skipped: {skipped}")
+    lost = sorted(f"{m}: {s}" for m, by in own.items() for s, n in by.items() if n is None)
+    if lost:
+        log.warning("lost the face in every frame of a speaker's neutral clips (AU F1 there is against the "
+                    "reference): %s", ", ".join(lost))  # fmt: skip
     results: dict[str, dict] = {}
-    per_clip: dict[str, list] = {}
-    generated: dict[str, list[tuple[Clip, np.ndarray]]] = {}
-    for run in tqdm(runs, desc="evaluate rows", unit="row"):
-        mode, scored = run.name, []
-        own = row_neutrals(pipe, neutrals, run, config) if au_specs else {}
-        lost = sorted(s for s, n in own.items() if n is None)
-        if lost:
-            log.warning(
-                "%s lost the face in every frame of the neutral clips of %s: its AU F1 there is against the reference",
-                mode,
-                ", ".join(lost),
-            )
-        for clip, (frames, seams) in zip(clips, draw(pipe, clips, run, config), strict=True):
-            row, measured = score_clip(
-                clip,
-                frames,
-                requested[clip.key],
-                gts[clip.key],
-                clip.reference_video,
-                judges,
-                templates.get((clip.meta["speaker"], clip.meta["level"] or 1)),
-                standard,
-                pipe.fps,
-                au_specs.get(clip.key),
-                own.get(clip.meta["speaker"]),
-            )
-            row["seam_ratio"] = seams
-            scored.append({"key": clip.key, "reference": clip.reference_key, **row})
-            if clip is clips[0] and run is runs[0]:
-                first_measured = measured  # the AU timeline plot: first clip, first mode
-            generated.setdefault(mode, []).append((clip, frames))
-            log.debug(
-                "evaluate %s %s: %s",
-                mode,
-                clip.key,
-                {k: v for k, v in scored[-1].items() if k not in ("key", "reference")},
-            )
-        results[mode] = aggregate(scored)
-        per_clip[mode] = scored
-        reals = [c.frames[: len(g)] for c, g in generated[mode]]
-        fakes = [g for _, g in generated[mode]]
+    for run in runs:
+        mode = run.name
+        results[mode] = aggregate(per_clip[mode])
         if "fid" in nets:
-            real_frames = np.concatenate(reals)
-            results[mode]["fid"] = metrics.fid(real_frames, np.concatenate(fakes), nets["fid"])
-            dims = metrics.feature_dims(nets["fid"], (1, 3, 299, 299))
-            results[mode]["fid_note"] = metrics.frechet_note(len(real_frames), dims)
-        results[mode].update(standard.fvd(reals, fakes))
+            results[mode]["fid"] = real_fid.distance(fid[mode])
+            results[mode]["fid_note"] = metrics.frechet_note(real_fid.n, real_fid.dims)
+        results[mode].update(standard.fvd_result(real_fvd, fvd[mode]))
+    au_specs, label_f1 = targets.specs, targets.label_f1
     real_acc = results[REAL].get("emotion_correct")
-    emotion_of = {c.key: c.meta["emotion"] for c in clips}
     real_found = [r["face_rate"] for r in per_clip[REAL]]
     report = {"model": str(config.model), "data": str(config.data), "version": version, "split": config.split,
-              "clips": [c.key for c in clips], "references": {c.key: c.reference_key for c in clips},
+              "clips": [r["key"] for r in per_clip[REAL]],
+              "references": {r["key"]: r["reference"] for r in per_clip[REAL]},
               "guidance": asdict(config.guidance), "seed": config.seed, "results": results,
               "information": {r.name: information(r, bool(gt_index)) for r in runs},
               "requests": requested,
@@ -330,26 +351,22 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                          "identity": "dlib face-recognition ResNet v1, cosine similarity to the reference"},
               "standard_metrics": standard.protocols}  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
-    strips = {mode: pairs[0][1] for mode, pairs in generated.items() if mode != REAL}
+    strips = {mode: frames for mode, frames in kept[first.key].items() if mode != REAL}
     plots(
-        out,
-        clips[0].frames[: len(strips[runs[0].name])],
-        strips,
-        requested[clips[0].key],
-        first_measured,
-        pipe.fps,
+        out, first.frames[: len(strips[runs[0].name])], strips, requested[first.key], first_measured, pipe.fps
     )
     if au_specs:
         from PIL import Image
 
-        Image.fromarray(au_strip(au_blocks(clips, generated, per_clip))).save(out / "au_strip.png")
+        blocks = au_blocks([k for k in keys if k in shown and k in kept], kept, per_clip)
+        Image.fromarray(au_strip(blocks)).save(out / "au_strip.png")
     print_table(results, report["information"])
     log.info("real clips' face rate at %d px: %.3f", pipe.size, report["real_face_rate"])
 
     uri = tracking_uri(config.tracking_uri, Path(config.data), source.get("mlflow_tracking_uri"))
     params = {k: str(v) for k, v in config.model_dump(exclude={"guidance"}).items()}
     params |= {f"guidance.{k}": v for k, v in asdict(config.guidance).items()}
-    params |= {"n_clips": len(clips), "annotation_version": version}
+    params |= {"n_clips": len(per_clip[REAL]), "annotation_version": version}
     with job_run("evaluate", uri, params, {"tbd.train_run": str(source.get("mlflow_run_id"))}) as mlflow:
         for mode, agg in results.items():
             prefix = "" if mode == runs[0].name else f"{mode}/"

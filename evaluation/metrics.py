@@ -116,20 +116,55 @@ def au_series_error(
     return float(np.mean(errors)) if errors else None
 
 
-def fid(real: np.ndarray, fake: np.ndarray, feature_net: torch.nn.Module, input_size: int = 299) -> float:
-    """Fréchet distance between frame sets (N, H, W, 3) uint8, features from `feature_net` (float input in
-    [0, 1], resized to `input_size`)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+def fid_features(frames: np.ndarray, feature_net: torch.nn.Module, input_size: int = 299) -> np.ndarray:
+    """(N, D) features of frames (N, H, W, 3) uint8 from `feature_net` (float input in [0, 1], resized to
+    `input_size`, as torchmetrics' FID feeds a custom network)."""
+    x = torch.nn.functional.interpolate(_float_video(frames), size=(input_size, input_size), mode="bilinear")
+    with torch.no_grad():
+        return feature_net(x).reshape(len(frames), -1).double().numpy()
 
-    metric = FrechetInceptionDistance(
-        feature=feature_net, normalize=True, input_img_size=(3, input_size, input_size)
-    )
-    for frames, is_real in ((real, True), (fake, False)):
-        x = torch.nn.functional.interpolate(
-            _float_video(frames), size=(input_size, input_size), mode="bilinear"
-        )
-        metric.update(x, real=is_real)
-    return float(metric.compute())
+
+def fid(real: np.ndarray, fake: np.ndarray, feature_net: torch.nn.Module, input_size: int = 299) -> float:
+    """Fréchet distance between frame sets (N, H, W, 3) uint8, features from `feature_net` (`fid_features`)."""
+    a, b = FrechetStats(), FrechetStats()
+    a.update(fid_features(real, feature_net, input_size))
+    b.update(fid_features(fake, feature_net, input_size))
+    return a.distance(b)
+
+
+class FrechetStats:
+    """A Gaussian fit of feature rows kept as running sums (count, sum, sum of outer products, float64), so
+    FID / FVD over any number of clips hold D + D^2 numbers, not the features (issue 39)."""
+
+    def __init__(self):
+        self.n, self.sum, self.outer = 0, None, None
+
+    def update(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        rows = np.asarray(rows, np.float64).reshape(len(rows), -1)
+        if self.sum is None:
+            self.sum, self.outer = np.zeros(rows.shape[1]), np.zeros((rows.shape[1],) * 2)
+        self.n += len(rows)
+        self.sum += rows.sum(0)
+        self.outer += rows.T @ rows
+
+    @property
+    def dims(self) -> int:
+        return 0 if self.sum is None else len(self.sum)
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.sum / self.n
+        return mean, (self.outer - self.n * np.outer(mean, mean)) / (self.n - 1)
+
+    def distance(self, other: FrechetStats) -> float:
+        """|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) (Heusel et al. 2017)."""
+        from scipy import linalg
+
+        (mu_a, cov_a), (mu_b, cov_b) = self.mean_cov(), other.mean_cov()
+        root = linalg.sqrtm(cov_a @ cov_b)
+        root = root.real if np.iscomplexobj(root) else root
+        return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
 
 
 def frechet_note(samples: int, features: int) -> str | None:
@@ -151,11 +186,7 @@ def feature_dims(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between two Gaussian fits of feature rows (N, D)."""
-    from scipy import linalg
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root = linalg.sqrtm(cov_a @ cov_b)
-    root = root.real if np.iscomplexobj(root) else root
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    fits = FrechetStats(), FrechetStats()
+    for fit, rows in zip(fits, (a, b), strict=True):
+        fit.update(rows)
+    return fits[0].distance(fits[1])

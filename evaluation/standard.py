@@ -208,17 +208,27 @@ class StandardMetrics:
         return row
 
     def fvd(self, reals: list[np.ndarray], fakes: list[np.ndarray]) -> dict:
-        """FVD between the real and generated videos' 16-frame clips, the clip count and a note when too few
-        clips make the estimate rank-deficient; {} without I3D or without a 16-frame video."""
-        from evaluation.metrics import frechet_distance, frechet_note
+        """FVD between the real and generated videos' 16-frame clips (`fvd_result`); {} without I3D."""
+        from evaluation.metrics import FrechetStats
+
+        fits = FrechetStats(), FrechetStats()
+        for fit, videos in zip(fits, (reals, fakes), strict=True):
+            for video in videos:
+                self.fvd_update(fit, video)
+        return self.fvd_result(*fits)
+
+    def fvd_update(self, fit, video: np.ndarray) -> None:
+        """Add `video`'s 16-frame clips' I3D features to `fit` (`metrics.FrechetStats`); nothing without I3D."""
+        if self.i3d is not None:
+            fit.update(fvd_features(self.i3d, [video]))
+
+    def fvd_result(self, real, fake) -> dict:
+        """FVD between two `metrics.FrechetStats` of 16-frame clips, the clip count and a note when too few
+        clips make the estimate rank-deficient; {} without I3D."""
+        from evaluation.metrics import frechet_note
 
         if self.i3d is None:
             return {}
-        a, b = fvd_features(self.i3d, reals), fvd_features(self.i3d, fakes)
-        if len(a) < 2 or len(b) < 2:
-            return {"fvd_note": f"FVD needs two 16-frame clips or more: {len(b)} generated"}
-        return {
-            "fvd": frechet_distance(a, b),
-            "fvd_clips": len(b),
-            "fvd_note": frechet_note(len(b), a.shape[1]),
-        }
+        if real.n < 2 or fake.n < 2:
+            return {"fvd_note": f"FVD needs two 16-frame clips or more: {fake.n} generated"}
+        return {"fvd": real.distance(fake), "fvd_clips": fake.n, "fvd_note": frechet_note(fake.n, real.dims)}
