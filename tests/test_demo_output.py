@@ -38,7 +38,7 @@ NOISE = {
 }
 # Each stage's own progress line (tqdm, Lightning's bar) and the most lines the demo may print.
 PROGRESS = ("demo corpus clips", "preprocess shards", "annotate (facs)", "annotate (vllm)", "Epoch", "denoising",
-            "evaluate rows")  # fmt: skip
+            "evaluate clips x rows")  # fmt: skip
 MAX_LINES = 200
 
 
