@@ -53,17 +53,21 @@ class ClipChoice:
     def load(self, size: int, skipped: dict[str, str], keys: list[str] | None = None) -> list[Clip]:
         """The chosen clips (or those of them in `keys`) decoded at `size`, in choice order; a clip whose
         reference would lie inside its scored frames is skipped (key -> reason in `skipped`)."""
-        from pipelines.shards import tar_members
+        from pipelines.shards import ShardIndex
 
         wanted = set(self.keys if keys is None else keys)
         picks = [(i, k) for i, k in self.picks if k in wanted]
         clips = {}
         for index in sorted({i for i, _ in picks}):
-            for key, members in tar_members(self.shards[index].media_tar):
-                if key in wanted:
+            shard = ShardIndex(self.shards[index].media_tar)  # only the wanted clips' members are read
+            try:
+                for key in [k for i, k in picks if i == index]:
+                    members = {ext: shard.read(key, ext) for ext in shard.members[key]}
                     clip = self._decode(key, members, size, skipped)
                     if clip is not None:
                         clips[key] = clip
+            finally:
+                shard.close()
         return [clips[k] for _, k in picks if k in clips]
 
     def _decode(self, key: str, members: dict[str, bytes], size: int, skipped: dict[str, str]) -> Clip | None:

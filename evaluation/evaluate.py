@@ -310,7 +310,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 if "fid" in nets:
                     fid[mode].update(metrics.fid_features(frames, nets["fid"]))
                 standard.fvd_update(fvd[mode], frames)
-                log.debug("evaluate %s %s: %s", mode, clip.key, {k: v for k, v in row.items()})
+                log.debug("evaluate %s %s: %s", mode, clip.key, row)
             bar.update(len(clips))
     bar.close()
     if first is None:

@@ -8,8 +8,8 @@
   for SyncNet, which needs user-supplied weights).
 - `au_control_error`: mean |measured - requested| AU intensity (FACS 0-5) over the measurable AUs
   (requested 0 when not requested) and frames with a face; `au_series_error` against true timelines.
-- `fid` (torchmetrics): only with a user-supplied network (e.g. a local InceptionV3 as TorchScript); nothing
-  is downloaded. The standard Sync-C/D, LPIPS, FVD and CSIM: `evaluation.standard`.
+- `fid`: only with a user-supplied network (e.g. a local InceptionV3 as TorchScript); nothing is downloaded;
+  `FrechetStats` keeps a Fréchet fit as running sums (FID and FVD over any number of clips). The standard Sync-C/D, LPIPS, FVD and CSIM: `evaluation.standard`.
 """
 
 from __future__ import annotations
@@ -176,12 +176,6 @@ def frechet_note(samples: int, features: int) -> str | None:
         f"rank-deficient estimate: {samples} samples for {features}-d features (covariance rank <= "
         f"{samples - 1}); compare only runs with the same counts, not with published numbers"
     )
-
-
-def feature_dims(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
-    """The length of one feature row of `net` for an input of `shape` (batch of one)."""
-    with torch.no_grad():
-        return int(net(torch.zeros(shape)).reshape(1, -1).shape[1])
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
