@@ -6,9 +6,14 @@ decoded frames into the encoder. Also checks that every second of the video is a
 the shards + ledger spans). `ratio` = peak RSS at the longest input / at the shortest; prints one JSON line.
 
 `--evaluate DATA --corpus CORPUS`: peak RSS of `tbd evaluate` against the number of clips instead (issue 39),
-8 and 64 clips (`--clips`) of DATA's `--split`, an untrained tiny model at `--size` px (large frames make
-what a run keeps per clip visible), one denoising step, the progressive row with the real clips and the
+8 and 64 clips (`--clips`) of `--frames` frames (16) of DATA's `--split`, an untrained tiny model at
+`--size` px (large frames make what a run keeps per clip visible), one denoising step, the progressive row with the real clips and the
 still; each run in a fresh process. Bounded means each chunk of clips is scored and dropped.
+
+`--calibrate`: peak RSS of `tbd calibrate --labels` on a DISFA-size folder built here: one subject of 4,845
+frames of 1024x768 (DISFA's length and size; 11 GB decoded) and two of `--short_frames`, rendered faces with
+AU2 and AU12 at random and DISFA-style label files. Bounded means each video is decoded and tracked a frame
+at a time (`video_io.decode_frames`, `au_measure.track_frames`); the bar is 2 GB (issue 39).
 """
 
 from __future__ import annotations
@@ -92,15 +97,76 @@ def evaluate_memory(args, tmp: Path) -> None:
     rows = []
     for n in args.clips:
         rss, _, seconds = run_child([tbd, "evaluate", "--model", str(model), "--data", args.evaluate,
-                                     "--split", args.split, "--max_clips", str(n), "--max_frames", "40",
+                                     "--split", args.split, "--max_clips", str(n), "--max_frames", str(args.frames),
                                      "--guidance.steps", "1", "--ablations", "true", "--only_rows", "[progressive]",
                                      "--groundtruth", args.corpus, "--out", str(tmp / f"eval-{n}"),
                                      "--tracking_uri", f"sqlite:///{tmp / 'mlflow.db'}"])  # fmt: skip
         clips = len(json.loads((tmp / f"eval-{n}" / "evaluation.json").read_text())["clips"])
         rows.append({"clips": clips, "peak_rss_mb": round(rss), "wall_s": round(seconds, 1)})
-        print(f"evaluate {clips} clips at {args.size} px: peak RSS {rss:.0f} MB, {seconds:.0f} s")
+        print(
+            f"evaluate {clips} clips of {args.frames} frames at {args.size} px: peak RSS {rss:.0f} MB, {seconds:.0f} s"
+        )
     ratio = round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)
-    print(json.dumps({"benchmark": "memory-evaluate", "size": args.size, "evaluate": rows, "ratio": ratio}))
+    print(json.dumps({"benchmark": "memory-evaluate", "size": args.size, "frames": args.frames, "evaluate": rows,
+                      "ratio": ratio}))  # fmt: skip
+
+
+def disfa_folder(folder: Path, frames: dict[str, int], width: int = 1024, height: int = 768) -> None:
+    """DISFA-style subjects `name`.mp4 (`frames[name]` frames of width x height, 25 fps) with label files
+    `name`_au2.txt and `name`_au12.txt: a rendered face (the built-in people, one per subject) scaled to 3/4
+    of the height, 64 distinct random AU2/AU12 poses (the first neutral) cycled through; every 10th frame
+    neutral. Frames are generated as they are encoded (nothing is held)."""
+    import cv2
+
+    from media.face import FaceAnalyzer
+    from media.video_io import write_mp4
+    from pipelines.demo_corpus.au_templates import CHANNELS
+    from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
+    from pipelines.demo_corpus.portraits import builtin_portraits, identities
+
+    rng, side = np.random.default_rng(0), height * 3 // 4
+    people = identities(builtin_portraits(), len(frames))
+    with FaceAnalyzer() as fa:
+        for (name, n), person in zip(frames.items(), people, strict=True):
+            x = np.zeros((64, len(CHANNELS)))
+            x[1:, CHANNELS.index("AU2")] = np.where(rng.random(63) < 0.5, rng.uniform(1, 5, 63), 0)
+            x[1:, CHANNELS.index("AU12_R")] = x[1:, CHANNELS.index("AU12_L")] = np.where(
+                rng.random(63) < 0.5, rng.uniform(1, 5, 63), 0
+            )
+            poses = ExpressionRenderer(*_prepare(fa, person, 128)).frames(x)
+            pick = [0 if i % 10 == 0 else i % 64 for i in range(n)]
+
+            def video(pick=pick, poses=poses):
+                for k in pick:
+                    canvas = np.full((height, width, 3), 90, np.uint8)
+                    y, x0 = (height - side) // 2, (width - side) // 2
+                    canvas[y : y + side, x0 : x0 + side] = cv2.resize(
+                        poses[k], (side, side), interpolation=cv2.INTER_CUBIC
+                    )
+                    yield canvas
+
+            write_mp4(folder / f"{name}.mp4", video(), fps=25, crf=23)
+            for au, channel in ((2, "AU2"), (12, "AU12_R")):
+                values = x[pick, CHANNELS.index(channel)]
+                (folder / f"{name}_au{au}.txt").write_text(
+                    "\n".join(f"{i + 1},{v:.2f}" for i, v in enumerate(values))
+                )
+
+
+def calibrate_memory(args, tmp: Path) -> None:
+    """Peak RSS of `tbd calibrate --labels` on a DISFA-size folder (`disfa_folder`), in a fresh process."""
+    folder = tmp / "disfa"
+    folder.mkdir()
+    sizes = {"SN001": 4845, "SN002": args.short_frames, "SN003": args.short_frames}
+    disfa_folder(folder, sizes)
+    tbd = str(Path(sys.executable).with_name("tbd"))
+    rss, _, seconds = run_child([tbd, "calibrate", "--labels", str(folder), "--out", str(tmp / "fit.json")])
+    decoded_gb = sum(sizes.values()) * 1024 * 768 * 3 / 1e9
+    print(f"calibrate --labels, subjects {sizes} at 1024x768 ({decoded_gb:.1f} GB decoded): "
+          f"peak RSS {rss:.0f} MB, {seconds:.0f} s")  # fmt: skip
+    print(json.dumps({"benchmark": "memory-calibrate", "frames": sizes, "size": [1024, 768],
+                      "decoded_gb": round(decoded_gb, 1), "peak_rss_mb": round(rss), "wall_s": round(seconds, 1),
+                      "bar_mb": 2048, "passed": rss < 2048}))  # fmt: skip
 
 
 def main() -> None:
@@ -114,8 +180,17 @@ def main() -> None:
     ap.add_argument("--split", default="train", help="with --evaluate: the split the clips come from")
     ap.add_argument("--clips", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--size", type=int, default=192, help="with --evaluate: the untrained model's frame size")
+    ap.add_argument("--frames", type=int, default=16, help="with --evaluate: frames per clip")
+    ap.add_argument(
+        "--calibrate", action="store_true", help="measure tbd calibrate --labels, DISFA-size, instead"
+    )
+    ap.add_argument(
+        "--short_frames", type=int, default=250, help="with --calibrate: the two other subjects' frames"
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
+    if args.calibrate:
+        return calibrate_memory(args, tmp)
     if args.evaluate:
         return evaluate_memory(args, tmp)
     result = {"benchmark": "memory", "minutes": args.minutes, "preprocess": [], "generate": []}

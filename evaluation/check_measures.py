@@ -1,7 +1,8 @@
 """`tbd check-measures`: the measures themselves, on clips whose answer is known, before they grade a model.
 
-Every clip of a split (the demo's: the held-out speaker's 15 clips, whole) is shrunk to the model's size
-(`size`, default the tiny model's 48 px) and measured as `tbd evaluate` measures a generated clip (tracked
+Every clip of a split (the demo's: the held-out speaker's 15 clips, whole; one at a time, so a split of
+any size fits in the memory of one clip) is shrunk to the model's size (`size`, default the tiny model's
+48 px) and measured as `tbd evaluate` measures a generated clip (tracked
 at that size, AUs against the speaker's neutral frame, speech AUs left out):
 - the emotion classifier on calibrated AUs (`classify_emotion`, the nearest FACS prototype): accuracy on
   the real clips (the ceiling) and on the still reference (the floor: the speaker's neutral frame repeated);
@@ -30,6 +31,7 @@ calibration of 2026-11-30) it read 5 of 15.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,28 +65,45 @@ class CheckMeasuresConfig(BaseModel):
     out: Path | None = None
 
 
-def load_split(data: Path, split: str, size: int) -> dict[str, tuple[dict, np.ndarray]]:
-    """key -> (sample metadata, frames (T, size, size, 3) uint8) of every clip of `split`, whole."""
+def split_clips(data: Path, split: str) -> dict[str, dict]:
+    """key -> sidecar summary (speaker, emotion, level, ...) of every clip of `split`; nothing decoded."""
+    from pipelines.data_folder import DataFolder
+
+    folder = DataFolder(data)
+    clips = {k: s for k, s in folder.media_summaries().items() if s["split"] == split}
+    if not clips:
+        raise UserError(f"no clips of split {split!r} in {data} (clips per split: {folder.split_counts()})")
+    return clips
+
+
+def iter_split(data: Path, keys: list[str], size: int) -> Iterator[tuple[str, dict, np.ndarray]]:
+    """(key, sample metadata, frames (T, size, size, 3) uint8) of each clip in `keys`, in that order, whole,
+    one clip at a time: only its members are read (`pipelines.shards.ShardIndex`) and nothing is kept, so a
+    split of any size is measured in the memory of one clip."""
     import cv2
 
     from pipelines.data_folder import DataFolder
-    from pipelines.shards import tar_members
+    from pipelines.shards import ShardIndex, read_sidecar
     from tbd_lightning.data import decode_mp4
 
     folder = DataFolder(data)
-    keys = {k for k, s in folder.media_summaries().items() if s["split"] == split}
-    if not keys:
-        raise UserError(f"no clips of split {split!r} in {data} (clips per split: {folder.split_counts()})")
-    clips = {}
+    where = {}
     for shard in folder.media_manifest()["shards"]:
-        for key, members in tar_members(folder.media_dir / f"{shard['name']}.tar"):
-            if key in keys:
-                frames = [
-                    cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
-                    for f in decode_mp4(members["mp4"])
-                ]
-                clips[key] = (json.loads(members["json"]), np.stack(frames))
-    return clips
+        tar = folder.media_dir / f"{shard['name']}.tar"
+        where.update(dict.fromkeys(read_sidecar(folder.media_dir, shard["name"])["summaries"], tar))
+    index = None
+    try:
+        for key in keys:
+            if index is None or index.path != where[key]:
+                if index is not None:
+                    index.close()
+                index = ShardIndex(where[key])
+            frames = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
+                      for f in decode_mp4(index.read(key, "mp4"))]  # fmt: skip
+            yield key, json.loads(index.read(key, "json")), np.stack(frames)
+    finally:
+        if index is not None:
+            index.close()
 
 
 def check_measures(config: CheckMeasuresConfig) -> dict:
@@ -107,30 +126,36 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
     from evaluation.metrics import au_series_error
     from media.au_measure import track_still, track_video
 
-    clips = load_split(config.data, config.split, config.size)
-    neutral = {m["speaker"]: v[0] for m, v in clips.values() if m["emotion"] == "neutral"}
-    bases = {speaker: track_still(frame).baseline() for speaker, frame in neutral.items()}
+    summaries = split_clips(config.data, config.split)
+    keys = sorted(summaries)
+    neutral_keys = [k for k in keys if summaries[k]["emotion"] == "neutral"]
+    missing = {s["speaker"] for s in summaries.values()} - {summaries[k]["speaker"] for k in neutral_keys}
+    if missing:
+        raise UserError(
+            f"speaker(s) {sorted(missing)} have no neutral clip in split {config.split!r}: no baseline"
+        )
     judge, gt_index, specs = (
         EmotionJudge(),
         groundtruth_index(config.corpus),
         groundtruth_specs(config.corpus),
     )
-    missing = {m["speaker"] for m, _ in clips.values()} - set(neutral)
-    if missing:
-        raise UserError(
-            f"speaker(s) {sorted(missing)} have no neutral clip in split {config.split!r}: no baseline"
-        )
+    neutral, bases, calm = {}, {}, {}  # per speaker: still frame, its baseline, their neutral clips' AUs
 
     def measure(frames: np.ndarray, speaker: str):
         video = track_video(frames)
         return video, expression_aus(video, bases[speaker])
 
-    real = {key: measure(frames, meta["speaker"]) for key, (meta, frames) in sorted(clips.items())}
-    # Each person's AU noise floor from their neutral clips (`au_request.person_floor`); those are not AU-scored.
-    floors = {speaker: person_floor([real[k][1] for k, (m, _) in clips.items() if m["emotion"] == "neutral"
-                                     and m["speaker"] == speaker]) for speaker in neutral}  # fmt: skip
+    # First the neutral clips: a speaker's still is the first frame of their first, and each person's AU
+    # noise floor comes from all of them (`au_request.person_floor`); those clips are not AU-scored.
+    for _, meta, frames in iter_split(config.data, neutral_keys, config.size):
+        speaker = meta["speaker"]
+        if speaker not in neutral:
+            neutral[speaker], bases[speaker] = frames[0], track_still(frames[0]).baseline()
+        calm.setdefault(speaker, []).append(measure(frames, speaker)[1])
+    floors = {speaker: person_floor(readings) for speaker, readings in calm.items()}
+    del calm
     rows, rng = [], np.random.default_rng(0)
-    for key, (meta, frames) in sorted(clips.items()):
+    for key, meta, frames in iter_split(config.data, keys, config.size):  # one clip held at a time
         still = np.repeat(neutral[meta["speaker"]][None], len(frames), 0)
         source = str(Path(meta["video"]).resolve())
         gt, spec = gt_index.get(source), specs.get(source)
@@ -138,7 +163,7 @@ def check_measures(config: CheckMeasuresConfig) -> dict:
         if meta["emotion"] == "neutral":
             row["au_floor_clip"], spec = True, None  # its readings are its person's floor
         for name, video_frames in (("real", frames), ("still", still)):
-            video, measured = real[key] if name == "real" else measure(video_frames, meta["speaker"])
+            video, measured = measure(video_frames, meta["speaker"])
             row[f"{name}_classified"] = classify_emotion(measured)
             row[f"{name}_fer"] = judge.verdict(video_frames[ONSET:], video.landmarks[ONSET:])
             if gt is not None:

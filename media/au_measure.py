@@ -4,6 +4,7 @@ and `tbd calibrate` (which fits the measure on frames seen exactly as `track_vid
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,19 @@ def track_video(frames: np.ndarray, landmarks: np.ndarray | None = None) -> Vide
     stream = AUStream(*frames.shape[1:3], tracked=landmarks is not None)
     for i, frame in enumerate(frames):
         stream.add(frame, landmarks[i] if stream.tracked else None)
+    return stream.result()
+
+
+def track_frames(frames: Iterable[np.ndarray]) -> VideoAUs:
+    """`track_video` of frames (H, W, 3) uint8 that come one at a time (e.g. `video_io.decode_frames`):
+    one frame is held at a time, whatever the video's length. Raises ValueError without frames."""
+    stream = None
+    for frame in frames:
+        if stream is None:
+            stream = AUStream(*frame.shape[:2])
+        stream.add(frame)
+    if stream is None:
+        raise ValueError("no frames to track")
     return stream.result()
 
 

@@ -36,6 +36,7 @@ from media.clip_spans import check_accounted, pair_spans, segment_spans, span_of
 from media.face import FaceAnalyzer
 from media.face_boxes import box_inside
 from media.face_crops import stable_crop
+from media.frames import rgb_upright, warp_crop
 from media.packets import probe_audio
 from media.video_io import AUDIO_RATE, VideoProbe, iter_frames, probe_video, read_audio, write_mp4
 from tbd_core.errors import UserError
@@ -313,8 +314,8 @@ def process_segment(
             "audio", f"silent audio ({level:.1f} dBFS, threshold {config.silence_dbfs:.0f} dBFS)", audio_path
         )
 
-    def frames():
-        return iter_frames(source, fps, ref.start, ref.end, max_gap=config.max_gap_frames / fps)
+    def frames(convert=rgb_upright):
+        return iter_frames(source, fps, ref.start, ref.end, config.max_gap_frames / fps, convert)
 
     scan = _Scan(analyzer, config)
     try:
@@ -377,8 +378,8 @@ def process_segment(
             [[meshes[i].blendshapes.get(b, 0.0) for b in names] for i in nearest], np.float16
         )
         meta["blendshape_names"] = names
-    try:  # pass 2: the same frames again, cropped and encoded as they come
-        mp4 = _mp4((crop_frame(f.image, crop, size) for f in frames()), fps, config.crf, n)
+    try:  # pass 2: the same frames again, cropped (only the crop converted: `warp_crop`) and encoded
+        mp4 = _mp4((f.image for f in frames(warp_crop(crop.affine(size), size))), fps, config.crf, n)
     except UserError as err:
         return reject("decode", str(err).split(": ", 1)[-1])
     except (OSError, ValueError) as err:

@@ -10,7 +10,7 @@ fails only the spans it lies in.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from media.frames import rgb_upright, to_rgb
 from media.packets import damage_report, decoded
 from tbd_core.errors import UserError
 
@@ -137,13 +138,6 @@ def pin_threads(n: int) -> None:
         pass
 
 
-def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
-    """A decoded frame as it is meant to be shown: `rotation` is PyAV's `VideoFrame.rotation` (degrees
-    counter-clockwise that the display matrix turns the stored picture; phones record it)."""
-    k = round(rotation / 90) % 4
-    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
-
-
 def _open(path):
     try:
         return av.open(str(path) if isinstance(path, str | Path) else path)
@@ -207,20 +201,26 @@ class TimedFrame:
     """One output frame: `time` is its time in the output (s, from the video's first frame), `source` the
     presentation time of the decoded frame shown for it (same origin)."""
 
-    image: np.ndarray  # (H, W, 3) uint8 RGB, upright
+    image: np.ndarray  # (H, W, 3) uint8 RGB, upright (or what `iter_frames`' `convert` made of the frame)
     time: float
     source: float
 
 
 def iter_frames(
-    path: str | Path, fps: float, start: float = 0.0, end: float | None = None, max_gap: float | None = None
+    path: str | Path,
+    fps: float,
+    start: float = 0.0,
+    end: float | None = None,
+    max_gap: float | None = None,
+    convert: Callable[[av.VideoFrame], np.ndarray] = rgb_upright,
 ) -> Iterator[TimedFrame]:
     """Frames of the span [start, end) seconds (from the first frame; None: to the end) resampled to `fps`
     by timestamps: output time t shows the decoded frame whose presentation time is nearest to t (ties: the
     later), so constant and variable frame rates alike stay on the audio's clock. Decodes from the keyframe
     before `start`; holds two frames. Raises UserError when timestamps are broken: missing, not increasing,
     or a gap over `max_gap` seconds between frames (None: any gap); and, once the span is decoded, when
-    packets in it are damaged (nothing is yielded after the first; damage outside the span is skipped)."""
+    packets in it are damaged (nothing is yielded after the first; damage outside the span is skipped).
+    Each shown frame's `image` is `convert` of the decoded frame (default: the upright RGB picture)."""
     with _open(path) as c:
         stream = _video_stream(c, path)
         tb = stream.time_base
@@ -234,7 +234,7 @@ def iter_frames(
 
         def shown(item):
             if item[2] is None:
-                item[2] = upright(item[1].to_ndarray(format="rgb24"), item[1].rotation)
+                item[2] = convert(item[1])
             return item[2]
 
         def in_span(t: float) -> bool:
@@ -288,20 +288,30 @@ def iter_frames(
             k += 1
 
 
-def read_frames(path: str | Path) -> tuple[np.ndarray, float]:
-    """Decode every video frame as (T, H, W, 3) uint8 RGB, upright by the stream's rotation metadata;
-    returns (frames, fps). The whole video in memory: for short clips (tests, generated videos); long
-    inputs go through `iter_frames`."""
+def decode_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Every video frame in decoding order, (H, W, 3) uint8 RGB upright by the stream's rotation metadata,
+    one at a time: the whole video is never held (a 4,845-frame 1024x768 DISFA subject is 11 GB decoded).
+    Frame k of the file (counted from 1, as DISFA's labels count) is the k-th yielded. Raises UserError on
+    an unreadable video or one without frames."""
+    n = 0
     try:
         with _open(path) as c:
-            stream = _video_stream(c, path)
-            frames = [upright(f.to_ndarray(format="rgb24"), f.rotation) for f in c.decode(stream)]
-            fps = float(stream.average_rate or 0)
+            for f in c.decode(_video_stream(c, path)):
+                n += 1
+                yield rgb_upright(f)
     except av.FFmpegError as err:
         raise UserError(f"{path}: unreadable video ({err})") from err
-    if not frames:
+    if not n:
         raise UserError(f"{path}: video has no frames")
-    return np.stack(frames), fps
+
+
+def read_frames(path: str | Path) -> tuple[np.ndarray, float]:
+    """Every video frame as (T, H, W, 3) uint8 RGB, upright (`decode_frames`), and the fps. The whole video
+    in memory: for short clips (tests, generated videos); long ones go through `decode_frames`."""
+    frames = np.stack(list(decode_frames(path)))
+    with _open(path) as c:
+        fps = float(_video_stream(c, path).average_rate or 0)
+    return frames, fps
 
 
 def decode_window(source, start: int, count: int, fps: float) -> np.ndarray:
@@ -319,7 +329,7 @@ def decode_window(source, start: int, count: int, fps: float) -> np.ndarray:
         for frame in c.decode(stream):
             index = round(float((frame.pts - origin) * tb) * fps)
             if index >= start:
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(to_rgb(frame))
                 if len(frames) == count:
                     return np.stack(frames)
     raise UserError(

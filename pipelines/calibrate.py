@@ -238,9 +238,10 @@ def render_sets(cfg: CalibrateConfig) -> tuple[dict, list[str], dict, dict]:
 
 # -- DISFA-style labels -------------------------------------------------------------------------------
 def label_sets(folder: Path) -> tuple[dict, list[str], float]:
-    """{subject: (relative proxies, truth)}, channels (`AU{N}`), median IOD of a DISFA-style folder."""
-    from media.au_measure import track_video
-    from media.video_io import read_frames
+    """{subject: (relative proxies, truth)}, channels (`AU{N}`), median IOD of a DISFA-style folder. Each
+    video is decoded and tracked a frame at a time: memory follows its features, not its pixels."""
+    from media.au_measure import track_frames
+    from media.video_io import decode_frames
 
     if not folder.is_dir():
         raise UserError(f"{folder}: labels folder does not exist")
@@ -258,16 +259,15 @@ def label_sets(folder: Path) -> tuple[dict, list[str], float]:
                       if (folder / f"{subject}{ext}").exists()), None)  # fmt: skip
         if video is None:
             raise UserError(f"{folder}: labels for {subject} but no video {subject}.mp4 or .avi")
-        frames, _ = read_frames(video)
-        truth = np.zeros((len(frames), len(aus)))
+        seen = track_frames(decode_frames(video))  # one frame held at a time
+        truth = np.zeros((len(seen.features), len(aus)))
         for j, a in enumerate(aus):
             if a not in files:
                 raise UserError(f"{subject}: no labels for AU{a} ({next(iter(files.values())).name} exists)")
             for line in files[a].read_text().split():
                 frame, value = line.split(",")[:2]
-                if 1 <= int(frame) <= len(frames):
+                if 1 <= int(frame) <= len(truth):
                     truth[int(frame) - 1, j] = float(value)
-        seen = track_video(frames)
         if not seen.found.any():
             raise UserError(f"{video}: no face found")
         feats, truth = seen.features[seen.found], truth[seen.found]

@@ -40,7 +40,10 @@ class PreprocessConfig(BaseModel):
     data: Path  # the data folder of `tbd ingest`; its media shards are written there
     media: MediaConfig = MediaConfig()
     clips_per_shard: int = 16
-    concurrency: int = 2  # ShardBuilder actors
+    # ShardBuilder actors; None: as many as the cluster's CPUs hold at `num_cpus_per_worker` each (at most
+    # one per shard to build). Each pins every library's pool to round(num_cpus_per_worker) threads, so N
+    # workers use N x that many cores (`media.video_io.pin_threads`).
+    concurrency: int | None = None
     num_cpus_per_worker: float = 1.0
     tracking_uri: str | None = None
     # Re-hash every finished shard (the whole tar read) instead of recognising it from its size and
@@ -87,6 +90,27 @@ class ShardBuilder:
         return {"name": names, "frames": frames, "seconds": seconds}
 
 
+def threads_per_worker(config: PreprocessConfig) -> int:
+    return max(1, round(config.num_cpus_per_worker))
+
+
+def worker_count(config: PreprocessConfig, shards: int) -> int:
+    """ShardBuilder actors for `shards` shards to build: `concurrency`, or (None) the cluster's CPUs over
+    `num_cpus_per_worker`; at most one per shard. Logged with the threads each runs."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    wanted = config.concurrency or max(1, int(cpus // config.num_cpus_per_worker))
+    workers = max(1, min(wanted, shards))
+    log.info(
+        "preprocess: %d worker(s) x %d thread(s) each (%s; cluster: %g CPUs, %d shard(s) to build)",
+        workers, threads_per_worker(config),
+        f"--concurrency {config.concurrency}" if config.concurrency else f"{config.num_cpus_per_worker:g} CPUs per worker",
+        cpus, shards,
+    )  # fmt: skip
+    return workers
+
+
 def run_preprocess(config: PreprocessConfig) -> dict:
     """Build every missing or invalid shard, then write the manifest and the ledger. Idempotent."""
     import ray
@@ -112,25 +136,26 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     with job_run(
         "preprocess",
         uri,
-        {**params, "concurrency": config.concurrency, "data": str(config.data)},
+        {**params, "concurrency": config.concurrency or "cluster", "data": str(config.data)},
         {"tbd.data": str(Path(config.data).resolve())},
     ) as mlflow:
         import psutil
 
         start, cpu_before = time.perf_counter(), psutil.cpu_times()
-        built = []
+        built, workers = [], 0
         if pending:
             init_ray()
+            workers = worker_count(config, len(pending))
             items = [{"name": n, "clips": [clips[k].model_dump_json() for k in keys]} for n, keys in pending]
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 ShardBuilder,
                 fn_constructor_kwargs={
                     "media_dir": str(media_dir),
                     "media": config.media.model_dump(),
-                    "threads": max(1, round(config.num_cpus_per_worker)),  # each library's pool, per worker
+                    "threads": threads_per_worker(config),  # each library's pool, per worker
                 },
                 batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=config.concurrency),  # a fixed pool of N workers
+                compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool of N workers
                 num_cpus=config.num_cpus_per_worker,
             )
             rows = tqdm(ds.iter_rows(), total=len(pending), desc="preprocess shards", unit="shard")
@@ -151,6 +176,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
         record_run(media_dir, uri)
         frames = sum(b["frames"] for b in built)
         metrics = {
+            "workers": workers,
+            "threads_per_worker": threads_per_worker(config),
             "clips": len(clips),
             "samples": manifest["samples"],
             "rejects": len(rejects),
@@ -163,7 +190,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             # summed shard-building time, times the number of workers.
             "worker_busy_s": sum(b["seconds"] for b in built),
             "steady_frames_per_s": frames
-            * min(config.concurrency, max(1, len(built)))
+            * min(workers, max(1, len(built)))
             / max(1e-9, sum(b["seconds"] for b in built))
             if built
             else 0.0,

@@ -39,8 +39,10 @@ from tbd_lightning.text import CotTexts, cot_token_regions
 def decode_mp4(data: bytes) -> np.ndarray:
     import av
 
+    from media.frames import to_rgb
+
     with av.open(io.BytesIO(data)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        return np.stack([to_rgb(f) for f in container.decode(video=0)])
 
 
 def decode_frames(data: bytes, start: int, count: int, fps: float) -> np.ndarray:
@@ -108,8 +110,10 @@ class ReferenceBank:
 def first_frame(data: bytes) -> np.ndarray:
     import av
 
+    from media.frames import to_rgb
+
     with av.open(io.BytesIO(data)) as container:
-        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+        return to_rgb(next(container.decode(video=0)))
 
 
 class ClipWindows(IterableDataset):

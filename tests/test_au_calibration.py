@@ -168,34 +168,42 @@ def test_evidence_only_for_measurable_channels():
     assert evidence[(4, "both")].peak == 1.5 and evidence[(4, "both")].mean == 0.5
 
 
+def _labelled_subject(folder, name: str, fa, person, n: int, rng, size: int = 128) -> None:
+    """A DISFA-style subject: `name`.mp4 of `n` rendered frames of `person` at `size` px (the first 5
+    neutral) with AU2 and AU12 at random, and their label files `name`_au2.txt, `name`_au12.txt."""
+    import cv2
+
+    from media.video_io import write_mp4
+    from pipelines.demo_corpus.au_templates import CHANNELS
+    from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
+
+    crop, lm = _prepare(fa, person, 128)
+    au2 = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
+    au12 = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
+    au2[:5] = au12[:5] = 0  # neutral frames
+    x = np.zeros((n, len(CHANNELS)))
+    x[:, CHANNELS.index("AU2")] = au2
+    x[:, CHANNELS.index("AU12_R")] = x[:, CHANNELS.index("AU12_L")] = au12
+    renderer = ExpressionRenderer(crop, lm)
+    frames = (cv2.resize(f, (size, size)) for f in renderer.frames(x))
+    write_mp4(folder / f"{name}.mp4", frames, fps=25, crf=18)
+    for au, values in ((2, au2), (12, au12)):
+        (folder / f"{name}_au{au}.txt").write_text(
+            "\n".join(f"{i + 1},{v:.2f}" for i, v in enumerate(values))
+        )
+
+
 def test_disfa_style_labels_refit_the_measure(tmp_path):
     """Three 'subjects' (rendered identities: fit, selection, test) with DISFA-style per-AU label files: the
     fit recovers AU2 and AU12 on the test subject and records what it was fitted on."""
-    import cv2
-
     from media.face import FaceAnalyzer
-    from media.video_io import write_mp4
     from pipelines.calibrate import CalibrateConfig, run_calibrate
-    from pipelines.demo_corpus.au_templates import CHANNELS
-    from pipelines.demo_corpus.corpus import ExpressionRenderer, _prepare
     from pipelines.demo_corpus.portraits import builtin_portraits, identities
 
     rng = np.random.default_rng(1)
     with FaceAnalyzer() as fa:
         for k, person in enumerate(identities(builtin_portraits(), 3)):
-            crop, lm = _prepare(fa, person, 128)
-            n = 60
-            au2 = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
-            au12 = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
-            au2[:5] = au12[:5] = 0  # neutral frames
-            x = np.zeros((n, len(CHANNELS)))
-            x[:, CHANNELS.index("AU2")] = au2
-            x[:, CHANNELS.index("AU12_R")] = x[:, CHANNELS.index("AU12_L")] = au12
-            frames = [cv2.resize(f, (128, 128)) for f in ExpressionRenderer(crop, lm).frames(x)]
-            write_mp4(tmp_path / f"SN00{k}.mp4", np.stack(frames), fps=25, crf=18)
-            for au, values in ((2, au2), (12, au12)):
-                lines = [f"{i + 1},{v:.2f}" for i, v in enumerate(values)]
-                (tmp_path / f"SN00{k}_au{au}.txt").write_text("\n".join(lines))
+            _labelled_subject(tmp_path, f"SN00{k}", fa, person, 60, rng)
     cal = run_calibrate(CalibrateConfig(labels=tmp_path, out=tmp_path / "fit.json"))
     [view] = cal.views
     assert (
@@ -260,11 +268,42 @@ def test_a_preprocessed_still_held_long_reads_no_action_against_its_own_baseline
     was taken from its first, unsettled frames and this frame read AU2 1.1-1.2 from the 10th frame on
     (2026-12-05); settled, at most 0.22 over 60 frames (2026-12-06)."""
     from annotation.reasoner import ABSENT_PEAK
-    from evaluation.check_measures import load_split
+    from evaluation.check_measures import iter_split, split_clips
     from media.au_measure import measured_aus, track_still, track_video
 
-    clips = load_split(datasets["mead"]["data"], "val", 48)
-    [frame] = [frames[0] for meta, frames in clips.values() if meta["emotion"] == "neutral"]
+    data = datasets["mead"]["data"]
+    [neutral] = [k for k, s in split_clips(data, "val").items() if s["emotion"] == "neutral"]
+    [frame] = [frames[0] for _, _, frames in iter_split(data, [neutral], 48)]
     readings = measured_aus(track_video(np.repeat(frame[None], 50, 0)), track_still(frame).baseline())
     peaks = {au: max(v for v in series if v is not None) for au, series in readings.items()}
     assert max(peaks.values()) < ABSENT_PEAK, peaks
+
+
+def test_a_labelled_video_is_tracked_one_frame_at_a_time(tmp_path):
+    """`tbd calibrate --labels` streams each subject's video (issue 39: a DISFA subject, 4,845 frames of
+    1024x768, is 11 GB decoded): reading a 400-frame 256 px subject (79 MB decoded) allocates under a
+    quarter of that at its peak (the code before held every frame, then stacked them: twice the video), and
+    every frame's features and labels arrive."""
+    import tracemalloc
+
+    from media.face import FaceAnalyzer
+    from pipelines.calibrate import label_sets
+    from pipelines.demo_corpus.portraits import builtin_portraits, identities
+
+    n, size = 400, 256
+    with FaceAnalyzer() as fa:
+        _labelled_subject(
+            tmp_path, "SN001", fa, identities(builtin_portraits(), 1)[0], n, np.random.default_rng(2), size
+        )
+    tracemalloc.start()
+    try:
+        per, channels, _ = label_sets(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    decoded = n * size * size * 3
+    assert peak < decoded / 4, f"peak {peak / 1e6:.0f} MB of a {decoded / 1e6:.0f} MB video"
+    feats, truth = per["SN001"]
+    assert (
+        channels == ["AU2", "AU12"] and len(feats) == len(truth) == n and truth[:5].max() == 0 < truth.max()
+    )

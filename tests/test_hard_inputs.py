@@ -149,6 +149,35 @@ def test_rotation_metadata_is_applied(tmp_path, analyzer, hopper):
     assert not isinstance(only(process_clip(ref, analyzer, MediaConfig(crop_size=64))), Reject)
 
 
+@pytest.mark.parametrize("rotation", [None, 90])
+def test_the_crop_pass_converts_only_the_crop_and_gets_the_same_pixels(tmp_path, rotation):
+    """Preprocess's second pass converts only the pixels a crop samples (`video_io.warp_crop`, issue 39:
+    the whole 1080p frame's conversion was its largest cost): every crop, inside the frame, across its
+    edges, outside it, larger than it, at a fractional centre, equals the whole frame's crop pixel for pixel,
+    and a rotated video (converted whole) too."""
+    from media.face_crops import CropBox
+    from media.frames import rgb_upright, warp_crop
+
+    rng = np.random.default_rng(0)
+    base = cv2.resize(rng.integers(0, 256, (45, 80, 3), dtype=np.uint8), (640, 360))
+    frames = np.stack([np.roll(base, 7 * i, 1) for i in range(4)])
+    path = clip(tmp_path, frames, "v", rotation).video
+    boxes = [CropBox(320, 180, 200), CropBox(20, 30, 150), CropBox(630, 350, 300), CropBox(-50, 180, 120),
+             CropBox(320, 180, 2000), CropBox(321.37, 177.6, 99.9)]  # fmt: skip
+    with av.open(str(path)) as c:
+        decoded = list(c.decode(video=0))
+    assert decoded[0].rotation == (rotation or 0)
+    for box in boxes:
+        for size in (48, 128):
+            m = box.affine(size)
+            convert = warp_crop(m, size)
+            for frame in decoded:
+                whole = cv2.warpAffine(
+                    rgb_upright(frame), m, (size, size), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP
+                )
+                assert np.array_equal(convert(frame), whole), (box, size, rotation)
+
+
 def test_a_clip_on_its_side_without_metadata_is_refused(tmp_path, analyzer, hopper):
     reason = rejected(
         process_clip(clip(tmp_path, still(np.rot90(hopper, -1)), "side"), analyzer, MediaConfig())

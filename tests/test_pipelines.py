@@ -325,6 +325,29 @@ def test_a_rerun_over_a_finished_folder_reads_almost_none_of_its_shards(datasets
     assert finished(media, "shard-000000") is None
 
 
+def test_preprocess_workers_default_to_the_clusters_cpus_and_say_so(tmp_path, caplog):
+    """Without `--concurrency` the preprocess job runs as many workers as the cluster's CPUs hold at
+    `num_cpus_per_worker` each (at most one per shard to build), each library pinned to that many threads,
+    and its log says so (issue 39: the default was a fixed 2 workers on any cluster)."""
+    import logging
+
+    import ray
+
+    from pipelines.preprocess import PreprocessConfig, threads_per_worker, worker_count
+    from tbd_core.ray_init import init_ray
+
+    init_ray()
+    cpus = int(ray.cluster_resources()["CPU"])
+    config = PreprocessConfig(data=tmp_path)
+    with caplog.at_level(logging.INFO, logger="pipelines.preprocess"):
+        assert worker_count(config, shards=1000) == cpus
+    assert f"{cpus} worker(s) x 1 thread(s) each" in caplog.text and f"cluster: {cpus} CPUs" in caplog.text
+    assert worker_count(config, shards=1) == 1  # never more workers than shards to build
+    halves = config.model_copy(update={"num_cpus_per_worker": 2.0})
+    assert worker_count(halves, shards=1000) == max(1, cpus // 2) and threads_per_worker(halves) == 2
+    assert worker_count(config.model_copy(update={"concurrency": 3}), shards=1000) == 3  # asked for: as asked
+
+
 def test_ingest_splits_by_speaker_deterministically_with_overrides(demo_corpus, tmp_path):
     from pipelines.ingest import IngestConfig, ingest
 
