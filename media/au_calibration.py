@@ -282,21 +282,13 @@ def from_json(body: dict) -> Calibration:
 
 @functools.cache
 def load(path: str | None = None) -> Calibration:
-    """The calibration at `path` (default: `$TBD_AU_CALIBRATION`, else the shipped fit), read once per
-    version of the file (its path, modification time and size)."""
+    """The calibration at `path` (default: `$TBD_AU_CALIBRATION`, else the shipped fit)."""
     import os
 
     where = Path(path or os.environ.get("TBD_AU_CALIBRATION") or SHIPPED)
     if not where.is_file():
         raise UserError(f"AU calibration {where} not found; fit one with `tbd calibrate --out {where}`")
-    stat = where.stat()
-    key = (str(where.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _LOADED:  # read once per file version, not per clip; shared: treat it as read-only
-        _LOADED[key] = from_json(json.loads(where.read_text()))
-    return _LOADED[key]
-
-
-_LOADED: dict[tuple[str, int, int], Calibration] = {}
+    return from_json(json.loads(where.read_text()))
 
 
 def ridge(x: np.ndarray, y: np.ndarray, penalty: float = RIDGE) -> np.ndarray:

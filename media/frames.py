@@ -60,13 +60,15 @@ def warp_crop(affine: np.ndarray, size: int) -> Callable[[av.VideoFrame], np.nda
 
     def convert(frame: av.VideoFrame) -> np.ndarray:
         w, h = frame.width, frame.height
-        if frame.format.name != "yuv420p" or frame.rotation % 360 or w % 2 or h % 2:
-            return cv2.warpAffine(rgb_upright(frame), m, (size, size), flags=flags)
-        # the pixels the crop samples (bilinear: +-2), on even bounds (4:2:0 chroma), clipped to the frame
-        x0, y0 = (np.clip(np.floor(corners.min(0)).astype(int) - 2, 0, [w - 2, h - 2]) // 2) * 2
-        x1, y1 = np.clip((np.ceil(corners.max(0)).astype(int) + 4) // 2 * 2, [x0 + 2, y0 + 2], [w, h])
-        if (x1 - x0) * (y1 - y0) > w * h // 2:  # most of the frame: converted whole, without the copies
-            return cv2.warpAffine(rgb_upright(frame), m, (size, size), flags=flags)
+        if frame.format.name == "yuv420p" and not frame.rotation % 360 and not w % 2 and not h % 2:
+            # the pixels the crop samples (bilinear: +-2), on even bounds (4:2:0 chroma), clipped to the frame
+            x0, y0 = (np.clip(np.floor(corners.min(0)).astype(int) - 2, 0, [w - 2, h - 2]) // 2) * 2
+            x1, y1 = np.clip((np.ceil(corners.max(0)).astype(int) + 4) // 2 * 2, [x0 + 2, y0 + 2], [w, h])
+            if (x1 - x0) * (y1 - y0) <= w * h // 2:  # else most of the frame: converted whole (no copies)
+                return _region(frame, x0, y0, x1, y1)
+        return cv2.warpAffine(rgb_upright(frame), m, (size, size), flags=flags)
+
+    def _region(frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         planes = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in frame.planes]
         y = planes[0][y0:y1, x0:x1]
         u, v = (p[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] for p in planes[1:])
