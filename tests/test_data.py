@@ -130,6 +130,38 @@ def test_the_reference_never_comes_from_the_target_clip(mead, tmp_path):
                 assert ref.split("_")[2] == "neutral" or key.split("_")[2] == "neutral"
 
 
+def test_the_reference_bank_decodes_a_reference_when_first_picked(mead, monkeypatch):
+    """Training's start-up must not grow with the dataset (issue 39's rehearsal): building the bank reads
+    sidecars only and decodes no frame; a reference is decoded when first picked, once, and is its clip's
+    first frame with its first landmarks."""
+    import io
+
+    import tbd_lightning.data as data_module
+    from pipelines.shards import ShardIndex
+    from tbd_lightning.data import ReferenceBank, decode_mp4
+
+    data, version = mead
+    folder = DataFolder(data)
+    decoded: list[bytes] = []
+    first_frame = data_module.first_frame
+    monkeypatch.setattr(data_module, "first_frame", lambda b: decoded.append(b) or first_frame(b))
+    bank = ReferenceBank.build(folder, folder.aligned_shards(version), {"train", "val"})
+    assert decoded == [] and bank.by_speaker
+    speaker, keys = next(iter(bank.by_speaker.items()))
+    target = next(
+        k for s in folder.aligned_shards(version) for k in s.keys if f"_{speaker}_" in k and k not in keys[:1]
+    )
+    picked = bank.pick(speaker, target, None)
+    assert picked.key == keys[0] and len(decoded) == 1
+    assert bank.pick(speaker, target, None) is picked and len(decoded) == 1  # kept, not decoded again
+    shard = next(s for s in folder.aligned_shards(version) if picked.key in s.keys)
+    index = ShardIndex(shard.media_tar)
+    np.testing.assert_array_equal(picked.frame, decode_mp4(index.read(picked.key, "mp4"))[0])
+    lm = np.load(io.BytesIO(index.read(picked.key, "landmarks.npy")))[0].astype(np.float32)
+    index.close()
+    np.testing.assert_array_equal(picked.landmarks, lm)
+
+
 def test_two_epochs_give_different_windows(mead, tmp_path):
     data, version = mead
     dm = TBDDataModule(
@@ -166,7 +198,7 @@ def test_region_masks_come_from_the_reference_not_the_target_frames(mead, tmp_pa
         str(data), version, frames=8, batch_size=2, train_batches=4, text_cache=str(tmp_path / "t")
     )
     ds = dm.train_dataloader().dataset
-    bank = {r.key: r for refs in ds.references.by_speaker.values() for r in refs}
+    bank = {k: ds.references.load(k) for keys in ds.references.by_speaker.values() for k in keys}
     folder = DataFolder(data)
     cots = {k: a["cot"] for s in folder.aligned_shards(version) for k, a in folder.annotation_members(version, s.name).items()}  # fmt: skip
     checked = 0
