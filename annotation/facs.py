@@ -81,6 +81,12 @@ class KnowledgeBase(BaseModel):
         return self.mead_level_intensity[level]
 
 
+def compound_text(name: str) -> str:
+    """The free text that names a compound expression category of `compound_expressions`, as a user types
+    it: "happily_surprised" -> "happily surprised" (`reasoner.compound_named` reads it back)."""
+    return name.replace("_", " ")
+
+
 def intensity_value(letter: str) -> int:
     """FACS letter A..E -> 1..5 (0 means absent)."""
     return INTENSITY_LETTERS.index(letter) + 1

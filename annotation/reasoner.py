@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from annotation.facs import KnowledgeBase, intensity_letter, intensity_value, load_kb
+from annotation.facs import KnowledgeBase, compound_text, intensity_letter, intensity_value, load_kb
 from annotation.records import UNKNOWN, AUEvidence, ThinkRequest
 from annotation.schema import MAX_AUS, AUDescription, ChainOfThought, RegionDescriptions
 from annotation.text_rules import phrase_problems
@@ -118,7 +118,7 @@ def compound_named(text: str, kb: KnowledgeBase) -> str | None:
     its clause); None when it names none."""
     reading = read_text(text, kb)
     words = " " + " ".join(_TOKEN.findall(text.lower().replace("\u2019", "'"))) + " "
-    found = [name for name in kb.compound_expressions if f" {name.replace('_', ' ')} " in words]
+    found = [name for name in kb.compound_expressions if f" {compound_text(name)} " in words]
     found = [name for name in found if not set(name.split("_")) & set(reading.negated)]
     return max(found, key=len, default=None)
 
@@ -189,7 +189,7 @@ def think(request: ThinkRequest, kb: KnowledgeBase | None = None) -> ChainOfThou
     compound = compound_named(request.text, kb) if request.text and request.emotion == UNKNOWN else None
     if compound:
         chosen = dict.fromkeys(kb.compound_expressions[compound], float(intensity_value(target)))
-        label = compound.replace("_", " ")
+        label = compound_text(compound)
     for emotion, w in weights.items() if not compound else ():
         proto = kb.prototype(emotion)
         unilateral |= proto.unilateral

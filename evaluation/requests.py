@@ -122,7 +122,7 @@ def think_requests(clips: list[Clip], groundtruth: dict[str, Path]) -> None:
     `evaluation.compound`) is asked by its name as free text. `groundtruth`: resolved source video path ->
     sidecar."""
     from annotation.engines.spec import EngineSpec
-    from annotation.facs import MEAD_EMOTIONS
+    from annotation.facs import MEAD_EMOTIONS, compound_text
     from annotation.records import ThinkRequest
 
     asks, where = [], []
@@ -131,7 +131,7 @@ def think_requests(clips: list[Clip], groundtruth: dict[str, Path]) -> None:
         if c.meta["emotion"] in MEAD_EMOTIONS:
             label = ThinkRequest(key=c.key, emotion=c.meta["emotion"], level=level)
         else:  # a compound expression's name, read as free text ("angrily disgusted")
-            label = ThinkRequest(key=c.key, text=c.meta["emotion"].replace("_", " "), level=level)
+            label = ThinkRequest(key=c.key, text=compound_text(c.meta["emotion"]), level=level)
         gt = groundtruth.get(str(Path(c.meta["video"]).resolve()))
         asks.append(label)
         where.append((c, ("label_cot",) if gt else ("label_cot", "spec_cot")))

@@ -23,16 +23,16 @@ OVERLAY_SIZE = 256  # the regions are drawn on a crop of this size (same framing
 def emotion_choices() -> list[tuple[str, str]]:
     """The Emotion dropdown: (shown, value) for the MEAD labels, the compound expressions of Du et al. (PNAS
     2014; `annotation/facs_kb.yaml` compound_expressions, never a training label) and free text."""
-    from annotation.facs import load_kb
+    from annotation.facs import compound_text, load_kb
 
-    compounds = [(f"{name.replace('_', ' ')} (compound)", name) for name in load_kb().compound_expressions]
+    compounds = [(f"{compound_text(name)} (compound)", name) for name in load_kb().compound_expressions]
     return [*((e, e) for e in MEAD_EMOTIONS), *compounds, (FREE_TEXT, FREE_TEXT)]
 
 
 def _config(config, image, audio, emotion, level, text, out=None, seed=0, **guidance):
     """The `GenerateConfig` of the tab's inputs. A compound expression is requested by its name as free text
     ("sadly angry"): Think selects the compound's own AU set (facs-reasoner-5), which no label's prototype has."""
-    from annotation.facs import load_kb
+    from annotation.facs import compound_text, load_kb
     from tbd_lightning.generate import GenerateConfig
     from tbd_lightning.sampler import GuidanceConfig
 
@@ -40,7 +40,7 @@ def _config(config, image, audio, emotion, level, text, out=None, seed=0, **guid
     if free and not (text or "").strip():
         raise UserError("type a free-text emotion (or pick a label)")
     if emotion in load_kb().compound_expressions:
-        free, text = True, emotion.replace("_", " ")
+        free, text = True, compound_text(emotion)
     return GenerateConfig(
         image=Path(image) if image else Path(), audio=Path(audio) if audio else Path(),
         model=Path(config.model) if config.model else Path(), out=Path(out) if out else Path(),
