@@ -42,7 +42,7 @@ class ClipChoice:
 
     config: EvaluateConfig
     shards: list
-    references: object  # tbd_lightning.data.ReferenceBank
+    references: object  # tbd_lightning.references.ReferenceBank
     picks: list[tuple[int, str]]
     cots: dict[str, dict]
 
@@ -101,20 +101,30 @@ class ClipChoice:
 
 
 def choose_clips(config: EvaluateConfig, version: str, keys: list[str] | None = None) -> ClipChoice:
-    """`max_clips` clips of the split, evenly spaced over it (so a sorted corpus still covers its emotions),
-    or exactly the clips `keys` (any split), from sidecars and annotations only (nothing decoded)."""
+    """`max_clips` clips of the split (of its `speakers`, when given), evenly spaced over it (so a sorted corpus
+    still covers its emotions), or exactly the clips `keys` (any split), from sidecars and annotations only
+    (nothing decoded). A speaker with no clip in the split is a UserError."""
     from pipelines.data_folder import DataFolder
-    from tbd_lightning.data import ReferenceBank
+    from tbd_lightning.references import ReferenceBank
 
     folder = DataFolder(config.data)
     shards = folder.aligned_shards(version)
     references = ReferenceBank.build(folder, shards, set(folder.split_counts()) if keys else {config.split})
     summaries = folder.media_summaries()
+    speakers = set(config.speakers or ())
+    in_split = {s["speaker"] for s in summaries.values() if s["split"] == config.split}
+    if speakers - in_split:
+        raise UserError(f"speakers {sorted(speakers - in_split)} have no clip in split {config.split!r} of "
+                        f"{config.data} (its speakers: {sorted(in_split)})")  # fmt: skip
+
+    def speaker_ok(key: str) -> bool:
+        return not speakers or summaries[key]["speaker"] in speakers
+
     eligible, cots = [], {}
     for index, shard in enumerate(shards):
         anns = folder.annotation_members(version, shard.name)
         for key in shard.keys:
-            wanted = key in keys if keys else summaries[key]["split"] == config.split
+            wanted = key in keys if keys else summaries[key]["split"] == config.split and speaker_ok(key)
             if wanted and anns[key]["validation"]["outcome"] != "rejected":
                 eligible.append((index, key))
                 cots[key] = anns[key]["cot"]

@@ -7,7 +7,7 @@ Each compound clip goes through the same per-clip preprocessing as the data fold
 process_clip` with the folder's recorded media settings: crop, landmarks, speech features), in memory, so a
 generated clip and the real render are seen exactly as the ingested clips are. The speaker is the data folder's
 speaker of the corpus's held-out identity; the reference, as for every evaluated clip, is a frame of that
-speaker's neutral clip (`tbd_lightning.data.ReferenceBank`). The clip's `emotion` is the compound's name
+speaker's neutral clip (`tbd_lightning.references.ReferenceBank`). The clip's `emotion` is the compound's name
 ("angrily_disgusted"): Think reads it as free text (`evaluation.requests.think_requests`)."""
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def load_compound_clips(
     from media.face import FaceAnalyzer
     from pipelines.data_folder import DataFolder
     from tbd_core.records import ClipRef
-    from tbd_lightning.data import ReferenceBank, decode_frames
+    from tbd_lightning.data import decode_frames
+    from tbd_lightning.references import ReferenceBank
 
     if config.groundtruth is None:
         raise UserError("--compound needs the demo corpus: give --groundtruth (the folder with corpus.json)")

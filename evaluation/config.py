@@ -16,6 +16,9 @@ class EvaluateConfig(BaseModel):
     data: Path
     version: str | None = None
     split: str = "test"
+    speakers: tuple[str, ...] | None = None
+    """Only these speakers' clips of the split (e.g. [W010]: the held-out person alone, where the split also
+    holds other speakers). None: every speaker of the split."""
     max_clips: int = 8
     max_frames: int = 50
     max_frames_per_batch: int | None = None

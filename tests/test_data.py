@@ -136,15 +136,16 @@ def test_the_reference_bank_decodes_a_reference_when_first_picked(mead, monkeypa
     first frame with its first landmarks."""
     import io
 
-    import tbd_lightning.data as data_module
+    import tbd_lightning.references as references
     from pipelines.shards import ShardIndex
-    from tbd_lightning.data import ReferenceBank, decode_mp4
+    from tbd_lightning.data import decode_mp4
+    from tbd_lightning.references import ReferenceBank
 
     data, version = mead
     folder = DataFolder(data)
     decoded: list[bytes] = []
-    first_frame = data_module.first_frame
-    monkeypatch.setattr(data_module, "first_frame", lambda b: decoded.append(b) or first_frame(b))
+    first_frame = references.first_frame
+    monkeypatch.setattr(references, "first_frame", lambda b: decoded.append(b) or first_frame(b))
     bank = ReferenceBank.build(folder, folder.aligned_shards(version), {"train", "val"})
     assert decoded == [] and bank.by_speaker
     speaker, keys = next(iter(bank.by_speaker.items()))

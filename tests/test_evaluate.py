@@ -381,6 +381,26 @@ def test_no_clips_of_the_split_is_a_clear_error(mead, tiny_model, netguard_log):
     assert proc.returncode == 2 and "no usable clips of split 'test'" in proc.stderr, proc.stderr[-2000:]
 
 
+def test_speakers_narrow_the_split_to_the_held_out_person(mead):
+    """A split can hold several speakers (a corpus of 10 identities put a variant of a training person in
+    `val` beside the held-out one): `speakers` scores only theirs, and a speaker without a clip in the split
+    is named in one error."""
+    from evaluation.clips import choose_clips
+    from pipelines.data_folder import DataFolder
+    from tbd_core.errors import UserError
+
+    data, version = mead
+    summaries = DataFolder(data).media_summaries()
+    train = {k for k, s in summaries.items() if s["split"] == "train"}
+    base = dict(model=data, data=data, version=version, split="train", max_clips=1000)
+    every = choose_clips(EvaluateConfig(**base), version).keys  # the split's usable clips
+    chosen = choose_clips(EvaluateConfig(**base, speakers=("W002",)), version).keys
+    assert set(every) <= train and {summaries[k]["speaker"] for k in every} == {"W001", "W002"}
+    assert chosen and chosen == [k for k in every if summaries[k]["speaker"] == "W002"]
+    with pytest.raises(UserError, match=r"speakers \['W003'\] have no clip in split 'train'"):
+        choose_clips(EvaluateConfig(**base, speakers=("W003",)), version)
+
+
 def test_modes_are_told_apart_only_when_their_intervals_do_not_overlap():
     from evaluation.report import aggregate, separable
 
