@@ -83,14 +83,12 @@ def iter_split(data: Path, keys: list[str], size: int) -> Iterator[tuple[str, di
     import cv2
 
     from pipelines.data_folder import DataFolder
-    from pipelines.shards import ShardIndex, read_sidecar
+    from pipelines.shards import ShardIndex
     from tbd_lightning.data import decode_mp4
 
     folder = DataFolder(data)
-    where = {}
-    for shard in folder.media_manifest()["shards"]:
-        tar = folder.media_dir / f"{shard['name']}.tar"
-        where.update(dict.fromkeys(read_sidecar(folder.media_dir, shard["name"])["summaries"], tar))
+    where = {key: folder.media_dir / f"{shard['name']}.tar" for shard in folder.media_manifest()["shards"]
+             for key in shard["keys"]}  # fmt: skip
     index = None
     try:
         for key in keys:

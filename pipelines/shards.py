@@ -9,12 +9,14 @@ A rerun skips finished shards and rebuilds the rest, so a crashed run resumed eq
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 
 from tbd_core.errors import UserError
@@ -163,6 +165,11 @@ def tar_members(path: Path) -> list[tuple[str, dict[str, bytes]]]:
         sample.pop("__local_path__", None)
         out.append((key, {k: v for k, v in sample.items() if isinstance(v, bytes)}))
     return out
+
+
+def npy_member(data: bytes) -> np.ndarray:
+    """A shard's `.npy` member (bytes as `write_shard` stored them) as an array; never unpickles."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 class ShardIndex:

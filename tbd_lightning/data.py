@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.data_folder import AlignedShard, DataFolder
-from pipelines.shards import ShardIndex
+from pipelines.shards import ShardIndex, npy_member
 from tbd_core.errors import UserError
 from tbd_lightning.model import MAX_LOCAL
 from tbd_lightning.references import ReferenceBank
@@ -50,10 +50,6 @@ def decode_frames(data: bytes, start: int, count: int, fps: float) -> np.ndarray
     from media.video_io import decode_window
 
     return decode_window(io.BytesIO(data), start, count, fps)
-
-
-def _npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 class ClipWindows(IterableDataset):
@@ -148,9 +144,9 @@ class ClipWindows(IterableDataset):
             raise UserError(f"{key}: {t_all} frames, fewer than the window of {self.frames}")
         start = rng.randrange(t_all - self.frames + 1) if self.resample else 0
         video = decode_frames(members["mp4"], start, self.frames, meta["fps"])  # only the window
-        landmarks = _npy(members["landmarks.npy"]).astype(np.float32)
+        landmarks = npy_member(members["landmarks.npy"]).astype(np.float32)
         reference, reference_key, reference_lm = self._reference(key, meta, members, landmarks, start, rng)
-        audio = _npy(members["audio.npy"]).astype(np.float32)
+        audio = npy_member(members["audio.npy"]).astype(np.float32)
         size = self.size or video.shape[1]
         # The regions the text acts in come from the reference, as at sampling (`TBDPipeline` has nothing
         # else): masks from the target's frames would tell the model the target's jaw drop and lip opening.

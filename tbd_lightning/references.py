@@ -11,11 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.data_folder import AlignedShard, DataFolder
-from pipelines.shards import ShardIndex
-
-
-def _npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+from pipelines.shards import ShardIndex, npy_member
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ class ReferenceBank:
         if key not in self._loaded:
             index = ShardIndex(self.tars[key])  # only this clip's members are read
             try:
-                lm = _npy(index.read(key, "landmarks.npy")).astype(np.float32)[0]
+                lm = npy_member(index.read(key, "landmarks.npy")).astype(np.float32)[0]
                 self._loaded[key] = Reference(key, first_frame(index.read(key, "mp4")), lm)
             finally:
                 index.close()
