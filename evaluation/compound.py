@@ -25,6 +25,14 @@ from tbd_core.errors import UserError
 PREFIX = "compound"  # the clips' keys: compound_{name}_{clip:03d}
 
 
+def category(key: str) -> str:
+    """The compound expression a compound clip's key names ("compound_fearfully_angry_003" ->
+    "fearfully_angry"): its clips share one request, so they are compared by category (`report.mean_by`)."""
+    if not key.startswith(PREFIX + "_"):
+        raise ValueError(f"{key!r} is not a compound clip's key ({PREFIX}_{{name}}_{{clip:03d}})")
+    return key[len(PREFIX) + 1 :].rsplit("_", 1)[0]
+
+
 def heldout_speaker(corpus: dict) -> str:
     """The speaker id (e.g. W003) of the corpus's held-out identity, the person the compounds were rendered on."""
     name = corpus["heldout"]["name"]

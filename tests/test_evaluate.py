@@ -431,6 +431,49 @@ def test_paired_differences_tell_apart_a_small_consistent_shift():
     assert not found["paired"]["a - c"]["told_apart"]  # differences of both signs: not told apart
 
 
+def test_a_difference_carried_by_a_few_clips_is_not_told_apart():
+    """Issue 38's 84 within-label clips: progressive and label-only differed on 4, all in progressive's
+    favour. The percentile bootstrap's interval excludes 0 (no resample can go below it); the sign test over
+    the 4 clips that differ (p = 0.125) says the sample cannot tell the rows apart. 12 of 84 one way can."""
+    from evaluation.report import aggregate, separable
+
+    def rows(wins: int) -> dict:
+        per_clip = {"a": [{"key": str(i), "au_f1": 0.6 if i < wins else 0.4} for i in range(84)],
+                    "b": [{"key": str(i), "au_f1": 0.4} for i in range(84)]}  # fmt: skip
+        return separable({m: aggregate(r) for m, r in per_clip.items()}, "au_f1", per_clip)["paired"]["a - b"]
+
+    few, more = rows(4), rows(12)
+    assert few["ci95"][0] > 0 and (few["differ"], few["favour"]) == (4, 4)
+    assert few["sign_p"] == pytest.approx(0.125) and not few["told_apart"]
+    assert more["sign_p"] < 0.05 and more["told_apart"]
+
+
+def test_compound_clips_are_compared_by_the_request_they_share():
+    """Issue 38's 96 compound clips: 15 compound expressions, each one request rendered 6-7 times. A design
+    that draws 3 of them on every clip and the other 12 never is told apart clip by clip (18 of 18 one way),
+    not compound by compound (3 of 3: sign test p = 0.25), which is what the claim is about."""
+    from evaluation.compound import category
+    from evaluation.report import aggregate, mean_by, separable
+
+    names = [f"name{i}_{'ab'[i % 2]}" for i in range(15)]  # underscores inside a name, as "sadly_angry"
+    keys = [f"compound_{n}_{c:03d}" for n in names for c in range(6)]
+    drawn = set(names[:3])
+    per_clip = {"progressive": [{"key": k, "au_f1": 0.6 if category(k) in drawn else 0.0} for k in keys],
+                "label-only": [{"key": k, "au_f1": 0.0} for k in keys]}  # fmt: skip
+
+    def told(rows: dict) -> dict:
+        return separable({m: aggregate(r) for m, r in rows.items()}, "au_f1", rows)["paired"][
+            "progressive - label-only"
+        ]
+
+    clips, compounds = told(per_clip), told(mean_by(per_clip, category))
+    assert clips["told_apart"] and (clips["differ"], clips["n"]) == (18, 90)
+    assert not compounds["told_apart"] and (compounds["differ"], compounds["n"]) == (3, 15)
+    assert compounds["mean"] == pytest.approx(clips["mean"]) and compounds["sign_p"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="not a compound clip"):
+        category("mead_W004_fear_1_000")
+
+
 def test_independent_judges_know_the_person_and_read_the_rendered_emotions(demo_corpus, datasets):
     """dlib tells the validation speaker (W003, the astronaut) from every training identity (W001, W002: Grace
     Hopper's photograph, varied), which it calls one person: the held-out person is someone else (issue 37).
