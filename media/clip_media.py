@@ -38,6 +38,7 @@ from media.face_boxes import box_inside
 from media.face_crops import stable_crop
 from media.frames import rgb_upright, warp_crop
 from media.packets import probe_audio
+from media.prefetch import decode_ahead
 from media.video_io import AUDIO_RATE, VideoProbe, iter_frames, probe_video, read_audio, write_mp4
 from tbd_core.errors import UserError
 from tbd_core.records import ClipRef, Reject
@@ -319,7 +320,7 @@ def process_segment(
 
     scan = _Scan(analyzer, config)
     try:
-        for frame in frames():
+        for frame in decode_ahead(frames()):  # decoded ahead in a thread while this one tracks
             scan.add(frame)
     except UserError as err:
         return reject("decode", str(err).split(": ", 1)[-1])
@@ -379,7 +380,9 @@ def process_segment(
         )
         meta["blendshape_names"] = names
     try:  # pass 2: the same frames again, cropped (only the crop converted: `warp_crop`) and encoded
-        mp4 = _mp4((f.image for f in frames(warp_crop(crop.affine(size), size))), fps, config.crf, n)
+        mp4 = _mp4(
+            (f.image for f in decode_ahead(frames(warp_crop(crop.affine(size), size)))), fps, config.crf, n
+        )
     except UserError as err:
         return reject("decode", str(err).split(": ", 1)[-1])
     except (OSError, ValueError) as err:

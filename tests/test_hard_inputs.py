@@ -178,6 +178,47 @@ def test_the_crop_pass_converts_only_the_crop_and_gets_the_same_pixels(tmp_path,
                 assert np.array_equal(convert(frame), whole), (box, size, rotation)
 
 
+def test_frames_decoded_ahead_arrive_in_order_and_errors_and_early_stops_are_kept(tmp_path):
+    """Preprocess decodes in a thread ahead of tracking (`media.prefetch`, issue 39): the same frames in the
+    same order as decoding inline, a damaged-timestamp error raised where the inline reader raises it (after
+    the frames before it), and a caller that stops early closes the reader (its file) before going on."""
+    from media.prefetch import prefetched
+    from media.video_io import iter_frames
+
+    rng = np.random.default_rng(1)
+    frames = np.stack(
+        [cv2.resize(rng.integers(0, 256, (9, 16, 3), dtype=np.uint8), (160, 96)) for _ in range(30)]
+    )
+    path = clip(tmp_path, frames, "v").video
+    inline = [(f.time, f.image) for f in iter_frames(path, 25)]
+    ahead = [(f.time, f.image) for f in prefetched(iter_frames(path, 25), depth=2)]
+    assert len(ahead) == len(inline) == 30
+    assert all(a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(ahead, inline, strict=True))
+
+    closed = []
+
+    def source():
+        try:
+            for i in range(100):
+                if i == 7:
+                    raise UserError("broken timestamps (frame 7)")
+                yield i
+        finally:
+            closed.append(True)
+
+    got = []
+    with pytest.raises(UserError, match="frame 7"):
+        for i in prefetched(source(), depth=3):
+            got.append(i)
+    assert got == list(range(7)) and closed == [True]
+
+    closed.clear()
+    for i in prefetched(source(), depth=3):
+        if i == 2:
+            break
+    assert closed == [True]  # closed in its thread before the loop went on
+
+
 def test_a_clip_on_its_side_without_metadata_is_refused(tmp_path, analyzer, hopper):
     reason = rejected(
         process_clip(clip(tmp_path, still(np.rot90(hopper, -1)), "side"), analyzer, MediaConfig())
