@@ -31,13 +31,13 @@ from tbd_lightning.export import export_untrained
 
 CHILD_PREPROCESS = """
 import json, sys
-from media.clip_media import MediaConfig, process_clip
+from media.clip_media import MediaConfig, process_clips
 from media.face import FaceAnalyzer
 from tbd_core.records import ClipRef, Reject
 ref = ClipRef(key="long", dataset="mead", speaker="S001", emotion="neutral", level=1, clip="001",
               split="train", video=sys.argv[1], audio=sys.argv[2])
 with FaceAnalyzer() as fa:
-    results = process_clip(ref, fa, MediaConfig())
+    [(_, results)] = process_clips([ref], fa, MediaConfig())  # as a job runs it: crop passes in a thread
 seconds = sum(r.meta["frames"] / 25 for r in results if not isinstance(r, Reject))
 seconds += sum(r.end - r.start for r in results if isinstance(r, Reject))
 print(json.dumps({"segments": len(results), "rejects": sum(isinstance(r, Reject) for r in results),

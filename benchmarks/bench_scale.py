@@ -128,7 +128,7 @@ def rate_1080p(tmp: Path, clips: int = 4) -> float:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_preprocess import corpus_1080p
 
-    from media.clip_media import MediaConfig, process_clip
+    from media.clip_media import MediaConfig, process_clip, process_clips
     from media.face import FaceAnalyzer
     from pipelines.ingest import IngestConfig, ingest
 
@@ -137,7 +137,7 @@ def rate_1080p(tmp: Path, clips: int = 4) -> float:
     with FaceAnalyzer() as fa:
         process_clip(refs[0], fa, config)  # warm-up
         start = time.perf_counter()
-        frames = sum(r.meta["frames"] for ref in refs for r in process_clip(ref, fa, config))
+        frames = sum(r.meta["frames"] for _, rs in process_clips(refs, fa, config) for r in rs)
         return frames / (time.perf_counter() - start)
 
 

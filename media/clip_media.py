@@ -4,15 +4,16 @@ Only the span where the video and its audio overlap is used (`media.clip_spans`)
 outside it are rejects keyed `{key}_av-head` / `{key}_av-tail`. That span is cut into consecutive segments
 of `segment_seconds` (one segment keeps the clip's key; more are `{key}_seg000`, `{key}_seg001`, ...);
 every segment ends as a sample or a reject (damaged data rejects the segments it lies in), so every second
-of the input is accounted for. Per segment, streamed (memory bounded by the segment's small per-frame records,
-never by its pixels):
-audio (16 kHz mono of the segment's time span; silent → reject) → pass 1 over the frames, resampled to
+of the input is accounted for. Per segment, streamed (memory bounded by the segment's small per-frame records
+and at most `kept_regions.KEEP_BYTES` of pixels around the face, never by its frames), each frame decoded once:
+audio (16 kHz mono of the segment's time span; silent → reject) → the frames, resampled to
 `fps` by their timestamps (`media.video_io.iter_frames`; broken timestamps → reject): face (detect + track
 the 468-point mesh; too few frames with a face, a second person → reject) and calibrated AU features
-(`media.au_measure.AUStream`, uncentred: annotate subtracts the speaker's neutral) → stable crop → pass 2
-over the same frames: crop, crop-normalised landmarks, H.264 encode as they come → audio features aligned
-to frames (log-mel, or a local pretrained encoder) and the wav. Region masks are not stored: they are a
-function of `landmarks.npy` (`media.face_crops.region_masks`).
+(`media.au_measure.AUStream`, uncentred: annotate subtracts the speaker's neutral), the pixels around the
+face kept (`media.kept_regions`) → stable crop → crops cut from the kept pixels (or, past their memory
+budget, from the frames decoded again), crop-normalised landmarks, H.264 encode as they come → audio
+features aligned to frames (log-mel, or a local pretrained encoder) and the wav. Region masks are not
+stored: they are a function of `landmarks.npy` (`media.face_crops.region_masks`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.io import wavfile
@@ -33,12 +35,13 @@ from scipy.io import wavfile
 from media.au_calibration import load as load_calibration
 from media.audio_features import audio_features
 from media.clip_spans import check_accounted, pair_spans, segment_spans, span_of
+from media.crop_pass import CropPasses, run_now
 from media.face import FaceAnalyzer
-from media.face_boxes import box_inside
-from media.face_crops import stable_crop
+from media.face_crops import crop_landmarks, stable_crop
 from media.frames import rgb_upright, warp_crop
 from media.packets import probe_audio
 from media.prefetch import decode_ahead
+from media.segment_scan import SegmentScan, roll_problem
 from media.video_io import AUDIO_RATE, VideoProbe, iter_frames, probe_video, read_audio, write_mp4
 from tbd_core.errors import UserError
 from tbd_core.records import ClipRef, Reject
@@ -141,115 +144,80 @@ def _mp4(frames, fps: int, crf: int, expected: int | None = None) -> bytes:
         # a training window seeks: 2 s GOPs
         n = write_mp4(path, frames, fps=fps, crf=crf, keyframe_every=2 * fps)
         if expected is not None and n != expected:
-            raise ValueError(f"the second decode gave {n} frames, the first {expected}")
+            raise ValueError(f"the crop pass gave {n} frames, the tracking pass {expected}")
         return path.read_bytes()
 
 
-def crop_frame(frame: np.ndarray, crop, size: int) -> np.ndarray:
-    """(H, W, 3) frame -> its (size, size, 3) crop."""
-    flags = cv2.INTER_AREA | cv2.WARP_INVERSE_MAP
-    return cv2.warpAffine(frame, crop.affine(size), (size, size), flags=flags)
+def warm_up(config: MediaConfig, analyzer: FaceAnalyzer | None = None) -> None:
+    """A process's one-time costs of its first clip, paid now (a Ray worker's start-up, not its first
+    shard's time): the AU calibration and its content hash, the speech features' library or encoder (the
+    log-mel's import of `transformers.audio_utils`: 1.3 s; with both, 1.6 s of a 1080p clip's 2.1 s), and
+    the analyzer's first detection and mesh on a blank picture (its models' first runs)."""
+    from media.face_boxes import FaceBox
 
-
-def crop_landmarks(landmarks: np.ndarray, crop, size: int) -> np.ndarray:
-    """(..., 468, 3) image-pixel landmarks -> normalised to the crop (x, y in [0, 1]; z in the same scale)."""
-    to_crop = cv2.invertAffineTransform(crop.affine(size))
-    xy = landmarks[..., :2] @ to_crop[:, :2].T + to_crop[:, 2]
-    scale = np.linalg.norm(to_crop[0, :2])
-    return np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float32)
-
-
-def crop_to(frames: np.ndarray, landmarks: np.ndarray, crop, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(T, H, W, 3) frames and (T, 468, 3) image-pixel landmarks -> (T, size, size, 3) crops and landmarks
-    normalised to the crop (x, y in [0, 1]; z in the same scale)."""
-    return np.stack([crop_frame(f, crop, size) for f in frames]), crop_landmarks(landmarks, crop, size)
-
-
-IDENTITY_EVERY = 125  # frames between the second-face checks (and the first and last frame)
-
-
-def second_face(image: np.ndarray, index: int, analyzer: FaceAnalyzer, config: MediaConfig) -> str:
-    """Why frame `index` shows more than one speaker, or "". Policy: a second face at least
-    `max_second_face` of the first's width rejects the clip (the tracker could swap to it and mix
-    identities); smaller background faces are ignored, and so are detections lying mostly (over half their
-    area) inside the first face's box: a part of that face (a spectacle lens with an eye and brow behind it
-    reads as a face to the detector), not another speaker."""
-    faces = analyzer.detect_all(image)
-    faces = faces[:1] + [f for f in faces[1:] if box_inside(f.box, faces[0].box) <= 0.5]
-    if len(faces) > 1:
-        widths = [f.box[2] - f.box[0] for f in faces]
-        if widths[1] >= config.max_second_face * widths[0]:
-            return (f"{len(faces)} faces in frame {index} (the second {widths[1] / widths[0]:.0%} the width of "
-                    f"the first): one speaker per clip, identities could mix")  # fmt: skip
-    return ""
-
-
-class _Scan:
-    """Pass 1 over a segment's frames: face tracking, AU features, second-face checks, timestamps."""
-
-    def __init__(self, analyzer: FaceAnalyzer, config: MediaConfig):
-        self.analyzer, self.config = analyzer, config
-        self.meshes, self.times, self.sources, self.identity = [], [], [], ""
-        self.au = None
-        self.last = None
-
-    def add(self, frame) -> None:
-        from media.au_measure import AUStream
-        from media.face import FaceTracker
-
-        i, image = len(self.meshes), frame.image
-        if self.au is None:
-            self.tracker = FaceTracker(self.analyzer)
-            self.au = AUStream(*image.shape[:2], tracked=True)
-        mesh = self.tracker(image).mesh
-        self.meshes.append(mesh)
-        self.au.add(image, mesh.landmarks if mesh is not None else None)
-        self.times.append(frame.time)
-        self.sources.append(frame.source)
-        if i % IDENTITY_EVERY == 0 and not self.identity:
-            self.identity = second_face(image, i, self.analyzer, self.config)
-        self.last = image
-
-    def finish(self) -> None:
-        n = len(self.meshes)
-        if n and (n - 1) % IDENTITY_EVERY and not self.identity:
-            self.identity = second_face(self.last, n - 1, self.analyzer, self.config)
-        self.last = None
-
-
-def _roll_problem(meshes: list, config: MediaConfig) -> str:
-    """A face rolled beyond `max_roll_deg` (a video on its side without rotation metadata), or ""."""
-    from media.face import roll_degrees
-
-    roll = float(np.median([roll_degrees(m.landmarks) for m in meshes]))
-    if abs(roll) > config.max_roll_deg:
-        return (f"face rolled by {roll:.0f} degrees (limit {config.max_roll_deg:.0f}): a video on its side "
-                f"without rotation metadata? Turn it upright first")  # fmt: skip
-    return ""
+    load_calibration().id  # noqa: B018 (cached)
+    if analyzer is not None:
+        blank = np.zeros((256, 256, 3), np.uint8)
+        analyzer.detect_all(blank)
+        analyzer.mesh_from_detection(blank, FaceBox((64.0, 64.0, 192.0, 192.0), 1.0, np.full((6, 2), 128.0)))
+    audio_features(
+        np.zeros(AUDIO_RATE, np.float32), config.fps, config.n_mels, config.fps, config.audio_encoder
+    )
 
 
 def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> list[MediaSample | Reject]:
     """Every segment of the span where the clip's video has audio as a sample or a reject, and the unpaired
     seconds around it as rejects (`pair_spans`), in time order; a video or audio that cannot be read at all
     (or no longer exists): one reject for the whole file."""
+    return scan_clip(ref, analyzer, config, run_now)()
+
+
+def process_clips(
+    refs: Iterable[ClipRef], analyzer: FaceAnalyzer, config: MediaConfig
+) -> Iterator[tuple[ClipRef, list[MediaSample | Reject]]]:
+    """`process_clip` of each clip, in order, each segment's crop pass run in a thread while the next
+    segment or clip is decoded and tracked (`media.crop_pass.CropPasses`; now, in a process pinned to one
+    core): at 1080p on 2 cores, both cores busy. BLAS runs one thread meanwhile: its products here are
+    small, and OpenBLAS's idle threads spin after each (at 1080p on 2 cores, 1.1 of 7.5 ms of CPU per frame,
+    2026-12-07)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), CropPasses() as passes:
+        pending = None
+        for ref in refs:
+            results = scan_clip(ref, analyzer, config, passes)
+            if pending is not None:
+                yield pending[0], pending[1]()
+            pending = ref, results
+        if pending is not None:
+            yield pending[0], pending[1]()
+
+
+def scan_clip(
+    ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig, passes: Callable
+) -> Callable[[], list[MediaSample | Reject]]:
+    """`process_clip` with each segment's crop pass handed to `passes` (`media.crop_pass`) as it comes; the
+    function returned waits for them and gives the clip's results."""
     audio_path = ref.audio or ref.video
     for path, stage in ((ref.video, "decode"), (audio_path, "audio")):
         if not os.path.exists(path):
             link = f" (a link to the missing {os.path.realpath(path)})" if os.path.islink(path) else ""
             reason = f"file vanished since ingest: {path} no longer exists{link}"
-            return [Reject(key=ref.key, stage=stage, reason=reason, source=path)]
+            return lambda: [Reject(key=ref.key, stage=stage, reason=reason, source=path)]
     try:
         probe = probe_video(ref.video)
     except UserError as err:
-        return [Reject(key=ref.key, stage="decode", reason=str(err).split(": ", 1)[-1], source=ref.video)]
+        why = str(err).split(": ", 1)[-1]
+        return lambda: [Reject(key=ref.key, stage="decode", reason=why, source=ref.video)]
     try:
         a0, a1 = (t - probe.start for t in probe_audio(audio_path))
     except UserError as err:
-        return [Reject(key=ref.key, stage="audio", reason=str(err).split(": ", 1)[-1], source=audio_path)]
+        why = str(err).split(": ", 1)[-1]
+        return lambda: [Reject(key=ref.key, stage="audio", reason=why, source=audio_path)]
     (c0, c1), unpaired = pair_spans(probe.duration, a0, a1, config.fps, config.audio_overhang_seconds)
     if c1 <= c0:
         why = f"the audio ({a0:.2f}-{a1:.2f} s) and the video (0.00-{probe.duration:.2f} s) do not overlap"
-        return [Reject(key=ref.key, stage="audio", reason=why, source=audio_path)]
+        return lambda: [Reject(key=ref.key, stage="audio", reason=why, source=audio_path)]
     rejects = [Reject(key=f"{ref.key}_{part}", stage="audio", reason=why, source=audio_path, start=s, end=e)
                for part, s, e, why in unpaired]  # fmt: skip
     for r in rejects:
@@ -268,12 +236,18 @@ def process_clip(ref: ClipRef, analyzer: FaceAnalyzer, config: MediaConfig) -> l
             config,
             probe,
             (a0, a1),
+            passes,
         )  # fmt: skip
         for i, (s, e) in enumerate(spans)
     ]
-    results = sorted([*rejects, *segments], key=lambda r: span_of(r)[0])
-    slack, duration = config.audio_overhang_seconds, probe.duration
-    check_accounted(results, a0 if a0 < -slack else 0.0, a1 if a1 > duration + slack else duration)
+
+    def results() -> list[MediaSample | Reject]:
+        done = [s.result() if isinstance(s, Future) else s for s in segments]
+        results = sorted([*rejects, *done], key=lambda r: span_of(r)[0])
+        slack, duration = config.audio_overhang_seconds, probe.duration
+        check_accounted(results, a0 if a0 < -slack else 0.0, a1 if a1 > duration + slack else duration)
+        return results
+
     return results
 
 
@@ -283,9 +257,11 @@ def process_segment(
     config: MediaConfig,
     probe: VideoProbe,
     audio_span: tuple[float, float],
-) -> MediaSample | Reject:
+    passes: Callable = run_now,
+) -> Reject | Future[MediaSample | Reject]:
     """Run every stage on the span [ref.start, ref.end) of the video, inside the span where it has audio
-    (`audio_span`, the video's clock); the first stage that fails names the reject."""
+    (`audio_span`, the video's clock); the first stage that fails names the reject. The last, the crop pass
+    (crops cut from the pixels kept, or the frames decoded again, and H.264-encoded), goes to `passes`."""
     source, fps = ref.video, config.fps
 
     def reject(stage: str, reason: str, source: str = source) -> Reject:
@@ -315,12 +291,12 @@ def process_segment(
             "audio", f"silent audio ({level:.1f} dBFS, threshold {config.silence_dbfs:.0f} dBFS)", audio_path
         )
 
-    def frames(convert=rgb_upright):
+    def frames(convert):
         return iter_frames(source, fps, ref.start, ref.end, config.max_gap_frames / fps, convert)
 
-    scan = _Scan(analyzer, config)
-    try:
-        for frame in decode_ahead(frames()):  # decoded ahead in a thread while this one tracks
+    scan = SegmentScan(analyzer, config, expected)
+    try:  # decoded ahead in a thread while this one tracks; the decoded frame too, for `KeptRegions`
+        for frame in decode_ahead(frames(lambda f: (rgb_upright(f), f))):
             scan.add(frame)
     except UserError as err:
         return reject("decode", str(err).split(": ", 1)[-1])
@@ -334,7 +310,7 @@ def process_segment(
         return reject(
             "face", f"no face in {n - sum(found)}/{n} frames (needs a face in {config.min_face_fraction:.0%})"
         )
-    refused = scan.identity or _roll_problem([m for m in meshes if m is not None], config)
+    refused = scan.identity or roll_problem([m for m in meshes if m is not None], config)
     if refused:
         return reject("face", refused)
     crop = stable_crop(meshes, margin=config.crop_margin)
@@ -379,21 +355,28 @@ def process_segment(
             [[meshes[i].blendshapes.get(b, 0.0) for b in names] for i in nearest], np.float16
         )
         meta["blendshape_names"] = names
-    try:  # pass 2: the same frames again, cropped (only the crop converted: `warp_crop`) and encoded
-        mp4 = _mp4(
-            (f.image for f in decode_ahead(frames(warp_crop(crop.affine(size), size)))), fps, config.crf, n
+    crops, kept = scan.kept.crops(crop.affine(size), size), scan.kept.reason  # as `warp_crop` cuts them
+
+    def crop_pass() -> MediaSample | Reject:  # with the speech features, off the tracking thread
+        nonlocal crops
+        if crops is None:
+            log.debug("%s: the crop pass decodes again: %s", ref.key, kept)
+            crops = (f.image for f in decode_ahead(frames(warp_crop(crop.affine(size), size))))
+        try:
+            mp4 = _mp4(crops, fps, config.crf, n)
+        except UserError as err:
+            return reject("decode", str(err).split(": ", 1)[-1])
+        except (OSError, ValueError) as err:
+            return reject("encode", f"H.264 encoding failed: {err}")
+        return MediaSample(
+            key=ref.key,
+            mp4=mp4,
+            wav=_wav(audio),
+            landmarks=crop_lm,
+            au=au.astype(np.float32),
+            audio=audio_features(audio, n, config.n_mels, fps, config.audio_encoder),
+            meta=meta,
+            blendshapes=blendshapes,
         )
-    except UserError as err:
-        return reject("decode", str(err).split(": ", 1)[-1])
-    except (OSError, ValueError) as err:
-        return reject("encode", f"H.264 encoding failed: {err}")
-    return MediaSample(
-        key=ref.key,
-        mp4=mp4,
-        wav=_wav(audio),
-        landmarks=crop_lm,
-        au=au.astype(np.float32),
-        audio=audio_features(audio, n, config.n_mels, fps, config.audio_encoder),
-        meta=meta,
-        blendshapes=blendshapes,
-    )
+
+    return passes(crop_pass)

@@ -63,6 +63,22 @@ def smoothed_crops(
     return [CropBox(*map(float, r)) for r in smooth_series(np.array(rows), window)]
 
 
+def crop_landmarks(landmarks: np.ndarray, crop, size: int) -> np.ndarray:
+    """(..., 468, 3) image-pixel landmarks -> normalised to the crop (x, y in [0, 1]; z in the same scale)."""
+    to_crop = cv2.invertAffineTransform(crop.affine(size))
+    xy = landmarks[..., :2] @ to_crop[:, :2].T + to_crop[:, 2]
+    scale = np.linalg.norm(to_crop[0, :2])
+    return np.concatenate([xy / size, landmarks[..., 2:] * scale / size], -1).astype(np.float32)
+
+
+def crop_to(frames: np.ndarray, landmarks: np.ndarray, crop, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W, 3) frames and (T, 468, 3) image-pixel landmarks -> (T, size, size, 3) crops and landmarks
+    normalised to the crop (x, y in [0, 1]; z in the same scale)."""
+    flags, m = cv2.INTER_AREA | cv2.WARP_INVERSE_MAP, crop.affine(size)
+    crops = [cv2.warpAffine(f, m, (size, size), flags=flags) for f in frames]
+    return np.stack(crops), crop_landmarks(landmarks, crop, size)
+
+
 # -- region masks -----------------------------------------------------------------------------------
 def region_masks(
     landmarks: np.ndarray,

@@ -45,37 +45,88 @@ def rgb_upright(frame: av.VideoFrame) -> np.ndarray:
     return upright(to_rgb(frame), frame.rotation)
 
 
+def sampled_bounds(
+    affine: np.ndarray, size: int, width: int, height: int
+) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the pixels a (size, size) crop with `affine` (crop pixels -> frame pixels)
+    samples in a width x height frame (bilinear INTER_AREA: +-2 px), on even bounds (4:2:0 chroma) and
+    clipped to the frame; None when that is over half the frame (then converting the whole frame is
+    cheaper than copying a region)."""
+    corners = np.array([[0.0, 0.0, 1.0], [size, 0.0, 1.0], [0.0, size, 1.0], [size, size, 1.0]])
+    corners = corners @ np.asarray(affine, np.float64).T
+    x0, y0 = (np.clip(np.floor(corners.min(0)).astype(int) - 2, 0, [width - 2, height - 2]) // 2) * 2
+    x1, y1 = np.clip((np.ceil(corners.max(0)).astype(int) + 4) // 2 * 2, [x0 + 2, y0 + 2], [width, height])
+    if (x1 - x0) * (y1 - y0) > width * height // 2:
+        return None
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def planes(frame: av.VideoFrame) -> list[np.ndarray]:
+    """A yuv420p frame's Y, U, V planes as (rows, line size) uint8 views (no copy; the frame owns them)."""
+    return [np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in frame.planes]
+
+
+def color_of(frame: av.VideoFrame) -> tuple[int, int]:
+    """A frame's (colorspace, color_range) tags, which swscale's YUV -> RGB matrix and range follow."""
+    return frame.colorspace, frame.color_range
+
+
+def i420_warp(
+    y: np.ndarray, u: np.ndarray, v: np.ndarray, shifted: np.ndarray, size: int, color: tuple[int, int]
+) -> np.ndarray:
+    """The (size, size, 3) uint8 RGB crop of a yuv420p picture given as planes (Y (h, w), U and V
+    (h / 2, w / 2)) with its source frame's `color_of` tags, `shifted` mapping crop pixels to this
+    picture's: converted by swscale (`to_rgb`, as the decoded frame is: without the tags a BT.709 video
+    was converted as BT.601, up to 33 levels off) and warped (INTER_AREA)."""
+    import cv2
+
+    h, w = y.shape
+    i420 = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(h * 3 // 2, w)
+    picture = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    picture.colorspace, picture.color_range = color
+    rgb = to_rgb(picture)
+    return cv2.warpAffine(rgb, shifted, (size, size), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP)
+
+
+def shifted(affine: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """`affine` (crop -> frame pixels) for the frame's region starting at (x0, y0)."""
+    m = np.array(affine, np.float64)
+    m[:, 2] -= (x0, y0)
+    return m
+
+
+def croppable(frame: av.VideoFrame) -> bool:
+    """Whether a frame's crop can be converted from a region of its planes: yuv420p, even sides, upright."""
+    return (
+        frame.format.name == "yuv420p"
+        and not frame.rotation % 360
+        and not frame.width % 2
+        and not frame.height % 2
+    )
+
+
 def warp_crop(affine: np.ndarray, size: int) -> Callable[[av.VideoFrame], np.ndarray]:
     """A frame converter for `iter_frames` that returns only the (size, size, 3) uint8 RGB crop
     `cv2.warpAffine(rgb_upright(frame), affine, (size, size), flags=INTER_AREA | WARP_INVERSE_MAP)` takes,
     `affine` (2, 3) mapping crop pixels to the frame's: a yuv420p frame with even sides and no rotation has
-    only the pixels the crop samples converted to RGB, by the same converter (swscale; a face crop is a
-    fraction of a 1080p frame, whose whole conversion was the largest cost of preprocess's second pass);
-    other frames, and crops that sample most of the frame, are converted whole. The same pixels either way."""
+    only the pixels the crop samples (`sampled_bounds`) converted to RGB, by the same converter (swscale; a
+    face crop is a fraction of a 1080p frame, whose whole conversion was the largest cost of preprocess's
+    second pass); other frames, and crops that sample most of the frame, are converted whole. The same
+    pixels either way."""
     import cv2
 
     m = np.asarray(affine, np.float64)
-    flags = cv2.INTER_AREA | cv2.WARP_INVERSE_MAP
-    corners = np.array([[0.0, 0.0, 1.0], [size, 0.0, 1.0], [0.0, size, 1.0], [size, size, 1.0]]) @ m.T
 
     def convert(frame: av.VideoFrame) -> np.ndarray:
-        w, h = frame.width, frame.height
-        if frame.format.name == "yuv420p" and not frame.rotation % 360 and not w % 2 and not h % 2:
-            # the pixels the crop samples (bilinear: +-2), on even bounds (4:2:0 chroma), clipped to the frame
-            x0, y0 = (np.clip(np.floor(corners.min(0)).astype(int) - 2, 0, [w - 2, h - 2]) // 2) * 2
-            x1, y1 = np.clip((np.ceil(corners.max(0)).astype(int) + 4) // 2 * 2, [x0 + 2, y0 + 2], [w, h])
-            if (x1 - x0) * (y1 - y0) <= w * h // 2:  # else most of the frame: converted whole (no copies)
-                return _region(frame, x0, y0, x1, y1)
-        return cv2.warpAffine(rgb_upright(frame), m, (size, size), flags=flags)
-
-    def _region(frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        planes = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in frame.planes]
-        y = planes[0][y0:y1, x0:x1]
-        u, v = (p[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] for p in planes[1:])
-        i420 = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape((y1 - y0) * 3 // 2, x1 - x0)
-        rgb = to_rgb(av.VideoFrame.from_ndarray(i420, format="yuv420p"))  # swscale, as the whole frame
-        shifted = m.copy()
-        shifted[:, 2] -= (x0, y0)
-        return cv2.warpAffine(rgb, shifted, (size, size), flags=flags)
+        bounds = sampled_bounds(m, size, frame.width, frame.height) if croppable(frame) else None
+        if bounds is None:
+            flags = cv2.INTER_AREA | cv2.WARP_INVERSE_MAP
+            return cv2.warpAffine(rgb_upright(frame), m, (size, size), flags=flags)
+        x0, y0, x1, y1 = bounds
+        y, u, v = planes(frame)
+        return i420_warp(
+            y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2],
+            shifted(m, x0, y0), size, color_of(frame),
+        )  # fmt: skip
 
     return convert

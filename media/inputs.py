@@ -66,9 +66,8 @@ def prepare_portrait(
     """The portrait's face crop and landmarks, made as preprocess makes training crops. The image is read
     as a viewer shows it (`media.images.read_image`), the face found by `find_face`. A face rolled beyond
     `max_roll_deg` (what preprocess lets into training) is warned about."""
-    from media.clip_media import crop_to
     from media.face import roll_degrees
-    from media.face_crops import stable_crop
+    from media.face_crops import crop_to, stable_crop
     from media.images import read_image
 
     image = read_image(path)

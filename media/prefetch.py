@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from typing import TypeVar
 
-from media import video_io
+from media import threads
 
 T = TypeVar("T")
 _END = object()
@@ -64,5 +64,5 @@ def prefetched(items: Iterator[T], depth: int = 4) -> Iterator[T]:
 
 def decode_ahead(frames: Iterator[T]) -> Iterator[T]:
     """`frames` decoded ahead in a thread (`prefetched`), unless this process is pinned to one core
-    (`media.video_io.pin_threads(1)`: a Ray worker per core), where they are decoded inline."""
-    return frames if video_io.CODEC_THREADS == 1 else prefetched(frames)
+    (`media.threads.pin_threads(1)`: a Ray worker per core), where they are decoded inline."""
+    return frames if threads.PINNED == 1 else prefetched(frames)

@@ -18,6 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from media import threads
 from media.frames import rgb_upright, to_rgb
 from media.packets import damage_report, decoded
 from tbd_core.errors import UserError
@@ -72,8 +73,8 @@ def write_mp4(
                 stream.options = {"crf": str(crf), "preset": "fast"}
                 if keyframe_every:
                     stream.options["g"] = str(keyframe_every)
-                if CODEC_THREADS:
-                    stream.options["threads"] = str(CODEC_THREADS)
+                if threads.CODEC_THREADS:
+                    stream.options["threads"] = str(threads.CODEC_THREADS)
                 audio_stream = _audio_stream(container, sample_rate) if audio is not None else None
             for packet in stream.encode(
                 av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -115,29 +116,6 @@ def video_info(path: str | Path) -> dict:
         raise UserError(f"{path}: unreadable video ({err})") from err
 
 
-CODEC_THREADS = 0  # FFmpeg decode / x264 encode threads per stream (0: FFmpeg's choice); see pin_threads
-
-
-def pin_threads(n: int) -> None:
-    """Every library the preprocess stage uses at `n` threads in this process (a Ray worker per core):
-    FFmpeg/x264, OpenCV, BLAS, torch. BLAS matters even in one process: OpenBLAS threads spin for a while
-    after each call (the log-mel's matrix product), taking a core from the next clip's video decode
-    (measured: decode 4x slower, the whole stage 145 vs 204 frames/s on 2 cores)."""
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    global CODEC_THREADS
-    CODEC_THREADS = n
-    cv2.setNumThreads(n)
-    threadpool_limits(limits=n)  # BLAS and OpenMP pools loaded so far
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
-
-
 def _open(path):
     try:
         return av.open(str(path) if isinstance(path, str | Path) else path)
@@ -150,8 +128,10 @@ def _video_stream(container, path):
         kinds = sorted({s.type for s in container.streams}) or ["nothing"]
         raise UserError(f"{path}: no video stream (the file holds {', '.join(kinds)})")
     stream = container.streams.video[0]
-    if CODEC_THREADS:
-        stream.thread_count = CODEC_THREADS
+    if threads.CODEC_THREADS != 1:  # frame threads too: most videos have one slice per frame (ffmpeg's x264)
+        stream.thread_type = "AUTO"
+    if threads.CODEC_THREADS:
+        stream.thread_count = threads.CODEC_THREADS
     return stream
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from media.clip_media import MediaConfig, process_clip
+from media.clip_media import MediaConfig, process_clips, warm_up
 from media.clip_spans import PART
 from pipelines.data_folder import DataFolder
 from pipelines.shards import check_params, finished, plan_shards, write_manifest, write_shard
@@ -42,7 +42,7 @@ class PreprocessConfig(BaseModel):
     clips_per_shard: int = 16
     # ShardBuilder actors; None: as many as the cluster's CPUs hold at `num_cpus_per_worker` each (at most
     # one per shard to build). Each pins every library's pool to round(num_cpus_per_worker) threads, so N
-    # workers use N x that many cores (`media.video_io.pin_threads`).
+    # workers use N x that many cores (`media.threads.pin_threads`).
     concurrency: int | None = None
     num_cpus_per_worker: float = 1.0
     tracking_uri: str | None = None
@@ -60,13 +60,14 @@ class ShardBuilder:
 
     def __init__(self, media_dir: str, media: dict, threads: int = 1):
         from media.face import shared_analyzer
-        from media.video_io import pin_threads
+        from media.threads import pin_threads
 
         self.media_dir = Path(media_dir)
         self.config = MediaConfig(**media)
         pin_threads(threads)  # N workers use N cores, not N x every library's default pool
         quiet_worker()  # LiteRT's start-up lines, library lines to the worker's log file (tbd_core.terminal)
         self.analyzer = shared_analyzer()  # closed at the process's exit
+        warm_up(self.config, self.analyzer)  # so that a shard's time is its work
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         names, frames, seconds = [], [], []
@@ -74,9 +75,9 @@ class ShardBuilder:
             start = time.perf_counter()
             clips = [ClipRef.model_validate_json(c) for c in clips_json]
             samples, rejects, summaries, n_frames = [], [], {}, 0
-            for ref in clips:
-                maybe_fail("preprocess", ref.key)
-                for result in process_clip(ref, self.analyzer, self.config):  # one per segment
+            reached = (maybe_fail("preprocess", ref.key) or ref for ref in clips)
+            for _, results in process_clips(reached, self.analyzer, self.config):
+                for result in results:  # one per segment
                     if isinstance(result, Reject):
                         rejects.append(result)
                         continue

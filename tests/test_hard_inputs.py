@@ -107,8 +107,8 @@ def test_a_detection_inside_the_face_is_part_of_it_not_a_second_speaker(tmp_path
     """The demo corpus's mirrored Grace Hopper in fear at level 3 (brows and lids raised behind her glasses):
     the detector also reports a spectacle lens as a face half as wide, inside hers. It is kept (the policy
     before rejected it as a second speaker and lost the clip)."""
-    from media.clip_media import second_face
     from media.face_boxes import box_inside
+    from media.segment_scan import second_face
     from pipelines.demo_corpus.corpus import (
         CorpusConfig,
         ExpressionRenderer,
