@@ -70,7 +70,7 @@ def corpus_1080p(tmp: Path, clips: int = 8, seconds: float = 3.0) -> Path:
                 canvas[180 + dy : 900 + dy, 600:1320] = face
                 yield canvas
 
-        write_mp4(video, frames(), fps=30, crf=23)  # one x264 thread (`threads.CODEC_THREADS`): one slice
+        write_mp4(video, frames(), fps=30, crf=23, encode_threads=1)  # one x264 thread: one slice a frame
         t = np.arange(int((seconds + 0.2) * 48000)) / 48000
         write_m4a(audio, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 48000)
     return root

@@ -141,8 +141,9 @@ def _mp4(frames, fps: int, crf: int, expected: int | None = None) -> bytes:
     """H.264 bytes of frames (an array or an iterable, encoded as they come)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
-        # a training window seeks: 2 s GOPs
-        n = write_mp4(path, frames, fps=fps, crf=crf, keyframe_every=2 * fps)
+        # a training window seeks: 2 s GOPs; one x264 thread (the crop pass has a thread of its own beside
+        # the tracking, and the crops are the bytes a Ray worker pinned to one core writes)
+        n = write_mp4(path, frames, fps=fps, crf=crf, keyframe_every=2 * fps, encode_threads=1)
         if expected is not None and n != expected:
             raise ValueError(f"the crop pass gave {n} frames, the tracking pass {expected}")
         return path.read_bytes()

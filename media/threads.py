@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-# FFmpeg decode / x264 encode threads per stream (0: FFmpeg's choice). One: each caller gives its codecs a
-# core of their own (a Ray worker pinned to its cores, a DataLoader worker, preprocess's decode-ahead and
-# crop-pass threads), and FFmpeg's threads on top only cost (2026-12-07, preprocess at 1080p in one process
-# on 2 cores: 251 frames/s with FFmpeg's choice, 266 with one).
+# FFmpeg decode threads per stream (0: FFmpeg's choice). One: each caller gives its decoder a core of its own
+# (a Ray worker pinned to its cores, a DataLoader worker, preprocess's decode-ahead thread), and FFmpeg's
+# threads on top only cost (2026-12-07, preprocess at 1080p in one process on 2 cores, one slice per frame:
+# 234-254 frames/s with one decode thread, 212-216 with two). Decoded pixels do not depend on it.
 CODEC_THREADS = 1
-PINNED = 0  # the cores `pin_threads` gave this process (0: not pinned)
+# The cores `pin_threads` gave this process (0: not pinned); x264 encodes with that many threads, else with
+# FFmpeg's choice (`video_io.write_mp4`: its output depends on its thread count, so written videos are the
+# same bytes as before this setting existed).
+PINNED = 0
 
 
 def pin_threads(n: int) -> None:

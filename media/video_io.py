@@ -52,12 +52,15 @@ def write_mp4(
     sample_rate: int = AUDIO_RATE,
     crf: int = 18,
     keyframe_every: int | None = None,
+    encode_threads: int | None = None,
 ) -> int:
     """Write uint8 RGB frames, (T, H, W, 3) or any iterable of (H, W, 3) (encoded as they come, so a
     generator keeps one frame in memory), as H.264 (yuv420p) at `fps`, with mono AAC audio if given.
     `keyframe_every` frames at most between keyframes (a reader seeking to a window decodes at most that
-    many frames before it; default: x264's 250). Returns the number of frames written. Raises ValueError
-    on other shapes or dtypes, or no frames."""
+    many frames before it; default: x264's 250). `encode_threads`: x264's threads (None: the process's
+    pinned count, else FFmpeg's choice; x264's output depends on its thread count, 1 gives one slice per
+    frame as ffmpeg's x264 writes). Returns the number of frames written. Raises ValueError on other
+    shapes or dtypes, or no frames."""
     if isinstance(frames, np.ndarray) and (frames.ndim != 4 or frames.shape[-1] != 3):
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     n = 0
@@ -73,8 +76,9 @@ def write_mp4(
                 stream.options = {"crf": str(crf), "preset": "fast"}
                 if keyframe_every:
                     stream.options["g"] = str(keyframe_every)
-                if threads.CODEC_THREADS:
-                    stream.options["threads"] = str(threads.CODEC_THREADS)
+                encoders = threads.PINNED if encode_threads is None else encode_threads
+                if encoders:
+                    stream.options["threads"] = str(encoders)
                 audio_stream = _audio_stream(container, sample_rate) if audio is not None else None
             for packet in stream.encode(
                 av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
