@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import av
 import numpy as np
 
+from media.face_crops import CropBox
 from media.frames import color_of, croppable, i420_warp, planes, sampled_bounds, shifted
 
 KEEP_BYTES = 512 << 20  # per segment: a 400 px face at 1080p keeps 1.3 MB a frame (a 4 s clip 130 MB)
@@ -56,13 +57,9 @@ class KeptRegions:
             return self._give_up(f"frame {len(self.kept)} comes before any tracked face")
         self.shape = w, h = frame.width, frame.height
         x0, y0, x1, y1 = self._box
-        side = max(x1 - x0, y1 - y0) * self.margin * self.slack
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        # the region a crop of this side samples (its corners +-2 px), on even bounds, clipped to the frame
-        bx0, by0 = (np.clip(np.floor([cx - side / 2, cy - side / 2]).astype(int) - 2, 0, [w, h]) // 2) * 2
-        bx1, by1 = np.clip((np.ceil([cx + side / 2, cy + side / 2]).astype(int) + 4) // 2 * 2, 0, [w, h])
-        if (bx1 - bx0) * (by1 - by0) > w * h // 2:  # most of the frame: keep it whole (as warp_crop converts)
-            bx0, by0, bx1, by1 = 0, 0, w, h
+        around = CropBox((x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * self.margin * self.slack)
+        # what a crop that size around the face samples; most of the frame: all of it (as warp_crop converts)
+        bx0, by0, bx1, by1 = sampled_bounds(around.affine(1), 1, w, h) or (0, 0, w, h)
         y, u, v = planes(frame)
         cut = (
             y[by0:by1, bx0:bx1].copy(),
